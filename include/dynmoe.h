@@ -1,0 +1,302 @@
+/*
+ * dynmoe.h — the public C API of dynmoe, the expert-routing part of a
+ * Mixture-of-Experts layer whose cost follows the work that routing asked for.
+ *
+ *   x [T,H] -> route -> ids/weights [T,K] -> plan -> experts -> combine -> out [T,H]
+ *
+ * Conventions (all of them, once):
+ *  - Every function returns dynmoe_status; on failure dynmoe_last_error() gives
+ *    a thread-local message, and nothing was launched or written.
+ *  - Pointers given to a context of backend CUDA are device pointers; for the
+ *    CPU backend they are host pointers. `stream` is a cudaStream_t on CUDA
+ *    (NULL = the legacy default stream) and ignored on the CPU.
+ *  - Tensors are row-major and contiguous, 16-byte aligned. Shapes are written
+ *    [T, K] in the comments: T tokens, E real experts, Z zero-computation
+ *    experts, K = router.top_k, S slots per token in a routing table, H hidden,
+ *    I intermediate (per expert).
+ *  - A routing table is token-major: ids [T, S] int32, weights [T, S] fp32
+ *    (vLLM's topk_ids / topk_weights). An empty slot is id -1, weight 0.
+ *    Ids E..E+Z-1 are zero-computation experts.
+ *  - Forward calls allocate nothing, never synchronise and never read device
+ *    memory on the host: they can be captured into a CUDA graph.
+ *  - T == 0 is valid and does nothing; null pointers are then allowed.
+ *  - Contexts are independent and may be used from different threads. One
+ *    context may be used from several streams (it holds no per-call state)
+ *    unless a stats block is attached (see dynmoe_ctx_set_stats).
+ */
+#ifndef DYNMOE_H
+#define DYNMOE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(_WIN32)
+#define DYNMOE_API
+#else
+#define DYNMOE_API __attribute__((visibility("default")))
+#endif
+
+#define DYNMOE_VERSION_MAJOR 0
+#define DYNMOE_VERSION_MINOR 1
+#define DYNMOE_VERSION_PATCH 0
+/* MAJOR*10000 + MINOR*100 + PATCH, the value dynmoe_version() returns. */
+#define DYNMOE_VERSION \
+    (DYNMOE_VERSION_MAJOR * 10000 + DYNMOE_VERSION_MINOR * 100 + DYNMOE_VERSION_PATCH)
+
+/* Limits that the API checks (DESIGN.md section 3). */
+#define DYNMOE_MAX_EXPERTS 1024     /* E + Z */
+#define DYNMOE_MAX_TOP_K 64         /* K, and slots per token of a table */
+#define DYNMOE_MAX_TOKENS (1 << 24) /* T; T * S must also stay below 2^31 */
+
+/* ------------------------------------------------------------------------ */
+/* Status and errors                                                        */
+/* ------------------------------------------------------------------------ */
+
+typedef enum dynmoe_status {
+    DYNMOE_OK = 0,
+    DYNMOE_ERR_INVALID_ARGUMENT = 1, /* a bad pointer, size, enum or shape */
+    DYNMOE_ERR_UNSUPPORTED = 2,      /* valid, but not implemented on this backend */
+    DYNMOE_ERR_WORKSPACE_TOO_SMALL = 3,
+    DYNMOE_ERR_OUT_OF_MEMORY = 4,    /* only at context creation */
+    DYNMOE_ERR_DEVICE = 5,           /* a CUDA/NCCL/MPI error; the message names it */
+    DYNMOE_ERR_INTERNAL = 6,
+    DYNMOE_STATUS_COUNT
+} dynmoe_status;
+
+/* "DYNMOE_OK", "DYNMOE_ERR_INVALID_ARGUMENT", ...; "unknown status" otherwise. */
+DYNMOE_API const char *dynmoe_status_name(dynmoe_status status);
+/* The detail of the last failure on this thread ("" if none). The string
+ * stays valid until the next dynmoe call on this thread. */
+DYNMOE_API const char *dynmoe_last_error(void);
+DYNMOE_API int dynmoe_version(void);
+
+/* ------------------------------------------------------------------------ */
+/* Context                                                                  */
+/* ------------------------------------------------------------------------ */
+
+typedef enum dynmoe_dtype { DYNMOE_F32 = 0, DYNMOE_F16 = 1, DYNMOE_BF16 = 2, DYNMOE_DTYPE_COUNT } dynmoe_dtype;
+typedef enum dynmoe_backend { DYNMOE_BACKEND_CPU = 0, DYNMOE_BACKEND_CUDA = 1, DYNMOE_BACKEND_COUNT } dynmoe_backend;
+
+typedef struct dynmoe_ctx dynmoe_ctx;
+
+/* Creates a context. `device` is the CUDA device ordinal (ignored on the CPU).
+ * DYNMOE_ERR_UNSUPPORTED when the library was built without CUDA,
+ * DYNMOE_ERR_DEVICE when no such device exists. This is the only call that
+ * allocates. */
+DYNMOE_API dynmoe_status dynmoe_ctx_create(dynmoe_ctx **ctx, dynmoe_backend backend, int device);
+/* NULL is allowed. */
+DYNMOE_API void dynmoe_ctx_destroy(dynmoe_ctx *ctx);
+DYNMOE_API dynmoe_backend dynmoe_ctx_backend(const dynmoe_ctx *ctx);
+/* 1 when this build has the CUDA backend and a CUDA device is visible. */
+DYNMOE_API int dynmoe_cuda_available(void);
+
+/* ------------------------------------------------------------------------ */
+/* Router description (DESIGN.md section 2 is the specification)            */
+/* ------------------------------------------------------------------------ */
+
+typedef enum dynmoe_score {
+    DYNMOE_SCORE_SOFTMAX = 0, /* softmax over all E+Z logits */
+    DYNMOE_SCORE_SIGMOID = 1,
+    DYNMOE_SCORE_NONE = 2,    /* the logits are already scores */
+    DYNMOE_SCORE_COUNT
+} dynmoe_score;
+
+typedef enum dynmoe_select {
+    DYNMOE_SELECT_TOPK = 0,      /* K largest choice values, ties -> lower id */
+    DYNMOE_SELECT_TOP_P = 1,     /* sorted prefix while cumulative score before < top_p; 1..K */
+    DYNMOE_SELECT_THRESHOLD = 2, /* every expert with score > threshold, at most K */
+    DYNMOE_SELECT_COUNT
+} dynmoe_select;
+
+typedef enum dynmoe_norm {
+    DYNMOE_NORM_NONE = 0,     /* w = s[id] */
+    DYNMOE_NORM_SELECTED = 1, /* / sum over selected slots, before mask and zero drop */
+    DYNMOE_NORM_KEPT = 2,     /* / sum over surviving real-expert slots */
+    DYNMOE_NORM_UNIFORM = 3,  /* 1 / number of surviving slots */
+    DYNMOE_NORM_COUNT
+} dynmoe_norm;
+
+typedef enum dynmoe_zero_kind {
+    DYNMOE_ZERO_OUTPUT = 0,   /* contributes 0 (ZEDA, AdaMoE null experts) */
+    DYNMOE_ZERO_IDENTITY = 1, /* contributes w * x (LongCat-Flash, MoE++ copy experts) */
+    DYNMOE_ZERO_COUNT
+} dynmoe_zero_kind;
+
+typedef enum dynmoe_act {
+    DYNMOE_ACT_SWIGLU = 0, /* silu(gate) * up */
+    DYNMOE_ACT_GEGLU = 1,  /* gelu_erf(gate) * up */
+    DYNMOE_ACT_COUNT
+} dynmoe_act;
+
+/* Fields may be added at the end; always start from DYNMOE_ROUTER_INIT. */
+typedef struct dynmoe_router {
+    size_t struct_size;         /* sizeof(dynmoe_router), set by the initializer */
+    int32_t num_experts;        /* E real experts, >= 1 */
+    int32_t num_zero_experts;   /* Z, ids E..E+Z-1 */
+    dynmoe_zero_kind zero_kind;
+    int32_t top_k;              /* K, 1..min(E+Z, 64) */
+    dynmoe_score score;
+    dynmoe_select select;
+    float top_p;                /* TOP_P: in (0, 1] */
+    float threshold;            /* THRESHOLD: on the unbiased score */
+    int32_t num_groups;         /* DeepSeek-V3 group limit: G (0 = off); G divides E */
+    int32_t topk_groups;        /* groups kept, 1..G */
+    dynmoe_norm norm;
+    float scale;                /* routed scaling factor, applied after norm */
+    int32_t num_tasks;          /* CaRE task routers R (dynmoe_route_tasks only) */
+    int32_t top_tasks;          /* tasks picked per token, 1..R */
+} dynmoe_router;
+
+/* softmax, top-K, norm NONE, scale 1, no zero experts, no groups, no tasks.
+ * Set num_experts and top_k after it. */
+#define DYNMOE_ROUTER_INIT                                                             \
+    {                                                                                  \
+        sizeof(dynmoe_router), 0, 0, DYNMOE_ZERO_OUTPUT, 0, DYNMOE_SCORE_SOFTMAX,      \
+            DYNMOE_SELECT_TOPK, 1.0f, 0.0f, 0, 0, DYNMOE_NORM_NONE, 1.0f, 0, 0         \
+    }
+
+/* Expert weights in vLLM's FusedMoE layout, passed without a copy.
+ * w13 [E, 2*I, H]: rows 0..I-1 of each expert are the gate, rows I..2I-1 the up
+ * projection. w2 [E, H, I]. Both of `dtype`, which x and out share. */
+typedef struct dynmoe_experts {
+    size_t struct_size;  /* sizeof(dynmoe_experts) */
+    int32_t num_experts; /* E, equals router.num_experts */
+    int32_t hidden;      /* H */
+    int32_t inter;       /* I */
+    dynmoe_dtype dtype;
+    dynmoe_act act;
+    const void *w13;
+    const void *w2;
+} dynmoe_experts;
+
+#define DYNMOE_EXPERTS_INIT \
+    { sizeof(dynmoe_experts), 0, 0, 0, DYNMOE_F32, DYNMOE_ACT_SWIGLU, NULL, NULL }
+
+/* ------------------------------------------------------------------------ */
+/* Stats: what an operator watches for load imbalance                      */
+/* ------------------------------------------------------------------------ */
+
+/* Counters of the last call on a context, written by the device (CPU backend:
+ * host memory) without a sync. Each call overwrites the fields of the stages
+ * it ran: route fills tokens, nonfinite_rows, empty/zero slot counts; the plan
+ * fills the rest; dynmoe_moe_forward fills all. The per-expert token counts
+ * are the plan's expert_counts. */
+typedef struct dynmoe_stats {
+    int64_t tokens;            /* T of the call */
+    int64_t routed_slots;      /* slots sent to a real expert = rows of the expert GEMMs */
+    int64_t empty_slots;       /* id -1: masked, cut by top-p/threshold, non-finite */
+    int64_t zero_expert_slots; /* ids E..E+Z-1 */
+    int64_t invalid_ids;       /* ids outside [-1, E+Z) in a table: skipped */
+    int64_t nonfinite_rows;    /* tokens whose logits had no finite value (route only) */
+    int64_t active_experts;    /* experts with at least one row */
+    int64_t max_expert_rows;   /* rows of the busiest expert */
+    int64_t overflow_slots;    /* expert parallel, capacity mode: slots dropped */
+} dynmoe_stats;
+
+/* Attaches a stats block (device memory on CUDA, host memory on the CPU) that
+ * later calls on this context fill; NULL detaches. With stats attached, calls
+ * on one context must not run concurrently on different streams. */
+DYNMOE_API dynmoe_status dynmoe_ctx_set_stats(dynmoe_ctx *ctx, dynmoe_stats *stats);
+
+/* ------------------------------------------------------------------------ */
+/* Routing                                                                  */
+/* ------------------------------------------------------------------------ */
+
+/* Routes T tokens.
+ *  logits      [T, E+Z] of logits_dtype
+ *  bias        [E+Z] fp32 or NULL: selection bias (choose by s + b, weigh by s)
+ *  mask_logits [T, E] of logits_dtype or NULL: BEAM mask, a real-expert slot
+ *              survives only if its mask logit is > 0
+ *  ids, weights [T, K] outputs.
+ * Non-finite logits are never chosen and take no part in the softmax; a token
+ * with no finite logit gets only empty slots. */
+DYNMOE_API dynmoe_status dynmoe_route(dynmoe_ctx *ctx, const dynmoe_router *router, int64_t T,
+                                      const void *logits, dynmoe_dtype logits_dtype,
+                                      const float *bias, const void *mask_logits,
+                                      int32_t *ids, float *weights, void *stream);
+
+/* CaRE bi-level routing: per token the router.top_tasks largest task logits
+ * pick tasks; for each picked task r the expert logits W_r x (W_r =
+ * task_weights[r], [E+Z, H]) are routed with the stages of `router`; picked
+ * task i writes slots [i*K, (i+1)*K). An expert chosen by several tasks keeps
+ * its first slot with the summed weight; the later slots become empty.
+ *  x            [T, H] of x_dtype
+ *  task_logits  [T, R] fp32
+ *  task_weights [R, E+Z, H] of x_dtype
+ *  bias         [E+Z] fp32 or NULL
+ *  ids, weights [T, top_tasks*K] outputs. */
+DYNMOE_API dynmoe_status dynmoe_route_tasks(dynmoe_ctx *ctx, const dynmoe_router *router, int64_t T,
+                                            const void *x, dynmoe_dtype x_dtype, int32_t hidden,
+                                            const float *task_logits, const void *task_weights,
+                                            const float *bias, int32_t *ids, float *weights,
+                                            void *stream);
+
+/* ------------------------------------------------------------------------ */
+/* Plan: the expert-major layout of a routing table                         */
+/* ------------------------------------------------------------------------ */
+
+/* Pointers into the caller's workspace (device memory on CUDA). A slot is
+ * numbered t*S + k. Only slots whose id is a real expert (0 <= id < E) enter
+ * the plan; the number of them, R = expert_offsets[E], is the number of rows.
+ * Order is stable: by (expert, token, slot). No padding rows. */
+typedef struct dynmoe_plan {
+    int32_t num_experts;     /* E */
+    int64_t num_slots;       /* T * S */
+    int32_t *expert_counts;  /* [E] rows per expert */
+    int32_t *expert_offsets; /* [E+1] exclusive prefix of expert_counts */
+    int32_t *sorted_slots;   /* [T*S] row r -> slot; entries >= R are unspecified */
+    int32_t *slot_rows;      /* [T*S] slot -> row, -1 for slots that are not rows */
+    int32_t *active_experts; /* [E] experts with rows, ascending; entries >= num_active unspecified */
+    int32_t *num_active;     /* [1] */
+} dynmoe_plan;
+
+/* Bytes dynmoe_plan_build needs for T tokens with S slots each. */
+DYNMOE_API size_t dynmoe_plan_workspace_size(const dynmoe_router *router, int64_t T, int32_t slots);
+
+/* Builds the plan of a routing table ids [T, S] (S = `slots`). Ids outside
+ * [-1, E+Z) are skipped and counted. `plan` is written on the host with
+ * pointers into `workspace`; their contents are written on `stream`. */
+DYNMOE_API dynmoe_status dynmoe_plan_build(dynmoe_ctx *ctx, const dynmoe_router *router, int64_t T,
+                                           const int32_t *ids, int32_t slots, void *workspace,
+                                           size_t workspace_bytes, dynmoe_plan *plan, void *stream);
+
+/* ------------------------------------------------------------------------ */
+/* Experts and the whole layer                                              */
+/* ------------------------------------------------------------------------ */
+
+/* Workspace bytes for dynmoe_experts_forward and dynmoe_moe_forward with up to
+ * T tokens (valid for every backend). Slots per token: router.top_k, times
+ * router.top_tasks when task routers are used. 0 on invalid arguments. */
+DYNMOE_API size_t dynmoe_workspace_size(const dynmoe_router *router, const dynmoe_experts *experts,
+                                        int64_t T);
+
+/* Runs the experts over a routing table and combines:
+ *   out[t] = sum_{k: real} w[t,k] * FFN_{id}(x[t]) + sum_{k: identity zero} w[t,k] * x[t]
+ * accumulated in fp32 in slot order.
+ *  x [T, H], out [T, H] of experts->dtype; ids, weights [T, slots]. A table is
+ * taken literally: an id repeated in one token's slots counts once per slot;
+ * ids outside [-1, E+Z) are skipped. `out` may not alias x. */
+DYNMOE_API dynmoe_status dynmoe_experts_forward(dynmoe_ctx *ctx, const dynmoe_router *router,
+                                                const dynmoe_experts *experts, int64_t T,
+                                                const void *x, const int32_t *ids,
+                                                const float *weights, int32_t slots, void *out,
+                                                void *workspace, size_t workspace_bytes,
+                                                void *stream);
+
+/* route -> plan -> experts -> combine in one call. Arguments as in
+ * dynmoe_route and dynmoe_experts_forward. */
+DYNMOE_API dynmoe_status dynmoe_moe_forward(dynmoe_ctx *ctx, const dynmoe_router *router,
+                                            const dynmoe_experts *experts, int64_t T, const void *x,
+                                            const void *logits, dynmoe_dtype logits_dtype,
+                                            const float *bias, const void *mask_logits, void *out,
+                                            void *workspace, size_t workspace_bytes, void *stream);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* DYNMOE_H */
