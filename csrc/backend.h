@@ -62,6 +62,8 @@ typedef struct dm_plan_args {
     int32_t slots;       /* S */
     const int32_t *ids;  /* [T, S] */
     dynmoe_plan plan;    /* pointers laid out in the workspace */
+    void *temp;          /* plan temporaries in the workspace, temp_bytes */
+    size_t temp_bytes;
     dynmoe_stats *stats; /* or NULL: fill all but nonfinite_rows, overflow_slots */
 } dm_plan_args;
 
@@ -114,6 +116,7 @@ typedef struct dm_workspace_layout {
     /* byte offsets from the workspace base */
     size_t ids, weights;                 /* [T, S] route output (moe_forward) */
     size_t counts, offsets, sorted_slots, slot_rows, active, num_active; /* plan */
+    size_t plan_temp, plan_temp_bytes;   /* device sort/scan temporaries of the plan */
     size_t rows_h;                       /* [T*S, 2I] fp32 */
     size_t rows_y;                       /* [T*S, H] fp32 */
     size_t scratch;                      /* backend scratch */
