@@ -295,6 +295,116 @@ DYNMOE_API dynmoe_status dynmoe_moe_forward(dynmoe_ctx *ctx, const dynmoe_router
                                             const float *bias, const void *mask_logits, void *out,
                                             void *workspace, size_t workspace_bytes, void *stream);
 
+/* ---- expert parallelism (csrc/ep) ---- */
+
+/* Expert parallelism: the E real experts of a layer are sharded over the ranks
+ * of an existing communicator (MPI_Comm for the CPU backend, ncclComm_t for
+ * the CUDA backend). dynmoe_ep_moe_forward on every rank: route this rank's
+ * tokens locally; send each slot's x row to the rank that holds the slot's
+ * expert; run this rank's experts on the rows that arrived; send the fp32
+ * results back; combine in slot order with the original weights. Zero-expert
+ * slots, empty slots and dropped slots never leave their rank.
+ *
+ * Placement. config.expert_rank [E, max_replicas] (host memory, copied at
+ * creation) lists for each expert the ranks that hold a copy of its weights;
+ * unused entries are -1, every expert has at least one rank, no rank twice.
+ * NULL gives the static contiguous map: rank r holds experts
+ * [floor(r*E/R), floor((r+1)*E/R)). With replicas (redundant experts), a slot
+ * of local token t for expert e stays on this rank when it holds a copy, else
+ * goes to entry (t mod n_e) of e's list (n_e copies): a fixed rule, so the
+ * result does not depend on the replicas, only the traffic does.
+ *
+ * Local experts. The experts a rank holds, ascending by global id, are its
+ * local experts 0..L-1 (dynmoe_ep_local_experts lists their global ids). The
+ * `local_experts` passed to the ep calls describes only them: num_experts = L,
+ * w13 [L, 2I, H], w2 [L, H, I]; a rank with L = 0 passes num_experts = 0 and
+ * NULL weights. The router stays global: num_experts = E (+ zero experts).
+ *
+ * Collectives. dynmoe_ep_create_mpi and every dynmoe_ep_moe_forward are
+ * collective: all ranks call them in the same order, with the same config,
+ * router, mode and hidden size (T may differ per rank, 0 included). Arguments
+ * are checked on each rank before any communication; a rank that fails its
+ * checks returns without communicating, so callers must pass consistent
+ * arguments (as with NCCL). Stats attached to the context are filled as in
+ * dynmoe_moe_forward for this rank's tokens, except: routed_slots counts the
+ * slots that travelled (this rank's tokens), overflow_slots those dropped,
+ * active_experts / max_expert_rows describe this rank's local experts. */
+typedef struct dynmoe_ep dynmoe_ep;
+
+typedef enum dynmoe_ep_mode {
+    /* Prefill. Per-rank-pair counts are exchanged first (all-to-all), then
+     * the rows (all-to-all-v); nothing is dropped. On CUDA the counts are
+     * copied to the host: one stream synchronisation per call, so this mode
+     * is not graph-capturable. */
+    DYNMOE_EP_EXACT = 0,
+    /* Decode. Every (source, destination) rank pair, self included, carries
+     * a fixed config.capacity slots; no counts exchange, no host sync,
+     * graph-capturable. For each destination the source's slots travel in
+     * (token, slot) order; those beyond the capacity are dropped exactly as
+     * if their id were -1 (contributing 0) and counted in
+     * stats.overflow_slots: reported, never silent. */
+    DYNMOE_EP_CAPACITY = 1,
+    DYNMOE_EP_MODE_COUNT
+} dynmoe_ep_mode;
+
+/* Fields may be added at the end; always start from DYNMOE_EP_CONFIG_INIT. */
+typedef struct dynmoe_ep_config {
+    size_t struct_size;         /* sizeof(dynmoe_ep_config), set by the initializer */
+    int32_t num_experts;        /* E real experts of the layer, over all ranks */
+    const int32_t *expert_rank; /* [E, max_replicas] host, or NULL: contiguous map */
+    int32_t max_replicas;       /* columns of expert_rank, 1..R */
+    int64_t max_tokens;         /* the largest T any rank passes to a forward, >= 1 */
+    int32_t capacity;           /* CAPACITY mode: slots per rank pair; 0 = lossless
+                                   (max_tokens * min(K, most experts on one rank)) */
+} dynmoe_ep_config;
+
+#define DYNMOE_EP_CONFIG_INIT { sizeof(dynmoe_ep_config), 0, NULL, 1, 0, 0 }
+
+/* Creates the communicator from `mpi_comm`, a pointer to an MPI_Comm, which
+ * is duplicated (the caller keeps its own). Collective; MPI must be
+ * initialised. DYNMOE_ERR_UNSUPPORTED when built without MPI. */
+DYNMOE_API dynmoe_status dynmoe_ep_create_mpi(dynmoe_ep **ep, const void *mpi_comm,
+                                              const dynmoe_ep_config *config);
+/* Creates the communicator from `nccl_comm`, a pointer to an ncclComm_t on
+ * the current CUDA device, used as is (not duplicated, not destroyed: it must
+ * outlive the handle); transfers are enqueued on the stream of each forward.
+ * Allocates the placement tables on the device. Not collective.
+ * DYNMOE_ERR_UNSUPPORTED when built without NCCL. */
+DYNMOE_API dynmoe_status dynmoe_ep_create_nccl(dynmoe_ep **ep, const void *nccl_comm,
+                                               const dynmoe_ep_config *config);
+/* Not collective. NULL is allowed. */
+DYNMOE_API void dynmoe_ep_destroy(dynmoe_ep *ep);
+/* This rank, the number of ranks, and L, the number of local experts. Any
+ * output pointer may be NULL. */
+DYNMOE_API dynmoe_status dynmoe_ep_info(const dynmoe_ep *ep, int32_t *rank, int32_t *num_ranks,
+                                        int32_t *num_local_experts);
+/* global_ids [L] (host): the global id of each local expert, ascending. */
+DYNMOE_API dynmoe_status dynmoe_ep_local_experts(const dynmoe_ep *ep, int32_t *global_ids);
+
+/* Workspace bytes of dynmoe_ep_moe_forward on this rank (host memory for MPI,
+ * device memory for NCCL), for T up to config.max_tokens. Exact mode sizes
+ * the receive side for the worst case, R * max_tokens * min(K, L) rows.
+ * 0 on invalid arguments (dynmoe_last_error says why). */
+DYNMOE_API size_t dynmoe_ep_workspace_size(const dynmoe_ep *ep, const dynmoe_router *router,
+                                           const dynmoe_experts *local_experts,
+                                           dynmoe_ep_mode mode);
+
+/* The sharded layer: out [T, H] = dynmoe_moe_forward of this rank's tokens
+ * with the experts of all ranks (minus the slots dropped in capacity mode).
+ * Arguments as in dynmoe_moe_forward, except `local_experts` (this rank's
+ * experts only, see above) and `mode`. ctx's backend must match the
+ * transport (CPU for MPI, CUDA for NCCL). Collective. */
+DYNMOE_API dynmoe_status dynmoe_ep_moe_forward(dynmoe_ep *ep, dynmoe_ctx *ctx,
+                                               const dynmoe_router *router,
+                                               const dynmoe_experts *local_experts, int64_t T,
+                                               const void *x, const void *logits,
+                                               dynmoe_dtype logits_dtype, const float *bias,
+                                               const void *mask_logits, void *out,
+                                               void *workspace, size_t workspace_bytes,
+                                               dynmoe_ep_mode mode, void *stream);
+
+/* ---- end expert parallelism ---- */
+
 #ifdef __cplusplus
 }
 #endif
