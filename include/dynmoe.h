@@ -403,6 +403,13 @@ DYNMOE_API dynmoe_status dynmoe_ep_moe_forward(dynmoe_ep *ep, dynmoe_ctx *ctx,
                                                void *workspace, size_t workspace_bytes,
                                                dynmoe_ep_mode mode, void *stream);
 
+/* Host wall-clock seconds of the phases of this rank's last forward:
+ * [0] route (and building the send lists), [1] exchange (the all-to-alls,
+ * including the wait for other ranks), [2] local experts, [3] combine. Exact
+ * on the MPI path; on CUDA only the host enqueue time (use Nsight for device
+ * times). For benchmarks and load-imbalance checks. */
+DYNMOE_API dynmoe_status dynmoe_ep_last_times(const dynmoe_ep *ep, double seconds[4]);
+
 /* ---- end expert parallelism ---- */
 
 #ifdef __cplusplus
