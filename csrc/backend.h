@@ -111,6 +111,8 @@ int dm_cuda_device_count(void);
 /* ---- workspace layout (one for every backend) ---- */
 
 #define DM_WORKSPACE_ALIGN 256
+/* Rows of a weight tile the CPU converts from bf16/f16 at a time. */
+#define DM_CPU_TILE_ROWS 128
 
 typedef struct dm_workspace_layout {
     /* byte offsets from the workspace base */

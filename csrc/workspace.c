@@ -9,8 +9,7 @@
  * aligned so that any backend can use vector loads on it. */
 #include "backend.h"
 
-/* Rows of a weight tile the CPU converts from bf16/f16 at a time. */
-#define DM_CPU_TILE_ROWS 256
+#include <omp.h>
 
 typedef struct {
     size_t at;
@@ -63,7 +62,8 @@ int dm_workspace_layout_of(const dynmoe_router *r, const dynmoe_experts *experts
         if (__builtin_mul_overflow(n, 2 * I, &hn) || __builtin_mul_overflow(n, H, &yn)) return 0;
         l->rows_h = region(&c, hn, sizeof(float));
         l->rows_y = region(&c, yn, sizeof(float));
-        l->scratch = region(&c, (size_t)DM_CPU_TILE_ROWS * mx, sizeof(float));
+        /* CPU: one bf16/f16 -> fp32 weight tile per thread. */
+        l->scratch = region(&c, (size_t)DM_CPU_TILE_ROWS * mx * (size_t)omp_get_max_threads(), sizeof(float));
         l->scratch_bytes = c.at - l->scratch;
     }
     l->total = c.at;

@@ -10,10 +10,12 @@
  * rows is never visited, so it reads no weights: cost follows the rows.
  *
  * bf16/f16 weights are converted to fp32 a tile of DM_CPU_TILE_ROWS weight
- * rows at a time (scratch), never as a whole-weight copy. The expert loop is
- * sequential and each sgemm uses OpenBLAS's threads; the element-wise work
- * (gather, conversion, activation) uses OpenMP. */
+ * rows at a time (a per-thread tile in the workspace scratch), never as a
+ * whole-weight copy. Prefill runs whole experts per OpenMP thread with serial
+ * sgemms; with few active experts (decode) the threads go inside the GEMMs. */
 #include <math.h>
+
+#include <omp.h>
 
 #include <cblas.h>
 
@@ -27,7 +29,7 @@ static float act_gelu(float g) { return 0.5f * g * (1.0f + erff(g * 0.7071067811
 
 /* C[M, N] = A[M, K] . W[N, K]^T, with W of dtype dt; lda/ldc in floats. */
 static void gemm_wt(int32_t M, int32_t N, int32_t K, const float *A, int32_t lda, const void *W,
-                    dynmoe_dtype dt, float *C, int32_t ldc, float *tile, size_t tile_floats) {
+                    dynmoe_dtype dt, float *C, int32_t ldc, float *tile, size_t tile_floats, int inner) {
     if (dt == DYNMOE_F32) {
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, A, lda, (const float *)W, K,
                     0.0f, C, ldc);
@@ -36,46 +38,69 @@ static void gemm_wt(int32_t M, int32_t N, int32_t K, const float *A, int32_t lda
     const int32_t rows = (int32_t)(tile_floats / (size_t)K);
     for (int32_t n0 = 0; n0 < N; n0 += rows) {
         const int32_t nn = N - n0 < rows ? N - n0 : rows;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (inner)
         for (int64_t i = 0; i < (int64_t)nn * K; i++) tile[i] = dm_load(W, dt, (int64_t)n0 * K + i);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, nn, K, 1.0f, A, lda, tile, K, 0.0f,
                     C + n0, ldc);
     }
 }
 
-dynmoe_status dm_cpu_experts(dynmoe_ctx *ctx, const dm_experts_args *a, void *stream) {
-    (void)ctx;
-    (void)stream;
+/* One expert: gather, GEMM 1, activation, GEMM 2 over its R rows. `inner`
+ * says whether the element-wise loops may fork threads (not when experts
+ * already run in parallel). */
+static void run_expert(const dm_experts_args *a, int32_t e, float *tile, size_t tile_floats, int inner) {
     const dynmoe_experts *ex = &a->experts;
     const int32_t Hd = ex->hidden, In = ex->inter, S = a->slots;
     const dynmoe_dtype dt = ex->dtype;
     const size_t esz = dm_dtype_size(dt);
     const dynmoe_plan *p = &a->plan;
-    float *Y = (float *)a->rows_y, *Hh = (float *)a->rows_h;
-    float *tile = (float *)a->scratch;
-    const size_t tile_floats = a->scratch_bytes / sizeof(float);
+    const int32_t r0 = p->expert_offsets[e], R = p->expert_offsets[e + 1] - r0;
+    float *Ye = (float *)a->rows_y + (int64_t)r0 * Hd, *He = (float *)a->rows_h + (int64_t)r0 * 2 * In;
+    const char *w13 = (const char *)ex->w13 + (size_t)e * 2 * In * Hd * esz;
+    const char *w2 = (const char *)ex->w2 + (size_t)e * Hd * In * esz;
+
+#pragma omp parallel for schedule(static) if (inner)
+    for (int32_t r = 0; r < R; r++) {
+        const int64_t t = p->sorted_slots[r0 + r] / S;
+        for (int32_t h = 0; h < Hd; h++) Ye[(int64_t)r * Hd + h] = dm_load(a->x, dt, t * Hd + h);
+    }
+    gemm_wt(R, 2 * In, Hd, Ye, Hd, w13, dt, He, 2 * In, tile, tile_floats, inner);
+    const int geglu = ex->act == DYNMOE_ACT_GEGLU;
+#pragma omp parallel for schedule(static) if (inner)
+    for (int32_t r = 0; r < R; r++) {
+        float *hr = He + (int64_t)r * 2 * In;
+        for (int32_t i = 0; i < In; i++) hr[i] = (geglu ? act_gelu(hr[i]) : act_silu(hr[i])) * hr[In + i];
+    }
+    gemm_wt(R, Hd, In, He, 2 * In, w2, dt, Ye, Hd, tile, tile_floats, inner);
+}
+
+dynmoe_status dm_cpu_experts(dynmoe_ctx *ctx, const dm_experts_args *a, void *stream) {
+    (void)ctx;
+    (void)stream;
+    const dynmoe_plan *p = &a->plan;
     const int32_t num_active = *p->num_active;
+    const int32_t Hd = a->experts.hidden, In = a->experts.inter;
+    const size_t tile_floats = (size_t)DM_CPU_TILE_ROWS * (size_t)(Hd > In ? Hd : In);
+    /* The workspace holds one conversion tile per thread it was sized for. */
+    int threads = omp_get_max_threads();
+    const size_t tiles = a->scratch_bytes / (tile_floats * sizeof(float));
+    if ((size_t)threads > tiles) threads = (int)tiles;
+    if (threads < 1) return dm_fail(DYNMOE_ERR_INTERNAL, "dynmoe: workspace scratch holds no weight tile");
 
-    for (int32_t ai = 0; ai < num_active; ai++) {
-        const int32_t e = p->active_experts[ai];
-        const int32_t r0 = p->expert_offsets[e], R = p->expert_offsets[e + 1] - r0;
-        float *Ye = Y + (int64_t)r0 * Hd, *He = Hh + (int64_t)r0 * 2 * In;
-        const char *w13 = (const char *)ex->w13 + (size_t)e * 2 * In * Hd * esz;
-        const char *w2 = (const char *)ex->w2 + (size_t)e * Hd * In * esz;
-
-#pragma omp parallel for schedule(static)
-        for (int32_t r = 0; r < R; r++) {
-            const int64_t t = p->sorted_slots[r0 + r] / S;
-            for (int32_t h = 0; h < Hd; h++) Ye[(int64_t)r * Hd + h] = dm_load(a->x, dt, t * Hd + h);
+    if (num_active >= 2 * threads) {
+        /* Prefill: whole experts per thread, each sgemm single-threaded (the
+         * OpenMP build of OpenBLAS runs serially inside a parallel region):
+         * no barrier between small GEMMs. Experts are taken largest first. */
+#pragma omp parallel num_threads(threads)
+        {
+            float *tile = (float *)a->scratch + (size_t)omp_get_thread_num() * tile_floats;
+#pragma omp for schedule(dynamic, 1)
+            for (int32_t ai = 0; ai < num_active; ai++) run_expert(a, p->active_experts[ai], tile, tile_floats, 0);
         }
-        gemm_wt(R, 2 * In, Hd, Ye, Hd, w13, dt, He, 2 * In, tile, tile_floats);
-        const int geglu = ex->act == DYNMOE_ACT_GEGLU;
-#pragma omp parallel for schedule(static)
-        for (int32_t r = 0; r < R; r++) {
-            float *hr = He + (int64_t)r * 2 * In;
-            for (int32_t i = 0; i < In; i++) hr[i] = (geglu ? act_gelu(hr[i]) : act_silu(hr[i])) * hr[In + i];
-        }
-        gemm_wt(R, Hd, In, He, 2 * In, w2, dt, Ye, Hd, tile, tile_floats);
+    } else {
+        /* Decode or few experts: one expert at a time, threads inside the GEMMs. */
+        for (int32_t ai = 0; ai < num_active; ai++)
+            run_expert(a, p->active_experts[ai], (float *)a->scratch, tile_floats, 1);
     }
     return DYNMOE_OK;
 }
