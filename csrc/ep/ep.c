@@ -1,0 +1,368 @@
+/* ep/ep.c — the expert-parallel entry points: validate on the host, once,
+ * then hand over to the transport (ep_mpi.c for the CPU backend, ep_nccl.c for
+ * CUDA). Also the placement tables and the workspace layout, which both
+ * transports share. Built with neither MPI nor NCCL, every entry point exists
+ * and returns DYNMOE_ERR_UNSUPPORTED with a message. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "ep.h"
+
+#define INVALID(...) dm_fail(DYNMOE_ERR_INVALID_ARGUMENT, __VA_ARGS__)
+#define TRY(expr)                         \
+    do {                                  \
+        dynmoe_status st_ = (expr);       \
+        if (st_ != DYNMOE_OK) return st_; \
+    } while (0)
+
+double dm_ep_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int aligned16(const void *p) { return ((uintptr_t)p & 15u) == 0; }
+
+/* ------------------------------------------------------------ placement */
+
+void dm_ep_free_tables(struct dynmoe_ep *ep) {
+    free(ep->copies);
+    free(ep->copy_rank);
+    free(ep->copy_local);
+    free(ep->self_copy);
+    free(ep->local_ids);
+    free(ep->host_counts);
+    ep->copies = ep->copy_rank = ep->copy_local = ep->self_copy = ep->local_ids = ep->host_counts = NULL;
+}
+
+static dynmoe_status check_config(const char *fn, const dynmoe_ep_config *c) {
+    if (c == NULL) return INVALID("%s: config is NULL", fn);
+    if (c->struct_size != sizeof(dynmoe_ep_config))
+        return INVALID("%s: config.struct_size is %zu, expected %zu (initialise with DYNMOE_EP_CONFIG_INIT)",
+                       fn, c->struct_size, sizeof(dynmoe_ep_config));
+    if (c->num_experts < 1 || c->num_experts > DYNMOE_MAX_EXPERTS)
+        return INVALID("%s: config.num_experts = %d must be in [1, %d]", fn, c->num_experts, DYNMOE_MAX_EXPERTS);
+    if (c->max_tokens < 1 || c->max_tokens > DYNMOE_MAX_TOKENS)
+        return INVALID("%s: config.max_tokens = %lld must be in [1, %d]", fn, (long long)c->max_tokens,
+                       DYNMOE_MAX_TOKENS);
+    if (c->capacity < 0) return INVALID("%s: config.capacity = %d is negative", fn, c->capacity);
+    return DYNMOE_OK;
+}
+
+dynmoe_status dm_ep_placement(struct dynmoe_ep *ep, const dynmoe_ep_config *c, const char *fn) {
+    const int32_t E = c->num_experts, R = ep->num_ranks;
+    const int32_t P = c->expert_rank ? c->max_replicas : 1;
+    if (c->expert_rank && (P < 1 || P > R))
+        return INVALID("%s: config.max_replicas = %d must be in [1, num_ranks = %d]", fn, c->max_replicas, R);
+    ep->num_experts = E;
+    ep->replicas = P;
+    ep->max_tokens = c->max_tokens;
+    ep->capacity = c->capacity;
+    ep->copies = calloc((size_t)E, sizeof(int32_t));
+    ep->copy_rank = malloc((size_t)E * P * sizeof(int32_t));
+    ep->copy_local = malloc((size_t)E * P * sizeof(int32_t));
+    ep->self_copy = malloc((size_t)E * sizeof(int32_t));
+    ep->local_ids = malloc((size_t)E * sizeof(int32_t) + 1);
+    ep->host_counts = calloc(4 * (size_t)R, sizeof(int32_t));
+    int32_t *per_rank = calloc((size_t)R, sizeof(int32_t));
+    if (!ep->copies || !ep->copy_rank || !ep->copy_local || !ep->self_copy || !ep->local_ids ||
+        !ep->host_counts || !per_rank) {
+        free(per_rank);
+        return dm_fail(DYNMOE_ERR_OUT_OF_MEMORY, "%s: out of host memory", fn);
+    }
+    dynmoe_status st = DYNMOE_OK;
+    for (int32_t e = 0; e < E && st == DYNMOE_OK; e++) {
+        ep->self_copy[e] = -1;
+        for (int32_t p = 0; p < P; p++) {
+            int32_t r;
+            if (c->expert_rank) {
+                r = c->expert_rank[(int64_t)e * P + p];
+            } else { /* contiguous: rank r holds [floor(rE/R), floor((r+1)E/R)) */
+                r = (int32_t)(((int64_t)e * R + R - 1) / E);
+                while (r > 0 && (int64_t)r * E / R > e) r--;
+                while ((int64_t)(r + 1) * E / R <= e) r++;
+            }
+            ep->copy_rank[(int64_t)e * P + p] = r;
+            ep->copy_local[(int64_t)e * P + p] = -1;
+            if (r == -1) continue;
+            if (r < 0 || r >= R) {
+                st = INVALID("%s: config.expert_rank[%d][%d] = %d is not a rank in [0, %d)", fn, e, p, r, R);
+                break;
+            }
+            if (ep->copies[e] != p) {
+                st = INVALID("%s: config.expert_rank[%d]: rank %d follows an unused entry -1", fn, e, r);
+                break;
+            }
+            for (int32_t q = 0; q < p; q++)
+                if (ep->copy_rank[(int64_t)e * P + q] == r) {
+                    st = INVALID("%s: config.expert_rank[%d] lists rank %d twice", fn, e, r);
+                    break;
+                }
+            ep->copies[e]++;
+            if (r == ep->rank) ep->self_copy[e] = p;
+        }
+        if (st == DYNMOE_OK && ep->copies[e] == 0)
+            st = INVALID("%s: config.expert_rank[%d] lists no rank: every expert needs one", fn, e);
+    }
+    if (st == DYNMOE_OK) {
+        /* Local indices: experts held by a rank, ascending by global id. */
+        for (int32_t e = 0; e < E; e++)
+            for (int32_t p = 0; p < ep->copies[e]; p++) {
+                int32_t r = ep->copy_rank[(int64_t)e * P + p];
+                ep->copy_local[(int64_t)e * P + p] = per_rank[r]++;
+                if (r == ep->rank) ep->local_ids[ep->num_local++] = e;
+            }
+        ep->max_local = 0;
+        for (int32_t r = 0; r < R; r++)
+            if (per_rank[r] > ep->max_local) ep->max_local = per_rank[r];
+    }
+    free(per_rank);
+    return st;
+}
+
+/* --------------------------------------------------------- create/destroy */
+
+static dynmoe_status create(dynmoe_ep **out, const void *comm, const dynmoe_ep_config *config,
+                            dm_ep_transport transport, const char *fn) {
+    dm_clear_error();
+    if (out == NULL) return INVALID("%s: ep is NULL", fn);
+    *out = NULL;
+    if (comm == NULL) return INVALID("%s: the communicator pointer is NULL", fn);
+    TRY(check_config(fn, config));
+    struct dynmoe_ep *ep = calloc(1, sizeof *ep);
+    if (ep == NULL) return dm_fail(DYNMOE_ERR_OUT_OF_MEMORY, "%s: out of host memory", fn);
+    ep->transport = transport;
+    dynmoe_status st = transport == DM_EP_MPI ? dm_ep_mpi_create(ep, comm, config)
+                                              : dm_ep_nccl_create(ep, comm, config);
+    if (st != DYNMOE_OK) {
+        dm_ep_free_tables(ep);
+        free(ep);
+        return st;
+    }
+    *out = ep;
+    return DYNMOE_OK;
+}
+
+dynmoe_status dynmoe_ep_create_mpi(dynmoe_ep **ep, const void *mpi_comm, const dynmoe_ep_config *config) {
+    return create(ep, mpi_comm, config, DM_EP_MPI, "dynmoe_ep_create_mpi");
+}
+
+dynmoe_status dynmoe_ep_create_nccl(dynmoe_ep **ep, const void *nccl_comm, const dynmoe_ep_config *config) {
+    return create(ep, nccl_comm, config, DM_EP_NCCL, "dynmoe_ep_create_nccl");
+}
+
+void dynmoe_ep_destroy(dynmoe_ep *ep) {
+    if (ep == NULL) return;
+    if (ep->transport == DM_EP_MPI) dm_ep_mpi_destroy(ep);
+    else dm_ep_nccl_destroy(ep);
+    dm_ep_free_tables(ep);
+    free(ep);
+}
+
+dynmoe_status dynmoe_ep_info(const dynmoe_ep *ep, int32_t *rank, int32_t *num_ranks, int32_t *num_local) {
+    dm_clear_error();
+    if (ep == NULL) return INVALID("dynmoe_ep_info: ep is NULL");
+    if (rank) *rank = ep->rank;
+    if (num_ranks) *num_ranks = ep->num_ranks;
+    if (num_local) *num_local = ep->num_local;
+    return DYNMOE_OK;
+}
+
+dynmoe_status dynmoe_ep_local_experts(const dynmoe_ep *ep, int32_t *global_ids) {
+    dm_clear_error();
+    if (ep == NULL) return INVALID("dynmoe_ep_local_experts: ep is NULL");
+    if (global_ids == NULL && ep->num_local > 0) return INVALID("dynmoe_ep_local_experts: global_ids is NULL");
+    if (ep->num_local > 0) memcpy(global_ids, ep->local_ids, (size_t)ep->num_local * sizeof(int32_t));
+    return DYNMOE_OK;
+}
+
+dynmoe_status dynmoe_ep_last_times(const dynmoe_ep *ep, double seconds[4]) {
+    dm_clear_error();
+    if (ep == NULL || seconds == NULL) return INVALID("dynmoe_ep_last_times: ep or seconds is NULL");
+    memcpy(seconds, ep->times, sizeof ep->times);
+    return DYNMOE_OK;
+}
+
+/* --------------------------------------------------------------- layout */
+
+dynmoe_router dm_ep_local_router(const struct dynmoe_ep *ep) {
+    dynmoe_router r = DYNMOE_ROUTER_INIT;
+    r.num_experts = ep->num_local;
+    r.top_k = 1;
+    return r;
+}
+
+typedef struct {
+    size_t at;
+    int ok;
+} cursor;
+
+static size_t region(cursor *c, size_t count, size_t elem) {
+    size_t bytes;
+    if (__builtin_mul_overflow(count, elem, &bytes) || bytes > SIZE_MAX / 2 || c->at > SIZE_MAX / 2) {
+        c->ok = 0;
+        return 0;
+    }
+    size_t start = c->at;
+    c->at = (start + bytes + DM_WORKSPACE_ALIGN - 1) / DM_WORKSPACE_ALIGN * DM_WORKSPACE_ALIGN;
+    return start;
+}
+
+int dm_ep_layout_of(const struct dynmoe_ep *ep, const dynmoe_router *router,
+                    const dynmoe_experts *lx, dynmoe_ep_mode mode, dm_ep_layout *l) {
+    cursor c = {0, 1};
+    const int64_t T = ep->max_tokens, R = ep->num_ranks, K = router->top_k;
+    const size_t H = (size_t)lx->hidden, esz = lx->dtype == DYNMOE_F32 ? 4u : 2u;
+    *l = (dm_ep_layout){0};
+    l->T = T;
+    l->K = (int32_t)K;
+    const int64_t kmax = K < ep->max_local ? K : ep->max_local;
+    const int64_t kloc = K < ep->num_local ? K : ep->num_local;
+    if (mode == DYNMOE_EP_CAPACITY) {
+        int64_t C = ep->capacity > 0 ? ep->capacity : T * (kmax > 0 ? kmax : 1);
+        if (C > INT32_MAX / 2) return 0;
+        l->capacity = (int32_t)C;
+        l->send_rows_max = R * C;
+        l->recv_rows_max = R * C;
+    } else {
+        l->send_rows_max = T * K;
+        l->recv_rows_max = R * T * kloc;
+    }
+    if (l->send_rows_max >= ((int64_t)1 << 31) || l->recv_rows_max >= ((int64_t)1 << 31)) return 0;
+    const size_t n = (size_t)(T * K);
+    l->ids = region(&c, n, 4);
+    l->weights = region(&c, n, 4);
+    l->send_index = region(&c, n, 4);
+    l->dest = region(&c, n, 4);
+    dynmoe_router dr = DYNMOE_ROUTER_INIT;
+    dr.num_experts = (int32_t)R;
+    dr.top_k = (int32_t)(K < R ? K : R);
+    if (!dm_workspace_layout_of(&dr, NULL, T, (int32_t)K, &l->dl)) return 0;
+    l->dest_plan = region(&c, l->dl.total, 1);
+    l->dest_plan_end = c.at;
+    l->counts = region(&c, 2 * (size_t)R, 4);
+    l->send_ids = region(&c, (size_t)l->send_rows_max, 4);
+    l->send_rows = region(&c, (size_t)l->send_rows_max * H, esz);
+    l->recv_rows = region(&c, (size_t)l->recv_rows_max * H, esz);
+    if (ep->num_local > 0) {
+        dynmoe_router lr = dm_ep_local_router(ep);
+        if (!dm_workspace_layout_of(&lr, lx, l->recv_rows_max, 1, &l->ll)) return 0;
+        l->local = region(&c, l->ll.total, 1);
+    } else { /* no compute: only the received ids */
+        l->local = region(&c, (size_t)l->recv_rows_max, 4);
+    }
+    l->back_send = region(&c, (size_t)l->recv_rows_max * H, 4);
+    l->back_recv = region(&c, (size_t)l->send_rows_max * H, 4);
+    l->stats = region(&c, 1, sizeof(dynmoe_stats));
+    l->total = c.at;
+    return c.ok;
+}
+
+/* -------------------------------------------------------------- forward */
+
+/* The router, checked by the library's own rules (dynmoe_plan_workspace_size
+ * runs them and leaves the message), then the ep's. */
+static dynmoe_status check_router(const char *fn, const struct dynmoe_ep *ep, const dynmoe_router *r) {
+    if (r == NULL) return INVALID("%s: router is NULL", fn);
+    if (dynmoe_plan_workspace_size(r, 1, r->top_k) == 0) {
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s", dynmoe_last_error());
+        return INVALID("%s: %s", fn, msg[0] ? msg : "invalid router");
+    }
+    if (r->num_tasks > 0) return INVALID("%s: router has task routers (num_tasks = %d)", fn, r->num_tasks);
+    if (r->num_experts != ep->num_experts)
+        return INVALID("%s: router.num_experts = %d differs from the ep's num_experts = %d", fn,
+                       r->num_experts, ep->num_experts);
+    return DYNMOE_OK;
+}
+
+static dynmoe_status check_local_experts(const char *fn, const struct dynmoe_ep *ep, const dynmoe_experts *x) {
+    if (x == NULL) return INVALID("%s: local_experts is NULL", fn);
+    if (x->struct_size != sizeof(dynmoe_experts))
+        return INVALID("%s: local_experts.struct_size is %zu, expected %zu (initialise with DYNMOE_EXPERTS_INIT)",
+                       fn, x->struct_size, sizeof(dynmoe_experts));
+    if (x->num_experts != ep->num_local)
+        return INVALID("%s: local_experts.num_experts = %d, but rank %d holds %d experts (dynmoe_ep_info)", fn,
+                       x->num_experts, ep->rank, ep->num_local);
+    if (x->hidden < 1 || x->inter < 1)
+        return INVALID("%s: local_experts.hidden = %d and .inter = %d must be >= 1", fn, x->hidden, x->inter);
+    if ((unsigned)x->dtype >= DYNMOE_DTYPE_COUNT) return INVALID("%s: unknown local_experts.dtype %d", fn, (int)x->dtype);
+    if ((unsigned)x->act >= DYNMOE_ACT_COUNT) return INVALID("%s: unknown local_experts.act %d", fn, (int)x->act);
+    if ((double)x->num_experts * 2.0 * x->inter * x->hidden > 9.0e18 / 4)
+        return INVALID("%s: local expert weights are too large", fn);
+    if (x->num_experts > 0 && (x->w13 == NULL || x->w2 == NULL))
+        return INVALID("%s: local_experts.w13 or .w2 is NULL", fn);
+    if (!aligned16(x->w13) || !aligned16(x->w2)) return INVALID("%s: local expert weights are not 16-byte aligned", fn);
+    return DYNMOE_OK;
+}
+
+static dynmoe_status check_tensor(const char *fn, const char *name, const void *p, int64_t T) {
+    if (T > 0 && p == NULL) return INVALID("%s: %s is NULL", fn, name);
+    if (!aligned16(p)) return INVALID("%s: %s is not 16-byte aligned", fn, name);
+    return DYNMOE_OK;
+}
+
+size_t dynmoe_ep_workspace_size(const dynmoe_ep *ep, const dynmoe_router *router,
+                                const dynmoe_experts *local_experts, dynmoe_ep_mode mode) {
+    static const char fn[] = "dynmoe_ep_workspace_size";
+    dm_clear_error();
+    dm_ep_layout l;
+    if (ep == NULL) return (void)INVALID("%s: ep is NULL", fn), 0;
+    if (check_router(fn, ep, router) || check_local_experts(fn, ep, local_experts)) return 0;
+    if ((unsigned)mode >= DYNMOE_EP_MODE_COUNT) return (void)INVALID("%s: unknown mode %d", fn, (int)mode), 0;
+    if (!dm_ep_layout_of(ep, router, local_experts, mode, &l))
+        return (void)INVALID("%s: workspace size overflows", fn), 0;
+    return l.total + DM_WORKSPACE_ALIGN;
+}
+
+dynmoe_status dynmoe_ep_moe_forward(dynmoe_ep *ep, dynmoe_ctx *ctx, const dynmoe_router *router,
+                                    const dynmoe_experts *local_experts, int64_t T, const void *x,
+                                    const void *logits, dynmoe_dtype logits_dtype, const float *bias,
+                                    const void *mask_logits, void *out, void *workspace,
+                                    size_t workspace_bytes, dynmoe_ep_mode mode, void *stream) {
+    static const char fn[] = "dynmoe_ep_moe_forward";
+    dm_clear_error();
+    if (ep == NULL) return INVALID("%s: ep is NULL", fn);
+    if (ctx == NULL || ctx->ops == NULL) return INVALID("%s: ctx is NULL", fn);
+    const dynmoe_backend want = ep->transport == DM_EP_MPI ? DYNMOE_BACKEND_CPU : DYNMOE_BACKEND_CUDA;
+    if (ctx->backend != want)
+        return INVALID("%s: the ep was created for %s, which needs a %s context", fn,
+                       ep->transport == DM_EP_MPI ? "MPI" : "NCCL", want == DYNMOE_BACKEND_CPU ? "CPU" : "CUDA");
+    TRY(check_router(fn, ep, router));
+    TRY(check_local_experts(fn, ep, local_experts));
+    if ((unsigned)mode >= DYNMOE_EP_MODE_COUNT) return INVALID("%s: unknown mode %d", fn, (int)mode);
+    if (T < 0 || T > ep->max_tokens)
+        return INVALID("%s: T = %lld must be in [0, config.max_tokens = %lld]", fn, (long long)T,
+                       (long long)ep->max_tokens);
+    if ((unsigned)logits_dtype >= DYNMOE_DTYPE_COUNT) return INVALID("%s: unknown logits dtype %d", fn, (int)logits_dtype);
+    TRY(check_tensor(fn, "x", x, T));
+    TRY(check_tensor(fn, "logits", logits, T));
+    TRY(check_tensor(fn, "bias", bias, 0));
+    TRY(check_tensor(fn, "mask_logits", mask_logits, 0));
+    TRY(check_tensor(fn, "out", out, T));
+    if (T > 0 && out == x) return INVALID("%s: out aliases x", fn);
+    dm_ep_fwd f;
+    if (!dm_ep_layout_of(ep, router, local_experts, mode, &f.l)) return INVALID("%s: workspace size overflows", fn);
+    const size_t need = f.l.total + DM_WORKSPACE_ALIGN;
+    /* Every rank communicates, even with T == 0: the workspace is always needed. */
+    if (workspace == NULL) return INVALID("%s: workspace is NULL", fn);
+    if (workspace_bytes < need)
+        return dm_fail(DYNMOE_ERR_WORKSPACE_TOO_SMALL, "%s: workspace has %zu bytes, needs %zu", fn,
+                       workspace_bytes, need);
+    uintptr_t b = ((uintptr_t)workspace + DM_WORKSPACE_ALIGN - 1) & ~(uintptr_t)(DM_WORKSPACE_ALIGN - 1);
+    f.router = *router;
+    f.local_experts = *local_experts;
+    f.T = T;
+    f.x = x;
+    f.logits = logits;
+    f.mask_logits = mask_logits;
+    f.logits_dtype = logits_dtype;
+    f.bias = bias;
+    f.out = out;
+    f.base = (char *)b;
+    f.mode = mode;
+    if (ep->transport == DM_EP_MPI) return dm_ep_mpi_forward(ep, ctx, &f);
+    return dm_ep_nccl_forward(ep, ctx, &f, stream);
+}
