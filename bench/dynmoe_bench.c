@@ -1,0 +1,1141 @@
+/*
+ * dynmoe-bench — times one MoE layer of a real model (a preset) through the
+ * dynmoe C API and prints, per configuration, what a person compares: time per
+ * layer, active TFLOP/s, GB/s on the weights actually read, the fraction of the
+ * bound, and the speedup of dynamic routing over static top-K. Every
+ * comparison is measured in the same process, on the same buffers:
+ *
+ *   layer     dynmoe_moe_forward: route -> plan -> experts -> combine
+ *   static    the same layer with static top-K (no mask, no zero-expert share)
+ *   dense     the two GEMMs of one FFN on M = routed rows, no gather/act/combine:
+ *             [M,H]x[H,2I] then [M,I]x[I,H] — the same FLOPs as the active experts
+ *   copy      memcpy / cudaMemcpy D2D bandwidth, the bound of decode
+ *   route, plan, combine   each stage alone (combine: see measure_config)
+ *
+ * Napkin math for the default preset (Qwen3-30B-A3B, E 128, K 8, H 2048, I 768):
+ * one expert is 3*I*H = 4.7 M weights (18.9 MB in f32); a layer is 2.4 GB f32.
+ * Active FLOPs = 6*R*H*I with R = routed rows = T*K*keep*(1-zero share);
+ * at T = 2048: R = 16384, 155 GFLOP — about 1.5 s on 2 AVX2 cores at
+ * ~100 GFLOP/s, ~0.3 ms on an H100 at ~600 TFLOP/s.
+ */
+#define _GNU_SOURCE 1 /* popen, isatty, gmtime_r */
+
+#include <ctype.h>
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "bench_commit.h" /* DYNMOE_BENCH_COMMIT, regenerated on every build */
+#include "bench_dev.h"
+#include "dynmoe.h"
+
+#define MAX_LIST 64
+#define MAX_ROT 16
+
+/* ------------------------------------------------------------------------ */
+/* presets: published configs of real models' MoE layers                   */
+/* ------------------------------------------------------------------------ */
+
+typedef struct preset {
+    const char *name;  /* --preset */
+    const char *model; /* as published */
+    int32_t E, Z;
+    dynmoe_zero_kind zero_kind;
+    int32_t K, H, I;
+    dynmoe_score score;
+    int bias; /* selection bias (DeepSeek-V3 e_score_correction_bias, LongCat) */
+    int32_t groups, topk_groups;
+    dynmoe_norm norm;
+    float scale;
+} preset;
+
+static const preset PRESETS[] = {
+    {"mixtral-8x7b", "Mixtral-8x7B", 8, 0, DYNMOE_ZERO_OUTPUT, 2, 4096, 14336, DYNMOE_SCORE_SOFTMAX, 0, 0, 0,
+     DYNMOE_NORM_SELECTED, 1.0f},
+    {"qwen3-30b-a3b", "Qwen3-30B-A3B", 128, 0, DYNMOE_ZERO_OUTPUT, 8, 2048, 768, DYNMOE_SCORE_SOFTMAX, 0, 0, 0,
+     DYNMOE_NORM_SELECTED, 1.0f},
+    {"deepseek-v3", "DeepSeek-V3", 256, 0, DYNMOE_ZERO_OUTPUT, 8, 7168, 2048, DYNMOE_SCORE_SIGMOID, 1, 8, 4,
+     DYNMOE_NORM_SELECTED, 2.5f},
+    {"longcat-flash", "LongCat-Flash", 512, 256, DYNMOE_ZERO_IDENTITY, 12, 6144, 2048, DYNMOE_SCORE_SOFTMAX, 1, 0,
+     0, DYNMOE_NORM_NONE, 1.0f},
+    {"zeda-qwen3", "ZEDA-Qwen3", 128, 64, DYNMOE_ZERO_OUTPUT, 8, 2048, 768, DYNMOE_SCORE_SOFTMAX, 0, 0, 0,
+     DYNMOE_NORM_SELECTED, 1.0f},
+    {"olmoe", "OLMoE-1B-7B", 64, 0, DYNMOE_ZERO_OUTPUT, 8, 2048, 1024, DYNMOE_SCORE_SOFTMAX, 0, 0, 0,
+     DYNMOE_NORM_NONE, 1.0f},
+};
+#define NUM_PRESETS ((int)(sizeof PRESETS / sizeof PRESETS[0]))
+#define DEFAULT_PRESET 1 /* qwen3-30b-a3b */
+
+static const char *score_name(dynmoe_score s) {
+    return s == DYNMOE_SCORE_SOFTMAX ? "softmax" : s == DYNMOE_SCORE_SIGMOID ? "sigmoid" : "none";
+}
+static const char *norm_name(dynmoe_norm n) {
+    return n == DYNMOE_NORM_NONE ? "none" : n == DYNMOE_NORM_SELECTED ? "selected" : n == DYNMOE_NORM_KEPT ? "kept" : "uniform";
+}
+static const char *select_name(dynmoe_select s) {
+    return s == DYNMOE_SELECT_TOPK ? "topk" : s == DYNMOE_SELECT_TOP_P ? "top_p" : "threshold";
+}
+
+/* ------------------------------------------------------------------------ */
+/* options                                                                  */
+/* ------------------------------------------------------------------------ */
+
+typedef struct opts {
+    int preset;
+    int backend; /* -1 auto */
+    int64_t tokens[MAX_LIST];
+    int ntokens;
+    double keep[MAX_LIST];
+    int nkeep;
+    double zero[MAX_LIST];
+    int nzero;
+    int iters;  /* 0: auto */
+    int warmup; /* -1: auto */
+    const char *json;
+    int dtype;                          /* -1: auto */
+    int32_t E, Z, K, H, I, G, GK;       /* -1: preset's */
+    int zero_kind;                      /* -1: preset's */
+    dynmoe_select select;
+    float top_p, threshold;
+    int profile;
+    int rotate;
+    uint64_t seed;
+    int quiet;
+} opts;
+
+static void usage(FILE *f) {
+    fprintf(f,
+"usage: dynmoe-bench [options]\n"
+"\n"
+"Times one MoE layer (route -> plan -> experts -> combine, dynmoe_moe_forward) of a\n"
+"real model and, in the same run, the ceilings it is compared with: a dense GEMM\n"
+"with the same FLOPs, the memory copy bandwidth, and the same layer with static\n"
+"top-K. One table row (and one JSON line) per configuration T x keep x zero share.\n"
+"\n"
+"layer\n"
+"  --preset NAME       model MoE layer (default qwen3-30b-a3b); a unique prefix is enough:\n");
+    for (int i = 0; i < NUM_PRESETS; i++) {
+        const preset *p = &PRESETS[i];
+        fprintf(f, "                        %-14s E %d", p->name, p->E);
+        if (p->Z) fprintf(f, " + %d %s", p->Z, p->zero_kind == DYNMOE_ZERO_IDENTITY ? "identity" : "zero-output");
+        fprintf(f, ", K %d, H %d, I %d, %s%s", p->K, p->H, p->I, score_name(p->score), p->bias ? " + bias" : "");
+        if (p->groups) fprintf(f, ", %d groups keep %d", p->groups, p->topk_groups);
+        if (p->scale != 1.0f) fprintf(f, ", scale %g", p->scale);
+        fprintf(f, ", norm %s\n", norm_name(p->norm));
+    }
+    fprintf(f,
+"  --experts E         real experts (overrides the preset)\n"
+"  --zero-experts Z    zero-computation experts, ids E..E+Z-1\n"
+"  --zero-kind KIND    output (contributes 0) | identity (contributes w*x)\n"
+"  --top-k K           slots per token\n"
+"  --hidden H          model dimension\n"
+"  --inter I           intermediate size of one expert (SwiGLU: W13 [2I,H], W2 [H,I])\n"
+"  --groups G          DeepSeek-V3 group limit: G groups (0 = off)\n"
+"  --topk-groups N     groups kept per token\n"
+"  --router KIND       topk (default) | top_p | threshold\n"
+"  --top-p P           for --router top_p (default 0.5)\n"
+"  --threshold S       for --router threshold, on the score (default 0.05)\n"
+"  --dtype T           f32 | bf16 | f16: weights, x and out (default: bf16 on CUDA;\n"
+"                      on the CPU f32 when it fits in memory, else bf16). Logits are f32.\n"
+"\n"
+"sweep (a comma list runs every combination)\n"
+"  --tokens T[,T..]    tokens per layer (default: 2048 on CUDA, 512 on the CPU)\n"
+"  --keep F[,F..]      BEAM keep-rate: each real-expert slot survives its mask with\n"
+"                      probability F, in (0,1]; 1 = no mask (default 1,0.5,0.15)\n"
+"  --zero-share F[,F..] fraction of slots routed to zero experts, in [0,1); needs Z > 0\n"
+"                      (default 0)\n"
+"\n"
+"timing\n"
+"  --backend B         cpu | cuda (default: cuda when dynmoe_cuda_available(), else cpu)\n"
+"  --iters N           timed calls per measurement (default: auto, enough for ~0.5 s on\n"
+"                      the CPU / ~0.2 s on CUDA; at least 5 / 20)\n"
+"  --warmup N          untimed calls before each measurement (default 1 CPU, 3 CUDA)\n"
+"  --rotate N          input sets (x, logits, masks) rotated over the calls so caches do\n"
+"                      not flatter small layers (default 4, at most %d)\n"
+"  --seed S            seed of the random data (default 1)\n"
+"\n"
+"output\n"
+"  --json FILE         append one JSON line per configuration (machine, commit, date,\n"
+"                      every parameter and result); bench/plot.py draws them\n"
+"  --quiet             no progress line on stderr\n"
+"  --profile           one clean iteration of the first configuration (after warm-up),\n"
+"                      between cudaProfilerStart/Stop and inside the NVTX range\n"
+"                      \"dynmoe_profile\"; no ceilings, no table. For Nsight Compute:\n"
+"                        ncu --profile-from-start off --set full -o layer dynmoe-bench --profile ...\n"
+"                      Nsight Systems sees NVTX ranges on every timed call in normal runs:\n"
+"                        nsys profile -t cuda,nvtx dynmoe-bench ...\n"
+"  --help              this text\n"
+"\n"
+"columns: time = median [min, max] of the timed calls; us/tok = time / T;\n"
+"GFLOP/s (TFLOP/s on CUDA) = 6*R*H*I / time with R = rows routed to real experts;\n"
+"GB/s = weight bytes of the active experts / time; bound = max(dense GEMM time at\n"
+"the same FLOPs, weight bytes / copy bandwidth) / time, F or M says which binds;\n"
+"xstat = time(static top-K) / time; t/t0 = time / time(static); work = R / R(static);\n"
+"rpc = (route + plan + combine) / time, each stage timed alone.\n"
+"\n"
+"example: dynmoe-bench --preset qwen3 --backend cpu --tokens 2048 --keep 1,0.5,0.15\n",
+            MAX_ROT);
+}
+
+static int bad(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "dynmoe-bench: ");
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, "\n(dynmoe-bench --help lists every flag)\n");
+    va_end(ap);
+    return -1;
+}
+
+static int parse_int(const char *flag, const char *s, long long lo, long long hi, long long *out) {
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi)
+        return bad("%s: expected an integer in [%lld, %lld], got '%s'", flag, lo, hi, s);
+    *out = v;
+    return 0;
+}
+
+static int parse_real(const char *flag, const char *s, double lo, double hi, int lo_open, double *out) {
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || *end || !isfinite(v) || v > hi || v < lo || (lo_open && v == lo))
+        return bad("%s: expected a number in %s%g, %g], got '%s'", flag, lo_open ? "(" : "[", lo, hi, s);
+    *out = v;
+    return 0;
+}
+
+/* "a,b,c" -> values; each checked like a single value. */
+static int parse_list(const char *flag, const char *s, int integer, double lo, double hi, int lo_open,
+                      double *vals, int64_t *ivals, int *n) {
+    char buf[1024];
+    if (strlen(s) >= sizeof buf) return bad("%s: list too long", flag);
+    strcpy(buf, s);
+    *n = 0;
+    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        if (*n == MAX_LIST) return bad("%s: at most %d values", flag, MAX_LIST);
+        if (integer) {
+            long long v = 0;
+            if (parse_int(flag, tok, (long long)lo, (long long)hi, &v)) return -1;
+            ivals[(*n)++] = v;
+        } else {
+            double v = 0;
+            if (parse_real(flag, tok, lo, hi, lo_open, &v)) return -1;
+            vals[(*n)++] = v;
+        }
+    }
+    if (*n == 0) return bad("%s: empty list", flag);
+    return 0;
+}
+
+static int find_preset(const char *name) {
+    int hit = -1, hits = 0;
+    for (int i = 0; i < NUM_PRESETS; i++) {
+        if (strcasecmp(name, PRESETS[i].name) == 0) return i;
+        if (strncasecmp(name, PRESETS[i].name, strlen(name)) == 0) hit = i, hits++;
+    }
+    return hits == 1 ? hit : -1;
+}
+
+static int parse_args(int argc, char **argv, opts *o) {
+    *o = (opts){.preset = DEFAULT_PRESET, .backend = -1, .iters = 0, .warmup = -1, .dtype = -1,
+                .E = -1, .Z = -1, .K = -1, .H = -1, .I = -1, .G = -1, .GK = -1, .zero_kind = -1,
+                .select = DYNMOE_SELECT_TOPK, .top_p = 0.5f, .threshold = 0.05f, .rotate = 4, .seed = 1};
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        char flag[64];
+        const char *val = NULL;
+        if (strncmp(a, "--", 2) != 0) return bad("unexpected argument '%s'", a);
+        const char *eq = strchr(a, '=');
+        size_t fl = eq ? (size_t)(eq - a) : strlen(a);
+        if (fl >= sizeof flag) return bad("unknown flag '%s'", a);
+        memcpy(flag, a, fl);
+        flag[fl] = 0;
+        static const char *known[] = {"--help", "--profile", "--quiet", "--preset", "--backend", "--tokens",
+                                      "--keep", "--zero-share", "--iters", "--warmup", "--rotate", "--seed",
+                                      "--json", "--dtype", "--experts", "--zero-experts", "--zero-kind", "--top-k",
+                                      "--hidden", "--inter", "--groups", "--topk-groups", "--router", "--top-p",
+                                      "--threshold"};
+        int is_known = 0;
+        for (size_t k = 0; k < sizeof known / sizeof known[0]; k++) is_known |= !strcmp(flag, known[k]);
+        if (!is_known) return bad("unknown flag '%s'", flag);
+        /* flags without a value */
+        if (!strcmp(flag, "--help")) {
+            usage(stdout);
+            exit(0);
+        }
+        if (!strcmp(flag, "--profile") || !strcmp(flag, "--quiet")) {
+            if (eq) return bad("%s takes no value", flag);
+            if (!strcmp(flag, "--profile")) o->profile = 1;
+            else o->quiet = 1;
+            continue;
+        }
+        if (eq) val = eq + 1;
+        else if (i + 1 < argc) val = argv[++i];
+        else return bad("%s needs a value", flag);
+        long long v;
+        double d;
+        if (!strcmp(flag, "--preset")) {
+            o->preset = find_preset(val);
+            if (o->preset < 0) {
+                fprintf(stderr, "dynmoe-bench: unknown preset '%s'; presets:", val);
+                for (int p = 0; p < NUM_PRESETS; p++) fprintf(stderr, " %s", PRESETS[p].name);
+                fprintf(stderr, "\n");
+                return -1;
+            }
+        } else if (!strcmp(flag, "--backend")) {
+            if (!strcmp(val, "cpu")) o->backend = DYNMOE_BACKEND_CPU;
+            else if (!strcmp(val, "cuda")) o->backend = DYNMOE_BACKEND_CUDA;
+            else return bad("--backend: expected cpu or cuda, got '%s'", val);
+        } else if (!strcmp(flag, "--tokens")) {
+            if (parse_list(flag, val, 1, 1, DYNMOE_MAX_TOKENS, 0, NULL, o->tokens, &o->ntokens)) return -1;
+        } else if (!strcmp(flag, "--keep")) {
+            if (parse_list(flag, val, 0, 0, 1, 1, o->keep, NULL, &o->nkeep)) return -1;
+        } else if (!strcmp(flag, "--zero-share")) {
+            if (parse_list(flag, val, 0, 0, 0.999, 0, o->zero, NULL, &o->nzero)) return -1;
+        } else if (!strcmp(flag, "--iters")) {
+            if (parse_int(flag, val, 1, 1000000, &v)) return -1;
+            o->iters = (int)v;
+        } else if (!strcmp(flag, "--warmup")) {
+            if (parse_int(flag, val, 0, 1000000, &v)) return -1;
+            o->warmup = (int)v;
+        } else if (!strcmp(flag, "--rotate")) {
+            if (parse_int(flag, val, 1, MAX_ROT, &v)) return -1;
+            o->rotate = (int)v;
+        } else if (!strcmp(flag, "--seed")) {
+            if (parse_int(flag, val, 0, (long long)1 << 62, &v)) return -1;
+            o->seed = (uint64_t)v;
+        } else if (!strcmp(flag, "--json")) {
+            o->json = val;
+        } else if (!strcmp(flag, "--dtype")) {
+            if (!strcmp(val, "f32")) o->dtype = DYNMOE_F32;
+            else if (!strcmp(val, "bf16")) o->dtype = DYNMOE_BF16;
+            else if (!strcmp(val, "f16")) o->dtype = DYNMOE_F16;
+            else return bad("--dtype: expected f32, bf16 or f16, got '%s'", val);
+        } else if (!strcmp(flag, "--experts")) {
+            if (parse_int(flag, val, 1, DYNMOE_MAX_EXPERTS, &v)) return -1;
+            o->E = (int32_t)v;
+        } else if (!strcmp(flag, "--zero-experts")) {
+            if (parse_int(flag, val, 0, DYNMOE_MAX_EXPERTS, &v)) return -1;
+            o->Z = (int32_t)v;
+        } else if (!strcmp(flag, "--zero-kind")) {
+            if (!strcmp(val, "output") || !strcmp(val, "zero")) o->zero_kind = DYNMOE_ZERO_OUTPUT;
+            else if (!strcmp(val, "identity")) o->zero_kind = DYNMOE_ZERO_IDENTITY;
+            else return bad("--zero-kind: expected output or identity, got '%s'", val);
+        } else if (!strcmp(flag, "--top-k")) {
+            if (parse_int(flag, val, 1, DYNMOE_MAX_TOP_K, &v)) return -1;
+            o->K = (int32_t)v;
+        } else if (!strcmp(flag, "--hidden")) {
+            if (parse_int(flag, val, 1, 1 << 20, &v)) return -1;
+            o->H = (int32_t)v;
+        } else if (!strcmp(flag, "--inter")) {
+            if (parse_int(flag, val, 1, 1 << 20, &v)) return -1;
+            o->I = (int32_t)v;
+        } else if (!strcmp(flag, "--groups")) {
+            if (parse_int(flag, val, 0, DYNMOE_MAX_EXPERTS, &v)) return -1;
+            o->G = (int32_t)v;
+        } else if (!strcmp(flag, "--topk-groups")) {
+            if (parse_int(flag, val, 1, DYNMOE_MAX_EXPERTS, &v)) return -1;
+            o->GK = (int32_t)v;
+        } else if (!strcmp(flag, "--router")) {
+            if (!strcmp(val, "topk")) o->select = DYNMOE_SELECT_TOPK;
+            else if (!strcmp(val, "top_p") || !strcmp(val, "top-p")) o->select = DYNMOE_SELECT_TOP_P;
+            else if (!strcmp(val, "threshold")) o->select = DYNMOE_SELECT_THRESHOLD;
+            else return bad("--router: expected topk, top_p or threshold, got '%s'", val);
+        } else if (!strcmp(flag, "--top-p")) {
+            if (parse_real(flag, val, 0, 1, 1, &d)) return -1;
+            o->top_p = (float)d;
+        } else if (!strcmp(flag, "--threshold")) {
+            if (parse_real(flag, val, -1e30, 1e30, 0, &d)) return -1;
+            o->threshold = (float)d;
+        } else {
+            return bad("unknown flag '%s'", flag);
+        }
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* random inputs                                                            */
+/* ------------------------------------------------------------------------ */
+
+typedef struct rng {
+    uint64_t s;
+} rng;
+static uint64_t rng_next(rng *r) { /* splitmix64 */
+    uint64_t z = (r->s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+static double rng_u01(rng *r) { return (double)(rng_next(r) >> 11) * (1.0 / 9007199254740992.0); }
+static int64_t rng_below(rng *r, int64_t n) { return (int64_t)(rng_u01(r) * (double)n); }
+
+/* Router logits [T, E+Z] (f32) that make a top-K router pick exactly the
+ * experts we draw: K "hot" logits in [3, 4), the rest "cold" in [-3, 0).
+ * Per token, round(zero_share*K) slots (stochastically rounded, so the mean is
+ * exact) go to distinct random zero experts, the others to distinct random real
+ * experts, uniform over experts (balanced load, as a trained router with its
+ * load-balancing loss). With a group limit the real experts are drawn inside
+ * topk_groups random groups, so the group stage keeps them. The gap (>= 3)
+ * is far larger than the selection bias (|b| <= 0.05), so bias never changes
+ * the choice. Top-p and threshold routers see the same logits and cut some. */
+static void make_logits(float *logits, int64_t T, const dynmoe_router *r, double zero_share, rng *g,
+                        int32_t *perm /* [E+Z] scratch */) {
+    int32_t E = r->num_experts, Z = r->num_zero_experts, N = E + Z, K = r->top_k;
+    for (int64_t t = 0; t < T; t++) {
+        float *row = logits + t * N;
+        for (int32_t e = 0; e < N; e++) row[e] = (float)(-3.0 + 3.0 * rng_u01(g)) - 1e-3f;
+        double want = zero_share * K;
+        int32_t nz = (int32_t)floor(want) + (rng_u01(g) < want - floor(want) ? 1 : 0);
+        if (nz > Z) nz = Z;
+        if (nz > K) nz = K;
+        int32_t nr = K - nz;
+        /* real candidates */
+        int32_t pool = 0;
+        if (r->num_groups > 0) {
+            int32_t G = r->num_groups, per = E / G;
+            int32_t gperm[DYNMOE_MAX_EXPERTS];
+            for (int32_t j = 0; j < G; j++) gperm[j] = j;
+            for (int32_t j = 0; j < r->topk_groups; j++) {
+                int32_t k = j + (int32_t)rng_below(g, G - j), tmp = gperm[j];
+                gperm[j] = gperm[k], gperm[k] = tmp;
+                for (int32_t e = 0; e < per; e++) perm[pool++] = gperm[j] * per + e;
+            }
+        } else {
+            for (int32_t e = 0; e < E; e++) perm[pool++] = e;
+        }
+        if (nr > pool) nr = pool;
+        for (int32_t j = 0; j < nr; j++) { /* partial Fisher-Yates */
+            int32_t k = j + (int32_t)rng_below(g, pool - j), tmp = perm[j];
+            perm[j] = perm[k], perm[k] = tmp;
+            row[perm[j]] = (float)(3.0 + rng_u01(g));
+        }
+        for (int32_t j = 0; j < Z; j++) perm[j] = E + j;
+        for (int32_t j = 0; j < nz; j++) {
+            int32_t k = j + (int32_t)rng_below(g, Z - j), tmp = perm[j];
+            perm[j] = perm[k], perm[k] = tmp;
+            row[perm[j]] = (float)(3.0 + rng_u01(g));
+        }
+    }
+}
+
+/* BEAM mask logits [T, E]: > 0 (kept) with probability keep, never 0. */
+static void make_mask(float *mask, int64_t T, int32_t E, double keep, rng *g) {
+    for (int64_t i = 0; i < T * E; i++) {
+        float m = (float)(0.5 + rng_u01(g));
+        mask[i] = rng_u01(g) < keep ? m : -m;
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* the bench state and the timed calls                                      */
+/* ------------------------------------------------------------------------ */
+
+enum { RUN_LAYER, RUN_ROUTE, RUN_PLAN, RUN_COMBINE, RUN_DENSE, RUN_COPY };
+
+typedef struct bench {
+    opts o;
+    bdev dev;
+    dynmoe_ctx *ctx;
+    dynmoe_router router;    /* the layer's */
+    dynmoe_router router_id; /* same, zero experts made identity: the combine proxy */
+    dynmoe_experts ex;
+    const char *model;
+    int modified; /* a preset with overrides: marked '*' in the table */
+    int64_t Tmax;
+    int nrot;
+    void *w13, *w2, *out, *ws;
+    size_t ws_bytes;
+    float *bias;
+    void *x[MAX_ROT], *logits[MAX_ROT], *mask[MAX_ROT];
+    int32_t *ids[MAX_ROT], *ids_id[MAX_ROT];
+    float *wts[MAX_ROT];
+    /* host staging */
+    float *h_logits, *h_mask;
+    int32_t *h_ids, *perm;
+    /* the call being timed */
+    int kind;
+    int64_t T;
+    int use_mask;
+    int64_t dense_rows;
+    dynmoe_status last_status;
+    char last_msg[512];
+    int failures;
+} bench;
+
+static int check(bench *b, dynmoe_status st, const char *what) {
+    if (st == DYNMOE_OK) return 0;
+    b->last_status = st;
+    snprintf(b->last_msg, sizeof b->last_msg, "%s: %s: %s", what, dynmoe_status_name(st), dynmoe_last_error());
+    return -1;
+}
+
+static int run_once(void *arg, int iter) {
+    bench *b = arg;
+    int j = iter % b->nrot;
+    void *s = b->dev.stream;
+    dynmoe_status st = DYNMOE_OK;
+    int rc;
+    switch (b->kind) {
+    case RUN_LAYER:
+        bdev_range_push("dynmoe_moe_forward");
+        st = dynmoe_moe_forward(b->ctx, &b->router, &b->ex, b->T, b->x[j], b->logits[j], DYNMOE_F32, b->bias,
+                                b->use_mask ? b->mask[j] : NULL, b->out, b->ws, b->ws_bytes, s);
+        bdev_range_pop();
+        return check(b, st, "dynmoe_moe_forward");
+    case RUN_ROUTE:
+        bdev_range_push("dynmoe_route");
+        st = dynmoe_route(b->ctx, &b->router, b->T, b->logits[j], DYNMOE_F32, b->bias,
+                          b->use_mask ? b->mask[j] : NULL, b->ids[j], b->wts[j], s);
+        bdev_range_pop();
+        return check(b, st, "dynmoe_route");
+    case RUN_PLAN: {
+        dynmoe_plan plan;
+        bdev_range_push("dynmoe_plan_build");
+        st = dynmoe_plan_build(b->ctx, &b->router, b->T, b->ids[j], b->router.top_k, b->ws, b->ws_bytes, &plan, s);
+        bdev_range_pop();
+        return check(b, st, "dynmoe_plan_build");
+    }
+    case RUN_COMBINE:
+        bdev_range_push("combine (experts_forward, identity table)");
+        st = dynmoe_experts_forward(b->ctx, &b->router_id, &b->ex, b->T, b->x[j], b->ids_id[j], b->wts[j],
+                                    b->router.top_k, b->out, b->ws, b->ws_bytes, s);
+        bdev_range_pop();
+        return check(b, st, "dynmoe_experts_forward (combine proxy)");
+    case RUN_DENSE:
+        bdev_range_push("dense GEMM ceiling");
+        rc = bdev_dense_run(&b->dev, b->dense_rows);
+        bdev_range_pop();
+        break;
+    case RUN_COPY:
+        bdev_range_push("copy bandwidth");
+        rc = bdev_copy_run(&b->dev);
+        bdev_range_pop();
+        break;
+    default:
+        return -1;
+    }
+    if (rc != 0) {
+        b->last_status = DYNMOE_ERR_DEVICE;
+        snprintf(b->last_msg, sizeof b->last_msg, "%s", bdev_last_error());
+    }
+    return rc;
+}
+
+typedef struct tstat {
+    double med, min, max, p10, p90, mean;
+    int iters;
+} tstat;
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* p-quantile of sorted s[n], linear interpolation. */
+static double quantile(const double *s, int n, double p) {
+    double pos = p * (n - 1);
+    int lo = (int)floor(pos), hi = lo + 1 < n ? lo + 1 : n - 1;
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo);
+}
+
+/* Warm-up, then `--iters` timed calls, or (auto) as many as fill the time
+ * target given the first timed call: big layers get few, small ones many. */
+static int measure(bench *b, int kind, tstat *ts) {
+    int cuda = b->dev.cuda;
+    int warmup = b->o.warmup >= 0 ? b->o.warmup : (cuda ? 3 : 1);
+    double target = cuda ? 0.2 : 0.5;
+    int lo = cuda ? 20 : 5, hi = cuda ? 5000 : 200;
+    b->kind = kind;
+    double first;
+    if (bdev_time(&b->dev, run_once, b, warmup, 1, &first) != 0) return -1;
+    int n = b->o.iters;
+    if (n == 0) {
+        double want = first > 0 ? target / first : hi;
+        n = want < lo ? lo : want > hi ? hi : (int)want;
+    }
+    double *s = malloc(sizeof(double) * (size_t)n);
+    if (!s) return -1;
+    s[0] = first; /* the first timed call, after warm-up, is a sample too */
+    if (n > 1 && bdev_time(&b->dev, run_once, b, 0, n - 1, s + 1) != 0) {
+        free(s);
+        return -1;
+    }
+    qsort(s, (size_t)n, sizeof(double), cmp_double);
+    double sum = 0;
+    for (int i = 0; i < n; i++) sum += s[i];
+    *ts = (tstat){quantile(s, n, 0.5), s[0], s[n - 1], quantile(s, n, 0.1), quantile(s, n, 0.9), sum / n, n};
+    free(s);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* setup                                                                    */
+/* ------------------------------------------------------------------------ */
+
+typedef struct sizes {
+    size_t weights, per_set, out, ws, dense, copy, total;
+} sizes;
+
+static sizes size_of(const bench *b, dynmoe_dtype dt, size_t copy_bytes) {
+    const dynmoe_router *r = &b->router;
+    size_t es = dtype_size(dt), T = (size_t)b->Tmax, E = (size_t)r->num_experts, N = E + (size_t)r->num_zero_experts;
+    size_t K = (size_t)r->top_k, H = (size_t)b->ex.hidden, I = (size_t)b->ex.inter, M = T * K;
+    dynmoe_experts ex = b->ex;
+    ex.dtype = dt;
+    sizes z;
+    z.weights = E * 3 * I * H * es;
+    z.per_set = T * H * es + T * N * 4 + T * E * 4 + T * K * 12;
+    z.out = T * H * es;
+    size_t w1 = dynmoe_workspace_size(&b->router, &ex, b->Tmax), w2 = dynmoe_workspace_size(&b->router_id, &ex, b->Tmax);
+    z.ws = w1 > w2 ? w1 : w2;
+    size_t des = b->dev.cuda ? es : 4;
+    z.dense = (M * H + 2 * I * H + M * 2 * I + M * I + H * I + M * H) * des;
+    z.copy = 2 * copy_bytes;
+    z.total = z.weights + (size_t)b->nrot * z.per_set + z.out + z.ws + z.dense + z.copy;
+    if (!b->dev.cuda) z.total += T * N * 4 + T * E * 4 + T * K * 4 + N * 4; /* host staging */
+    return z;
+}
+
+static double gb(size_t bytes) { return (double)bytes / 1e9; }
+
+static int alloc_fill(bench *b, void **p, size_t n, dynmoe_dtype t, float a, uint64_t seed) {
+    *p = bdev_alloc(&b->dev, n * dtype_size(t));
+    if (!*p) return bad("allocation failed: %s", bdev_last_error());
+    /* a random block of 1M + 3 elements (odd, so tiles do not line up with
+     * rows or experts) tiled over the buffer with shifted starts */
+    size_t bn = ((size_t)1 << 20) + 3;
+    if (bn > n) bn = n;
+    float *f = malloc(bn * 4);
+    void *blk = malloc(bn * 4);
+    if (!f || !blk) {
+        free(f);
+        free(blk);
+        return bad("out of host memory");
+    }
+    random_floats(f, bn, a, seed);
+    convert_from_f32(f, blk, bn, t);
+    int rc = bdev_fill(&b->dev, *p, n * dtype_size(t), blk, bn * dtype_size(t));
+    free(f);
+    free(blk);
+    return rc ? bad("filling a buffer failed: %s", bdev_last_error()) : 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* one configuration                                                        */
+/* ------------------------------------------------------------------------ */
+
+typedef struct result {
+    int64_t T;
+    double keep, zero;
+    int ok;
+    char error[512];
+    tstat layer, route, plan, combine, dense;
+    double rows, active; /* means over the rotated sets */
+    double flops, weight_bytes, bound_s, frac;
+    char bound_kind;
+    double static_s, static_rows, speedup, ratio, work, rpc_share;
+} result;
+
+/* Untimed preparation of one configuration: fresh logits and masks for every
+ * rotated set, the routing tables they give (for the plan and combine timings)
+ * and the routed rows / active experts each set really produced. */
+static int prepare(bench *b, result *res) {
+    const dynmoe_router *r = &b->router;
+    int32_t E = r->num_experts, N = E + r->num_zero_experts, K = r->top_k;
+    int64_t T = res->T;
+    b->T = T;
+    b->use_mask = res->keep < 1.0;
+    res->rows = res->active = 0;
+    for (int j = 0; j < b->nrot; j++) {
+        rng g = {b->o.seed * 1000003u + (uint64_t)T * 7919u + (uint64_t)(res->keep * 1e6) * 31u +
+                 (uint64_t)(res->zero * 1e6) * 131u + (uint64_t)j};
+        make_logits(b->h_logits, T, r, res->zero, &g, b->perm);
+        if (bdev_upload(&b->dev, b->logits[j], b->h_logits, (size_t)T * N * 4)) goto dev_fail;
+        if (b->use_mask) {
+            make_mask(b->h_mask, T, E, res->keep, &g);
+            if (bdev_upload(&b->dev, b->mask[j], b->h_mask, (size_t)T * E * 4)) goto dev_fail;
+        }
+        if (check(b, dynmoe_route(b->ctx, r, T, b->logits[j], DYNMOE_F32, b->bias, b->use_mask ? b->mask[j] : NULL,
+                                  b->ids[j], b->wts[j], b->dev.stream), "dynmoe_route"))
+            return -1;
+        dynmoe_plan plan;
+        if (check(b, dynmoe_plan_build(b->ctx, r, T, b->ids[j], K, b->ws, b->ws_bytes, &plan, b->dev.stream),
+                  "dynmoe_plan_build"))
+            return -1;
+        int32_t rows = 0, active = 0;
+        if (bdev_download(&b->dev, &rows, plan.expert_offsets + E, 4) ||
+            bdev_download(&b->dev, &active, plan.num_active, 4))
+            goto dev_fail;
+        res->rows += rows;
+        res->active += active;
+        /* Combine proxy table: every real-expert slot becomes an identity zero
+         * expert (id E), zero-output slots become empty, identity slots stay.
+         * experts_forward then runs plan (no rows) + combine over the same slots
+         * reading x[t] instead of y[row]: the combine's cost with no GEMM. */
+        if (bdev_download(&b->dev, b->h_ids, b->ids[j], (size_t)T * K * 4)) goto dev_fail;
+        for (int64_t i = 0; i < T * K; i++) {
+            int32_t id = b->h_ids[i];
+            if (id >= 0 && id < E) b->h_ids[i] = E;
+            else if (id >= E && r->zero_kind != DYNMOE_ZERO_IDENTITY) b->h_ids[i] = -1;
+        }
+        if (bdev_upload(&b->dev, b->ids_id[j], b->h_ids, (size_t)T * K * 4)) goto dev_fail;
+    }
+    res->rows /= b->nrot;
+    res->active /= b->nrot;
+    return 0;
+dev_fail:
+    b->last_status = DYNMOE_ERR_DEVICE;
+    snprintf(b->last_msg, sizeof b->last_msg, "%s", bdev_last_error());
+    return -1;
+}
+
+static void progress(bench *b, const result *res, int at, int total, const char *what) {
+    if (b->o.quiet) return;
+    int tty = isatty(2);
+    if (!tty && strcmp(what, "prepare") != 0) return; /* a log gets one line per configuration */
+    fprintf(stderr, "%s[%d/%d] T=%lld keep=%.2f zero=%.2f: %-8s%s", tty ? "\r\033[K" : "", at, total,
+            (long long)res->T, res->keep, res->zero, what, tty ? "" : "\n");
+    fflush(stderr);
+}
+
+/* Measures everything of one configuration. `full` = 0 for a static baseline
+ * that is not itself a requested row: only the layer time and rows. */
+static int measure_config(bench *b, result *res, double copy_bw, int at, int total, int full) {
+    const dynmoe_experts *ex = &b->ex;
+    res->ok = 0;
+    progress(b, res, at, total, "prepare");
+    if (prepare(b, res)) goto fail;
+    progress(b, res, at, total, "layer");
+    if (measure(b, RUN_LAYER, &res->layer)) goto fail;
+    if (!full) {
+        res->ok = 1;
+        return 0;
+    }
+    progress(b, res, at, total, "route");
+    if (measure(b, RUN_ROUTE, &res->route)) goto fail;
+    progress(b, res, at, total, "plan");
+    if (measure(b, RUN_PLAN, &res->plan)) goto fail;
+    progress(b, res, at, total, "combine");
+    if (measure(b, RUN_COMBINE, &res->combine)) goto fail;
+    b->dense_rows = (int64_t)llround(res->rows);
+    memset(&res->dense, 0, sizeof res->dense);
+    if (b->dense_rows > 0) {
+        progress(b, res, at, total, "dense");
+        if (measure(b, RUN_DENSE, &res->dense)) goto fail;
+    }
+    double H = ex->hidden, I = ex->inter;
+    res->flops = 6.0 * res->rows * H * I; /* [R,H]x[H,2I] + [R,I]x[I,H], 2 FLOPs per MAC */
+    res->weight_bytes = res->active * 3.0 * I * H * (double)dtype_size(ex->dtype);
+    double mem_s = copy_bw > 0 ? res->weight_bytes / copy_bw : 0;
+    res->bound_kind = res->dense.med >= mem_s ? 'F' : 'M';
+    res->bound_s = res->dense.med >= mem_s ? res->dense.med : mem_s;
+    res->frac = res->bound_s / res->layer.med;
+    res->rpc_share = (res->route.med + res->plan.med + res->combine.med) / res->layer.med;
+    res->ok = 1;
+    return 0;
+fail:
+    snprintf(res->error, sizeof res->error, "%s", b->last_msg);
+    return -1;
+}
+
+/* ------------------------------------------------------------------------ */
+/* output                                                                   */
+/* ------------------------------------------------------------------------ */
+
+static void json_str(FILE *f, const char *key, const char *v) {
+    fprintf(f, "\"%s\":\"", key);
+    for (const char *c = v; *c; c++) {
+        if (*c == '"' || *c == '\\') fputc('\\', f), fputc(*c, f);
+        else if ((unsigned char)*c < 0x20) fprintf(f, "\\u%04x", *c);
+        else fputc(*c, f);
+    }
+    fputc('"', f);
+}
+
+static void json_tstat(FILE *f, const char *key, const tstat *t) {
+    fprintf(f, ",\"%s\":{\"median_s\":%.9g,\"min_s\":%.9g,\"max_s\":%.9g,\"p10_s\":%.9g,\"p90_s\":%.9g,\"mean_s\":%.9g,\"iters\":%d}",
+            key, t->med, t->min, t->max, t->p10, t->p90, t->mean, t->iters);
+}
+
+typedef struct runinfo {
+    char commit[64], date[32];
+    double copy_bw;
+    size_t copy_bytes;
+    int warmup;
+} runinfo;
+
+static void json_line(FILE *f, const bench *b, const runinfo *ri, const result *res) {
+    const dynmoe_router *r = &b->router;
+    fputc('{', f);
+    json_str(f, "tool", "dynmoe-bench");
+    fprintf(f, ",\"version\":%d,", dynmoe_version());
+    json_str(f, "commit", ri->commit);
+    fputc(',', f);
+    json_str(f, "date", ri->date);
+    fputc(',', f);
+    json_str(f, "machine", b->dev.name);
+    fputc(',', f);
+    json_str(f, "machine_detail", b->dev.detail);
+    fputc(',', f);
+    json_str(f, "backend", b->dev.cuda ? "cuda" : "cpu");
+    fputc(',', f);
+    json_str(f, "preset", PRESETS[b->o.preset].name);
+    fputc(',', f);
+    json_str(f, "model", b->model);
+    fprintf(f, ",\"modified\":%s,", b->modified ? "true" : "false");
+    json_str(f, "dtype", dtype_name(b->ex.dtype));
+    fprintf(f, ",\"experts\":%d,\"zero_experts\":%d,", r->num_experts, r->num_zero_experts);
+    json_str(f, "zero_kind", r->zero_kind == DYNMOE_ZERO_IDENTITY ? "identity" : "output");
+    fprintf(f, ",\"top_k\":%d,\"hidden\":%d,\"inter\":%d,", r->top_k, b->ex.hidden, b->ex.inter);
+    json_str(f, "act", "swiglu");
+    fputc(',', f);
+    json_str(f, "score", score_name(r->score));
+    fputc(',', f);
+    json_str(f, "router", select_name(r->select));
+    fprintf(f, ",\"top_p\":%g,\"threshold\":%g,\"groups\":%d,\"topk_groups\":%d,", r->top_p, r->threshold,
+            r->num_groups, r->topk_groups);
+    json_str(f, "norm", norm_name(r->norm));
+    fprintf(f, ",\"scale\":%g,\"bias\":%s,\"logits_dtype\":\"f32\"", r->scale, b->bias ? "true" : "false");
+    fprintf(f, ",\"tokens\":%lld,\"keep\":%g,\"zero_share\":%g,\"warmup\":%d,\"rotate\":%d,\"seed\":%llu",
+            (long long)res->T, res->keep, res->zero, ri->warmup, b->nrot, (unsigned long long)b->o.seed);
+    fprintf(f, ",\"ok\":%s", res->ok ? "true" : "false");
+    if (!res->ok) {
+        fputc(',', f);
+        json_str(f, "error", res->error);
+        fputs("}\n", f);
+        return;
+    }
+    json_tstat(f, "layer", &res->layer);
+    json_tstat(f, "route", &res->route);
+    json_tstat(f, "plan", &res->plan);
+    json_tstat(f, "combine", &res->combine);
+    json_tstat(f, "dense", &res->dense);
+    double t = res->layer.med;
+    fprintf(f,
+            ",\"time_s\":%.9g,\"us_per_token\":%.6g,\"routed_rows\":%.2f,\"active_experts\":%.2f"
+            ",\"active_flops\":%.6g,\"tflops\":%.6g,\"weight_bytes\":%.6g,\"weight_gbps\":%.6g"
+            ",\"dense_tflops\":%.6g,\"copy_gbps\":%.6g,\"copy_bytes\":%zu,\"bound_s\":%.9g,\"bound\":\"%s\""
+            ",\"frac_of_bound\":%.5g,\"static_s\":%.9g,\"static_rows\":%.2f,\"speedup_vs_static\":%.5g"
+            ",\"time_over_static\":%.5g,\"work_over_static\":%.5g,\"route_plan_combine_s\":%.9g"
+            ",\"route_plan_combine_share\":%.5g}\n",
+            t, 1e6 * t / (double)res->T, res->rows, res->active, res->flops, res->flops / t / 1e12,
+            res->weight_bytes, res->weight_bytes / t / 1e9, res->dense.med > 0 ? res->flops / res->dense.med / 1e12 : 0,
+            ri->copy_bw / 1e9, ri->copy_bytes, res->bound_s, res->bound_kind == 'F' ? "flops" : "memory", res->frac,
+            res->static_s, res->static_rows, res->speedup, res->ratio, res->work,
+            res->route.med + res->plan.med + res->combine.med, res->rpc_share);
+}
+
+static void table_header(const bench *b) {
+    const char *fl = b->dev.cuda ? "TFLOP/s" : "GFLOP/s";
+    printf("%-13s %-4s %-4s %6s %5s %5s | %9s %-21s %8s | %8s %7s %7s | %8s | %6s %5s %5s | %5s\n", "preset",
+           "back", "type", "T", "keep", "zero", "time ms", "[min, max]", "us/tok", fl, "GB/s", "bound", "dense ms",
+           "xstat", "t/t0", "work", "rpc");
+}
+
+static void table_row(const bench *b, const result *res) {
+    char name[32];
+    snprintf(name, sizeof name, "%.12s%s", PRESETS[b->o.preset].name, b->modified ? "*" : "");
+    if (!res->ok) {
+        printf("%-13.13s %-4s %-4s %6lld %5.2f %5.2f | FAILED: %s\n", name,
+               b->dev.cuda ? "cuda" : "cpu", dtype_name(b->ex.dtype), (long long)res->T, res->keep, res->zero,
+               res->error);
+        return;
+    }
+    double t = res->layer.med, fscale = b->dev.cuda ? 1e12 : 1e9;
+    char spread[64];
+    snprintf(spread, sizeof spread, "[%.3f, %.3f]", 1e3 * res->layer.min, 1e3 * res->layer.max);
+    printf("%-13.13s %-4s %-4s %6lld %5.2f %5.2f | %9.3f %-21s %8.2f | %8.1f %7.1f %5.0f%% %c | %8.3f | %5.2fx %5.2f "
+           "%5.2f | %4.1f%%\n",
+           name, b->dev.cuda ? "cuda" : "cpu", dtype_name(b->ex.dtype), (long long)res->T,
+           res->keep, res->zero, 1e3 * t, spread, 1e6 * t / (double)res->T, res->flops / t / fscale,
+           res->weight_bytes / t / 1e9, 100 * res->frac, res->bound_kind, 1e3 * res->dense.med, res->speedup,
+           res->ratio, res->work, 100 * res->rpc_share);
+    fflush(stdout);
+}
+
+static void commit_and_date(runinfo *ri) {
+    snprintf(ri->commit, sizeof ri->commit, "%s", DYNMOE_BENCH_COMMIT);
+    time_t now = time(NULL);
+    struct tm tm;
+    gmtime_r(&now, &tm);
+    strftime(ri->date, sizeof ri->date, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+/* ------------------------------------------------------------------------ */
+/* main                                                                     */
+/* ------------------------------------------------------------------------ */
+
+static int setup(bench *b) {
+    opts *o = &b->o;
+    const preset *p = &PRESETS[o->preset];
+    b->model = p->model;
+    b->modified = o->E >= 0 || o->Z >= 0 || o->K >= 0 || o->H >= 0 || o->I >= 0 || o->G >= 0 || o->GK >= 0 ||
+                  o->zero_kind >= 0 || o->select != DYNMOE_SELECT_TOPK;
+    dynmoe_router r = DYNMOE_ROUTER_INIT;
+    r.num_experts = o->E >= 0 ? o->E : p->E;
+    r.num_zero_experts = o->Z >= 0 ? o->Z : p->Z;
+    r.zero_kind = o->zero_kind >= 0 ? (dynmoe_zero_kind)o->zero_kind : p->zero_kind;
+    r.top_k = o->K >= 0 ? o->K : p->K;
+    r.score = p->score;
+    r.select = o->select;
+    r.top_p = o->top_p;
+    r.threshold = o->threshold;
+    r.num_groups = o->G >= 0 ? o->G : p->groups;
+    r.topk_groups = o->GK >= 0 ? o->GK : (r.num_groups ? (p->topk_groups ? p->topk_groups : r.num_groups) : 0);
+    r.norm = p->norm;
+    r.scale = p->scale;
+    if (r.num_experts + r.num_zero_experts > DYNMOE_MAX_EXPERTS)
+        return bad("E + Z = %d is above the library's limit %d", r.num_experts + r.num_zero_experts, DYNMOE_MAX_EXPERTS);
+    if (r.top_k > r.num_experts + r.num_zero_experts)
+        return bad("--top-k %d is larger than E + Z = %d", r.top_k, r.num_experts + r.num_zero_experts);
+    if (r.num_groups && (r.num_experts % r.num_groups))
+        return bad("%d experts do not split into %d groups (set --groups 0 or a divisor)", r.num_experts, r.num_groups);
+    if (r.num_groups && (r.topk_groups < 1 || r.topk_groups > r.num_groups))
+        return bad("--topk-groups %d must be in [1, %d]", r.topk_groups, r.num_groups);
+    for (int i = 0; i < o->nzero; i++)
+        if (o->zero[i] > 0 && r.num_zero_experts == 0)
+            return bad("--zero-share %g needs zero experts: the layer has none (use --zero-experts Z or a preset with "
+                       "them: longcat-flash, zeda-qwen3)",
+                       o->zero[i]);
+    b->router = r;
+    b->router_id = r;
+    if (b->router_id.num_zero_experts == 0) b->router_id.num_zero_experts = 1;
+    b->router_id.zero_kind = DYNMOE_ZERO_IDENTITY;
+
+    dynmoe_experts ex = DYNMOE_EXPERTS_INIT;
+    ex.num_experts = r.num_experts;
+    ex.hidden = o->H >= 0 ? o->H : p->H;
+    ex.inter = o->I >= 0 ? o->I : p->I;
+    ex.act = DYNMOE_ACT_SWIGLU;
+    b->ex = ex;
+    b->Tmax = 0;
+    for (int i = 0; i < o->ntokens; i++)
+        if (o->tokens[i] > b->Tmax) b->Tmax = o->tokens[i];
+    b->nrot = o->profile ? 1 : o->rotate;
+
+    /* Refuse what does not fit rather than crash or swap half-way. */
+    size_t copy_bytes = b->dev.cuda ? (size_t)1 << 30 : (size_t)256 << 20;
+    if (o->profile) copy_bytes = 0;
+    dynmoe_dtype dt;
+    if (o->dtype >= 0) {
+        dt = (dynmoe_dtype)o->dtype;
+    } else if (b->dev.cuda) {
+        dt = DYNMOE_BF16;
+    } else {
+        dt = size_of(b, DYNMOE_F32, copy_bytes).total <= b->dev.mem_limit ? DYNMOE_F32 : DYNMOE_BF16;
+    }
+    sizes z = size_of(b, dt, copy_bytes);
+    if (z.ws == 0)
+        return bad("the library rejects this layer: %s", dynmoe_last_error());
+    if (z.total > b->dev.mem_limit)
+        return bad("this configuration needs %.1f GB of %s memory (weights %.1f GB in %s, workspace %.1f GB, dense "
+                   "ceiling %.1f GB, inputs %.1f GB) but the limit is %.1f GB (%s of %.1f GB). Use fewer experts "
+                   "(--experts), a smaller --dtype, or fewer --tokens.",
+                   gb(z.total), b->dev.cuda ? "device" : "host", gb(z.weights), dtype_name(dt), gb(z.ws), gb(z.dense),
+                   gb((size_t)b->nrot * z.per_set), gb(b->dev.mem_limit), b->dev.cuda ? "92% of free" : "80% of physical",
+                   gb(b->dev.mem_total));
+    b->ex.dtype = dt;
+    b->ws_bytes = z.ws;
+
+    /* weights: uniform in +-1/sqrt(H) resp. +-1/sqrt(I), so activations stay
+     * O(1) (no overflow in f16, no denormals on the CPU) */
+    size_t E = (size_t)r.num_experts, H = (size_t)b->ex.hidden, I = (size_t)b->ex.inter;
+    size_t N = E + (size_t)r.num_zero_experts, K = (size_t)r.top_k, T = (size_t)b->Tmax;
+    void *w13 = NULL, *w2 = NULL;
+    if (alloc_fill(b, &w13, E * 2 * I * H, dt, 1.0f / sqrtf((float)H), o->seed + 11)) return -1;
+    if (alloc_fill(b, &w2, E * H * I, dt, 1.0f / sqrtf((float)I), o->seed + 12)) return -1;
+    b->w13 = w13, b->w2 = w2;
+    b->ex.w13 = w13, b->ex.w2 = w2;
+    for (int j = 0; j < b->nrot; j++) {
+        if (alloc_fill(b, &b->x[j], T * H, dt, 1.0f, o->seed + 100 + (uint64_t)j)) return -1;
+        b->logits[j] = bdev_alloc(&b->dev, T * N * 4);
+        b->mask[j] = bdev_alloc(&b->dev, T * E * 4);
+        b->ids[j] = bdev_alloc(&b->dev, T * K * 4);
+        b->ids_id[j] = bdev_alloc(&b->dev, T * K * 4);
+        b->wts[j] = bdev_alloc(&b->dev, T * K * 4);
+        if (!b->logits[j] || !b->mask[j] || !b->ids[j] || !b->ids_id[j] || !b->wts[j])
+            return bad("allocation failed: %s", bdev_last_error());
+    }
+    if (alloc_fill(b, &b->out, T * H, dt, 1.0f, o->seed + 13)) return -1; /* not zeros: must be written */
+    b->ws = bdev_alloc(&b->dev, b->ws_bytes);
+    if (!b->ws) return bad("workspace allocation failed: %s", bdev_last_error());
+    if (p->bias) { /* selection bias [E+Z]: small against the logit gap, see make_logits */
+        float *hb = malloc(N * 4);
+        if (!hb) return bad("out of host memory");
+        random_floats(hb, N, 0.05f, o->seed + 14);
+        b->bias = bdev_alloc(&b->dev, N * 4);
+        int rc = !b->bias || bdev_upload(&b->dev, b->bias, hb, N * 4);
+        free(hb);
+        if (rc) return bad("bias: %s", bdev_last_error());
+    }
+    b->h_logits = malloc(T * N * 4);
+    b->h_mask = malloc(T * E * 4);
+    b->h_ids = malloc(T * K * 4);
+    b->perm = malloc(N * 4 + 4);
+    if (!b->h_logits || !b->h_mask || !b->h_ids || !b->perm) return bad("out of host memory");
+    if (!o->profile) {
+        if (bdev_dense_setup(&b->dev, dt, (int64_t)(T * K), b->ex.hidden, b->ex.inter))
+            return bad("dense ceiling setup: %s", bdev_last_error());
+        if (bdev_copy_setup(&b->dev, copy_bytes)) return bad("copy setup: %s", bdev_last_error());
+    }
+    return 0;
+}
+
+static void print_banner(const bench *b, const runinfo *ri) {
+    const dynmoe_router *r = &b->router;
+    double wbytes = (double)r->num_experts * 3.0 * b->ex.inter * b->ex.hidden * (double)dtype_size(b->ex.dtype);
+    printf("# dynmoe-bench %d.%d.%d  commit %s  %s\n", DYNMOE_VERSION_MAJOR, DYNMOE_VERSION_MINOR,
+           DYNMOE_VERSION_PATCH, ri->commit, ri->date);
+    printf("# machine: %s (%s)  backend %s\n", b->dev.name, b->dev.detail, b->dev.cuda ? "cuda" : "cpu");
+    printf("# layer: %s%s  E %d + Z %d (%s)  K %d  H %d  I %d  swiglu  router %s %s%s", b->model,
+           b->modified ? " (modified: *)" : "", r->num_experts,
+           r->num_zero_experts, r->zero_kind == DYNMOE_ZERO_IDENTITY ? "identity" : "zero-output", r->top_k,
+           b->ex.hidden, b->ex.inter, select_name(r->select), score_name(r->score), b->bias ? "+bias" : "");
+    if (r->num_groups) printf(" groups %d/%d", r->topk_groups, r->num_groups);
+    printf(" norm %s scale %g  dtype %s  weights %.2f GB\n", norm_name(r->norm), r->scale, dtype_name(b->ex.dtype),
+           wbytes / 1e9);
+    if (ri->copy_bw > 0)
+        printf("# copy bandwidth: %.1f GB/s (%s of %zu MiB, 2 x bytes / time)\n", ri->copy_bw / 1e9,
+               b->dev.cuda ? "cudaMemcpyAsync D2D" : "memcpy on every thread", ri->copy_bytes >> 20);
+    printf("# timing: median [min, max] of timed calls after %d warm-up, %d rotated input sets, %s\n", ri->warmup,
+           b->nrot, b->dev.cuda ? "CUDA events" : "wall clock");
+}
+
+int main(int argc, char **argv) {
+    bench *b = calloc(1, sizeof *b);
+    if (!b) return 1;
+    if (parse_args(argc, argv, &b->o)) return 2;
+    opts *o = &b->o;
+    if (o->ntokens == 0) {
+        o->ntokens = 1;
+        o->tokens[0] = -1; /* backend default, set below */
+    }
+    if (o->nkeep == 0) {
+        o->nkeep = 3;
+        o->keep[0] = 1.0, o->keep[1] = 0.5, o->keep[2] = 0.15;
+    }
+    if (o->nzero == 0) o->nzero = 1, o->zero[0] = 0.0;
+    if (o->backend < 0) o->backend = dynmoe_cuda_available() ? DYNMOE_BACKEND_CUDA : DYNMOE_BACKEND_CPU;
+    if (o->tokens[0] < 0) o->tokens[0] = o->backend == DYNMOE_BACKEND_CUDA ? 2048 : 512;
+
+    char err[512];
+    if (bdev_init(&b->dev, o->backend == DYNMOE_BACKEND_CUDA, err, sizeof err)) {
+        fprintf(stderr, "dynmoe-bench: --backend cuda: %s\n", err);
+        return 1;
+    }
+    dynmoe_status st = dynmoe_ctx_create(&b->ctx, (dynmoe_backend)o->backend, 0);
+    if (st != DYNMOE_OK) {
+        fprintf(stderr, "dynmoe-bench: dynmoe_ctx_create(%s): %s: %s\n", o->backend ? "cuda" : "cpu",
+                dynmoe_status_name(st), dynmoe_last_error());
+        return 1;
+    }
+    if (setup(b)) return 1;
+
+    runinfo ri = {0};
+    commit_and_date(&ri);
+    ri.warmup = o->warmup >= 0 ? o->warmup : (b->dev.cuda ? 3 : 1);
+
+    if (o->profile) {
+        result res = {.T = o->tokens[0], .keep = o->keep[0], .zero = o->zero[0]};
+        if (prepare(b, &res)) {
+            fprintf(stderr, "dynmoe-bench: %s\n", b->last_msg);
+            return 1;
+        }
+        b->kind = RUN_LAYER;
+        double t;
+        if (bdev_time(&b->dev, run_once, b, ri.warmup, 0, &t)) goto profile_fail;
+        bdev_sync(&b->dev);
+        bdev_profiler(1);
+        bdev_range_push("dynmoe_profile");
+        int rc = bdev_time(&b->dev, run_once, b, 0, 1, &t);
+        bdev_range_pop();
+        bdev_sync(&b->dev);
+        bdev_profiler(0);
+        if (rc) goto profile_fail;
+        printf("# profiled one dynmoe_moe_forward: %s %s %s T=%lld keep=%g zero=%g: %.3f ms\n", b->model,
+               b->dev.cuda ? "cuda" : "cpu", dtype_name(b->ex.dtype), (long long)res.T, res.keep, res.zero, 1e3 * t);
+        return 0;
+    profile_fail:
+        fprintf(stderr, "dynmoe-bench: %s\n", b->last_msg);
+        return 1;
+    }
+
+    /* the copy bound, once: it does not depend on the configuration */
+    b->kind = RUN_COPY;
+    tstat cp;
+    if (measure(b, RUN_COPY, &cp)) {
+        fprintf(stderr, "dynmoe-bench: copy bandwidth: %s\n", b->last_msg);
+        return 1;
+    }
+    ri.copy_bytes = b->dev.cpy_bytes;
+    ri.copy_bw = 2.0 * (double)b->dev.cpy_bytes / cp.med;
+
+    FILE *jf = NULL;
+    if (o->json) {
+        jf = fopen(o->json, "a");
+        if (!jf) {
+            fprintf(stderr, "dynmoe-bench: --json %s: %s\n", o->json, strerror(errno));
+            return 1;
+        }
+    }
+    print_banner(b, &ri);
+    table_header(b);
+
+    int total = o->ntokens * o->nkeep * o->nzero, at = 0, failed = 0;
+    for (int ti = 0; ti < o->ntokens; ti++) {
+        /* static top-K of this T: a requested row if keep 1 / zero 0 is in the
+         * sweep, else measured for the speedup column only */
+        result base = {.T = o->tokens[ti], .keep = 1.0, .zero = 0.0};
+        int base_requested = 0;
+        for (int ki = 0; ki < o->nkeep; ki++)
+            for (int zi = 0; zi < o->nzero; zi++)
+                if (o->keep[ki] == 1.0 && o->zero[zi] == 0.0) base_requested = 1;
+        if (measure_config(b, &base, ri.copy_bw, at + 1, total, base_requested)) {
+            /* keep going: the other rows still have meaning without the column */
+            fprintf(stderr, "%sdynmoe-bench: static top-K at T=%lld: %s\n", isatty(2) && !o->quiet ? "\n" : "",
+                    (long long)base.T, base.error);
+        }
+        for (int zi = 0; zi < o->nzero; zi++) {
+            for (int ki = 0; ki < o->nkeep; ki++) {
+                result res = {.T = o->tokens[ti], .keep = o->keep[ki], .zero = o->zero[zi]};
+                at++;
+                if (res.keep == 1.0 && res.zero == 0.0) {
+                    res = base; /* the same configuration: measured once */
+                } else {
+                    measure_config(b, &res, ri.copy_bw, at, total, 1);
+                }
+                if (res.ok && base.ok) {
+                    res.static_s = base.layer.med;
+                    res.static_rows = base.rows;
+                    res.speedup = base.layer.med / res.layer.med;
+                    res.ratio = res.layer.med / base.layer.med;
+                    res.work = base.rows > 0 ? res.rows / base.rows : 0;
+                }
+                if (!res.ok) failed++;
+                if (!o->quiet && isatty(2)) fprintf(stderr, "\r\033[K");
+                table_row(b, &res);
+                if (jf) {
+                    json_line(jf, b, &ri, &res);
+                    fflush(jf);
+                }
+            }
+        }
+    }
+    if (jf) fclose(jf);
+    printf("# xstat/t0 compare with static top-K (keep 1, zero share 0) at the same T; work = routed rows / static rows.\n"
+           "# rpc: route + plan + combine, each timed alone; combine = experts_forward over the same table with\n"
+           "#      every real slot turned into an identity zero expert (no GEMM; includes a plan pass: an over-estimate).\n");
+
+    dynmoe_ctx_destroy(b->ctx);
+    bdev_destroy(&b->dev);
+    return failed ? 1 : 0;
+}
