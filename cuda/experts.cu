@@ -504,6 +504,27 @@ static __device__ __forceinline__ void dm_reduce_step(float *acc, int lane) {
     }
 }
 
+/* acc[w * RC + i] += W row w . x row i over one 16-byte vector v of each (rows i < nr only). */
+template <typename T>
+static __device__ __forceinline__ void dm_decode_step(float *acc, const uint4 *wv, const typename T::store *A,
+                                                      long long lda, const int *xrow, int v, int nr) {
+    enum { VN = dm_vec<T>::n };
+    float wf[DM_NR][VN];
+#pragma unroll
+    for (int w = 0; w < DM_NR; w++) dm_vec<T>::unpack(wv[w], wf[w]);
+#pragma unroll
+    for (int i = 0; i < DM_RC; i++) {
+        if (i < nr) {
+            float xf[VN];
+            dm_vec<T>::unpack(__ldg((const uint4 *)(A + (long long)xrow[i] * lda + (long long)v * VN)), xf);
+#pragma unroll
+            for (int w = 0; w < DM_NR; w++)
+#pragma unroll
+                for (int u = 0; u < VN; u++) acc[w * DM_RC + i] = fmaf(wf[w][u], xf[u], acc[w * DM_RC + i]);
+        }
+    }
+}
+
 template <typename T, int MODE>
 __global__ void __launch_bounds__(DM_DEC_THREADS) dm_decode_gemm(dm_gemm_params p) {
     typedef typename T::store S;
@@ -545,34 +566,36 @@ __global__ void __launch_bounds__(DM_DEC_THREADS) dm_decode_gemm(dm_gemm_params 
 
         for (int c0 = rs * DM_RC; c0 < rows; c0 += p.row_split * DM_RC) {
             const int nr = rows - c0 < DM_RC ? rows - c0 : DM_RC;
-            const S *xr[DM_RC];
+            /* A rows of the chunk (32-bit indices: fewer registers than pointers) */
+            int xrow[DM_RC];
 #pragma unroll
             for (int i = 0; i < DM_RC; i++) {
-                long long src = row0 + c0 + (i < nr ? i : 0);
+                int src = row0 + c0 + (i < nr ? i : 0);
                 if (MODE == 0) src = p.sorted_slots[src] / p.slots;
-                xr[i] = A + src * p.lda;
+                xrow[i] = src;
             }
             float acc[DM_NR * DM_RC];
 #pragma unroll
             for (int i = 0; i < DM_NR * DM_RC; i++) acc[i] = 0.0f;
 
             if (vec) {
+                /* two vectors per weight row in flight per lane (8 x 16 B) before the math */
                 const int nv = K / VN;
-                for (int v = lane; v < nv; v += 32) {
-                    float wf[DM_NR][VN];
+                int v = lane;
+                for (; v + 32 < nv; v += 64) {
+                    uint4 wv[2][DM_NR];
 #pragma unroll
-                    for (int w = 0; w < DM_NR; w++) dm_vec<T>::unpack(dm_ld_stream16(wr[w] + (long long)v * VN), wf[w]);
+                    for (int d = 0; d < 2; d++)
 #pragma unroll
-                    for (int i = 0; i < DM_RC; i++) {
-                        if (i < nr) {
-                            float xf[VN];
-                            dm_vec<T>::unpack(__ldg((const uint4 *)(xr[i] + (long long)v * VN)), xf);
+                        for (int w = 0; w < DM_NR; w++) wv[d][w] = dm_ld_stream16(wr[w] + (long long)(v + 32 * d) * VN);
 #pragma unroll
-                            for (int w = 0; w < DM_NR; w++)
+                    for (int d = 0; d < 2; d++) dm_decode_step<T>(acc, wv[d], A, p.lda, xrow, v + 32 * d, nr);
+                }
+                if (v < nv) {
+                    uint4 wv[DM_NR];
 #pragma unroll
-                                for (int u = 0; u < VN; u++) acc[w * DM_RC + i] = fmaf(wf[w][u], xf[u], acc[w * DM_RC + i]);
-                        }
-                    }
+                    for (int w = 0; w < DM_NR; w++) wv[w] = dm_ld_stream16(wr[w] + (long long)v * VN);
+                    dm_decode_step<T>(acc, wv, A, p.lda, xrow, v, nr);
                 }
             } else {
                 for (int k = lane; k < K; k += 32) {
@@ -582,7 +605,7 @@ __global__ void __launch_bounds__(DM_DEC_THREADS) dm_decode_gemm(dm_gemm_params 
 #pragma unroll
                     for (int i = 0; i < DM_RC; i++) {
                         if (i < nr) {
-                            float xf = T::to_f32(xr[i][k]);
+                            float xf = T::to_f32(A[(long long)xrow[i] * p.lda + k]);
 #pragma unroll
                             for (int w = 0; w < DM_NR; w++) acc[w * DM_RC + i] = fmaf(wf[w], xf, acc[w * DM_RC + i]);
                         }
