@@ -173,8 +173,9 @@ static void usage(FILE *f) {
 "\n"
 "columns: time = median [min, max] of the timed calls; us/tok = time / T;\n"
 "GFLOP/s (TFLOP/s on CUDA) = 6*R*H*I / time with R = rows routed to real experts;\n"
-"GB/s = weight bytes of the active experts / time; bound = max(dense GEMM time at\n"
-"the same FLOPs, weight bytes / copy bandwidth) / time, F or M says which binds;\n"
+"GB/s = weight bytes of the active experts / time; dense%% = dense GEMM time at the\n"
+"same FLOPs / time; copy%% = weight bytes / copy bandwidth / time; * marks the larger\n"
+"one, the binding bound (its ratio is the fraction of the bound);\n"
 "xstat = time(static top-K) / time; t/t0 = time / time(static); work = R / R(static);\n"
 "rpc = (route + plan + combine) / time, each stage timed alone.\n"
 "\n"
@@ -640,7 +641,7 @@ typedef struct result {
     char error[512];
     tstat layer, route, plan, combine, dense;
     double rows, active; /* means over the rotated sets */
-    double flops, weight_bytes, bound_s, frac;
+    double flops, weight_bytes, mem_s, bound_s, frac;
     char bound_kind;
     double static_s, static_rows, speedup, ratio, work, rpc_share;
 } result;
@@ -736,6 +737,7 @@ static int measure_config(bench *b, result *res, double copy_bw, int at, int tot
     res->flops = 6.0 * res->rows * H * I; /* [R,H]x[H,2I] + [R,I]x[I,H], 2 FLOPs per MAC */
     res->weight_bytes = res->active * 3.0 * I * H * (double)dtype_size(ex->dtype);
     double mem_s = copy_bw > 0 ? res->weight_bytes / copy_bw : 0;
+    res->mem_s = mem_s;
     res->bound_kind = res->dense.med >= mem_s ? 'F' : 'M';
     res->bound_s = res->dense.med >= mem_s ? res->dense.med : mem_s;
     res->frac = res->bound_s / res->layer.med;
@@ -768,6 +770,8 @@ static void json_tstat(FILE *f, const char *key, const tstat *t) {
 
 typedef struct runinfo {
     char commit[64], date[32];
+    double load_start, load_end; /* 1-minute load average: a busy machine gives noisy figures */
+    int cores;
     double copy_bw;
     size_t copy_bytes;
     int warmup;
@@ -786,6 +790,8 @@ static void json_line(FILE *f, const bench *b, const runinfo *ri, const result *
     fputc(',', f);
     json_str(f, "machine_detail", b->dev.detail);
     fputc(',', f);
+    fprintf(f, "\"load_avg_start\":%.2f,\"load_avg_end\":%.2f,\"cores\":%d,", ri->load_start, ri->load_end,
+            ri->cores);
     json_str(f, "backend", b->dev.cuda ? "cuda" : "cpu");
     fputc(',', f);
     json_str(f, "preset", PRESETS[b->o.preset].name);
@@ -826,39 +832,43 @@ static void json_line(FILE *f, const bench *b, const runinfo *ri, const result *
             ",\"dense_tflops\":%.6g,\"copy_gbps\":%.6g,\"copy_bytes\":%zu,\"bound_s\":%.9g,\"bound\":\"%s\""
             ",\"frac_of_bound\":%.5g,\"static_s\":%.9g,\"static_rows\":%.2f,\"speedup_vs_static\":%.5g"
             ",\"time_over_static\":%.5g,\"work_over_static\":%.5g,\"route_plan_combine_s\":%.9g"
-            ",\"route_plan_combine_share\":%.5g}\n",
+            ",\"route_plan_combine_share\":%.5g,\"dense_over_time\":%.5g,\"copy_bound_s\":%.9g"
+            ",\"copy_over_time\":%.5g,\"experts_vs_dense\":%.5g}\n",
             t, 1e6 * t / (double)res->T, res->rows, res->active, res->flops, res->flops / t / 1e12,
             res->weight_bytes, res->weight_bytes / t / 1e9, res->dense.med > 0 ? res->flops / res->dense.med / 1e12 : 0,
             ri->copy_bw / 1e9, ri->copy_bytes, res->bound_s, res->bound_kind == 'F' ? "flops" : "memory", res->frac,
             res->static_s, res->static_rows, res->speedup, res->ratio, res->work,
-            res->route.med + res->plan.med + res->combine.med, res->rpc_share);
+            res->route.med + res->plan.med + res->combine.med, res->rpc_share, res->dense.med / t, res->mem_s,
+            res->mem_s / t, res->dense.med / (t - (res->route.med + res->plan.med + res->combine.med)));
 }
 
 static void table_header(const bench *b) {
     const char *fl = b->dev.cuda ? "TFLOP/s" : "GFLOP/s";
-    printf("%-13s %-4s %-4s %6s %5s %5s | %9s %-21s %8s | %8s %7s %7s | %8s | %6s %5s %5s | %5s\n", "preset",
-           "back", "type", "T", "keep", "zero", "time ms", "[min, max]", "us/tok", fl, "GB/s", "bound", "dense ms",
+    printf("%-14s %-4s %-4s %6s %5s %5s | %9s %-21s %8s | %8s %7s | %7s %7s | %6s %5s %5s | %5s\n", "preset",
+           "back", "type", "T", "keep", "zero", "time ms", "[min, max]", "us/tok", fl, "GB/s", "dense%", "copy%",
            "xstat", "t/t0", "work", "rpc");
 }
 
 static void table_row(const bench *b, const result *res) {
     char name[32];
-    snprintf(name, sizeof name, "%.12s%s", PRESETS[b->o.preset].name, b->modified ? "*" : "");
+    snprintf(name, sizeof name, "%.13s%s", PRESETS[b->o.preset].name, b->modified ? "*" : "");
     if (!res->ok) {
-        printf("%-13.13s %-4s %-4s %6lld %5.2f %5.2f | FAILED: %s\n", name,
-               b->dev.cuda ? "cuda" : "cpu", dtype_name(b->ex.dtype), (long long)res->T, res->keep, res->zero,
-               res->error);
+        printf("%-14.14s %-4s %-4s %6lld %5.2f %5.2f | FAILED: %s\n", name, b->dev.cuda ? "cuda" : "cpu",
+               dtype_name(b->ex.dtype), (long long)res->T, res->keep, res->zero, res->error);
         return;
     }
     double t = res->layer.med, fscale = b->dev.cuda ? 1e12 : 1e9;
-    char spread[64];
+    char spread[64], dense[16], copy[16], xs[16];
     snprintf(spread, sizeof spread, "[%.3f, %.3f]", 1e3 * res->layer.min, 1e3 * res->layer.max);
-    printf("%-13.13s %-4s %-4s %6lld %5.2f %5.2f | %9.3f %-21s %8.2f | %8.1f %7.1f %5.0f%% %c | %8.3f | %5.2fx %5.2f "
-           "%5.2f | %4.1f%%\n",
-           name, b->dev.cuda ? "cuda" : "cpu", dtype_name(b->ex.dtype), (long long)res->T,
-           res->keep, res->zero, 1e3 * t, spread, 1e6 * t / (double)res->T, res->flops / t / fscale,
-           res->weight_bytes / t / 1e9, 100 * res->frac, res->bound_kind, 1e3 * res->dense.med, res->speedup,
-           res->ratio, res->work, 100 * res->rpc_share);
+    /* the binding bound is starred: its ratio is "the fraction of the bound" */
+    snprintf(dense, sizeof dense, "%.0f%%%s", 100 * res->dense.med / t, res->bound_kind == 'F' ? "*" : " ");
+    snprintf(copy, sizeof copy, "%.0f%%%s", 100 * res->mem_s / t, res->bound_kind == 'M' ? "*" : " ");
+    snprintf(xs, sizeof xs, "%.2fx", res->speedup);
+    printf("%-14.14s %-4s %-4s %6lld %5.2f %5.2f | %9.3f %-21s %8.2f | %8.1f %7.1f | %7s %7s | %6s %5.2f %5.2f | "
+           "%4.1f%%\n",
+           name, b->dev.cuda ? "cuda" : "cpu", dtype_name(b->ex.dtype), (long long)res->T, res->keep, res->zero,
+           1e3 * t, spread, 1e6 * t / (double)res->T, res->flops / t / fscale, res->weight_bytes / t / 1e9, dense,
+           copy, xs, res->ratio, res->work, 100 * res->rpc_share);
     fflush(stdout);
 }
 
@@ -1008,6 +1018,9 @@ static void print_banner(const bench *b, const runinfo *ri) {
                b->dev.cuda ? "cudaMemcpyAsync D2D" : "memcpy on every thread", ri->copy_bytes >> 20);
     printf("# timing: median [min, max] of timed calls after %d warm-up, %d rotated input sets, %s\n", ri->warmup,
            b->nrot, b->dev.cuda ? "CUDA events" : "wall clock");
+    if (!b->dev.cuda && ri->load_start > 0.5)
+        printf("# WARNING: load average %.1f on %d cores before the run: other processes compete, figures are noisy\n",
+               ri->load_start, ri->cores);
 }
 
 int main(int argc, char **argv) {
@@ -1042,6 +1055,9 @@ int main(int argc, char **argv) {
 
     runinfo ri = {0};
     commit_and_date(&ri);
+    ri.cores = (int)sysconf(_SC_NPROCESSORS_ONLN);
+    if (getloadavg(&ri.load_start, 1) != 1) ri.load_start = -1;
+    ri.load_end = ri.load_start;
     ri.warmup = o->warmup >= 0 ? o->warmup : (b->dev.cuda ? 3 : 1);
 
     if (o->profile) {
@@ -1123,6 +1139,7 @@ int main(int argc, char **argv) {
                 if (!res.ok) failed++;
                 if (!o->quiet && isatty(2)) fprintf(stderr, "\r\033[K");
                 table_row(b, &res);
+                if (getloadavg(&ri.load_end, 1) != 1) ri.load_end = -1;
                 if (jf) {
                     json_line(jf, b, &ri, &res);
                     fflush(jf);
@@ -1131,7 +1148,11 @@ int main(int argc, char **argv) {
         }
     }
     if (jf) fclose(jf);
-    printf("# xstat/t0 compare with static top-K (keep 1, zero share 0) at the same T; work = routed rows / static rows.\n"
+    if (!b->dev.cuda && ri.load_end > 0.5)
+        printf("# load average %.1f at the end (%.1f at the start) on %d cores\n", ri.load_end, ri.load_start, ri.cores);
+    printf("# dense%%: dense GEMM time at the same FLOPs / time; copy%%: active weight bytes / copy bandwidth / time;\n"
+           "#   * marks the binding bound (the larger): its ratio is the fraction of the bound.\n"
+           "# xstat/t0 compare with static top-K (keep 1, zero share 0) at the same T; work = routed rows / static rows.\n"
            "# rpc: route + plan + combine, each timed alone; combine = experts_forward over the same table with\n"
            "#      every real slot turned into an identity zero expert (no GEMM; includes a plan pass: an over-estimate).\n");
 
