@@ -60,6 +60,7 @@
 #endif
 
 extern "C" dynmoe_status dm_cuda_experts(dynmoe_ctx *ctx, const dm_experts_args *a, void *stream);
+extern "C" dynmoe_status dm_cuda_experts_load(void);
 
 /* ------------------------------------------------------------------ shared parameters */
 
@@ -784,4 +785,37 @@ extern "C" dynmoe_status dm_cuda_experts(dynmoe_ctx *ctx, const dm_experts_args 
     default:
         return dm_fail(DYNMOE_ERR_INTERNAL, "cuda experts: unknown dtype %d", (int)dt);
     }
+}
+
+template <typename K>
+static cudaError_t dm_load_kernel(cudaError_t err, K kernel, int smem) {
+    cudaFuncAttributes fa;
+    if (err == cudaSuccess) err = cudaFuncGetAttributes(&fa, kernel);
+    if (err == cudaSuccess && smem > 0)
+        err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    return err;
+}
+
+/* Called once at context creation with the device current: loads every kernel of this file (CUDA
+ * loads modules lazily; doing it here keeps a first forward call under graph capture free of it)
+ * and raises the prefill kernels' dynamic shared memory limit to the most any E needs. */
+extern "C" dynmoe_status dm_cuda_experts_load(void) {
+    const int smem = DM_STAGES * DM_STAGE_BYTES + (int)sizeof(long long) * (DYNMOE_MAX_EXPERTS + 1);
+    cudaError_t err = cudaSuccess;
+    err = dm_load_kernel(err, dm_prefill_gemm<dm_bf16_t, 0>, smem);
+    err = dm_load_kernel(err, dm_prefill_gemm<dm_bf16_t, 1>, smem);
+    err = dm_load_kernel(err, dm_prefill_gemm<dm_f16_t, 0>, smem);
+    err = dm_load_kernel(err, dm_prefill_gemm<dm_f16_t, 1>, smem);
+    err = dm_load_kernel(err, dm_decode_gemm<dm_bf16_t, 0>, 0);
+    err = dm_load_kernel(err, dm_decode_gemm<dm_bf16_t, 1>, 0);
+    err = dm_load_kernel(err, dm_decode_gemm<dm_f16_t, 0>, 0);
+    err = dm_load_kernel(err, dm_decode_gemm<dm_f16_t, 1>, 0);
+    err = dm_load_kernel(err, dm_decode_gemm<dm_f32_t, 0>, 0);
+    err = dm_load_kernel(err, dm_decode_gemm<dm_f32_t, 1>, 0);
+    if (err != cudaSuccess) {
+        (void)cudaGetLastError();
+        return dm_fail(DYNMOE_ERR_DEVICE, "cuda experts: loading kernels: %s (%s)", cudaGetErrorName(err),
+                       cudaGetErrorString(err));
+    }
+    return DYNMOE_OK;
 }
