@@ -4,18 +4,18 @@
     python3 bench/plot.py results.jsonl [more.jsonl ...] [--out DIR] [--prefix NAME]
 
 Writes, for every group of rows that sweeps something:
-  <prefix>keep.png    time vs BEAM keep-rate f, against the ideal line time(static) * f
-  <prefix>zero.png    time vs zero-expert share z, against the ideal time(static) * (1 - z)
+  <prefix>keep.png    time vs BEAM keep-rate f, against the ideal line time(static) * f * (1 - z)
+  <prefix>zero.png    time vs zero-expert share z, against the same ideal
   <prefix>tokens.png  time vs tokens T (log-log), against the bound max(dense GEMM at equal
                       FLOPs, active weight bytes / copy bandwidth) measured in the same run
-A row repeated (same machine, backend, layer and configuration) counts once: the last wins.
+Rows are grouped by run (commit and start time), so two runs never mix in one line.
 Needs matplotlib (pip install matplotlib).
 """
 import argparse
 import json
 import os
 import sys
-from collections import OrderedDict, defaultdict
+from collections import defaultdict
 
 try:
     import matplotlib
@@ -25,12 +25,12 @@ try:
 except ImportError:
     sys.exit("plot.py needs matplotlib: pip install matplotlib")
 
-LAYER_KEYS = ("machine", "backend", "preset", "modified", "dtype", "experts", "zero_experts", "top_k",
+LAYER_KEYS = ("commit", "date", "machine", "backend", "preset", "modified", "dtype", "experts", "zero_experts", "top_k",
               "hidden", "inter", "router")
 
 
 def load(paths):
-    rows = OrderedDict()
+    rows = []
     for path in paths:
         with open(path) as f:
             for n, line in enumerate(f, 1):
@@ -41,12 +41,9 @@ def load(paths):
                     r = json.loads(line)
                 except json.JSONDecodeError as e:
                     sys.exit(f"{path}:{n}: not a JSON line: {e}")
-                if not r.get("ok"):
-                    continue
-                key = tuple(r.get(k) for k in LAYER_KEYS) + (r["tokens"], r["keep"], r["zero_share"])
-                rows.pop(key, None)
-                rows[key] = r
-    return list(rows.values())
+                if r.get("ok"):
+                    rows.append(r)
+    return rows
 
 
 def layer_label(r):
@@ -94,8 +91,8 @@ def plot_fraction(rows, vary, ideal, xlabel, path):
         ax.fill_between(xs, lo, hi, color=c, alpha=0.15, linewidth=0)
         static_ms = 1e3 * r0["static_s"]
         grid = [x / 100 for x in range(0, 101)]
-        ax.plot(grid, [static_ms * ideal(x) for x in grid], "--", color=c, alpha=0.7,
-                label=("dashed: ideal, time(static) x " + ("f" if vary == "keep" else "(1 - z)")) if i == 0 else None)
+        ax.plot(grid, [static_ms * ideal(x, r0) for x in grid], "--", color=c, alpha=0.7,
+                label="dashed: ideal, time(static) x f x (1 - z)" if i == 0 else None)
         for r in g:
             ax.annotate(f"{r['time_over_static']:.2f}", (r[vary], 1e3 * r["time_s"]),
                         textcoords="offset points", xytext=(4, 6), fontsize=8, color=c)
@@ -156,8 +153,8 @@ def main():
     os.makedirs(out, exist_ok=True)
     made = []
     for name, fn in (
-        ("keep", lambda p: plot_fraction(rows, "keep", lambda f: f, "BEAM keep-rate f", p)),
-        ("zero", lambda p: plot_fraction(rows, "zero_share", lambda z: 1 - z, "zero-expert share z", p)),
+        ("keep", lambda p: plot_fraction(rows, "keep", lambda f, r: f * (1 - r["zero_share"]), "BEAM keep-rate f", p)),
+        ("zero", lambda p: plot_fraction(rows, "zero_share", lambda z, r: r["keep"] * (1 - z), "zero-expert share z", p)),
         ("tokens", lambda p: plot_tokens(rows, p)),
     ):
         p = os.path.join(out, f"{a.prefix}{name}.png")

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The CPU figures of bench/RESULTS.md, re-measured: keep-rate, zero-share and T
+# sweeps of the Qwen3-30B-A3B layer, JSON lines and charts under OUT.
+#   bench/results.sh [path/to/dynmoe-bench] [OUT]      (about 3 minutes on 2 cores)
+# Run it on a quiet machine: the banner prints the load average.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+bin=${1:-$here/../build/bench/dynmoe-bench}
+out=${2:-$here/results}
+backend=${BACKEND:-cpu}
+mkdir -p "$out"
+json="$out/$backend.jsonl"
+: >"$json"
+echo "# $(date -u +%FT%TZ)  $(uptime)"
+"$bin" --backend "$backend" --preset qwen3-30b-a3b --tokens 2048 --keep 1,0.5,0.15 --json "$json"
+"$bin" --backend "$backend" --preset zeda-qwen3 --tokens 2048 --keep 1 --zero-share 0,0.25,0.5 --json "$json"
+"$bin" --backend "$backend" --preset qwen3-30b-a3b --tokens 1,16,128,512,2048 --keep 1 --json "$json"
+python3 "$here/plot.py" "$json" --out "$out" --prefix "${backend}_"
