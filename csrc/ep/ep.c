@@ -255,7 +255,7 @@ int dm_ep_layout_of(const struct dynmoe_ep *ep, const dynmoe_router *router,
     }
     l->back_send = region(&c, (size_t)l->recv_rows_max * H, 4);
     l->back_recv = region(&c, (size_t)l->send_rows_max * H, 4);
-    l->stats = region(&c, 1, sizeof(dynmoe_stats));
+    l->stats = region(&c, 2, sizeof(dynmoe_stats)); /* local plan stats; device counters */
     l->total = c.at;
     return c.ok;
 }

@@ -73,7 +73,7 @@ typedef struct dm_ep_layout {
     dm_workspace_layout ll;      /* ids = recv_ids, weights = ones */
     size_t back_send;            /* [recv_rows_max, H] f32 */
     size_t back_recv;            /* [send_rows_max, H] f32 */
-    size_t stats;                /* one dynmoe_stats for the local plan */
+    size_t stats;                /* [2] dynmoe_stats: the local plan's; counters (NCCL path) */
     size_t total;
 } dm_ep_layout;
 
