@@ -328,7 +328,8 @@ DYNMOE_API dynmoe_status dynmoe_moe_forward(dynmoe_ctx *ctx, const dynmoe_router
  * arguments (as with NCCL). Stats attached to the context are filled as in
  * dynmoe_moe_forward for this rank's tokens, except: routed_slots counts the
  * slots that travelled (this rank's tokens), overflow_slots those dropped,
- * active_experts / max_expert_rows describe this rank's local experts. */
+ * active_experts / max_expert_rows describe this rank's local experts.
+ * A handle runs one forward at a time (it keeps the per-peer counts). */
 typedef struct dynmoe_ep dynmoe_ep;
 
 typedef enum dynmoe_ep_mode {
@@ -372,7 +373,8 @@ DYNMOE_API dynmoe_status dynmoe_ep_create_mpi(dynmoe_ep **ep, const void *mpi_co
  * DYNMOE_ERR_UNSUPPORTED when built without NCCL. */
 DYNMOE_API dynmoe_status dynmoe_ep_create_nccl(dynmoe_ep **ep, const void *nccl_comm,
                                                const dynmoe_ep_config *config);
-/* Not collective. NULL is allowed. */
+/* NULL is allowed. MPI: collective (it frees the duplicated communicator);
+ * call it before MPI_Finalize. NCCL: not collective. */
 DYNMOE_API void dynmoe_ep_destroy(dynmoe_ep *ep);
 /* This rank, the number of ranks, and L, the number of local experts. Any
  * output pointer may be NULL. */
