@@ -10,4 +10,9 @@ dynmoe_status dm_cpu_plan(dynmoe_ctx *ctx, const dm_plan_args *a, void *stream);
 dynmoe_status dm_cpu_experts(dynmoe_ctx *ctx, const dm_experts_args *a, void *stream);
 dynmoe_status dm_cpu_combine(dynmoe_ctx *ctx, const dm_experts_args *a, void *stream);
 
+/* C[M, N] = A[M, K] . W[N, K]^T (W of dtype dt) for few rows; returns 0 when
+ * this CPU lacks AVX2/FMA (the caller then uses BLAS). */
+int dm_cpu_gemm_skinny(int32_t M, int32_t N, int32_t K, const float *A, int32_t lda, const void *W,
+                       dynmoe_dtype dt, float *C, int32_t ldc, int threads);
+
 #endif
