@@ -1,0 +1,446 @@
+"""The Python API of dynmoe over its C extension (dynmoe._C).
+
+Tensors are any DLPack tensor: torch, numpy >= 1.22, cupy. Outputs that are
+not given are allocated in the framework and on the device of the first
+tensor argument (torch in -> torch out, numpy in -> numpy out).
+
+Workspace: every forward needs a scratch buffer of ``workspace_size(router,
+experts, T)`` bytes (the C library never allocates on the forward path). When
+``workspace=`` is not given it is allocated per call in the caller's framework
+(torch's caching allocator makes that cheap on CUDA, also under CUDA-graph
+capture; with numpy it is a fresh ``np.empty``). To reuse one buffer, pass
+``workspace=`` a 1-D contiguous tensor of at least that many bytes (any dtype)
+on the same device; do not share one workspace between concurrent streams.
+
+Streams: on CUDA the call is enqueued on the caller's current stream
+(torch.cuda.current_stream(), cupy's current stream), or the one given with
+``stream=`` (a cudaStream_t as an int). Nothing synchronises, except
+``stats=True``, which reads the counters back to the host.
+"""
+from __future__ import annotations
+
+from . import _C
+
+__all__ = [
+    "DynmoeError",
+    "Router",
+    "Experts",
+    "route",
+    "route_tasks",
+    "plan",
+    "experts_forward",
+    "moe_forward",
+    "workspace_size",
+    "plan_workspace_size",
+    "STATS_FIELDS",
+]
+
+
+class DynmoeError(RuntimeError):
+    """A dynmoe C call failed. ``status`` (int), ``status_name`` (e.g.
+    "DYNMOE_ERR_INVALID_ARGUMENT") and ``detail`` (dynmoe_last_error())."""
+
+    def __init__(self, status, status_name, detail):
+        super().__init__(f"{status_name}: {detail}")
+        self.status = status
+        self.status_name = status_name
+        self.detail = detail
+
+    def __reduce__(self):
+        return (type(self), (self.status, self.status_name, self.detail))
+
+
+_C._set_error_class(DynmoeError)
+
+# The fields of dynmoe_stats, in order (include/dynmoe.h).
+STATS_FIELDS = (
+    "tokens",
+    "routed_slots",
+    "empty_slots",
+    "zero_expert_slots",
+    "invalid_ids",
+    "nonfinite_rows",
+    "active_experts",
+    "max_expert_rows",
+    "overflow_slots",
+)
+assert len(STATS_FIELDS) == _C.STATS_LEN
+
+_SCORE = {"softmax": 0, "sigmoid": 1, "none": 2}
+_SELECT = {"topk": 0, "top_p": 1, "threshold": 2}
+_NORM = {"none": 0, "selected": 1, "kept": 2, "uniform": 3}
+_ZERO = {"zero": 0, "output": 0, "identity": 1}
+_ACT = {"swiglu": 0, "geglu": 1}
+
+
+def _enum(table, value, what):
+    if isinstance(value, str) and value.lower() in table:
+        return table[value.lower()]
+    names = ", ".join(repr(k) for k in table)
+    raise ValueError(f"dynmoe: {what} must be one of {names}, got {value!r}")
+
+
+def _name_of(table, code):
+    for k, v in table.items():
+        if v == code:
+            return k
+    raise ValueError(code)
+
+
+class Router:
+    """A router description: the fields of the C struct dynmoe_router.
+
+    score: "softmax" | "sigmoid" | "none"; select: "topk" | "top_p" |
+    "threshold"; norm: "none" | "selected" | "kept" | "uniform"; zero_kind:
+    "zero" (contributes 0) | "identity" (contributes w*x). See DESIGN.md
+    section 2 for the stages. Invalid values raise ValueError here.
+    """
+
+    __slots__ = (
+        "num_experts", "top_k", "score", "norm", "num_zero_experts", "zero_kind", "select",
+        "top_p", "threshold", "num_groups", "topk_groups", "scale", "num_tasks", "top_tasks",
+        "_c",
+    )
+
+    def __init__(self, num_experts, top_k, score="softmax", norm="selected", num_zero_experts=0,
+                 zero_kind="zero", select="topk", top_p=1.0, threshold=0.0, num_groups=0,
+                 topk_groups=0, scale=1.0, num_tasks=0, top_tasks=0):
+        self.num_experts = int(num_experts)
+        self.top_k = int(top_k)
+        self.score = score
+        self.norm = norm
+        self.num_zero_experts = int(num_zero_experts)
+        self.zero_kind = zero_kind
+        self.select = select
+        self.top_p = float(top_p)
+        self.threshold = float(threshold)
+        self.num_groups = int(num_groups)
+        self.topk_groups = int(topk_groups)
+        self.scale = float(scale)
+        self.num_tasks = int(num_tasks)
+        self.top_tasks = int(top_tasks)
+        self._c = (
+            self.num_experts, self.num_zero_experts, _enum(_ZERO, zero_kind, "zero_kind"), self.top_k,
+            _enum(_SCORE, score, "score"), _enum(_SELECT, select, "select"), self.top_p,
+            self.threshold, self.num_groups, self.topk_groups, _enum(_NORM, norm, "norm"),
+            self.scale, self.num_tasks, self.top_tasks,
+        )
+        try:  # the C library's own checks (dynmoe_plan_workspace_size validates the router)
+            _C.plan_workspace_size(self._c, 1, self.slots)
+        except DynmoeError as e:
+            raise ValueError(f"dynmoe.Router: {e.detail}") from None
+
+    @property
+    def slots(self):
+        """Slots per token of this router's routing table: top_k, times
+        top_tasks for task routers."""
+        return self.top_k * self.top_tasks if self.num_tasks > 0 else self.top_k
+
+    # The router as two lists, the form the torch custom ops take.
+    @property
+    def ints(self):
+        c = self._c
+        return [c[0], c[1], c[2], c[3], c[4], c[5], c[8], c[9], c[10], c[12], c[13]]
+
+    @property
+    def floats(self):
+        c = self._c
+        return [c[6], c[7], c[11]]
+
+    @classmethod
+    def from_lists(cls, ints, floats):
+        """Inverse of (router.ints, router.floats)."""
+        e, z, zk, k, sc, sel, g, tg, nm, r, p = (int(v) for v in ints)
+        top_p, threshold, scale = (float(v) for v in floats)
+        return cls(num_experts=e, top_k=k, score=_name_of(_SCORE, sc), norm=_name_of(_NORM, nm),
+                   num_zero_experts=z, zero_kind="identity" if zk == 1 else "zero",
+                   select=_name_of(_SELECT, sel), top_p=top_p, threshold=threshold, num_groups=g,
+                   topk_groups=tg, scale=scale, num_tasks=r, top_tasks=p)
+
+    def kwargs(self):
+        return {k: getattr(self, k) for k in self.__slots__ if k != "_c"}
+
+    def __eq__(self, other):
+        return isinstance(other, Router) and self._c == other._c
+
+    def __hash__(self):
+        return hash(self._c)
+
+    def __repr__(self):
+        return "dynmoe.Router(" + ", ".join(f"{k}={v!r}" for k, v in self.kwargs().items()) + ")"
+
+
+class Experts:
+    """Expert weights in vLLM's FusedMoE layout, kept by reference (no copy):
+    w13 [E, 2*I, H] (rows 0..I-1 gate, I..2I-1 up), w2 [E, H, I]; x and out
+    share their dtype. act: "swiglu" (silu(gate)*up) | "geglu"."""
+
+    __slots__ = ("w13", "w2", "act", "num_experts", "hidden", "inter", "_act")
+
+    def __init__(self, w13, w2, act="swiglu"):
+        s13, s2 = tuple(w13.shape), tuple(w2.shape)
+        if len(s13) != 3 or s13[1] % 2 != 0:
+            raise ValueError(f"dynmoe.Experts: w13 must be [E, 2*I, H], got shape {s13}")
+        e, i, h = s13[0], s13[1] // 2, s13[2]
+        if s2 != (e, h, i):
+            raise ValueError(f"dynmoe.Experts: w2 must be [E, H, I] = {(e, h, i)}, got {s2}")
+        self.w13, self.w2 = w13, w2
+        self.act = act
+        self._act = _enum(_ACT, act, "act")
+        self.num_experts, self.hidden, self.inter = int(e), int(h), int(i)
+
+    def __repr__(self):
+        return (f"dynmoe.Experts(E={self.num_experts}, H={self.hidden}, I={self.inter}, "
+                f"act={self.act!r}, dtype={getattr(self.w13, 'dtype', '?')})")
+
+
+# ---------------------------------------------------------------- frameworks
+
+def _framework(t):
+    mod = type(t).__module__.split(".", 1)[0]
+    if mod in ("torch", "numpy", "cupy"):
+        return mod
+    return "other"
+
+
+def _is_torch(t):
+    return type(t).__module__.split(".", 1)[0] == "torch"
+
+
+def _empty(like, shape, dtype, zero=False):
+    """A new C-contiguous, 16-byte aligned tensor in like's framework and device."""
+    fw = _framework(like)
+    if fw == "torch":
+        import torch
+        f = torch.zeros if zero else torch.empty
+        return f(shape, dtype=getattr(torch, dtype), device=like.device)
+    if fw == "cupy":
+        import cupy
+        with like.device:
+            return (cupy.zeros if zero else cupy.empty)(shape, dtype=dtype)
+    if fw == "numpy" or (hasattr(like, "__dlpack_device__") and like.__dlpack_device__()[0] in (1, 3)):
+        import numpy as np
+        n = 1
+        for d in shape:
+            n *= int(d)
+        item = np.dtype(dtype).itemsize
+        raw = np.empty(n * item + 64, dtype=np.uint8)
+        off = (-raw.ctypes.data) % 64
+        a = raw[off:off + n * item].view(dtype).reshape(shape)
+        if zero:
+            a.fill(0)
+        return a
+    raise TypeError(f"dynmoe: cannot allocate outputs for a {type(like).__name__} on this device; "
+                    "pass them (ids=, weights=, out=, workspace=)")
+
+
+def _stream(t, stream):
+    """The caller's current CUDA stream for t's device (None on the CPU)."""
+    if stream is not None:
+        return int(stream)
+    fw = _framework(t)
+    if fw == "torch":
+        if t.device.type == "cuda":
+            import torch
+            return torch.cuda.current_stream(t.device).cuda_stream
+        return None
+    if fw == "cupy":
+        import cupy
+        return cupy.cuda.get_current_stream().ptr
+    dev = t.__dlpack_device__()[0] if hasattr(t, "__dlpack_device__") else 1
+    return 0 if dev in (2, 13) else None
+
+
+def _stats_buf(like, stats):
+    return _empty(like, (_C.STATS_LEN,), "int64", zero=True) if stats else None
+
+
+def _stats_dict(buf):
+    return dict(zip(STATS_FIELDS, (int(v) for v in buf.tolist())))
+
+
+def _view(ws, offset, count, dtype):
+    """count elements of dtype at byte offset of a uint8 workspace."""
+    fw = _framework(ws)
+    part = ws[offset:offset + 4 * count]
+    if fw == "torch":
+        import torch
+        return part.view(getattr(torch, dtype))
+    return part.view(dtype)
+
+
+def _as_bytes(ws):
+    """A workspace of any dtype as a flat uint8 tensor (for plan's views)."""
+    fw = _framework(ws)
+    if fw == "torch":
+        import torch
+        return ws.reshape(-1).view(torch.uint8)
+    return ws.reshape(-1).view("uint8")
+
+
+# ------------------------------------------------------------------- the API
+#
+# Each public function, given torch tensors and nothing but the defaults for
+# out/workspace/stats/stream, goes through its torch.ops.dynmoe custom op (so
+# it traces under torch.compile); otherwise through the C extension directly.
+
+def _torch_op(t, *extras):
+    if not _is_torch(t) or any(e is not None and e is not False for e in extras):
+        return None
+    from . import _torch
+    return _torch.ops if _torch.registered else None
+
+
+def route(logits, router, bias=None, mask_logits=None, *, ids=None, weights=None, stats=False,
+          stream=None):
+    """Routes T tokens: logits [T, E+Z] (fp32/fp16/bf16), bias [E+Z] fp32 or
+    None, mask_logits [T, E] (logits' dtype) or None (BEAM: a real-expert slot
+    survives only if its mask logit is > 0). Returns (ids [T, K] int32,
+    weights [T, K] fp32), plus a stats dict when stats=True."""
+    ops = _torch_op(logits, ids, weights, stats, stream)
+    if ops is not None:
+        return ops.route(logits, router.ints, router.floats, bias, mask_logits)
+    return _route(logits, router, bias, mask_logits, ids=ids, weights=weights, stats=stats, stream=stream)
+
+
+def _route(logits, router, bias=None, mask_logits=None, *, ids=None, weights=None, stats=False,
+           stream=None):
+    t = logits.shape[0]
+    if ids is None:
+        ids = _empty(logits, (t, router.top_k), "int32")
+    if weights is None:
+        weights = _empty(logits, (t, router.top_k), "float32")
+    st = _stats_buf(logits, stats)
+    _C.route(router._c, logits, bias, mask_logits, ids, weights, _stream(logits, stream), st)
+    return (ids, weights, _stats_dict(st)) if stats else (ids, weights)
+
+
+def route_tasks(x, task_logits, task_weights, router, bias=None, *, ids=None, weights=None,
+                stats=False, stream=None):
+    """CaRE bi-level routing: x [T, H], task_logits [T, R] fp32, task_weights
+    [R, E+Z, H] (x's dtype). Returns (ids, weights) [T, top_tasks*K], plus a
+    stats dict when stats=True."""
+    ops = _torch_op(x, ids, weights, stats, stream)
+    if ops is not None:
+        return ops.route_tasks(x, task_logits, task_weights, router.ints, router.floats, bias)
+    return _route_tasks(x, task_logits, task_weights, router, bias, ids=ids, weights=weights,
+                        stats=stats, stream=stream)
+
+
+def _route_tasks(x, task_logits, task_weights, router, bias=None, *, ids=None, weights=None,
+                 stats=False, stream=None):
+    t = x.shape[0]
+    s = router.slots
+    if ids is None:
+        ids = _empty(x, (t, s), "int32")
+    if weights is None:
+        weights = _empty(x, (t, s), "float32")
+    st = _stats_buf(x, stats)
+    _C.route_tasks(router._c, x, task_logits, task_weights, bias, ids, weights, _stream(x, stream), st)
+    return (ids, weights, _stats_dict(st)) if stats else (ids, weights)
+
+
+def plan_workspace_size(router, T, slots=None):
+    """Bytes plan() needs for T tokens of `slots` slots (default router.slots)."""
+    return _C.plan_workspace_size(router._c, int(T), int(slots or router.slots))
+
+
+PLAN_KEYS = ("counts", "offsets", "sorted_slots", "slot_rows", "active_experts", "num_active")
+
+
+def plan(ids, router, *, workspace=None, stats=False, stream=None):
+    """The expert-major layout of a routing table ids [T, S] int32. Returns a
+    dict of int32 tensors: counts [E], offsets [E+1] (exclusive prefix),
+    sorted_slots [T*S] (row -> slot t*S+k; entries from offsets[E] on are
+    unspecified), slot_rows [T*S] (slot -> row or -1), active_experts [E]
+    (ascending; entries from num_active on are unspecified), num_active [1].
+    Without torch they are views into the workspace. Plus a stats dict when
+    stats=True."""
+    ops = _torch_op(ids, workspace, stats, stream)
+    if ops is not None:
+        return dict(zip(PLAN_KEYS, ops.plan(ids, router.ints, router.floats)))
+    return _plan(ids, router, workspace=workspace, stats=stats, stream=stream)
+
+
+def _plan(ids, router, *, workspace=None, stats=False, stream=None):
+    t, s = ids.shape[0], ids.shape[1]
+    e = router.num_experts
+    n = t * s
+    st = _stats_buf(ids, stats)
+    if workspace is None:
+        workspace = _empty(ids, (_C.plan_workspace_size(router._c, t, s),), "uint8")
+    offs = _C.plan(router._c, ids, workspace, _stream(ids, stream), st)
+    if offs is None:  # T == 0: an empty plan
+        def z(c):
+            return _empty(ids, (c,), "int32", zero=True)
+        out = dict(zip(PLAN_KEYS, (z(e), z(e + 1), z(0), z(0), z(e), z(1))))
+    else:
+        ws = _as_bytes(workspace)
+        counts = (e, e + 1, n, n, e, 1)
+        out = {k: _view(ws, o, c, "int32") for k, o, c in zip(PLAN_KEYS, offs, counts)}
+    return (out, _stats_dict(st)) if stats else out
+
+
+def workspace_size(router, experts, T):
+    """Bytes of the workspace experts_forward/moe_forward need for up to T tokens."""
+    return _C.workspace_size(router._c, experts.w13, experts.w2, experts._act, int(T))
+
+
+def _workspace(x, router, experts, workspace):
+    if workspace is not None:
+        return workspace
+    return _empty(x, (workspace_size(router, experts, x.shape[0]),), "uint8")
+
+
+def experts_forward(x, ids, weights, router, experts, *, out=None, workspace=None, stats=False,
+                    stream=None):
+    """Runs the experts over a routing table and combines: x [T, H], ids and
+    weights [T, S] (int32, fp32); returns out [T, H] in x's dtype,
+    out[t] = sum_k w[t,k] * FFN_{ids[t,k]}(x[t]) (+ w * x for identity zero
+    experts), plus a stats dict when stats=True."""
+    ops = _torch_op(x, out, workspace, stats, stream)
+    if ops is not None:
+        return ops.experts_forward(x, ids, weights, experts.w13, experts.w2, router.ints, router.floats,
+                                   experts.act)
+    return _experts_forward(x, ids, weights, router, experts, out=out, workspace=workspace,
+                            stats=stats, stream=stream)
+
+
+def _experts_forward(x, ids, weights, router, experts, *, out=None, workspace=None, stats=False,
+                     stream=None):
+    if out is None:
+        out = _empty(x, tuple(x.shape), _dtype_name(x))
+    ws = _workspace(x, router, experts, workspace)
+    st = _stats_buf(x, stats)
+    _C.experts_forward(router._c, experts.w13, experts.w2, experts._act, x, ids, weights, out, ws,
+                       _stream(x, stream), st)
+    return (out, _stats_dict(st)) if stats else out
+
+
+def moe_forward(x, logits, router, experts, bias=None, mask_logits=None, *, out=None, workspace=None,
+                stats=False, stream=None):
+    """The whole layer, route -> plan -> experts -> combine: x [T, H] (the
+    experts' dtype), logits [T, E+Z], bias [E+Z] fp32 or None, mask_logits
+    [T, E] or None. Returns out [T, H], plus a stats dict when stats=True."""
+    ops = _torch_op(x, out, workspace, stats, stream)
+    if ops is not None:
+        return ops.moe_forward(x, logits, experts.w13, experts.w2, router.ints, router.floats,
+                               experts.act, bias, mask_logits)
+    return _moe_forward(x, logits, router, experts, bias, mask_logits, out=out, workspace=workspace,
+                        stats=stats, stream=stream)
+
+
+def _moe_forward(x, logits, router, experts, bias=None, mask_logits=None, *, out=None, workspace=None,
+                 stats=False, stream=None):
+    if out is None:
+        out = _empty(x, tuple(x.shape), _dtype_name(x))
+    ws = _workspace(x, router, experts, workspace)
+    st = _stats_buf(x, stats)
+    _C.moe_forward(router._c, experts.w13, experts.w2, experts._act, x, logits, bias, mask_logits, out,
+                   ws, _stream(x, stream), st)
+    return (out, _stats_dict(st)) if stats else out
+
+
+def _dtype_name(t):
+    name = str(t.dtype)
+    return name[len("torch."):] if name.startswith("torch.") else name

@@ -1,0 +1,111 @@
+"""torch.library custom ops: torch.ops.dynmoe.{route, route_tasks, plan,
+experts_forward, moe_forward}, registered when torch (>= 2.4) is importable.
+
+Each op has a fake (meta) implementation that only computes output shapes,
+so the ops trace under torch.compile (no graph break) and can be captured in
+CUDA graphs (the real implementation enqueues on the current stream,
+allocates its workspace from torch's caching allocator and never syncs).
+
+The router travels as two lists (dynmoe.Router.ints / .floats) so that the
+op schemas hold only types torch.library knows:
+
+    router = dynmoe.Router(num_experts=8, top_k=2)
+    out = torch.ops.dynmoe.moe_forward(x, logits, w13, w2, router.ints, router.floats,
+                                       "swiglu", None, None)
+"""
+from __future__ import annotations
+
+registered = False
+ops = None
+
+try:  # torch is optional
+    import torch
+    from torch.library import custom_op as _custom_op
+except Exception:  # ImportError, or a torch too old for custom_op
+    torch = None
+    _custom_op = None
+
+if _custom_op is not None:
+    from typing import List, Optional, Tuple
+
+    from . import _core
+
+    Tensor = torch.Tensor
+
+    def _router(router_ints, router_floats):
+        return _core.Router.from_lists(router_ints, router_floats)
+
+    def _experts(w13, w2, act):
+        return _core.Experts(w13, w2, act)
+
+    @_custom_op("dynmoe::route", mutates_args=())
+    def route(logits: Tensor, router_ints: List[int], router_floats: List[float],
+              bias: Optional[Tensor] = None, mask_logits: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        r = _router(router_ints, router_floats)
+        return _core._route(logits, r, bias, mask_logits)
+
+    @route.register_fake
+    def _(logits, router_ints, router_floats, bias=None, mask_logits=None):
+        k = router_ints[3]
+        t = logits.shape[0]
+        return (logits.new_empty((t, k), dtype=torch.int32), logits.new_empty((t, k), dtype=torch.float32))
+
+    @_custom_op("dynmoe::route_tasks", mutates_args=())
+    def route_tasks(x: Tensor, task_logits: Tensor, task_weights: Tensor, router_ints: List[int],
+                    router_floats: List[float], bias: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        r = _router(router_ints, router_floats)
+        return _core._route_tasks(x, task_logits, task_weights, r, bias)
+
+    @route_tasks.register_fake
+    def _(x, task_logits, task_weights, router_ints, router_floats, bias=None):
+        s = router_ints[3] * router_ints[10]
+        t = x.shape[0]
+        return (x.new_empty((t, s), dtype=torch.int32), x.new_empty((t, s), dtype=torch.float32))
+
+    @_custom_op("dynmoe::plan", mutates_args=())
+    def plan(ids: Tensor, router_ints: List[int], router_floats: List[float]) -> Tuple[
+            Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+        r = _router(router_ints, router_floats)
+        p = _core._plan(ids, r)
+        # Outputs of a custom op may not alias each other: one copy each.
+        return tuple(p[k].clone() for k in _core.PLAN_KEYS)
+
+    @plan.register_fake
+    def _(ids, router_ints, router_floats):
+        e = router_ints[0]
+        n = ids.shape[0] * ids.shape[1]
+        i32 = torch.int32
+        return (ids.new_empty((e,), dtype=i32), ids.new_empty((e + 1,), dtype=i32),
+                ids.new_empty((n,), dtype=i32), ids.new_empty((n,), dtype=i32),
+                ids.new_empty((e,), dtype=i32), ids.new_empty((1,), dtype=i32))
+
+    @_custom_op("dynmoe::experts_forward", mutates_args=())
+    def experts_forward(x: Tensor, ids: Tensor, weights: Tensor, w13: Tensor, w2: Tensor,
+                        router_ints: List[int], router_floats: List[float], act: str = "swiglu") -> Tensor:
+        r = _router(router_ints, router_floats)
+        return _core._experts_forward(x, ids, weights, r, _experts(w13, w2, act))
+
+    @experts_forward.register_fake
+    def _(x, ids, weights, w13, w2, router_ints, router_floats, act="swiglu"):
+        return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+    @_custom_op("dynmoe::moe_forward", mutates_args=())
+    def moe_forward(x: Tensor, logits: Tensor, w13: Tensor, w2: Tensor, router_ints: List[int],
+                    router_floats: List[float], act: str = "swiglu", bias: Optional[Tensor] = None,
+                    mask_logits: Optional[Tensor] = None) -> Tensor:
+        r = _router(router_ints, router_floats)
+        return _core._moe_forward(x, logits, r, _experts(w13, w2, act), bias, mask_logits)
+
+    @moe_forward.register_fake
+    def _(x, logits, w13, w2, router_ints, router_floats, act="swiglu", bias=None, mask_logits=None):
+        return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+    class _Ops:
+        route = staticmethod(route)
+        route_tasks = staticmethod(route_tasks)
+        plan = staticmethod(plan)
+        experts_forward = staticmethod(experts_forward)
+        moe_forward = staticmethod(moe_forward)
+
+    ops = _Ops
+    registered = True
