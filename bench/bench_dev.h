@@ -26,6 +26,11 @@ typedef struct bdev {
     int64_t dense_rows;
     int32_t dense_hidden, dense_inter;
     dynmoe_dtype dense_dtype;
+    /* CUDA: written before every timed call (outside the timed range) so the
+     * layer finds nothing of the previous call in L2, as in a real model where
+     * other layers run in between */
+    void *flush;
+    size_t flush_bytes;
     /* copy-bandwidth buffers */
     void *cpy_src, *cpy_dst;
     size_t cpy_bytes;
@@ -50,7 +55,8 @@ typedef int (*bench_fn)(void *arg, int iter);
 /* Runs `warmup` untimed calls then `iters` timed ones; seconds per call in
  * samples[iters]. CPU: wall clock around each call (the CPU backend is
  * synchronous). CUDA: an event pair around each call on d->stream, read after
- * one sync at the end, so launches are not serialised by the timer. */
+ * one sync at the end, so launches are not serialised by the timer; before
+ * each call a memset of twice the L2 size evicts what the previous call left. */
 int bdev_time(bdev *d, bench_fn fn, void *arg, int warmup, int iters, double *samples);
 
 /* Dense ceiling: the two GEMMs of an FFN on M rows, with no gather, no
