@@ -21,7 +21,7 @@
  *
  * Kernels
  *  - dm_prefill_gemm<T, MODE>: tensor-core grouped GEMM (mma.sync m16n8k16 bf16/f16, fp32
- *    accumulate), CTA tile 128 x 128 x 32, 8 warps of 64 x 32, 4-stage cp.async pipeline,
+ *    accumulate), CTA tile 128 x 128 x 32, 4 warps of 64 x 64, 4-stage cp.async pipeline,
  *    XOR-swizzled shared memory read by ldmatrix. A persistent tile scheduler: each CTA scans the
  *    device offsets into a per-expert tile prefix and walks tiles blockIdx.x, + gridDim.x, ...,
  *    mapping each to (expert, row tile, column tile) by binary search. MODE 0 is GEMM1: the A rows
@@ -177,24 +177,27 @@ struct dm_mma<dm_f16_t> {
 /* ------------------------------------------------------------------ prefill: tensor cores */
 
 /*
- * CTA tile BM x BN x BK = 128 x 128 x 32, 8 warps as 2 (M) x 4 (N), each warp 64 rows x
- * (16 + 16) columns: columns [wn*16, +16) of the tile's first half and the same of its second
+ * CTA tile BM x BN x BK = 128 x 128 x 32, 4 warps as 2 (M) x 2 (N), each warp 64 rows x
+ * (32 + 32) columns: columns [wn*32, +32) of the tile's first half and the same of its second
  * half. In GEMM1 the halves are gate and up of the same 64 intermediate columns, so one thread
  * holds both operands of silu(gate) * up; in GEMM2 they are just columns [0,64) and [64,128).
  *
  * Shared memory per stage: A 128 x 32 and B 128 x 32 16-bit values, 64-byte rows of 4 chunks of
  * 16 bytes, chunk c of row r stored at c ^ ((r >> 1) & 3): the 8 rows an ldmatrix phase reads
- * (and the 8 chunks a cp.async phase writes) fall in 8 distinct bank groups. 4 stages = 64 KiB,
- * plus the tile prefix: 2 CTAs per SM on A100 (164 KiB) and H100 (228 KiB, registers cap at 2).
+ * (and the 8 chunks a cp.async phase writes) fall in 8 distinct bank groups. 4 stages = 64 KiB
+ * plus the tile prefix: 2 CTAs (8 warps) per SM on A100 (164 KiB) and H100 (228 KiB).
  *
- * Per k16 step a warp issues 4 + 2 ldmatrix.x4 for 16 mma: 3 KiB of shared reads per 64 KFLOP.
+ * Per k16 step a warp issues 4 + 4 ldmatrix.x4 (4 KiB of shared reads) for 32 mma (128 KFLOP):
+ * half the shared traffic per FLOP of a 64 x 32 warp tile, which on H100 (~2 mma.sync clocks
+ * of tensor work per 64 bytes of the 128 B/clk shared port) is what keeps the tensor cores fed.
  */
 #define DM_BM 128
 #define DM_BN 128
 #define DM_BK 32
 #define DM_STAGES 4
-#define DM_THREADS 256
+#define DM_THREADS 128
 #define DM_STAGE_BYTES ((DM_BM + DM_BN) * DM_BK * 2)
+#define DM_LD_ROWS (DM_THREADS / 4) /* rows one pass of the loader covers (4 chunks per row) */
 
 static __host__ __device__ __forceinline__ int dm_tile_cols(int mode) { return mode == 0 ? DM_BN / 2 : DM_BN; }
 
@@ -223,6 +226,21 @@ static __device__ __forceinline__ void dm_load_chunk(uint32_t dst, const uint16_
     }
 }
 
+#define DM_LD_PASSES (DM_BM / DM_LD_ROWS) /* 4: rows ld_row + 32 * i */
+
+/* One k-tile (columns [kt*BK, +BK)) of A and B into stage `stage`. */
+static __device__ __forceinline__ void dm_load_stage(uint32_t smem0, int stage, int kt, int ld_row, int ld_chunk,
+                                                     const uint16_t *const *a_row, const uint16_t *const *b_row,
+                                                     int K, int vec_a, int vec_b) {
+    const uint32_t sa = smem0 + stage * DM_STAGE_BYTES, sb = sa + DM_BM * DM_BK * 2;
+    const int k = kt * DM_BK + ld_chunk * 8;
+#pragma unroll
+    for (int i = 0; i < DM_LD_PASSES; i++) {
+        dm_load_chunk(sa + dm_swz(ld_row + DM_LD_ROWS * i, ld_chunk), a_row[i], k, K, vec_a);
+        dm_load_chunk(sb + dm_swz(ld_row + DM_LD_ROWS * i, ld_chunk), b_row[i], k, K, vec_b);
+    }
+}
+
 template <typename T, int MODE>
 __global__ void __launch_bounds__(DM_THREADS, 2) dm_prefill_gemm(dm_gemm_params p) {
     extern __shared__ __align__(128) unsigned char dm_smem[];
@@ -230,7 +248,7 @@ __global__ void __launch_bounds__(DM_THREADS, 2) dm_prefill_gemm(dm_gemm_params 
     __shared__ long long s_warp[DM_THREADS / 32];
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int wm = warp >> 2, wn = warp & 3;
+    const int wm = warp >> 1, wn = warp & 1;
     const int E = p.num_experts;
     const int tile_cols = dm_tile_cols(MODE);
     const long long tiles_n = (p.n + tile_cols - 1) / tile_cols;
@@ -269,7 +287,7 @@ __global__ void __launch_bounds__(DM_THREADS, 2) dm_prefill_gemm(dm_gemm_params 
     const uint32_t smem0 = dm_smem_addr(dm_smem);
     const uint16_t *A = (const uint16_t *)p.a;
     const uint16_t *B = (const uint16_t *)p.b;
-    const int ld_row = tid >> 2, ld_chunk = tid & 3; /* this thread loads rows ld_row, ld_row+64 */
+    const int ld_row = tid >> 2, ld_chunk = tid & 3; /* this thread loads rows ld_row + 32 i */
     const int KT = (p.k + DM_BK - 1) / DM_BK;
 
     for (long long tile = blockIdx.x; tile < total; tile += gridDim.x) {
@@ -288,99 +306,84 @@ __global__ void __launch_bounds__(DM_THREADS, 2) dm_prefill_gemm(dm_gemm_params 
         const int m0 = (int)(local % tiles_m) * DM_BM; /* row tiles fastest: neighbours share B */
         const int n0 = (int)(local / tiles_m) * tile_cols;
 
-        /* ---- the rows this thread loads ---- */
-        const uint16_t *a_row[2], *b_row[2];
+        /* ---- the rows this thread loads (NULL: outside the expert / matrix, zero-filled) ---- */
+        const uint16_t *a_row[DM_LD_PASSES], *b_row[DM_LD_PASSES];
+        const uint16_t *Be = B + (long long)e * p.b_expert;
 #pragma unroll
-        for (int i = 0; i < 2; i++) {
-            int m = m0 + ld_row + 64 * i;
+        for (int i = 0; i < DM_LD_PASSES; i++) {
+            const int r = ld_row + DM_LD_ROWS * i; /* row of the tile */
+            const int m = m0 + r;
             a_row[i] = NULL;
             if (m < rows) {
                 long long src = row0 + m;
                 if (MODE == 0) src = p.sorted_slots[src] / p.slots;
                 a_row[i] = A + src * p.lda;
             }
-        }
-        {
-            const uint16_t *Be = B + (long long)e * p.b_expert;
-            if (MODE == 0) {
-                int j = n0 + ld_row; /* gate row j, up row I + j */
-                b_row[0] = j < p.n ? Be + (long long)j * p.ldb : NULL;
-                b_row[1] = j < p.n ? Be + (long long)(p.up_rows + j) * p.ldb : NULL;
+            if (MODE == 0) { /* tile rows 0..63: gate rows n0 + r; 64..127: up rows I + n0 + r - 64 */
+                const int j = n0 + (r & 63);
+                b_row[i] = j < p.n ? Be + (long long)((r < 64 ? 0 : p.up_rows) + j) * p.ldb : NULL;
             } else {
-#pragma unroll
-                for (int i = 0; i < 2; i++) {
-                    int j = n0 + ld_row + 64 * i;
-                    b_row[i] = j < p.n ? Be + (long long)j * p.ldb : NULL;
-                }
+                const int j = n0 + r;
+                b_row[i] = j < p.n ? Be + (long long)j * p.ldb : NULL;
             }
         }
 
-        float acc[4][4][4];
+        float acc[4][8][4];
 #pragma unroll
         for (int i = 0; i < 4; i++)
 #pragma unroll
-            for (int j = 0; j < 4; j++)
+            for (int j = 0; j < 8; j++)
 #pragma unroll
                 for (int r = 0; r < 4; r++) acc[i][j][r] = 0.0f;
 
-        /* ---- multistage pipeline: STAGES-1 tiles in flight ahead of the math ---- */
+        /* ---- multistage pipeline: STAGES-1 k-tiles in flight ahead of the math ---- */
 #pragma unroll
         for (int s = 0; s < DM_STAGES - 1; s++) {
-            if (s < KT) {
-                uint32_t sa = smem0 + s * DM_STAGE_BYTES, sb = sa + DM_BM * DM_BK * 2;
-                int k = s * DM_BK + ld_chunk * 8;
-#pragma unroll
-                for (int i = 0; i < 2; i++) {
-                    dm_load_chunk(sa + dm_swz(ld_row + 64 * i, ld_chunk), a_row[i], k, p.k, p.vec_a);
-                    dm_load_chunk(sb + dm_swz(ld_row + 64 * i, ld_chunk), b_row[i], k, p.k, p.vec_b);
-                }
-            }
+            if (s < KT) dm_load_stage(smem0, s, s, ld_row, ld_chunk, a_row, b_row, p.k, p.vec_a, p.vec_b);
             dm_cp_async_commit();
         }
 
         for (int kt = 0; kt < KT; kt++) {
             dm_cp_async_wait<DM_STAGES - 2>();
-            __syncthreads(); /* stage kt landed for all; everyone is done with stage kt-1 */
+            __syncthreads(); /* k-tile kt landed for all; everyone is done with stage (kt-1) % STAGES */
             {
-                int nk = kt + DM_STAGES - 1;
-                if (nk < KT) {
-                    uint32_t sa = smem0 + (nk % DM_STAGES) * DM_STAGE_BYTES, sb = sa + DM_BM * DM_BK * 2;
-                    int k = nk * DM_BK + ld_chunk * 8;
-#pragma unroll
-                    for (int i = 0; i < 2; i++) {
-                        dm_load_chunk(sa + dm_swz(ld_row + 64 * i, ld_chunk), a_row[i], k, p.k, p.vec_a);
-                        dm_load_chunk(sb + dm_swz(ld_row + 64 * i, ld_chunk), b_row[i], k, p.k, p.vec_b);
-                    }
-                }
+                const int nk = kt + DM_STAGES - 1;
+                if (nk < KT)
+                    dm_load_stage(smem0, nk % DM_STAGES, nk, ld_row, ld_chunk, a_row, b_row, p.k, p.vec_a, p.vec_b);
                 dm_cp_async_commit();
             }
             const uint32_t sa = smem0 + (kt % DM_STAGES) * DM_STAGE_BYTES, sb = sa + DM_BM * DM_BK * 2;
 #pragma unroll
             for (int kk = 0; kk < DM_BK / 16; kk++) {
-                uint32_t af[4][4], bf[2][4];
+                /* ldmatrix.x4 lanes 8i..8i+7 address the rows of 8x8 matrix i.
+                 * A (16 rows x 16 k): matrices (rows 0-7, k 0-7), (rows 8-15, k 0-7), (rows 0-7, k 8-15),
+                 * (rows 8-15, k 8-15) = a[0..3]. B (16 n x 16 k, n-major): (n 0-7, k 0-7), (n 0-7, k 8-15),
+                 * (n 8-15, k 0-7), (n 8-15, k 8-15) = b[0], b[1] of n-tile 0, then of n-tile 1. */
+                uint32_t af[4][4], bf[4][4];
 #pragma unroll
                 for (int mt = 0; mt < 4; mt++) {
-                    int r = wm * 64 + mt * 16 + (lane & 15);
+                    const int r = wm * 64 + mt * 16 + (lane & 15);
                     dm_ldmatrix_x4(sa + dm_swz(r, kk * 2 + (lane >> 4)), af[mt][0], af[mt][1], af[mt][2],
                                    af[mt][3]);
                 }
 #pragma unroll
-                for (int h = 0; h < 2; h++) {
-                    int r = h * 64 + wn * 16 + (lane & 7) + ((lane >> 4) << 3);
-                    dm_ldmatrix_x4(sb + dm_swz(r, kk * 2 + ((lane >> 3) & 1)), bf[h][0], bf[h][1],
-                                   bf[h][2], bf[h][3]);
+                for (int nb = 0; nb < 4; nb++) { /* (half, 16-column block): half = nb / 2 */
+                    const int r = (nb >> 1) * 64 + wn * 32 + (nb & 1) * 16 + (lane & 7) + ((lane >> 4) << 3);
+                    dm_ldmatrix_x4(sb + dm_swz(r, kk * 2 + ((lane >> 3) & 1)), bf[nb][0], bf[nb][1], bf[nb][2],
+                                   bf[nb][3]);
                 }
 #pragma unroll
                 for (int mt = 0; mt < 4; mt++)
 #pragma unroll
-                    for (int j = 0; j < 4; j++)
+                    for (int j = 0; j < 8; j++) /* j = half * 4 + n-tile of 8 columns */
                         dm_mma<T>::run(acc[mt][j], af[mt], bf[j >> 1][(j & 1) * 2], bf[j >> 1][(j & 1) * 2 + 1]);
             }
         }
         dm_cp_async_wait<0>();
         __syncthreads(); /* the next tile's prologue overwrites the stages */
 
-        /* ---- epilogue straight from the accumulators ---- */
+        /* ---- epilogue straight from the accumulators: acc[mt][j][0..1] row g, [2..3] row g+8,
+         * columns 2q, 2q+1 of n-tile j ---- */
         const int g = lane >> 2, q = lane & 3;
 #pragma unroll
         for (int mt = 0; mt < 4; mt++) {
@@ -390,13 +393,13 @@ __global__ void __launch_bounds__(DM_THREADS, 2) dm_prefill_gemm(dm_gemm_params 
                 if (m >= rows) continue;
                 const long long orow = (long long)(row0 + m) * p.ldo;
                 if (MODE == 0) {
-                    uint16_t *H = (uint16_t *)p.out + orow;
+                    typename T::store *H = (typename T::store *)p.out + orow;
 #pragma unroll
-                    for (int nt = 0; nt < 2; nt++) {
-                        const int col = n0 + wn * 16 + nt * 8 + 2 * q;
-                        float h0 = dm_act(p.act, acc[mt][nt][half * 2]) * acc[mt][2 + nt][half * 2];
-                        float h1 = dm_act(p.act, acc[mt][nt][half * 2 + 1]) * acc[mt][2 + nt][half * 2 + 1];
-                        uint16_t v0 = T::from_f32(h0), v1 = T::from_f32(h1);
+                    for (int nt = 0; nt < 4; nt++) {
+                        const int col = n0 + wn * 32 + nt * 8 + 2 * q;
+                        const float h0 = dm_act(p.act, acc[mt][nt][half * 2]) * acc[mt][4 + nt][half * 2];
+                        const float h1 = dm_act(p.act, acc[mt][nt][half * 2 + 1]) * acc[mt][4 + nt][half * 2 + 1];
+                        const uint16_t v0 = T::from_f32(h0), v1 = T::from_f32(h1);
                         if (col + 1 < p.n && (p.ldo & 1) == 0) {
                             *(uint32_t *)(H + col) = (uint32_t)v0 | ((uint32_t)v1 << 16);
                         } else {
@@ -407,9 +410,9 @@ __global__ void __launch_bounds__(DM_THREADS, 2) dm_prefill_gemm(dm_gemm_params 
                 } else {
                     float *Y = (float *)p.out + orow;
 #pragma unroll
-                    for (int j = 0; j < 4; j++) {
-                        const int col = n0 + (j >> 1) * 64 + wn * 16 + (j & 1) * 8 + 2 * q;
-                        float y0 = acc[mt][j][half * 2], y1 = acc[mt][j][half * 2 + 1];
+                    for (int j = 0; j < 8; j++) {
+                        const int col = n0 + (j >> 2) * 64 + wn * 32 + (j & 3) * 8 + 2 * q;
+                        const float y0 = acc[mt][j][half * 2], y1 = acc[mt][j][half * 2 + 1];
                         if (col + 1 < p.n && (p.ldo & 1) == 0) {
                             *(float2 *)(Y + col) = make_float2(y0, y1);
                         } else {
