@@ -658,11 +658,36 @@ static dm_experts_path dm_choose_path(dynmoe_dtype dt, int64_t num_slots, int32_
 
 static int dm_aligned16(const void *p) { return ((uintptr_t)p & 15u) == 0; }
 
+/* Dynamic shared memory the prefill kernels are allowed: enough for any E. */
+#define DM_PREFILL_SMEM_MAX (DM_STAGES * DM_STAGE_BYTES + (int)sizeof(long long) * (DYNMOE_MAX_EXPERTS + 1))
+#define DM_MAX_DEVICES 64
+
+/* Devices whose prefill kernels already have the raised limit (set by dm_cuda_experts_load at
+ * context creation, else by the first launch). A benign race: two threads may both set it. */
+static volatile int dm_prefill_smem_ready[DM_MAX_DEVICES];
+
+template <typename T>
+static cudaError_t dm_prefill_smem_limit(int device) {
+    if (device >= 0 && device < DM_MAX_DEVICES && dm_prefill_smem_ready[device]) return cudaSuccess;
+    cudaError_t err = cudaFuncSetAttribute(dm_prefill_gemm<T, 0>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           DM_PREFILL_SMEM_MAX);
+    if (err == cudaSuccess)
+        err = cudaFuncSetAttribute(dm_prefill_gemm<T, 1>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                   DM_PREFILL_SMEM_MAX);
+    return err;
+}
+
 template <typename T>
 static dynmoe_status dm_launch_prefill(const dm_gemm_params &p1, const dm_gemm_params &p2, int64_t num_slots,
-                                       int sms, cudaStream_t st) {
+                                       int sms, int device, cudaStream_t st) {
     const int E = p1.num_experts;
     const size_t smem = (size_t)DM_STAGES * DM_STAGE_BYTES + sizeof(long long) * (size_t)(E + 1);
+    cudaError_t err = dm_prefill_smem_limit<T>(device);
+    if (err != cudaSuccess) {
+        (void)cudaGetLastError();
+        return dm_fail(DYNMOE_ERR_DEVICE, "cuda experts: shared memory limit of the prefill kernels: %s",
+                       cudaGetErrorString(err));
+    }
     /* Row tiles: sum_e ceil(rows_e / BM) <= (R + active * (BM - 1)) / BM, R <= T*S. */
     const int64_t active_max = num_slots < E ? num_slots : E;
     const int64_t row_tiles = (num_slots + active_max * (DM_BM - 1)) / DM_BM;
@@ -671,18 +696,12 @@ static dynmoe_status dm_launch_prefill(const dm_gemm_params &p1, const dm_gemm_p
         const dm_gemm_params &p = *ps[g];
         const int cols = dm_tile_cols(g);
         const int64_t tiles = row_tiles * ((p.n + cols - 1) / cols);
-        int64_t grid = (int64_t)sms * 2;
+        int64_t grid = (int64_t)sms * 2; /* 2 CTAs per SM: registers (252 x 128) and shared memory */
         if (tiles < grid) grid = tiles;
         if (grid < 1) grid = 1;
-        cudaError_t err;
-        if (g == 0) {
-            err = cudaFuncSetAttribute(dm_prefill_gemm<T, 0>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-            if (err == cudaSuccess) dm_prefill_gemm<T, 0><<<(unsigned)grid, DM_THREADS, smem, st>>>(p);
-        } else {
-            err = cudaFuncSetAttribute(dm_prefill_gemm<T, 1>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-            if (err == cudaSuccess) dm_prefill_gemm<T, 1><<<(unsigned)grid, DM_THREADS, smem, st>>>(p);
-        }
-        if (err == cudaSuccess) err = cudaGetLastError();
+        if (g == 0) dm_prefill_gemm<T, 0><<<(unsigned)grid, DM_THREADS, smem, st>>>(p);
+        else dm_prefill_gemm<T, 1><<<(unsigned)grid, DM_THREADS, smem, st>>>(p);
+        err = cudaGetLastError();
         if (err != cudaSuccess)
             return dm_fail(DYNMOE_ERR_DEVICE, "cuda experts: prefill GEMM%d launch: %s", g + 1, cudaGetErrorString(err));
     }
@@ -778,10 +797,10 @@ extern "C" dynmoe_status dm_cuda_experts(dynmoe_ctx *ctx, const dm_experts_args 
     const dm_experts_path path = dm_choose_path(dt, num_slots, E);
     switch (dt) {
     case DYNMOE_BF16:
-        return path == DM_PATH_PREFILL ? dm_launch_prefill<dm_bf16_t>(p1, p2, num_slots, sms, st)
+        return path == DM_PATH_PREFILL ? dm_launch_prefill<dm_bf16_t>(p1, p2, num_slots, sms, ctx->device, st)
                                        : dm_launch_decode<dm_bf16_t>(p1, p2, num_slots, sms, st);
     case DYNMOE_F16:
-        return path == DM_PATH_PREFILL ? dm_launch_prefill<dm_f16_t>(p1, p2, num_slots, sms, st)
+        return path == DM_PATH_PREFILL ? dm_launch_prefill<dm_f16_t>(p1, p2, num_slots, sms, ctx->device, st)
                                        : dm_launch_decode<dm_f16_t>(p1, p2, num_slots, sms, st);
     case DYNMOE_F32:
         return dm_launch_decode<dm_f32_t>(p1, p2, num_slots, sms, st);
@@ -803,8 +822,9 @@ static cudaError_t dm_load_kernel(cudaError_t err, K kernel, int smem) {
  * loads modules lazily; doing it here keeps a first forward call under graph capture free of it)
  * and raises the prefill kernels' dynamic shared memory limit to the most any E needs. */
 extern "C" dynmoe_status dm_cuda_experts_load(void) {
-    const int smem = DM_STAGES * DM_STAGE_BYTES + (int)sizeof(long long) * (DYNMOE_MAX_EXPERTS + 1);
-    cudaError_t err = cudaSuccess;
+    const int smem = DM_PREFILL_SMEM_MAX;
+    int device = -1;
+    cudaError_t err = cudaGetDevice(&device);
     err = dm_load_kernel(err, dm_prefill_gemm<dm_bf16_t, 0>, smem);
     err = dm_load_kernel(err, dm_prefill_gemm<dm_bf16_t, 1>, smem);
     err = dm_load_kernel(err, dm_prefill_gemm<dm_f16_t, 0>, smem);
@@ -820,5 +840,6 @@ extern "C" dynmoe_status dm_cuda_experts_load(void) {
         return dm_fail(DYNMOE_ERR_DEVICE, "cuda experts: loading kernels: %s (%s)", cudaGetErrorName(err),
                        cudaGetErrorString(err));
     }
+    if (device >= 0 && device < DM_MAX_DEVICES) dm_prefill_smem_ready[device] = 1;
     return DYNMOE_OK;
 }
