@@ -1,0 +1,114 @@
+/*
+ * reference.h — the independent test reference of dynmoe.
+ *
+ * Written from DESIGN.md section 2 and the decision list at the top of
+ * csrc/route_rules.h, WITHOUT including or copying that header: naive loops,
+ * double precision, sorting instead of clever selection. Everything the
+ * backends compute is computed here again in the most obvious way, and the
+ * GoogleTest suites compare the two.
+ *
+ * Beside the results, routing reports a per-token *margin*: the smallest
+ * relative distance of any decision (top-K boundary, order of the selected,
+ * group boundary, threshold, top-p cut) from its tie. A backend in fp32 and
+ * this reference in fp64 may only be compared exactly on tokens whose margin
+ * is well above fp32 rounding; the tests redraw inputs until it is.
+ */
+#ifndef DYNMOE_TESTS_REFERENCE_H
+#define DYNMOE_TESTS_REFERENCE_H
+
+#include <cstdint>
+#include <vector>
+
+#include "dynmoe.h"
+
+namespace dmref {
+
+/* ---- scalar helpers ---------------------------------------------------- */
+
+/* Storage conversions, written independently of csrc/hd.h: round to nearest
+ * even through double arithmetic. */
+uint16_t f32_to_bf16(float v);
+float bf16_to_f32(uint16_t h);
+uint16_t f32_to_f16(float v);
+float f16_to_f32(uint16_t h);
+/* value of element i of a tensor stored as dt */
+double load(const void *p, dynmoe_dtype dt, int64_t i);
+size_t dtype_size(dynmoe_dtype dt);
+
+double silu(double g);
+double gelu_erf(double g);
+
+/* ---- routing ----------------------------------------------------------- */
+
+/* A routing table [T, S]: ids and weights, token-major. */
+struct Table {
+    int64_t T = 0;
+    int32_t S = 0;
+    std::vector<int32_t> ids;
+    std::vector<double> weights;
+};
+
+/* Routes one token. logits [E+Z], bias [E+Z] or null, mask [E] or null.
+ * Writes ids/w [K]. Returns true when the token had no finite logit.
+ * *margin receives the token's decision margin (+inf when nothing was
+ * decided). */
+bool route_token(const dynmoe_router &r, const double *logits, const double *bias,
+                 const double *mask, int32_t *ids, double *w, double *margin);
+
+struct RouteResult {
+    Table table;
+    int64_t nonfinite_rows = 0;
+    std::vector<double> margin; /* [T] */
+};
+
+/* logits [T, E+Z], bias [E+Z] or empty, mask [T, E] or empty. */
+RouteResult route(const dynmoe_router &r, int64_t T, const std::vector<double> &logits,
+                  const std::vector<double> &bias, const std::vector<double> &mask);
+
+/* CaRE bi-level routing (dynmoe_route_tasks):
+ * x [T, H], task_logits [T, R], task_weights [R, E+Z, H], bias [E+Z] or empty.
+ * Table [T, top_tasks*K]. margin covers the task choice and every picked
+ * task's expert routing. */
+RouteResult route_tasks(const dynmoe_router &r, int64_t T, int32_t H, const std::vector<double> &x,
+                        const std::vector<double> &task_logits,
+                        const std::vector<double> &task_weights, const std::vector<double> &bias);
+
+/* ---- plan -------------------------------------------------------------- */
+
+struct Plan {
+    std::vector<int32_t> counts;       /* [E] */
+    std::vector<int32_t> offsets;      /* [E+1] */
+    std::vector<int32_t> sorted_slots; /* [R] row -> slot */
+    std::vector<int32_t> slot_rows;    /* [T*S] slot -> row or -1 */
+    std::vector<int32_t> active;       /* experts with rows, ascending */
+};
+
+Plan plan(int32_t E, int64_t T, int32_t S, const std::vector<int32_t> &ids);
+
+/* Expected counters of a table (dynmoe_stats), all fields. */
+dynmoe_stats table_stats(int32_t E, int32_t Z, int64_t T, int32_t S,
+                         const std::vector<int32_t> &ids, int64_t nonfinite_rows);
+
+/* ---- experts and combine ----------------------------------------------- */
+
+struct Experts {
+    int32_t E = 0, H = 0, I = 0;
+    dynmoe_act act = DYNMOE_ACT_SWIGLU;
+    std::vector<double> w13; /* [E, 2I, H]: rows 0..I-1 gate, I..2I-1 up */
+    std::vector<double> w2;  /* [E, H, I] */
+};
+
+/* y [H] = W2_e (act(W13_e[gate] x) * (W13_e[up] x)) */
+void ffn(const Experts &ex, int32_t e, const double *x, double *y);
+
+/* out [T, H] = sum over slots of w * FFN_id(x_t) (real experts), w * x_t
+ * (identity zero experts), 0 (zero-output experts); ids outside [-1, E+Z)
+ * skipped; a repeated id counts once per slot. `tokens`, when not empty,
+ * restricts the computation to those tokens (other rows of out are left 0). */
+void experts_forward(const Experts &ex, int32_t Z, dynmoe_zero_kind zero_kind, int64_t T,
+                     const std::vector<double> &x, const Table &table, std::vector<double> &out,
+                     const std::vector<int64_t> &tokens = {});
+
+} // namespace dmref
+
+#endif

@@ -1,0 +1,224 @@
+#include "cases.h"
+
+#include <cmath>
+
+namespace dmtest {
+
+namespace {
+
+ModelCase mc(const std::string &name, int32_t E, int32_t K, dynmoe_score score, dynmoe_norm norm,
+             int32_t H, int32_t I) {
+    ModelCase c;
+    c.name = name;
+    c.router = make_router(E, K);
+    c.router.score = score;
+    c.router.norm = norm;
+    c.H = H;
+    c.I = I;
+    return c;
+}
+
+} // namespace
+
+std::vector<ModelCase> model_cases() {
+    std::vector<ModelCase> v;
+
+    ModelCase qwen3 = mc("qwen3_30b_a3b", 128, 8, DYNMOE_SCORE_SOFTMAX, DYNMOE_NORM_SELECTED, 96, 48);
+    v.push_back(qwen3);
+
+    ModelCase ds = mc("deepseek_v3", 256, 8, DYNMOE_SCORE_SIGMOID, DYNMOE_NORM_SELECTED, 128, 32);
+    ds.bias = true;
+    ds.router.num_groups = 8;
+    ds.router.topk_groups = 4;
+    ds.router.scale = 2.5f;
+    v.push_back(ds);
+
+    ModelCase lc = mc("longcat_flash", 512, 12, DYNMOE_SCORE_SOFTMAX, DYNMOE_NORM_NONE, 64, 32);
+    lc.router.num_zero_experts = 256;
+    lc.router.zero_kind = DYNMOE_ZERO_IDENTITY;
+    lc.bias = true;
+    v.push_back(lc);
+
+    ModelCase zeda = mc("zeda_qwen3", 128, 8, DYNMOE_SCORE_SOFTMAX, DYNMOE_NORM_SELECTED, 72, 40);
+    zeda.router.num_zero_experts = 64;
+    zeda.router.zero_kind = DYNMOE_ZERO_OUTPUT;
+    v.push_back(zeda);
+
+    v.push_back(mc("mixtral", 8, 2, DYNMOE_SCORE_SOFTMAX, DYNMOE_NORM_SELECTED, 256, 128));
+
+    ModelCase olmoe = mc("olmoe", 64, 8, DYNMOE_SCORE_SOFTMAX, DYNMOE_NORM_NONE, 100, 36);
+    olmoe.act = DYNMOE_ACT_GEGLU;
+    v.push_back(olmoe);
+
+    ModelCase beam_sel = qwen3;
+    beam_sel.name = "beam_qwen3_selected";
+    beam_sel.mask = true;
+    beam_sel.keep = 0.5;
+    beam_sel.H = 80;
+    beam_sel.I = 44;
+    v.push_back(beam_sel);
+
+    ModelCase beam_kept = beam_sel;
+    beam_kept.name = "beam_qwen3_kept";
+    beam_kept.router.norm = DYNMOE_NORM_KEPT;
+    beam_kept.keep = 0.3;
+    beam_kept.H = 65;
+    beam_kept.I = 33;
+    v.push_back(beam_kept);
+
+    ModelCase beam_ds = ds;
+    beam_ds.name = "beam_deepseek_v3";
+    beam_ds.mask = true;
+    beam_ds.keep = 0.5;
+    beam_ds.H = 96;
+    beam_ds.I = 40;
+    v.push_back(beam_ds);
+
+    ModelCase beam_lc = lc;
+    beam_lc.name = "beam_longcat_identity";
+    beam_lc.mask = true;
+    beam_lc.keep = 0.4;
+    beam_lc.router.norm = DYNMOE_NORM_KEPT;
+    beam_lc.router.scale = 1.5f;
+    v.push_back(beam_lc);
+
+    ModelCase adamoe = zeda;
+    adamoe.name = "zeda_beam_kept";
+    adamoe.mask = true;
+    adamoe.keep = 0.6;
+    adamoe.router.norm = DYNMOE_NORM_KEPT;
+    adamoe.act = DYNMOE_ACT_GEGLU;
+    v.push_back(adamoe);
+
+    ModelCase topp = mc("top_p_0.4", 128, 8, DYNMOE_SCORE_SOFTMAX, DYNMOE_NORM_SELECTED, 64, 48);
+    topp.router.select = DYNMOE_SELECT_TOP_P;
+    topp.router.top_p = 0.4f;
+    v.push_back(topp);
+
+    ModelCase topp_ds = ds;
+    topp_ds.name = "top_p_0.6_softmax_bias_groups";
+    topp_ds.router.select = DYNMOE_SELECT_TOP_P;
+    topp_ds.router.top_p = 0.6f;
+    topp_ds.router.score = DYNMOE_SCORE_SOFTMAX;
+    topp_ds.H = 48;
+    v.push_back(topp_ds);
+
+    ModelCase thr = mc("threshold", 128, 8, DYNMOE_SCORE_SOFTMAX, DYNMOE_NORM_SELECTED, 70, 30);
+    thr.router.select = DYNMOE_SELECT_THRESHOLD;
+    thr.router.threshold = 0.03f;
+    v.push_back(thr);
+
+    ModelCase thr_sig = mc("threshold_sigmoid_zero", 64, 6, DYNMOE_SCORE_SIGMOID, DYNMOE_NORM_KEPT, 64, 32);
+    thr_sig.router.select = DYNMOE_SELECT_THRESHOLD;
+    thr_sig.router.threshold = 0.8f;
+    thr_sig.router.num_zero_experts = 8;
+    thr_sig.router.zero_kind = DYNMOE_ZERO_IDENTITY;
+    v.push_back(thr_sig);
+
+    ModelCase uni = mc("uniform_beam", 64, 8, DYNMOE_SCORE_SOFTMAX, DYNMOE_NORM_UNIFORM, 64, 32);
+    uni.mask = true;
+    uni.keep = 0.5;
+    v.push_back(uni);
+
+    ModelCase grp = mc("groups_no_bias_sigmoid", 64, 6, DYNMOE_SCORE_SIGMOID, DYNMOE_NORM_SELECTED, 64, 32);
+    grp.router.num_groups = 8;
+    grp.router.topk_groups = 3;
+    v.push_back(grp);
+
+    ModelCase none = mc("score_none_scale", 32, 4, DYNMOE_SCORE_NONE, DYNMOE_NORM_NONE, 33, 17);
+    none.router.scale = 0.5f;
+    v.push_back(none);
+
+    return v;
+}
+
+ModelCase find_case(const std::string &name) {
+    for (const ModelCase &c : model_cases())
+        if (c.name == name) return c;
+    ADD_FAILURE() << "no model case " << name;
+    return model_cases()[0];
+}
+
+namespace {
+
+double draw_logit(const dynmoe_router &r, Rng &rng) {
+    switch (r.score) {
+    case DYNMOE_SCORE_SIGMOID: return rng.normal(2.0);
+    case DYNMOE_SCORE_NONE: return rng.uniform(-1.0, 1.0);
+    default: return rng.normal(2.0);
+    }
+}
+
+} // namespace
+
+void rereference(const ModelCase &c, int64_t T, RouteInputs &in) {
+    in.ref = dmref::route(c.router, T, in.logits.values, in.bias_d(), in.mask.values);
+}
+
+RouteInputs make_route_inputs(const ModelCase &c, int64_t T, dynmoe_dtype dt, Rng &rng) {
+    const dynmoe_router &r = c.router;
+    const int32_t E = r.num_experts, N = r.num_experts + r.num_zero_experts;
+    RouteInputs in;
+    if (c.bias) {
+        /* comparable to the scores so that the bias changes choices */
+        const double b = r.score == DYNMOE_SCORE_SIGMOID ? 0.15 : 4.0 / N;
+        in.bias = rng.uniform_vec((size_t)N, -b, b);
+    }
+    in.logits = pack(std::vector<float>((size_t)(T * N), 0.0f), dt);
+    if (c.mask) {
+        in.mask = pack(std::vector<float>((size_t)(T * E), 0.0f), dt);
+        for (int64_t i = 0; i < T * E; i++) {
+            double mag = rng.uniform(0.25, 3.0);
+            set_packed(in.mask, (size_t)i, (float)(rng.uniform(0.0, 1.0) < c.keep ? mag : -mag));
+        }
+    }
+    std::vector<double> bias = in.bias_d();
+    std::vector<int32_t> ids((size_t)r.top_k);
+    std::vector<double> w((size_t)r.top_k);
+    for (int64_t t = 0; t < T; t++) {
+        double margin = 0.0;
+        int tries = 0;
+        do {
+            for (int32_t e = 0; e < N; e++) set_packed(in.logits, (size_t)(t * N + e), (float)draw_logit(r, rng));
+            dmref::route_token(r, &in.logits.values[(size_t)(t * N)], bias.empty() ? nullptr : bias.data(),
+                               nullptr, ids.data(), w.data(), &margin);
+        } while (margin < kMinMargin && ++tries < 2000);
+        if (margin < kMinMargin) {
+            ADD_FAILURE() << c.name << ": could not draw a tie-free row in 2000 tries (token " << t << ")";
+            break;
+        }
+    }
+    rereference(c, T, in);
+    return in;
+}
+
+void retie_free(const ModelCase &c, int64_t T, RouteInputs &in, Rng &rng) {
+    const int32_t N = c.router.num_experts + c.router.num_zero_experts;
+    rereference(c, T, in);
+    for (int64_t t = 0; t < T; t++) {
+        int tries = 0;
+        while (in.ref.margin[(size_t)t] < kMinMargin && tries++ < 2000) {
+            for (int32_t e = 0; e < N; e++)
+                if (std::isfinite(in.logits.values[(size_t)(t * N + e)]))
+                    set_packed(in.logits, (size_t)(t * N + e), (float)draw_logit(c.router, rng));
+            rereference(c, T, in);
+        }
+        if (in.ref.margin[(size_t)t] < kMinMargin) ADD_FAILURE() << c.name << ": no tie-free redraw of token " << t;
+    }
+}
+
+ExpertWeights make_experts(int32_t E, int32_t H, int32_t I, dynmoe_act act, dynmoe_dtype dt, Rng &rng) {
+    ExpertWeights w;
+    const double a = std::sqrt(3.0 / H), b = std::sqrt(3.0 / I);
+    w.w13 = pack(rng.uniform_vec((size_t)E * 2 * I * H, -a, a), dt);
+    w.w2 = pack(rng.uniform_vec((size_t)E * H * I, -b * 2, b * 2), dt);
+    w.ref.E = E;
+    w.ref.H = H;
+    w.ref.I = I;
+    w.ref.act = act;
+    w.ref.w13 = w.w13.values;
+    w.ref.w2 = w.w2.values;
+    return w;
+}
+
+} // namespace dmtest

@@ -1,0 +1,64 @@
+/*
+ * cases.h — the table of model-shaped router configurations the suites loop
+ * over, and the generator of tie-free random routing inputs.
+ */
+#ifndef DYNMOE_TESTS_CASES_H
+#define DYNMOE_TESTS_CASES_H
+
+#include <string>
+#include <vector>
+
+#include "test_util.h"
+
+namespace dmtest {
+
+struct ModelCase {
+    std::string name;
+    dynmoe_router router;
+    bool bias = false;       /* selection bias */
+    bool mask = false;       /* BEAM mask */
+    double keep = 1.0;       /* BEAM keep rate */
+    int32_t H = 64, I = 32;  /* reduced sizes for the forward tests */
+    dynmoe_act act = DYNMOE_ACT_SWIGLU;
+};
+
+/* Model-shaped routers (Qwen3-30B-A3B, DeepSeek-V3, LongCat-Flash, ZEDA,
+ * Mixtral, OLMoE), the dynamic selections (BEAM, top-p, threshold, uniform)
+ * and a few score/norm combinations. */
+std::vector<ModelCase> model_cases();
+/* The case of that name (fails the test when there is none). */
+ModelCase find_case(const std::string &name);
+
+/* Routing inputs for T tokens; every token's decisions are at least
+ * kMinMargin away from a tie (rows are redrawn until they are). */
+constexpr double kMinMargin = 2e-4;
+
+struct RouteInputs {
+    Packed logits;             /* [T, E+Z] */
+    std::vector<float> bias;   /* [E+Z] or empty */
+    Packed mask;               /* [T, E] or empty */
+    dmref::RouteResult ref;    /* the reference routing of exactly these inputs */
+    std::vector<double> bias_d() const { return to_double(bias); }
+};
+
+RouteInputs make_route_inputs(const ModelCase &c, int64_t T, dynmoe_dtype dt, Rng &rng);
+
+/* Recomputes inputs.ref after the caller changed logits/mask/bias. */
+void rereference(const ModelCase &c, int64_t T, RouteInputs &in);
+
+/* After the caller edited some logits: redraws the finite logits of every row
+ * whose margin fell below kMinMargin (non-finite entries stay), then
+ * recomputes the reference. */
+void retie_free(const ModelCase &c, int64_t T, RouteInputs &in, Rng &rng);
+
+/* Random expert weights [E,2I,H] and [E,H,I] of dt, scaled so that outputs
+ * are O(1). */
+struct ExpertWeights {
+    Packed w13, w2;
+    dmref::Experts ref;
+};
+ExpertWeights make_experts(int32_t E, int32_t H, int32_t I, dynmoe_act act, dynmoe_dtype dt, Rng &rng);
+
+} // namespace dmtest
+
+#endif

@@ -1,0 +1,73 @@
+/*
+ * run.h — one call of each entry point on a backend, with poisoned outputs,
+ * workspace and stats, and the results brought back to the host.
+ */
+#ifndef DYNMOE_TESTS_RUN_H
+#define DYNMOE_TESTS_RUN_H
+
+#include "cases.h"
+#include "test_util.h"
+
+namespace dmtest {
+
+/* A stats block on the backend, poisoned, attached to ctx for its lifetime. */
+class StatsBlock {
+  public:
+    StatsBlock(dynmoe_ctx *ctx, dynmoe_backend b);
+    ~StatsBlock();
+    dynmoe_stats read() const;
+    void poison();
+
+  private:
+    dynmoe_ctx *ctx_;
+    Buffer buf_;
+};
+
+struct RouteOut {
+    dynmoe_status status = DYNMOE_ERR_INTERNAL;
+    std::vector<int32_t> ids;
+    std::vector<float> weights;
+    dynmoe_stats stats{};
+};
+
+/* dynmoe_route over in.logits/bias/mask (T tokens). */
+RouteOut run_route(dynmoe_ctx *ctx, dynmoe_backend b, const dynmoe_router &r, int64_t T,
+                   const RouteInputs &in, bool with_stats = true);
+
+struct PlanOut {
+    dynmoe_status status = DYNMOE_ERR_INTERNAL;
+    dmref::Plan plan; /* downloaded: sorted_slots cut to R rows, active to num_active */
+    int32_t num_active = -1;
+    dynmoe_stats stats{};
+    bool pointers_ok = false; /* every plan pointer lies inside the workspace */
+};
+
+PlanOut run_plan(dynmoe_ctx *ctx, dynmoe_backend b, const dynmoe_router &r, int64_t T, int32_t S,
+                 const std::vector<int32_t> &ids, bool with_stats = true, bool poison = true);
+
+struct ForwardOut {
+    dynmoe_status status = DYNMOE_ERR_INTERNAL;
+    std::vector<uint8_t> out_bytes;
+    std::vector<double> out; /* decoded */
+    dynmoe_stats stats{};
+};
+
+/* dynmoe_experts_forward of a table (weights as fp32). */
+ForwardOut run_experts_forward(dynmoe_ctx *ctx, dynmoe_backend b, const dynmoe_router &r,
+                               const ExpertWeights &w, dynmoe_dtype dt, int64_t T, const Packed &x,
+                               const std::vector<int32_t> &ids, const std::vector<float> &weights,
+                               int32_t S, bool with_stats = true, bool poison = true);
+
+/* dynmoe_moe_forward; logits in in.logits.dtype. */
+ForwardOut run_moe_forward(dynmoe_ctx *ctx, dynmoe_backend b, const dynmoe_router &r,
+                           const ExpertWeights &w, dynmoe_dtype dt, int64_t T, const Packed &x,
+                           const RouteInputs &in, bool with_stats = true);
+
+dynmoe_experts make_experts_desc(const dynmoe_router &r, int32_t H, int32_t I, dynmoe_dtype dt,
+                                 dynmoe_act act, const void *w13, const void *w2);
+
+std::vector<float> to_float(const std::vector<double> &v);
+
+} // namespace dmtest
+
+#endif

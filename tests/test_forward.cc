@@ -1,0 +1,395 @@
+/*
+ * test_forward.cc — dynmoe_moe_forward and dynmoe_experts_forward against the
+ * reference (route -> experts FFN -> combine in double): model-shaped layers
+ * with reduced H and I in f32, bf16 and f16, caller tables, task-router
+ * tables and the edge cases of DESIGN.md section 6.
+ */
+#include <climits>
+#include <cmath>
+#include <limits>
+
+#include "cases.h"
+#include "run.h"
+
+using namespace dmtest;
+
+namespace {
+
+const dynmoe_dtype kDtypes[] = {DYNMOE_F32, DYNMOE_BF16, DYNMOE_F16};
+
+uint64_t seed_of(size_t index, int salt) {
+    return base_seed() * 1000003ull + 90000ull + index * 7919ull + (uint64_t)salt;
+}
+
+Packed random_x(int64_t T, int32_t H, dynmoe_dtype dt, Rng &rng) {
+    return pack(rng.uniform_vec((size_t)(T * H), -1.0, 1.0), dt);
+}
+
+/* ||out - ref|| / ||ref|| below the dtype's tolerance, and no NaN/Inf. */
+void expect_out(const ForwardOut &o, const std::vector<double> &ref, dynmoe_dtype dt, const char *what) {
+    size_t nonfinite = 0;
+    for (double v : o.out) nonfinite += !std::isfinite(v);
+    EXPECT_EQ(nonfinite, 0u) << what << ": non-finite outputs (unwritten elements keep the NaN poison)";
+    const double err = rel_error(o.out, ref);
+    EXPECT_LT(err, tolerance(dt)) << what << ": relative error";
+}
+
+ModelCase small_case(const char *name, int32_t E, int32_t Z, dynmoe_zero_kind zk, int32_t K, int32_t H,
+                     int32_t I) {
+    ModelCase c;
+    c.name = name;
+    c.router = make_router(E, K);
+    c.router.num_zero_experts = Z;
+    c.router.zero_kind = zk;
+    c.router.norm = DYNMOE_NORM_SELECTED;
+    c.H = H;
+    c.I = I;
+    return c;
+}
+
+} // namespace
+
+class Forward : public BackendTest {
+  protected:
+    /* moe_forward of case c with T tokens vs reference route + FFN + combine. */
+    void check_moe(const ModelCase &c, int64_t T, dynmoe_dtype dt, uint64_t seed, unsigned required = ST_TOKENS) {
+        SCOPED_TRACE(c.name + " " + dtype_name(dt) + " T=" + std::to_string(T) + " H=" + std::to_string(c.H) +
+                     " I=" + std::to_string(c.I) + " seed=" + std::to_string(seed) + " " + describe(c.router));
+        Rng rng(seed);
+        RouteInputs in = make_route_inputs(c, T, dt, rng);
+        ExpertWeights w = make_experts(c.router.num_experts, c.H, c.I, c.act, dt, rng);
+        Packed x = random_x(T, c.H, dt, rng);
+        ForwardOut o = run_moe_forward(ctx_, backend(), c.router, w, dt, T, x, in);
+        ASSERT_EQ(o.status, DYNMOE_OK);
+        std::vector<double> ref;
+        dmref::experts_forward(w.ref, c.router.num_zero_experts, c.router.zero_kind, T, x.values, in.ref.table, ref);
+        expect_out(o, ref, dt, "moe_forward");
+        expect_stats(o.stats,
+                     dmref::table_stats(c.router.num_experts, c.router.num_zero_experts, T, c.router.top_k,
+                                        in.ref.table.ids, in.ref.nonfinite_rows),
+                     required);
+    }
+
+    /* experts_forward of a given table vs reference FFN + combine. */
+    void check_experts(const dynmoe_router &r, int32_t H, int32_t I, dynmoe_act act, dynmoe_dtype dt,
+                       int64_t T, const dmref::Table &table, Rng &rng, unsigned required = ST_PLAN) {
+        ExpertWeights w = make_experts(r.num_experts, H, I, act, dt, rng);
+        Packed x = random_x(T, H, dt, rng);
+        std::vector<float> wf = to_float(table.weights);
+        dmref::Table tf = table; /* the reference sees the fp32 weights the library gets */
+        tf.weights = to_double(wf);
+        ForwardOut o = run_experts_forward(ctx_, backend(), r, w, dt, T, x, table.ids, wf, table.S);
+        ASSERT_EQ(o.status, DYNMOE_OK);
+        std::vector<double> ref;
+        dmref::experts_forward(w.ref, r.num_zero_experts, r.zero_kind, T, x.values, tf, ref);
+        expect_out(o, ref, dt, "experts_forward");
+        expect_stats(o.stats, dmref::table_stats(r.num_experts, r.num_zero_experts, T, table.S, table.ids, 0),
+                     required);
+    }
+};
+DYNMOE_INSTANTIATE_BACKENDS(Forward);
+
+/* The whole layer for every model-shaped router, every dtype. */
+TEST_P(Forward, MoeModelConfigs) {
+    const std::vector<ModelCase> cases = model_cases();
+    for (size_t i = 0; i < cases.size(); i++)
+        for (dynmoe_dtype dt : kDtypes) check_moe(cases[i], 40 + (int64_t)(i % 4) * 23, dt, seed_of(i, (int)dt));
+}
+
+/* experts_forward over the reference's routing tables. */
+TEST_P(Forward, ExpertsModelConfigs) {
+    const std::vector<ModelCase> cases = model_cases();
+    for (size_t i = 0; i < cases.size(); i++) {
+        for (dynmoe_dtype dt : kDtypes) {
+            const ModelCase &c = cases[i];
+            const uint64_t seed = seed_of(i, 10 + (int)dt);
+            const int64_t T = 33 + (int64_t)(i % 3) * 20;
+            SCOPED_TRACE(c.name + " " + dtype_name(dt) + " seed=" + std::to_string(seed));
+            Rng rng(seed);
+            RouteInputs in = make_route_inputs(c, T, DYNMOE_F32, rng);
+            check_experts(c.router, c.H, c.I, c.act, dt, T, in.ref.table, rng, ST_TOKENS);
+        }
+    }
+}
+
+/* The stats of a whole forward: every field a forward fills. */
+TEST_P(Forward, Stats) {
+    ModelCase c = find_case("beam_longcat_identity"); /* identity zero experts and masks */
+    check_moe(c, 61, DYNMOE_F32, seed_of(0, 20), ST_ALL);
+    dynmoe_router r = make_router(16, 4);
+    r.num_zero_experts = 4;
+    r.zero_kind = DYNMOE_ZERO_IDENTITY;
+    dmref::Table t;
+    t.T = 4;
+    t.S = 4;
+    t.ids = {0, 0, 0, 3, -1, 16, 19, 20, 3, 3, -7, 15, 1, -1, -1, 18};
+    t.weights = {0.5, 0.25, 0.125, 1, 0, 0.5, 0.5, 9, 1, -1, 3, 2, 0.75, 0, 0, 0.25};
+    Rng rng(seed_of(0, 21));
+    SCOPED_TRACE("caller table");
+    check_experts(r, 32, 16, DYNMOE_ACT_SWIGLU, DYNMOE_F32, 4, t, rng, ST_PLAN);
+}
+
+/* A caller's table with -1, out-of-range and duplicate ids: out-of-range
+ * skipped, duplicates count once per slot, identity zero experts add w*x. */
+TEST_P(Forward, CallerTables) {
+    const int32_t special[] = {-1, -2, 1000, INT_MIN, INT_MAX, -1000};
+    for (int zk = 0; zk < 2; zk++) {
+        for (dynmoe_dtype dt : kDtypes) {
+            const int32_t E = 12, Z = 5, S = 7, H = 40, I = 24;
+            const int64_t T = 57;
+            dynmoe_router r = make_router(E, S);
+            r.num_zero_experts = Z;
+            r.zero_kind = zk ? DYNMOE_ZERO_IDENTITY : DYNMOE_ZERO_OUTPUT;
+            const uint64_t seed = seed_of(1, 30 + zk * 4 + (int)dt);
+            SCOPED_TRACE(std::string(zk ? "identity " : "zero-output ") + dtype_name(dt) + " seed=" +
+                         std::to_string(seed));
+            Rng rng(seed);
+            dmref::Table t;
+            t.T = T;
+            t.S = S;
+            for (int64_t q = 0; q < T * S; q++) {
+                const double u = rng.uniform(0, 1);
+                int32_t id;
+                if (u < 0.15)
+                    id = special[rng.integer(0, 5)];
+                else if (u < 0.2)
+                    id = E + Z; /* just out of range */
+                else if (u < 0.4)
+                    id = (int32_t)rng.integer(E, E + Z - 1);
+                else
+                    id = (int32_t)rng.integer(0, E - 1);
+                t.ids.push_back(id);
+                t.weights.push_back(id == -1 ? 0.0 : rng.uniform(-1, 1));
+            }
+            /* duplicates: token 0 uses expert 3 in every slot, token 1 zero expert E */
+            for (int32_t k = 0; k < S; k++) {
+                t.ids[(size_t)k] = 3;
+                t.ids[(size_t)(S + k)] = E;
+                t.weights[(size_t)k] = t.weights[(size_t)(S + k)] = 0.1 * (k + 1);
+            }
+            check_experts(r, H, I, zk ? DYNMOE_ACT_GEGLU : DYNMOE_ACT_SWIGLU, dt, T, t, rng, ST_TOKENS);
+        }
+    }
+}
+
+/* CaRE task-router tables ([T, top_tasks*K], with merged empty slots). */
+TEST_P(Forward, TaskRouterTables) {
+    dynmoe_router r = make_router(32, 3);
+    r.num_tasks = 6;
+    r.top_tasks = 2;
+    r.num_zero_experts = 4;
+    r.zero_kind = DYNMOE_ZERO_IDENTITY;
+    r.norm = DYNMOE_NORM_SELECTED;
+    const int32_t H = 48, I = 20, N = 36;
+    const int64_t T = 40;
+    for (dynmoe_dtype dt : kDtypes) {
+        const uint64_t seed = seed_of(2, 40 + (int)dt);
+        SCOPED_TRACE(std::string("tasks ") + dtype_name(dt) + " seed=" + std::to_string(seed));
+        Rng rng(seed);
+        std::vector<double> x = to_double(rng.uniform_vec((size_t)(T * H), -1, 1));
+        std::vector<double> tw = to_double(rng.uniform_vec((size_t)(6 * N * H), -0.5, 0.5));
+        std::vector<double> tl = to_double(rng.uniform_vec((size_t)(T * 6), -1, 1));
+        dmref::RouteResult ref = dmref::route_tasks(r, T, H, x, tl, tw, {});
+        check_experts(r, H, I, DYNMOE_ACT_SWIGLU, dt, T, ref.table, rng, ST_TOKENS);
+    }
+}
+
+/* T = 0 (nulls), 1, 7, 4097; E = 1; K = E+Z; odd H and I. */
+TEST_P(Forward, Sizes) {
+    {
+        dynmoe_router r = make_router(8, 2);
+        dynmoe_experts ex = make_experts_desc(r, 64, 32, DYNMOE_BF16, DYNMOE_ACT_SWIGLU, nullptr, nullptr);
+        EXPECT_EQ(dynmoe_moe_forward(ctx_, &r, &ex, 0, nullptr, nullptr, DYNMOE_BF16, nullptr, nullptr, nullptr,
+                                     nullptr, 0, nullptr),
+                  DYNMOE_OK)
+            << dynmoe_last_error();
+        EXPECT_EQ(dynmoe_experts_forward(ctx_, &r, &ex, 0, nullptr, nullptr, nullptr, 2, nullptr, nullptr, 0,
+                                         nullptr),
+                  DYNMOE_OK)
+            << dynmoe_last_error();
+    }
+    ModelCase q = find_case("qwen3_30b_a3b");
+    q.H = 48;
+    q.I = 24;
+    for (int64_t T : {1, 7}) check_moe(q, T, DYNMOE_BF16, seed_of(3, (int)T));
+    {
+        ModelCase c = find_case("mixtral"); /* Mixtral E8 K2 */
+        c.H = 32;
+        c.I = 16;
+        check_moe(c, 4097, DYNMOE_BF16, seed_of(3, 4097));
+    }
+    ModelCase e1 = small_case("E1", 1, 0, DYNMOE_ZERO_OUTPUT, 1, 40, 20);
+    for (dynmoe_dtype dt : kDtypes) check_moe(e1, 9, dt, seed_of(4, (int)dt));
+    ModelCase all = small_case("K_eq_E_plus_Z", 6, 3, DYNMOE_ZERO_IDENTITY, 9, 32, 16);
+    all.bias = true;
+    for (dynmoe_dtype dt : kDtypes) check_moe(all, 30, dt, seed_of(5, (int)dt));
+    ModelCase odd = small_case("odd_sizes", 8, 0, DYNMOE_ZERO_OUTPUT, 3, 17, 3);
+    for (dynmoe_dtype dt : kDtypes) check_moe(odd, 25, dt, seed_of(6, (int)dt));
+    ModelCase tiny = small_case("H1_I1", 4, 0, DYNMOE_ZERO_OUTPUT, 2, 1, 1);
+    check_moe(tiny, 5, DYNMOE_F32, seed_of(7, 0));
+}
+
+/* All tokens on one expert; experts with no tokens. */
+TEST_P(Forward, Skewed) {
+    for (dynmoe_dtype dt : kDtypes) {
+        dynmoe_router r = make_router(8, 2);
+        const int64_t T = 300;
+        dmref::Table t;
+        t.T = T;
+        t.S = 2;
+        const uint64_t seed = seed_of(8, (int)dt);
+        SCOPED_TRACE(std::string("one expert ") + dtype_name(dt) + " seed=" + std::to_string(seed));
+        Rng rng(seed);
+        for (int64_t q = 0; q < T * 2; q++) {
+            t.ids.push_back(q % 2 ? -1 : 6);
+            t.weights.push_back(q % 2 ? 0.0 : rng.uniform(0.1, 1));
+        }
+        check_experts(r, 64, 40, DYNMOE_ACT_SWIGLU, dt, T, t, rng);
+    }
+    {
+        dynmoe_router r = make_router(256, 1);
+        const int64_t T = 12;
+        dmref::Table t;
+        t.T = T;
+        t.S = 1;
+        Rng rng(seed_of(9, 0));
+        SCOPED_TRACE("E=256 with 12 tokens seed=" + std::to_string(seed_of(9, 0)));
+        for (int64_t q = 0; q < T; q++) {
+            t.ids.push_back((int32_t)rng.integer(0, 255));
+            t.weights.push_back(1.0);
+        }
+        check_experts(r, 32, 16, DYNMOE_ACT_GEGLU, DYNMOE_BF16, T, t, rng);
+    }
+}
+
+/* Nothing to compute: every slot empty / masked / a zero expert. The
+ * output must be written anyway (0, or w*x for identity zero experts). */
+TEST_P(Forward, NothingRouted) {
+    for (dynmoe_dtype dt : kDtypes) {
+        const uint64_t seed = seed_of(10, (int)dt);
+        SCOPED_TRACE(std::string(dtype_name(dt)) + " seed=" + std::to_string(seed));
+        Rng rng(seed);
+        const int64_t T = 50;
+        {
+            SCOPED_TRACE("all slots empty");
+            dynmoe_router r = make_router(16, 4);
+            dmref::Table t;
+            t.T = T;
+            t.S = 4;
+            t.ids.assign((size_t)(T * 4), -1);
+            t.weights.assign((size_t)(T * 4), 0.0);
+            check_experts(r, 32, 16, DYNMOE_ACT_SWIGLU, dt, T, t, rng);
+        }
+        for (int zk = 0; zk < 2; zk++) {
+            SCOPED_TRACE(zk ? "all slots identity zero experts" : "all slots zero-output experts");
+            dynmoe_router r = make_router(16, 3);
+            r.num_zero_experts = 5;
+            r.zero_kind = zk ? DYNMOE_ZERO_IDENTITY : DYNMOE_ZERO_OUTPUT;
+            dmref::Table t;
+            t.T = T;
+            t.S = 3;
+            for (int64_t q = 0; q < T * 3; q++) {
+                t.ids.push_back((int32_t)rng.integer(16, 20));
+                t.weights.push_back(rng.uniform(0, 1));
+            }
+            check_experts(r, 32, 16, DYNMOE_ACT_SWIGLU, dt, T, t, rng);
+        }
+        {
+            SCOPED_TRACE("all slots masked (moe_forward)");
+            ModelCase c = find_case("qwen3_30b_a3b");
+            c.mask = true;
+            c.keep = 0.0;
+            c.H = 32;
+            c.I = 16;
+            check_moe(c, T, dt, seed_of(11, (int)dt), ST_ALL);
+        }
+    }
+}
+
+/* Rows of NaN/Inf logits through the whole layer: their output is 0 and no
+ * NaN reaches any other token. */
+TEST_P(Forward, NonFiniteRows) {
+    const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+    std::vector<ModelCase> cases = {find_case("deepseek_v3"), find_case("longcat_flash")}; /* DeepSeek, LongCat */
+    for (size_t i = 0; i < cases.size(); i++) {
+        for (dynmoe_dtype dt : kDtypes) {
+            ModelCase c = cases[i];
+            c.H = 32;
+            c.I = 16;
+            const int32_t N = c.router.num_experts + c.router.num_zero_experts;
+            const int64_t T = 20;
+            const uint64_t seed = seed_of(12 + i, (int)dt);
+            SCOPED_TRACE(c.name + " " + dtype_name(dt) + " seed=" + std::to_string(seed));
+            Rng rng(seed);
+            RouteInputs in = make_route_inputs(c, T, dt, rng);
+            for (int32_t e = 0; e < N; e++) {
+                set_packed(in.logits, (size_t)(2 * N + e), nan);
+                set_packed(in.logits, (size_t)(5 * N + e), e % 2 ? inf : -inf);
+                if (e % 5 == 0) set_packed(in.logits, (size_t)(9 * N + e), nan);
+            }
+            retie_free(c, T, in, rng);
+            ASSERT_EQ(in.ref.nonfinite_rows, 2);
+            ExpertWeights w = make_experts(c.router.num_experts, c.H, c.I, c.act, dt, rng);
+            Packed x = random_x(T, c.H, dt, rng);
+            ForwardOut o = run_moe_forward(ctx_, backend(), c.router, w, dt, T, x, in);
+            std::vector<double> ref;
+            dmref::experts_forward(w.ref, c.router.num_zero_experts, c.router.zero_kind, T, x.values,
+                                   in.ref.table, ref);
+            expect_out(o, ref, dt, "moe_forward with non-finite rows");
+            for (int64_t t : {2, 5})
+                for (int32_t h = 0; h < c.H; h++) EXPECT_EQ(o.out[(size_t)(t * c.H + h)], 0.0) << "token " << t;
+            EXPECT_EQ(o.stats.nonfinite_rows, 2);
+        }
+    }
+}
+
+/* The same call twice: bitwise the same output (DESIGN.md section 1). */
+TEST_P(Forward, Deterministic) {
+    const std::vector<ModelCase> cases = model_cases();
+    for (size_t i : {1u, 2u, 9u}) {
+        const ModelCase &c = cases[i];
+        const int64_t T = 150;
+        Rng rng(seed_of(20 + i, 0));
+        RouteInputs in = make_route_inputs(c, T, DYNMOE_BF16, rng);
+        ExpertWeights w = make_experts(c.router.num_experts, c.H, c.I, c.act, DYNMOE_BF16, rng);
+        Packed x = random_x(T, c.H, DYNMOE_BF16, rng);
+        ForwardOut a = run_moe_forward(ctx_, backend(), c.router, w, DYNMOE_BF16, T, x, in, false);
+        ForwardOut b = run_moe_forward(ctx_, backend(), c.router, w, DYNMOE_BF16, T, x, in, false);
+        EXPECT_EQ(a.out_bytes, b.out_bytes) << c.name;
+    }
+}
+
+/* Reference self-checks: SwiGLU and GEGLU of a hand-computed case. */
+TEST(ForwardReference, HandComputed) {
+    dmref::Experts ex;
+    ex.E = 1;
+    ex.H = 2;
+    ex.I = 1;
+    /* gate row (1, 0), up row (0, 2); w2 rows (3), (-1) */
+    ex.w13 = {1, 0, 0, 2};
+    ex.w2 = {3, -1};
+    const double x[2] = {0.5, 0.25};
+    double y[2];
+    ex.act = DYNMOE_ACT_SWIGLU;
+    dmref::ffn(ex, 0, x, y);
+    const double a = 0.5 / (1 + std::exp(-0.5)) * 0.5;
+    EXPECT_NEAR(y[0], 3 * a, 1e-15);
+    EXPECT_NEAR(y[1], -a, 1e-15);
+    ex.act = DYNMOE_ACT_GEGLU;
+    dmref::ffn(ex, 0, x, y);
+    const double g = 0.5 * 0.5 * (1 + std::erf(0.5 / std::sqrt(2.0))) * 0.5;
+    EXPECT_NEAR(y[0], 3 * g, 1e-15);
+    /* combine: identity zero expert adds w*x, zero-output adds 0, an id past
+     * E+Z is skipped, a repeated id counts per slot */
+    dmref::Table t;
+    t.T = 1;
+    t.S = 5;
+    t.ids = {0, 1, 2, 3, 0};
+    t.weights = {1.0, 2.0, 100.0, 100.0, 1.0};
+    std::vector<double> out;
+    ex.act = DYNMOE_ACT_SWIGLU;
+    dmref::experts_forward(ex, 2, DYNMOE_ZERO_IDENTITY, 1, {0.5, 0.25}, t, out);
+    EXPECT_NEAR(out[0], 2 * 3 * a + 2 * 0.5 + 100 * 0.5, 1e-12);
+    dmref::experts_forward(ex, 2, DYNMOE_ZERO_OUTPUT, 1, {0.5, 0.25}, t, out);
+    EXPECT_NEAR(out[0], 2 * 3 * a, 1e-12);
+}
