@@ -62,7 +62,7 @@ static const preset PRESETS[] = {
     {"deepseek-v3", "DeepSeek-V3", 256, 0, DYNMOE_ZERO_OUTPUT, 8, 7168, 2048, DYNMOE_SCORE_SIGMOID, 1, 8, 4,
      DYNMOE_NORM_SELECTED, 2.5f},
     {"longcat-flash", "LongCat-Flash", 512, 256, DYNMOE_ZERO_IDENTITY, 12, 6144, 2048, DYNMOE_SCORE_SOFTMAX, 1, 0,
-     0, DYNMOE_NORM_NONE, 1.0f},
+     0, DYNMOE_NORM_NONE, 6.0f}, /* routed_scaling_factor 6.0 (HF config) */
     {"zeda-qwen3", "ZEDA-Qwen3", 128, 64, DYNMOE_ZERO_OUTPUT, 8, 2048, 768, DYNMOE_SCORE_SOFTMAX, 0, 0, 0,
      DYNMOE_NORM_SELECTED, 1.0f},
     {"olmoe", "OLMoE-1B-7B", 64, 0, DYNMOE_ZERO_OUTPUT, 8, 2048, 1024, DYNMOE_SCORE_SOFTMAX, 0, 0, 0,
