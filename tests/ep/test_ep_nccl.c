@@ -147,6 +147,10 @@ static void *rank_main(void *arg) {
          *d_wts = NULL;
     float *out = NULL, *ref = NULL;
     int32_t *ids = NULL;
+    size_t wsb = 0;
+    const float *bp = NULL;
+    const void *mp = NULL;
+    dynmoe_experts gx = DYNMOE_EXPERTS_INIT, lx = DYNMOE_EXPERTS_INIT;
     dynmoe_status st = dynmoe_ctx_create(&ctx, DYNMOE_BACKEND_CUDA, rank);
     if (st) FAIL_EARLY("ctx: %s", dynmoe_last_error());
     dynmoe_ep_config cfg = DYNMOE_EP_CONFIG_INIT;
@@ -175,22 +179,21 @@ static void *rank_main(void *arg) {
     d_out = dev_copy(NULL, sizeof(float) * T * H);
     d_ref = dev_copy(NULL, sizeof(float) * T * H);
     d_stats = dev_copy(NULL, sizeof(dynmoe_stats));
-    dynmoe_experts gx = DYNMOE_EXPERTS_INIT;
     gx.num_experts = E;
     gx.hidden = H;
     gx.inter = In;
     gx.w13 = d_w13;
     gx.w2 = d_w2;
-    dynmoe_experts lx = gx;
+    lx = gx;
     lx.num_experts = L;
     lx.w13 = d_lw13;
     lx.w2 = d_lw2;
-    size_t wsb = dynmoe_ep_workspace_size(ep, &router, &lx, c->mode);
+    wsb = dynmoe_ep_workspace_size(ep, &router, &lx, c->mode);
     d_ws = dev_copy(NULL, wsb);
     cudaMemset(d_ws, 0xff, wsb);
     cudaMemset(d_out, 0xff, sizeof(float) * T * H); /* NaN: an unwritten element fails */
-    const float *bp = c->bias ? d_bias : NULL;
-    const void *mp = c->mask ? d_mk : NULL;
+    bp = c->bias ? d_bias : NULL;
+    mp = c->mask ? d_mk : NULL;
     dynmoe_ctx_set_stats(ctx, d_stats);
     if (wsb == 0 || !d_ws || !d_out || !d_ref || !d_stats) FAIL_EARLY("setup: %s", dynmoe_last_error());
 sync:
