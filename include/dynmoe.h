@@ -357,9 +357,16 @@ typedef struct dynmoe_ep_config {
     int64_t max_tokens;         /* the largest T any rank passes to a forward, >= 1 */
     int32_t capacity;           /* CAPACITY mode: slots per rank pair; 0 = lossless
                                    (max_tokens * min(K, most experts on one rank)) */
+    int64_t max_recv_rows;      /* EXACT mode: rows one rank may receive per call, which
+                                   sizes its workspace; 0 = the worst case,
+                                   R * max_tokens * min(K, L). Set on every rank or on
+                                   none. When set, one more small
+                                   collective checks it after the counts exchange: if any
+                                   rank would receive more, every rank returns
+                                   DYNMOE_ERR_WORKSPACE_TOO_SMALL and moves no rows. */
 } dynmoe_ep_config;
 
-#define DYNMOE_EP_CONFIG_INIT { sizeof(dynmoe_ep_config), 0, NULL, 1, 0, 0 }
+#define DYNMOE_EP_CONFIG_INIT { sizeof(dynmoe_ep_config), 0, NULL, 1, 0, 0, 0 }
 
 /* Creates the communicator from `mpi_comm`, a pointer to an MPI_Comm, which
  * is duplicated (the caller keeps its own). Collective; MPI must be
@@ -385,7 +392,8 @@ DYNMOE_API dynmoe_status dynmoe_ep_local_experts(const dynmoe_ep *ep, int32_t *g
 
 /* Workspace bytes of dynmoe_ep_moe_forward on this rank (host memory for MPI,
  * device memory for NCCL), for T up to config.max_tokens. Exact mode sizes
- * the receive side for the worst case, R * max_tokens * min(K, L) rows.
+ * the receive side for config.max_recv_rows rows, or for the worst case,
+ * R * max_tokens * min(K, L) rows, when that is 0.
  * 0 on invalid arguments (dynmoe_last_error says why). */
 DYNMOE_API size_t dynmoe_ep_workspace_size(const dynmoe_ep *ep, const dynmoe_router *router,
                                            const dynmoe_experts *local_experts,

@@ -48,6 +48,8 @@ static dynmoe_status check_config(const char *fn, const dynmoe_ep_config *c) {
         return INVALID("%s: config.max_tokens = %lld must be in [1, %d]", fn, (long long)c->max_tokens,
                        DYNMOE_MAX_TOKENS);
     if (c->capacity < 0) return INVALID("%s: config.capacity = %d is negative", fn, c->capacity);
+    if (c->max_recv_rows < 0 || c->max_recv_rows >= ((int64_t)1 << 31))
+        return INVALID("%s: config.max_recv_rows = %lld must be in [0, 2^31)", fn, (long long)c->max_recv_rows);
     return DYNMOE_OK;
 }
 
@@ -60,12 +62,13 @@ dynmoe_status dm_ep_placement(struct dynmoe_ep *ep, const dynmoe_ep_config *c, c
     ep->replicas = P;
     ep->max_tokens = c->max_tokens;
     ep->capacity = c->capacity;
+    ep->max_recv_rows = c->max_recv_rows;
     ep->copies = calloc((size_t)E, sizeof(int32_t));
     ep->copy_rank = malloc((size_t)E * P * sizeof(int32_t));
     ep->copy_local = malloc((size_t)E * P * sizeof(int32_t));
     ep->self_copy = malloc((size_t)E * sizeof(int32_t));
     ep->local_ids = malloc((size_t)E * sizeof(int32_t) + 1);
-    ep->host_counts = calloc(4 * (size_t)R, sizeof(int32_t));
+    ep->host_counts = calloc(4 * (size_t)R + 2, sizeof(int32_t));
     int32_t *per_rank = calloc((size_t)R, sizeof(int32_t));
     if (!ep->copies || !ep->copy_rank || !ep->copy_local || !ep->self_copy || !ep->local_ids ||
         !ep->host_counts || !per_rank) {
@@ -229,6 +232,7 @@ int dm_ep_layout_of(const struct dynmoe_ep *ep, const dynmoe_router *router,
     } else {
         l->send_rows_max = T * K;
         l->recv_rows_max = R * T * kloc;
+        if (ep->max_recv_rows > 0 && ep->max_recv_rows < l->recv_rows_max) l->recv_rows_max = ep->max_recv_rows;
     }
     if (l->send_rows_max >= ((int64_t)1 << 31) || l->recv_rows_max >= ((int64_t)1 << 31)) return 0;
     const size_t n = (size_t)(T * K);
@@ -242,7 +246,7 @@ int dm_ep_layout_of(const struct dynmoe_ep *ep, const dynmoe_router *router,
     if (!dm_workspace_layout_of(&dr, NULL, T, (int32_t)K, &l->dl)) return 0;
     l->dest_plan = region(&c, l->dl.total, 1);
     l->dest_plan_end = c.at;
-    l->counts = region(&c, 2 * (size_t)R, 4);
+    l->counts = region(&c, 2 * (size_t)R + 2, 4);
     l->send_ids = region(&c, (size_t)l->send_rows_max, 4);
     l->send_rows = region(&c, (size_t)l->send_rows_max * H, esz);
     l->recv_rows = region(&c, (size_t)l->recv_rows_max * H, esz);

@@ -41,7 +41,8 @@ struct dynmoe_ep {
     int32_t max_local;     /* max over ranks of L */
     int64_t max_tokens;
     int32_t capacity;      /* as configured (0 = lossless) */
-    int32_t *host_counts;  /* [4R] send/recv counts and displacements (host) */
+    int64_t max_recv_rows; /* as configured (0 = worst case) */
+    int32_t *host_counts;  /* [4R + 2] send/recv counts and displacements, a flag (host) */
     double times[4];       /* last forward, seconds */
     void *comm;            /* transport state (MPI_Comm* or ncclComm_t + device tables) */
 };
@@ -66,7 +67,7 @@ typedef struct dm_ep_layout {
     size_t dest;                 /* [T, K] destination rank, -1 (device assign) */
     size_t dest_plan, dest_plan_end; /* plan of dest over R "experts" (device assign) */
     dm_workspace_layout dl;      /* that plan's layout, relative to dest_plan */
-    size_t counts;               /* [2R] send then recv counts (device) */
+    size_t counts;               /* [2R + 2] send counts, recv counts, a flag (device) */
     size_t send_ids, send_rows;  /* [send_rows_max] i32, [send_rows_max, H] dtype */
     size_t recv_rows;            /* [recv_rows_max, H] dtype */
     size_t local;                /* local plan + experts workspace (ll relative to it) */

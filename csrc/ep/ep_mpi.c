@@ -73,24 +73,24 @@ dynmoe_status dm_ep_mpi_create(struct dynmoe_ep *ep, const void *mpi_comm, const
     dynmoe_status st = dm_ep_placement(ep, c, fn);
     /* Every rank takes part in the check, so that a bad config fails everywhere
      * instead of leaving the other ranks blocked in the first forward. */
-    long long v[6] = {st != DYNMOE_OK, c->num_experts, ep->replicas, (long long)c->max_tokens, c->capacity,
-                      st == DYNMOE_OK ? placement_hash(ep) : 0};
-    long long mx[12], in[12];
-    for (int i = 0; i < 6; i++) {
+    long long v[7] = {st != DYNMOE_OK, c->num_experts, ep->replicas, (long long)c->max_tokens, c->capacity,
+                      st == DYNMOE_OK ? placement_hash(ep) : 0, c->max_recv_rows > 0};
+    long long mx[14], in[14];
+    for (int i = 0; i < 7; i++) {
         in[i] = v[i];
-        in[6 + i] = -v[i];
+        in[7 + i] = -v[i];
     }
-    rc = MPI_Allreduce(in, mx, 12, MPI_LONG_LONG, MPI_MAX, *comm);
+    rc = MPI_Allreduce(in, mx, 14, MPI_LONG_LONG, MPI_MAX, *comm);
     if (rc != MPI_SUCCESS) {
         st = mpi_fail(rc, "MPI_Allreduce");
     } else if (st == DYNMOE_OK && mx[0] != 0) {
         st = dm_fail(DYNMOE_ERR_INVALID_ARGUMENT, "%s: the config is invalid on another rank", fn);
     } else if (st == DYNMOE_OK) {
-        for (int i = 1; i < 6; i++)
-            if (mx[i] != -mx[6 + i]) {
+        for (int i = 1; i < 7; i++)
+            if (mx[i] != -mx[7 + i]) {
                 st = dm_fail(DYNMOE_ERR_INVALID_ARGUMENT,
-                             "%s: the config differs between ranks (num_experts, expert_rank, max_tokens and "
-                             "capacity must be the same on every rank)", fn);
+                             "%s: the config differs between ranks (num_experts, expert_rank, max_tokens, "
+                             "capacity and whether max_recv_rows is set must be the same on every rank)", fn);
                 break;
             }
     }
@@ -198,7 +198,20 @@ dynmoe_status dm_ep_mpi_forward(struct dynmoe_ep *ep, dynmoe_ctx *ctx, const dm_
             rdsp[d] = (int)recv_total;
             recv_total += rcnt[d];
         }
-        if (recv_total > l->recv_rows_max) { /* cannot happen with valid placement */
+        if (ep->max_recv_rows > 0) { /* every rank learns whether one would overflow */
+            int over = recv_total > l->recv_rows_max, any = 0;
+            MPI_TRY(MPI_Allreduce(&over, &any, 1, MPI_INT, MPI_MAX, comm));
+            if (any) {
+                st = over ? dm_fail(DYNMOE_ERR_WORKSPACE_TOO_SMALL,
+                                    "dynmoe_ep_moe_forward: rank %d would receive %lld rows, config.max_recv_rows "
+                                    "is %lld; no rows were moved", ep->rank, (long long)recv_total,
+                                    (long long)l->recv_rows_max)
+                          : dm_fail(DYNMOE_ERR_WORKSPACE_TOO_SMALL,
+                                    "dynmoe_ep_moe_forward: another rank would receive more rows than its "
+                                    "config.max_recv_rows; no rows were moved");
+                goto done;
+            }
+        } else if (recv_total > l->recv_rows_max) { /* cannot happen: the worst case is sized */
             st = dm_fail(DYNMOE_ERR_INTERNAL, "dynmoe_ep_moe_forward: %lld rows arrived, room for %lld",
                          (long long)recv_total, (long long)l->recv_rows_max);
             goto done;

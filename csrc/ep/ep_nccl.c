@@ -200,9 +200,26 @@ dynmoe_status dm_ep_nccl_forward(struct dynmoe_ep *ep, dynmoe_ctx *ctx, const dm
             rdsp[d] = (int)recv_total;
             recv_total += rcnt[d];
         }
-        if (recv_total > l->recv_rows_max)
+        if (ep->max_recv_rows > 0) { /* every rank learns whether one would overflow */
+            int *flag = scnt + 4 * R;
+            const int over = recv_total > l->recv_rows_max;
+            *flag = over;
+            CUDA_TRY(cudaMemcpyAsync(dcounts + 2 * R, flag, sizeof(int), cudaMemcpyHostToDevice, cs));
+            NCCL_TRY(ncclAllReduce(dcounts + 2 * R, dcounts + 2 * R, 1, ncclInt32, ncclMax, ns->comm, cs));
+            CUDA_TRY(cudaMemcpyAsync(flag, dcounts + 2 * R, sizeof(int), cudaMemcpyDeviceToHost, cs));
+            CUDA_TRY(cudaStreamSynchronize(cs));
+            if (*flag)
+                return over ? dm_fail(DYNMOE_ERR_WORKSPACE_TOO_SMALL,
+                                      "dynmoe_ep_moe_forward: rank %d would receive %lld rows, "
+                                      "config.max_recv_rows is %lld; no rows were moved",
+                                      ep->rank, (long long)recv_total, (long long)l->recv_rows_max)
+                            : dm_fail(DYNMOE_ERR_WORKSPACE_TOO_SMALL,
+                                      "dynmoe_ep_moe_forward: another rank would receive more rows than its "
+                                      "config.max_recv_rows; no rows were moved");
+        } else if (recv_total > l->recv_rows_max) {
             return dm_fail(DYNMOE_ERR_INTERNAL, "dynmoe_ep_moe_forward: %lld rows arrived, room for %lld",
                            (long long)recv_total, (long long)l->recv_rows_max);
+        }
     }
     TRY(all_to_all_v(ns->comm, R, (const char *)send_ids, scnt, sdsp, (char *)recv_ids, rcnt, rdsp, sizeof(int32_t), cs));
     TRY(all_to_all_v(ns->comm, R, send_rows, scnt, sdsp, recv_rows, rcnt, rdsp, rowb, cs));

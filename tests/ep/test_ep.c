@@ -107,6 +107,7 @@ typedef struct ep_case {
     dynmoe_ep_mode mode;
     int capacity;     /* capacity mode: slots per rank pair, 0 = lossless */
     int expect_overflow;
+    int recv_bound; /* exact mode: config.max_recv_rows = all tokens * K (below the worst case) */
 } ep_case;
 
 #define H_ 64
@@ -115,24 +116,25 @@ typedef struct ep_case {
 
 static const ep_case cases[] = {
     /* name                         E   Z  zk                  K  score                 norm                 G  g  scale bias mask dtype       skew starve empty map             mode               cap ovf */
-    {"topk exact",                  16, 0, DYNMOE_ZERO_OUTPUT, 4, DYNMOE_SCORE_SOFTMAX, DYNMOE_NORM_SELECTED, 0, 0, 1.0f, 0, 0, DYNMOE_F32, 0, 0, 0, MAP_CONTIGUOUS, DYNMOE_EP_EXACT, 0, 0},
-    {"topk skewed + starved rank",  16, 0, DYNMOE_ZERO_OUTPUT, 4, DYNMOE_SCORE_SOFTMAX, DYNMOE_NORM_SELECTED, 0, 0, 1.0f, 0, 0, DYNMOE_F32, 1, 1, 0, MAP_CONTIGUOUS, DYNMOE_EP_EXACT, 0, 0},
-    {"topk rank with T=0",          16, 0, DYNMOE_ZERO_OUTPUT, 4, DYNMOE_SCORE_SOFTMAX, DYNMOE_NORM_NONE,     0, 0, 1.0f, 0, 0, DYNMOE_F32, 0, 0, 1, MAP_CONTIGUOUS, DYNMOE_EP_EXACT, 0, 0},
-    {"deepseek grouped exact",      16, 0, DYNMOE_ZERO_OUTPUT, 4, DYNMOE_SCORE_SIGMOID, DYNMOE_NORM_SELECTED, 4, 2, 2.5f, 1, 0, DYNMOE_F32, 0, 0, 0, MAP_CONTIGUOUS, DYNMOE_EP_EXACT, 0, 0},
-    {"beam mask exact",             16, 0, DYNMOE_ZERO_OUTPUT, 4, DYNMOE_SCORE_SOFTMAX, DYNMOE_NORM_SELECTED, 0, 0, 1.0f, 0, 1, DYNMOE_F32, 0, 0, 0, MAP_CONTIGUOUS, DYNMOE_EP_EXACT, 0, 0},
-    {"longcat identity zero exact", 16, 8, DYNMOE_ZERO_IDENTITY, 6, DYNMOE_SCORE_SOFTMAX, DYNMOE_NORM_NONE,   0, 0, 1.0f, 1, 0, DYNMOE_F32, 0, 0, 0, MAP_CONTIGUOUS, DYNMOE_EP_EXACT, 0, 0},
-    {"zeda zero output skewed",     16, 8, DYNMOE_ZERO_OUTPUT, 4, DYNMOE_SCORE_SOFTMAX, DYNMOE_NORM_SELECTED, 0, 0, 1.0f, 0, 0, DYNMOE_F32, 1, 0, 0, MAP_CONTIGUOUS, DYNMOE_EP_EXACT, 0, 0},
-    {"topk permuted map",           16, 0, DYNMOE_ZERO_OUTPUT, 4, DYNMOE_SCORE_SOFTMAX, DYNMOE_NORM_SELECTED, 0, 0, 1.0f, 0, 0, DYNMOE_F32, 1, 0, 0, MAP_PERMUTED,   DYNMOE_EP_EXACT, 0, 0},
-    {"topk redundant map",          16, 0, DYNMOE_ZERO_OUTPUT, 4, DYNMOE_SCORE_SOFTMAX, DYNMOE_NORM_SELECTED, 0, 0, 1.0f, 0, 0, DYNMOE_F32, 1, 0, 0, MAP_REDUNDANT,  DYNMOE_EP_EXACT, 0, 0},
-    {"E=3 (ranks without experts)", 3,  0, DYNMOE_ZERO_OUTPUT, 2, DYNMOE_SCORE_SOFTMAX, DYNMOE_NORM_SELECTED, 0, 0, 1.0f, 0, 0, DYNMOE_F32, 0, 0, 0, MAP_CONTIGUOUS, DYNMOE_EP_EXACT, 0, 0},
-    {"bf16 topk exact",             16, 0, DYNMOE_ZERO_OUTPUT, 4, DYNMOE_SCORE_SOFTMAX, DYNMOE_NORM_SELECTED, 0, 0, 1.0f, 0, 0, DYNMOE_BF16, 1, 0, 0, MAP_CONTIGUOUS, DYNMOE_EP_EXACT, 0, 0},
-    {"topk capacity lossless",      16, 0, DYNMOE_ZERO_OUTPUT, 4, DYNMOE_SCORE_SOFTMAX, DYNMOE_NORM_SELECTED, 0, 0, 1.0f, 0, 0, DYNMOE_F32, 1, 0, 1, MAP_CONTIGUOUS, DYNMOE_EP_CAPACITY, 0, 0},
-    {"topk capacity overflow",      16, 0, DYNMOE_ZERO_OUTPUT, 4, DYNMOE_SCORE_SOFTMAX, DYNMOE_NORM_SELECTED, 0, 0, 1.0f, 0, 0, DYNMOE_F32, 1, 1, 0, MAP_CONTIGUOUS, DYNMOE_EP_CAPACITY, 5, 1},
-    {"deepseek capacity overflow",  16, 0, DYNMOE_ZERO_OUTPUT, 4, DYNMOE_SCORE_SIGMOID, DYNMOE_NORM_SELECTED, 4, 2, 2.5f, 1, 0, DYNMOE_F32, 1, 0, 0, MAP_CONTIGUOUS, DYNMOE_EP_CAPACITY, 4, 1},
-    {"beam capacity overflow",      16, 0, DYNMOE_ZERO_OUTPUT, 4, DYNMOE_SCORE_SOFTMAX, DYNMOE_NORM_KEPT,     0, 0, 1.0f, 0, 1, DYNMOE_F32, 1, 0, 0, MAP_CONTIGUOUS, DYNMOE_EP_CAPACITY, 3, 1},
-    {"longcat capacity overflow",   16, 8, DYNMOE_ZERO_IDENTITY, 6, DYNMOE_SCORE_SOFTMAX, DYNMOE_NORM_NONE,   0, 0, 1.0f, 1, 0, DYNMOE_F32, 1, 0, 1, MAP_CONTIGUOUS, DYNMOE_EP_CAPACITY, 4, 1},
-    {"redundant capacity overflow", 16, 0, DYNMOE_ZERO_OUTPUT, 4, DYNMOE_SCORE_SOFTMAX, DYNMOE_NORM_SELECTED, 0, 0, 1.0f, 0, 0, DYNMOE_F32, 1, 0, 0, MAP_REDUNDANT,  DYNMOE_EP_CAPACITY, 4, 1},
-    {"bf16 capacity overflow",      16, 0, DYNMOE_ZERO_OUTPUT, 4, DYNMOE_SCORE_SOFTMAX, DYNMOE_NORM_SELECTED, 0, 0, 1.0f, 0, 0, DYNMOE_BF16, 1, 0, 0, MAP_PERMUTED,   DYNMOE_EP_CAPACITY, 4, 1},
+    {"topk exact",                  16, 0, DYNMOE_ZERO_OUTPUT, 4, DYNMOE_SCORE_SOFTMAX, DYNMOE_NORM_SELECTED, 0, 0, 1.0f, 0, 0, DYNMOE_F32, 0, 0, 0, MAP_CONTIGUOUS, DYNMOE_EP_EXACT, 0, 0, 0},
+    {"topk skewed + starved rank",  16, 0, DYNMOE_ZERO_OUTPUT, 4, DYNMOE_SCORE_SOFTMAX, DYNMOE_NORM_SELECTED, 0, 0, 1.0f, 0, 0, DYNMOE_F32, 1, 1, 0, MAP_CONTIGUOUS, DYNMOE_EP_EXACT, 0, 0, 0},
+    {"topk rank with T=0",          16, 0, DYNMOE_ZERO_OUTPUT, 4, DYNMOE_SCORE_SOFTMAX, DYNMOE_NORM_NONE,     0, 0, 1.0f, 0, 0, DYNMOE_F32, 0, 0, 1, MAP_CONTIGUOUS, DYNMOE_EP_EXACT, 0, 0, 0},
+    {"deepseek grouped exact",      16, 0, DYNMOE_ZERO_OUTPUT, 4, DYNMOE_SCORE_SIGMOID, DYNMOE_NORM_SELECTED, 4, 2, 2.5f, 1, 0, DYNMOE_F32, 0, 0, 0, MAP_CONTIGUOUS, DYNMOE_EP_EXACT, 0, 0, 0},
+    {"beam mask exact",             16, 0, DYNMOE_ZERO_OUTPUT, 4, DYNMOE_SCORE_SOFTMAX, DYNMOE_NORM_SELECTED, 0, 0, 1.0f, 0, 1, DYNMOE_F32, 0, 0, 0, MAP_CONTIGUOUS, DYNMOE_EP_EXACT, 0, 0, 0},
+    {"longcat identity zero exact", 16, 8, DYNMOE_ZERO_IDENTITY, 6, DYNMOE_SCORE_SOFTMAX, DYNMOE_NORM_NONE,   0, 0, 1.0f, 1, 0, DYNMOE_F32, 0, 0, 0, MAP_CONTIGUOUS, DYNMOE_EP_EXACT, 0, 0, 0},
+    {"zeda zero output skewed",     16, 8, DYNMOE_ZERO_OUTPUT, 4, DYNMOE_SCORE_SOFTMAX, DYNMOE_NORM_SELECTED, 0, 0, 1.0f, 0, 0, DYNMOE_F32, 1, 0, 0, MAP_CONTIGUOUS, DYNMOE_EP_EXACT, 0, 0, 0},
+    {"topk permuted map",           16, 0, DYNMOE_ZERO_OUTPUT, 4, DYNMOE_SCORE_SOFTMAX, DYNMOE_NORM_SELECTED, 0, 0, 1.0f, 0, 0, DYNMOE_F32, 1, 0, 0, MAP_PERMUTED,   DYNMOE_EP_EXACT, 0, 0, 0},
+    {"topk skewed, max_recv_rows",  16, 0, DYNMOE_ZERO_OUTPUT, 4, DYNMOE_SCORE_SOFTMAX, DYNMOE_NORM_SELECTED, 0, 0, 1.0f, 0, 0, DYNMOE_F32, 1, 0, 0, MAP_CONTIGUOUS, DYNMOE_EP_EXACT, 0, 0, 1},
+    {"topk redundant map",          16, 0, DYNMOE_ZERO_OUTPUT, 4, DYNMOE_SCORE_SOFTMAX, DYNMOE_NORM_SELECTED, 0, 0, 1.0f, 0, 0, DYNMOE_F32, 1, 0, 0, MAP_REDUNDANT,  DYNMOE_EP_EXACT, 0, 0, 0},
+    {"E=3 (ranks without experts)", 3,  0, DYNMOE_ZERO_OUTPUT, 2, DYNMOE_SCORE_SOFTMAX, DYNMOE_NORM_SELECTED, 0, 0, 1.0f, 0, 0, DYNMOE_F32, 0, 0, 0, MAP_CONTIGUOUS, DYNMOE_EP_EXACT, 0, 0, 0},
+    {"bf16 topk exact",             16, 0, DYNMOE_ZERO_OUTPUT, 4, DYNMOE_SCORE_SOFTMAX, DYNMOE_NORM_SELECTED, 0, 0, 1.0f, 0, 0, DYNMOE_BF16, 1, 0, 0, MAP_CONTIGUOUS, DYNMOE_EP_EXACT, 0, 0, 0},
+    {"topk capacity lossless",      16, 0, DYNMOE_ZERO_OUTPUT, 4, DYNMOE_SCORE_SOFTMAX, DYNMOE_NORM_SELECTED, 0, 0, 1.0f, 0, 0, DYNMOE_F32, 1, 0, 1, MAP_CONTIGUOUS, DYNMOE_EP_CAPACITY, 0, 0, 0},
+    {"topk capacity overflow",      16, 0, DYNMOE_ZERO_OUTPUT, 4, DYNMOE_SCORE_SOFTMAX, DYNMOE_NORM_SELECTED, 0, 0, 1.0f, 0, 0, DYNMOE_F32, 1, 1, 0, MAP_CONTIGUOUS, DYNMOE_EP_CAPACITY, 5, 1, 0},
+    {"deepseek capacity overflow",  16, 0, DYNMOE_ZERO_OUTPUT, 4, DYNMOE_SCORE_SIGMOID, DYNMOE_NORM_SELECTED, 4, 2, 2.5f, 1, 0, DYNMOE_F32, 1, 0, 0, MAP_CONTIGUOUS, DYNMOE_EP_CAPACITY, 4, 1, 0},
+    {"beam capacity overflow",      16, 0, DYNMOE_ZERO_OUTPUT, 4, DYNMOE_SCORE_SOFTMAX, DYNMOE_NORM_KEPT,     0, 0, 1.0f, 0, 1, DYNMOE_F32, 1, 0, 0, MAP_CONTIGUOUS, DYNMOE_EP_CAPACITY, 3, 1, 0},
+    {"longcat capacity overflow",   16, 8, DYNMOE_ZERO_IDENTITY, 6, DYNMOE_SCORE_SOFTMAX, DYNMOE_NORM_NONE,   0, 0, 1.0f, 1, 0, DYNMOE_F32, 1, 0, 1, MAP_CONTIGUOUS, DYNMOE_EP_CAPACITY, 4, 1, 0},
+    {"redundant capacity overflow", 16, 0, DYNMOE_ZERO_OUTPUT, 4, DYNMOE_SCORE_SOFTMAX, DYNMOE_NORM_SELECTED, 0, 0, 1.0f, 0, 0, DYNMOE_F32, 1, 0, 0, MAP_REDUNDANT,  DYNMOE_EP_CAPACITY, 4, 1, 0},
+    {"bf16 capacity overflow",      16, 0, DYNMOE_ZERO_OUTPUT, 4, DYNMOE_SCORE_SOFTMAX, DYNMOE_NORM_SELECTED, 0, 0, 1.0f, 0, 0, DYNMOE_BF16, 1, 0, 0, MAP_PERMUTED,   DYNMOE_EP_CAPACITY, 4, 1, 0},
 };
 
 static int tokens_of(const ep_case *c, int r) {
@@ -234,6 +236,7 @@ static void run_case(dynmoe_ctx *ctx, const ep_case *c) {
     cfg.max_replicas = P;
     cfg.max_tokens = maxT;
     cfg.capacity = c->capacity;
+    cfg.max_recv_rows = c->recv_bound ? Ttot * K : 0;
     dynmoe_ep *ep = NULL;
     dynmoe_status st = dynmoe_ep_create_mpi(&ep, &(MPI_Comm){MPI_COMM_WORLD}, &cfg);
     if (st != DYNMOE_OK) {
@@ -486,6 +489,26 @@ static void run_checks(dynmoe_ctx *ctx) {
         dynmoe_ctx_destroy(cuda);
     }
     dynmoe_ep_destroy(ep);
+    ep = NULL;
+
+    /* max_recv_rows too small for skewed routing: every rank gets the status */
+    dynmoe_ep_config small = cfg;
+    small.max_recv_rows = 1;
+    st = dynmoe_ep_create_mpi(&ep, &world, &small);
+    if (st == DYNMOE_OK) {
+        size_t sb = dynmoe_ep_workspace_size(ep, &router, &lx, DYNMOE_EP_EXACT);
+        for (int i = 0; i < 4 * 8; i++) lg[i] = (i % 8) == 0 ? 5.0f : 0.0f; /* all tokens to expert 0 */
+        for (int i = 0; i < 4 * 16; i++) x[i] = 1.0f;
+        for (int i = 0; i < 8 * 2 * 16 * 16; i++) w[i] = 0.01f;
+        st = dynmoe_ep_moe_forward(ep, ctx, &router, &lx, 4, x, lg, DYNMOE_F32, NULL, NULL, out, ws, sb,
+                                   DYNMOE_EP_EXACT, NULL);
+        snprintf(d, sizeof d, "workspace %zu < %zu bytes; %s", sb, wsb, dynmoe_last_error());
+        verdict("forward: max_recv_rows exceeded on a rank", st == DYNMOE_ERR_WORKSPACE_TOO_SMALL && sb < wsb, d);
+        dynmoe_ep_destroy(ep);
+        ep = NULL;
+    } else {
+        verdict("create: max_recv_rows", 0, dynmoe_last_error());
+    }
     free(w);
     free(ws);
     free(x);
