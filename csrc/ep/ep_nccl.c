@@ -24,6 +24,7 @@
 
 typedef struct nccl_state {
     ncclComm_t comm;
+    int device;      /* the communicator's CUDA device */
     int32_t *tables; /* device: copies [E], self_copy [E], copy_rank [E*P], copy_local [E*P] */
 } nccl_state;
 
@@ -64,6 +65,12 @@ dynmoe_status dm_ep_nccl_create(struct dynmoe_ep *ep, const void *nccl_comm, con
     int rank = 0, size = 0;
     NCCL_TRY(ncclCommCount(comm, &size));
     NCCL_TRY(ncclCommUserRank(comm, &rank));
+    int device = -1, current = -1;
+    NCCL_TRY(ncclCommCuDevice(comm, &device));
+    CUDA_TRY(cudaGetDevice(&current));
+    if (device != current)
+        return dm_fail(DYNMOE_ERR_INVALID_ARGUMENT, "%s: the communicator is on CUDA device %d, the current device is %d",
+                       fn, device, current);
     ep->rank = rank;
     ep->num_ranks = size;
     TRY(dm_ep_placement(ep, c, fn));
@@ -88,6 +95,7 @@ dynmoe_status dm_ep_nccl_create(struct dynmoe_ep *ep, const void *nccl_comm, con
                    : cuda_fail((int)err, "copying the placement tables");
     }
     s->comm = comm;
+    s->device = device;
     ep->comm = s;
     return DYNMOE_OK;
 }
@@ -128,6 +136,10 @@ static dynmoe_status all_to_all_v(ncclComm_t comm, int32_t R, const char *send, 
 dynmoe_status dm_ep_nccl_forward(struct dynmoe_ep *ep, dynmoe_ctx *ctx, const dm_ep_fwd *f, void *stream) {
     const nccl_state *ns = (const nccl_state *)ep->comm;
     cudaStream_t cs = (cudaStream_t)stream;
+    if (ctx->device != ns->device) /* still before any work or communication */
+        return dm_fail(DYNMOE_ERR_INVALID_ARGUMENT,
+                       "dynmoe_ep_moe_forward: ctx is on CUDA device %d, the NCCL communicator on device %d",
+                       ctx->device, ns->device);
     const dm_ep_layout *l = &f->l;
     char *base = f->base;
     const int32_t R = ep->num_ranks, K = l->K, E = ep->num_experts, L = ep->num_local, C = l->capacity;
