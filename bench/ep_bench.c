@@ -186,6 +186,26 @@ int main(int argc, char **argv) {
         sent = stats.routed_slots;
         overflow = stats.overflow_slots;
     }
+    /* One rank holds every expert: time the single-process layer on the same
+     * tokens and weights too, the baseline of the ep overhead. */
+    double base_ms = 0;
+    if (R == 1 && T > 0) {
+        dynmoe_ctx_set_stats(ctx, NULL);
+        size_t bwsb = dynmoe_workspace_size(&router, &lx, T);
+        void *bws = xalloc(bwsb);
+        memset(bws, 0, bwsb);
+        double *tb = calloc((size_t)iters, sizeof(double));
+        for (int it = -warmup; it < iters; it++) {
+            double t0 = MPI_Wtime();
+            st = dynmoe_moe_forward(ctx, &router, &lx, T, x, logits, DYNMOE_F32, NULL, NULL, out, bws, bwsb, NULL);
+            if (st) die(rank, "dynmoe_moe_forward", st);
+            if (it >= 0) tb[it] = 1e3 * (MPI_Wtime() - t0);
+        }
+        base_ms = median(tb, iters);
+        free(tb);
+        free(bws);
+        dynmoe_ctx_set_stats(ctx, &stats);
+    }
     /* Rows this rank's experts ran: the plan of the last call. */
     rows = stats.max_expert_rows; /* busiest local expert */
     double med[5];
@@ -220,6 +240,9 @@ int main(int argc, char **argv) {
         const double flops = 2.0 * 3.0 * In * H * (double)K * (double)T * R;
         printf("layer (slowest rank) %.3f ms, %.0f tokens/s, %.1f GFLOP/s on the routed FLOPs\n", layer,
                1e3 * (double)T * R / layer, flops / (layer * 1e6));
+        if (base_ms > 0)
+            printf("baseline dynmoe_moe_forward (1 process, same tokens and weights) %.3f ms: ep / baseline %.3f\n",
+                   base_ms, layer / base_ms);
     }
     dynmoe_ctx_set_stats(ctx, NULL);
     dynmoe_ep_destroy(ep);
