@@ -88,6 +88,7 @@ static dynmoe_status init_on_device(int device, dm_cuda_impl *impl) {
     DM_CUDA_TRY(dm_cuda_route_load());
     DM_CUDA_TRY(dm_cuda_plan_load());
     DM_CUDA_TRY(dm_cuda_combine_load());
+    DM_CUDA_TRY(dm_cuda_experts_load());
     return DYNMOE_OK;
 }
 

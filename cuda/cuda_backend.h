@@ -52,6 +52,7 @@ dynmoe_status dm_cuda_combine(dynmoe_ctx *ctx, const dm_experts_args *a, void *s
 dynmoe_status dm_cuda_route_load(void);
 dynmoe_status dm_cuda_plan_load(void);
 dynmoe_status dm_cuda_combine_load(void);
+dynmoe_status dm_cuda_experts_load(void); /* cuda/experts.cu */
 
 #ifdef __cplusplus
 }

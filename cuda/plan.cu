@@ -24,6 +24,9 @@
  *                              Its last block writes counts, offsets, the
  *                              active list (cub::BlockScan), and the stats.
  *
+ * Up to DM_PLAN_SMALL slots (decode) dm_plan_small_kernel does all three
+ * in one block and one launch, with no temporaries.
+ *
  * Temporaries (in a->temp): seg_counts and seg_base, 4*(NC*ns+1) bytes each,
  * 256-byte aligned, then CUB's scan storage. SEG >= NC/2 keeps them under
  * 8*(2n + NC + 1) bytes + CUB's; see plan_geometry.
@@ -39,6 +42,8 @@
 #define DM_PLAN_THREADS (32 * DM_PLAN_WARPS)
 #define DM_PLAN_UNROLL 4 /* rounds whose ids are loaded before the first is used */
 #define DM_PLAN_ITEMS 4  /* experts per thread in the finalize block: 256 * 4 >= DYNMOE_MAX_EXPERTS */
+#define DM_PLAN_SMALL 4096      /* slots up to which one block builds the whole plan */
+#define DM_PLAN_SMALL_ITEMS 5   /* categories per thread there: 256 * 5 >= DYNMOE_MAX_EXPERTS + 3 */
 
 typedef cub::BlockScan<int32_t, DM_PLAN_THREADS> dm_plan_block_scan;
 
@@ -121,6 +126,42 @@ __device__ void plan_finalize(const int32_t *seg_base, int32_t E, int32_t ns, in
     }
 }
 
+/* One warp scatters the slots [begin, begin + seg) (seg a multiple of
+ * 32 * DM_PLAN_UNROLL; slots >= n are ignored) in slot order. cursor[e]
+ * (shared, this warp's own) is the next row of expert e; it moves on. */
+__device__ __forceinline__ void scatter_segment(const int32_t *ids, int64_t n, int32_t E, int64_t begin,
+                                                int32_t seg, int32_t *cursor, const dynmoe_plan &p) {
+    const int lane = threadIdx.x & 31;
+    const unsigned lower = (1u << lane) - 1u;
+    for (int32_t r0 = 0; r0 < seg / 32; r0 += DM_PLAN_UNROLL) {
+        int32_t idv[DM_PLAN_UNROLL];
+#pragma unroll
+        for (int u = 0; u < DM_PLAN_UNROLL; u++) {
+            const int64_t i = begin + (int64_t)(r0 + u) * 32 + lane;
+            idv[u] = i < n ? ids[i] : -1;
+        }
+#pragma unroll
+        for (int u = 0; u < DM_PLAN_UNROLL; u++) {
+            const int64_t i = begin + (int64_t)(r0 + u) * 32 + lane;
+            const int32_t id = idv[u];
+            const int real = i < n && id >= 0 && id < E;
+            /* lanes of one expert; a lane's rank among them = how many are below it */
+            const unsigned peers = __match_any_sync(DM_FULL_MASK, real ? id : -1);
+            int32_t row = 0;
+            if (real) row = cursor[id] + __popc(peers & lower);
+            __syncwarp();
+            if (real && lane == __ffs(peers) - 1) cursor[id] += __popc(peers);
+            __syncwarp();
+            if (real) {
+                p.sorted_slots[row] = (int32_t)i;
+                p.slot_rows[i] = row;
+            } else if (i < n) {
+                p.slot_rows[i] = -1;
+            }
+        }
+    }
+}
+
 /*
  * dm_plan_scatter_kernel: sorted_slots[row] = slot and slot_rows[slot] = row
  * (-1 for slots that are not rows). Warp w of block b owns segment 8b + w,
@@ -147,34 +188,93 @@ __global__ void __launch_bounds__(DM_PLAN_THREADS)
     int32_t *cursor = dm_plan_scatter_smem + (size_t)warp * E;
     for (int32_t e = lane; e < E; e += 32) cursor[e] = seg_base[(int64_t)e * ns + sg];
     __syncwarp();
-    const unsigned lower = (1u << lane) - 1u;
-    const int64_t begin = sg * seg;
-    for (int32_t r0 = 0; r0 < seg / 32; r0 += DM_PLAN_UNROLL) {
-        int32_t idv[DM_PLAN_UNROLL];
+    scatter_segment(ids, n, E, sg * seg, seg, cursor, p);
+}
+
+/*
+ * dm_plan_small_kernel: the whole plan in one launch for n <= DM_PLAN_SMALL
+ * slots (decode: T*K of a few hundred). The same algorithm as the three steps
+ * above with the segment counts, their scan and the cursors in shared memory:
+ * warp w owns segment w; cnt[w][c] (8 x NC ints <= 32.9 KiB) holds its
+ * counts, then its cursors. A category's total and base come from a
+ * cub::BlockScan over the categories (blocked, DM_PLAN_SMALL_ITEMS a thread).
+ * Napkin math: reads 4n bytes, writes 8n + 12E; one launch instead of four
+ * is the point (a few microseconds of launch latency saved per layer).
+ */
+__global__ void __launch_bounds__(DM_PLAN_THREADS)
+    dm_plan_small_kernel(const int32_t *ids, int64_t n, int32_t E, int32_t Z, int32_t seg, dynmoe_plan p,
+                         int64_t T, dynmoe_stats *stats) {
+    extern __shared__ int32_t dm_plan_small_smem[];
+    __shared__ typename dm_plan_block_scan::TempStorage scan_tmp;
+    __shared__ int32_t max_rows;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int32_t NC = E + 3;
+    int32_t *cnt = dm_plan_small_smem + (size_t)warp * NC;
+    for (int32_t c = lane; c < NC; c += 32) cnt[c] = 0;
+    if (threadIdx.x == 0) max_rows = 0;
+    __syncwarp();
+    const int64_t begin = (int64_t)warp * seg, end = begin + seg < n ? begin + seg : n;
+    for (int64_t i = begin + lane; i < end; i += 32) atomicAdd(&cnt[slot_category(ids[i], E, Z)], 1);
+    __syncthreads();
+
+    /* totals of the categories this thread owns (c = thread * ITEMS + j), and their bases */
+    int32_t tot[DM_PLAN_SMALL_ITEMS], base[DM_PLAN_SMALL_ITEMS], flag[DM_PLAN_SMALL_ITEMS], pos[DM_PLAN_SMALL_ITEMS];
 #pragma unroll
-        for (int u = 0; u < DM_PLAN_UNROLL; u++) {
-            const int64_t i = begin + (int64_t)(r0 + u) * 32 + lane;
-            idv[u] = i < n ? ids[i] : -1;
-        }
+    for (int j = 0; j < DM_PLAN_SMALL_ITEMS; j++) {
+        const int32_t c = threadIdx.x * DM_PLAN_SMALL_ITEMS + j;
+        tot[j] = 0;
+        if (c < NC)
+            for (int w = 0; w < DM_PLAN_WARPS; w++) tot[j] += dm_plan_small_smem[w * NC + c];
+    }
+    int32_t all = 0;
+    dm_plan_block_scan(scan_tmp).ExclusiveSum(tot, base, all);
+    __syncthreads(); /* scan_tmp is used again below */
+
+    int32_t local_max = 0;
 #pragma unroll
-        for (int u = 0; u < DM_PLAN_UNROLL; u++) {
-            const int64_t i = begin + (int64_t)(r0 + u) * 32 + lane;
-            const int32_t id = idv[u];
-            const int real = i < n && id >= 0 && id < E;
-            const unsigned peers = __match_any_sync(DM_FULL_MASK, real ? id : -1);
-            int32_t row = 0;
-            if (real) row = cursor[id] + __popc(peers & lower);
-            __syncwarp();
-            if (real && lane == __ffs(peers) - 1) cursor[id] += __popc(peers);
-            __syncwarp();
-            if (real) {
-                p.sorted_slots[row] = (int32_t)i;
-                p.slot_rows[i] = row;
-            } else if (i < n) {
-                p.slot_rows[i] = -1;
+    for (int j = 0; j < DM_PLAN_SMALL_ITEMS; j++) {
+        const int32_t c = threadIdx.x * DM_PLAN_SMALL_ITEMS + j;
+        if (c < NC) { /* cursors: the base plus the category's slots in earlier segments */
+            int32_t run = base[j];
+            for (int w = 0; w < DM_PLAN_WARPS; w++) {
+                const int32_t k = dm_plan_small_smem[w * NC + c];
+                dm_plan_small_smem[w * NC + c] = run;
+                run += k;
             }
         }
+        flag[j] = c < E && tot[j] > 0;
+        if (c < E) {
+            p.expert_counts[c] = tot[j];
+            p.expert_offsets[c] = base[j];
+            local_max = tot[j] > local_max ? tot[j] : local_max;
+        } else if (c == E) {
+            p.expert_offsets[E] = base[j]; /* rows */
+            if (stats != NULL) {
+                stats->routed_slots = base[j];
+                stats->empty_slots = tot[j];
+            }
+        } else if (c == E + 1 && stats != NULL) {
+            stats->zero_expert_slots = tot[j];
+        } else if (c == E + 2 && stats != NULL) {
+            stats->invalid_ids = tot[j];
+        }
     }
+    int32_t num_active = 0;
+    dm_plan_block_scan(scan_tmp).ExclusiveSum(flag, pos, num_active);
+#pragma unroll
+    for (int j = 0; j < DM_PLAN_SMALL_ITEMS; j++)
+        if (flag[j]) p.active_experts[pos[j]] = threadIdx.x * DM_PLAN_SMALL_ITEMS + j;
+    atomicMax(&max_rows, local_max);
+    __syncthreads(); /* cursors and max_rows are complete */
+    if (threadIdx.x == 0) {
+        *p.num_active = num_active;
+        if (stats != NULL) {
+            stats->tokens = T;
+            stats->active_experts = num_active;
+            stats->max_expert_rows = max_rows;
+        }
+    }
+    scatter_segment(ids, n, E, begin, seg, cnt, p);
 }
 
 /* ------------------------------------------------------------- launcher */
@@ -225,6 +325,14 @@ extern "C" dynmoe_status dm_cuda_plan(dynmoe_ctx *ctx, const dm_plan_args *a, vo
     const cudaStream_t st = (cudaStream_t)stream;
     const int32_t E = a->num_experts;
     const int64_t n = a->T * a->slots;
+    if (n <= DM_PLAN_SMALL) {
+        const int64_t step = 32 * DM_PLAN_UNROLL, per_warp = (n + DM_PLAN_WARPS - 1) / DM_PLAN_WARPS;
+        const int32_t seg = (int32_t)((per_warp + step - 1) / step * step);
+        const size_t smem = (size_t)DM_PLAN_WARPS * (E + 3) * sizeof(int32_t); /* <= 32.9 KiB */
+        dm_plan_small_kernel<<<1, DM_PLAN_THREADS, smem, st>>>(a->ids, n, E, a->num_zero_experts, seg, a->plan, a->T,
+                                                                a->stats);
+        return dm_cuda_check_launch("cuda plan: dm_plan_small_kernel");
+    }
     plan_geometry g = {};
     DM_CUDA_TRY(plan_geometry_of(a, &g));
     if (((uintptr_t)a->temp & 255u) != 0)
@@ -256,5 +364,6 @@ extern "C" dynmoe_status dm_cuda_plan_load(void) {
     DM_CUDA_TRY(dm_cuda_check(cudaFuncGetAttributes(&fa, dm_plan_count_kernel), "cuda plan: loading dm_plan_count_kernel"));
     DM_CUDA_TRY(dm_cuda_check(cudaFuncGetAttributes(&fa, dm_plan_scatter_kernel),
                               "cuda plan: loading dm_plan_scatter_kernel"));
+    DM_CUDA_TRY(dm_cuda_check(cudaFuncGetAttributes(&fa, dm_plan_small_kernel), "cuda plan: loading dm_plan_small_kernel"));
     return DYNMOE_OK;
 }

@@ -206,11 +206,37 @@ __device__ __forceinline__ dm_route_smem *warp_scratch(unsigned char *smem, size
     return ws;
 }
 
-/* Adds this block's count of non-finite tokens to stats; block 0 sets tokens. */
-__device__ __forceinline__ void block_stats(dynmoe_stats *stats, int *block_nonfinite, int64_t T) {
+/* Per-block counters of the stats that routing fills. */
+typedef struct dm_route_counts {
+    int nonfinite, empty, zero;
+} dm_route_counts;
+
+/* Counts the empty and zero-expert slots among a token's n output slots
+ * (shared ids) into the block's counters; the whole warp calls it. */
+__device__ __forceinline__ void count_slots(const int32_t *out_id, int32_t n, int32_t E, int nonfinite,
+                                            dm_route_counts *bc, int lane) {
+    unsigned empty = 0, zero = 0;
+    for (int32_t k = lane; k < n; k += 32) {
+        empty += out_id[k] < 0;
+        zero += out_id[k] >= E;
+    }
+    empty = __reduce_add_sync(DM_FULL_MASK, empty);
+    zero = __reduce_add_sync(DM_FULL_MASK, zero);
+    if (lane == 0) {
+        atomicAdd(&bc->nonfinite, nonfinite);
+        atomicAdd(&bc->empty, (int)empty);
+        atomicAdd(&bc->zero, (int)zero);
+    }
+}
+
+/* Adds the block's counters to stats (integer atomics: the sums do not
+ * depend on their order); block 0 sets tokens. */
+__device__ __forceinline__ void block_stats(dynmoe_stats *stats, const dm_route_counts *bc, int64_t T) {
     __syncthreads();
     if (threadIdx.x == 0) {
-        if (*block_nonfinite) atomicAdd((unsigned long long *)&stats->nonfinite_rows, (unsigned long long)*block_nonfinite);
+        if (bc->nonfinite) atomicAdd((unsigned long long *)&stats->nonfinite_rows, (unsigned long long)bc->nonfinite);
+        if (bc->empty) atomicAdd((unsigned long long *)&stats->empty_slots, (unsigned long long)bc->empty);
+        if (bc->zero) atomicAdd((unsigned long long *)&stats->zero_expert_slots, (unsigned long long)bc->zero);
         if (blockIdx.x == 0) stats->tokens = T;
     }
 }
@@ -227,10 +253,10 @@ __global__ void __launch_bounds__(DM_ROUTE_THREADS)
     dm_route_kernel(dynmoe_router r, int64_t T, const void *logits, dynmoe_dtype ldt, const float *bias,
                     const void *mask, int32_t *ids, float *weights, dynmoe_stats *stats, size_t warp_bytes) {
     extern __shared__ __align__(16) unsigned char dm_route_dyn_smem[];
-    __shared__ int block_nonfinite;
+    __shared__ dm_route_counts counts;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int32_t E = r.num_experts, N = E + r.num_zero_experts, K = r.top_k;
-    if (threadIdx.x == 0) block_nonfinite = 0;
+    if (threadIdx.x == 0) counts.nonfinite = counts.empty = counts.zero = 0;
     __syncthreads();
 
     const int64_t t = (int64_t)blockIdx.x * DM_ROUTE_WARPS + warp;
@@ -244,9 +270,9 @@ __global__ void __launch_bounds__(DM_ROUTE_THREADS)
             ids[t * K + k] = ws->out_id[k];
             weights[t * K + k] = ws->out_w[k];
         }
-        if (nonfinite && lane == 0) atomicAdd(&block_nonfinite, 1);
+        if (stats != NULL) count_slots(ws->out_id, K, E, nonfinite, &counts, lane);
     }
-    if (stats != NULL) block_stats(stats, &block_nonfinite, T);
+    if (stats != NULL) block_stats(stats, &counts, T);
 }
 
 /*
@@ -266,11 +292,11 @@ __global__ void __launch_bounds__(DM_ROUTE_THREADS)
                           const float *task_logits, const void *task_weights, const float *bias, int32_t *ids,
                           float *weights, dynmoe_stats *stats, size_t warp_bytes) {
     extern __shared__ __align__(16) unsigned char dm_route_dyn_smem[];
-    __shared__ int block_nonfinite;
+    __shared__ dm_route_counts counts;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int32_t N = r.num_experts + r.num_zero_experts, K = r.top_k;
+    const int32_t E = r.num_experts, N = E + r.num_zero_experts, K = r.top_k;
     const int32_t R = r.num_tasks, P = r.top_tasks, S = P * K;
-    if (threadIdx.x == 0) block_nonfinite = 0;
+    if (threadIdx.x == 0) counts.nonfinite = counts.empty = counts.zero = 0;
     __syncthreads();
 
     const int64_t t = (int64_t)blockIdx.x * DM_ROUTE_WARPS + warp;
@@ -306,9 +332,9 @@ __global__ void __launch_bounds__(DM_ROUTE_THREADS)
             ids[t * S + k] = ws->out_id[k];
             weights[t * S + k] = ws->out_w[k];
         }
-        if (!routed_any && lane == 0) atomicAdd(&block_nonfinite, 1);
+        if (stats != NULL) count_slots(ws->out_id, S, E, !routed_any, &counts, lane);
     }
-    if (stats != NULL) block_stats(stats, &block_nonfinite, T);
+    if (stats != NULL) block_stats(stats, &counts, T);
 }
 
 /* ------------------------------------------------------------- launchers */
@@ -324,11 +350,13 @@ static dynmoe_status launch_dims(const char *fn, int64_t T, int32_t N, dim3 *gri
     return DYNMOE_OK;
 }
 
-/* Zeroes the stats counter that the route kernels add to. */
+/* Zeroes the stats counters that the route kernels add to: empty_slots
+ * through nonfinite_rows, one memset. That range includes invalid_ids, and 0
+ * is its true value for a table that routing produced. */
 static dynmoe_status reset_stats(dynmoe_stats *stats, cudaStream_t st) {
     if (stats == NULL) return DYNMOE_OK;
-    return dm_cuda_check(cudaMemsetAsync(&stats->nonfinite_rows, 0, sizeof stats->nonfinite_rows, st),
-                         "cuda route: cudaMemsetAsync(stats)");
+    char *first = (char *)&stats->empty_slots, *last = (char *)(&stats->nonfinite_rows + 1);
+    return dm_cuda_check(cudaMemsetAsync(first, 0, (size_t)(last - first), st), "cuda route: cudaMemsetAsync(stats)");
 }
 
 extern "C" dynmoe_status dm_cuda_route(dynmoe_ctx *ctx, const dm_route_args *a, void *stream) {
