@@ -36,6 +36,9 @@
 
 #define MAX_LIST 64
 #define MAX_ROT 16
+/* The dense peak is measured at M = max(T*K, this): small-M GEMMs are
+ * memory-bound and would understate the machine's FLOP rate. */
+#define PEAK_MIN_ROWS 4096
 
 /* ------------------------------------------------------------------------ */
 /* presets: published configs of real models' MoE layers                   */
@@ -174,8 +177,8 @@ static void usage(FILE *f) {
 "columns: time = median [min, max] of the timed calls; us/tok = time / T;\n"
 "GFLOP/s (TFLOP/s on CUDA) = 6*R*H*I / time with R = rows routed to real experts;\n"
 "GB/s = weight bytes of the active experts / time; dense%% = dense GEMM time at the\n"
-"same FLOPs / time; copy%% = weight bytes / copy bandwidth / time; * marks the larger\n"
-"one, the binding bound (its ratio is the fraction of the bound);\n"
+"same FLOPs (M = R rows) / time; roof%% = roofline bound / time, the bound being\n"
+"max(FLOPs / peak dense GEMM rate, weight bytes / copy bandwidth), F or M says which;\n"
 "xstat = time(static top-K) / time; t/t0 = time / time(static); work = R / R(static);\n"
 "rpc = (route + plan + combine) / time, each stage timed alone.\n"
 "\n"
@@ -591,6 +594,7 @@ static sizes size_of(const bench *b, dynmoe_dtype dt, size_t copy_bytes) {
     const dynmoe_router *r = &b->router;
     size_t es = dtype_size(dt), T = (size_t)b->Tmax, E = (size_t)r->num_experts, N = E + (size_t)r->num_zero_experts;
     size_t K = (size_t)r->top_k, H = (size_t)b->ex.hidden, I = (size_t)b->ex.inter, M = T * K;
+    if (M < PEAK_MIN_ROWS) M = PEAK_MIN_ROWS;
     dynmoe_experts ex = b->ex;
     ex.dtype = dt;
     sizes z;
@@ -642,7 +646,7 @@ typedef struct result {
     char error[512];
     tstat layer, route, plan, combine, dense;
     double rows, active; /* means over the rotated sets */
-    double flops, weight_bytes, mem_s, bound_s, frac;
+    double flops, weight_bytes, mem_s, flop_s, bound_s, frac;
     char bound_kind;
     double static_s, static_rows, speedup, ratio, work, rpc_share;
 } result;
@@ -711,7 +715,7 @@ static void progress(bench *b, const result *res, int at, int total, const char 
 
 /* Measures everything of one configuration. `full` = 0 for a static baseline
  * that is not itself a requested row: only the layer time and rows. */
-static int measure_config(bench *b, result *res, double copy_bw, int at, int total, int full) {
+static int measure_config(bench *b, result *res, double copy_bw, double peak_flops, int at, int total, int full) {
     const dynmoe_experts *ex = &b->ex;
     res->ok = 0;
     progress(b, res, at, total, "prepare");
@@ -737,10 +741,16 @@ static int measure_config(bench *b, result *res, double copy_bw, int at, int tot
     double H = ex->hidden, I = ex->inter;
     res->flops = 6.0 * res->rows * H * I; /* [R,H]x[H,2I] + [R,I]x[I,H], 2 FLOPs per MAC */
     res->weight_bytes = res->active * 3.0 * I * H * (double)dtype_size(ex->dtype);
+    /* Roofline: the layer can go no faster than its FLOPs at the best dense
+     * GEMM rate of this run, nor than its weight bytes at copy bandwidth. (The
+     * dense GEMM at equal FLOPs is the comparison, not the bound: at small M
+     * it is itself memory-bound and can be beaten.) */
     double mem_s = copy_bw > 0 ? res->weight_bytes / copy_bw : 0;
+    double flop_s = peak_flops > 0 ? res->flops / peak_flops : 0;
     res->mem_s = mem_s;
-    res->bound_kind = res->dense.med >= mem_s ? 'F' : 'M';
-    res->bound_s = res->dense.med >= mem_s ? res->dense.med : mem_s;
+    res->flop_s = flop_s;
+    res->bound_kind = flop_s >= mem_s ? 'F' : 'M';
+    res->bound_s = flop_s >= mem_s ? flop_s : mem_s;
     res->frac = res->bound_s / res->layer.med;
     res->rpc_share = (res->route.med + res->plan.med + res->combine.med) / res->layer.med;
     res->ok = 1;
@@ -775,6 +785,8 @@ typedef struct runinfo {
     int cores;
     double copy_bw;
     size_t copy_bytes;
+    double peak_flops; /* dense GEMM FLOP/s at peak_rows: the roofline's flat part */
+    int64_t peak_rows;
     int warmup;
 } runinfo;
 
@@ -830,14 +842,16 @@ static void json_line(FILE *f, const bench *b, const runinfo *ri, const result *
     fprintf(f,
             ",\"time_s\":%.9g,\"us_per_token\":%.6g,\"routed_rows\":%.2f,\"active_experts\":%.2f"
             ",\"active_flops\":%.6g,\"tflops\":%.6g,\"weight_bytes\":%.6g,\"weight_gbps\":%.6g"
-            ",\"dense_tflops\":%.6g,\"copy_gbps\":%.6g,\"copy_bytes\":%zu,\"bound_s\":%.9g,\"bound\":\"%s\""
+            ",\"dense_tflops\":%.6g,\"peak_tflops\":%.6g,\"peak_rows\":%lld,\"copy_gbps\":%.6g,\"copy_bytes\":%zu"
+            ",\"flop_bound_s\":%.9g,\"bound_s\":%.9g,\"bound\":\"%s\""
             ",\"frac_of_bound\":%.5g,\"static_s\":%.9g,\"static_rows\":%.2f,\"speedup_vs_static\":%.5g"
             ",\"time_over_static\":%.5g,\"work_over_static\":%.5g,\"route_plan_combine_s\":%.9g"
             ",\"route_plan_combine_share\":%.5g,\"dense_over_time\":%.5g,\"copy_bound_s\":%.9g"
             ",\"copy_over_time\":%.5g,\"experts_vs_dense\":%.5g}\n",
             t, 1e6 * t / (double)res->T, res->rows, res->active, res->flops, res->flops / t / 1e12,
             res->weight_bytes, res->weight_bytes / t / 1e9, res->dense.med > 0 ? res->flops / res->dense.med / 1e12 : 0,
-            ri->copy_bw / 1e9, ri->copy_bytes, res->bound_s, res->bound_kind == 'F' ? "flops" : "memory", res->frac,
+            ri->peak_flops / 1e12, (long long)ri->peak_rows, ri->copy_bw / 1e9, ri->copy_bytes, res->flop_s,
+            res->bound_s, res->bound_kind == 'F' ? "flops" : "memory", res->frac,
             res->static_s, res->static_rows, res->speedup, res->ratio, res->work,
             res->route.med + res->plan.med + res->combine.med, res->rpc_share, res->dense.med / t, res->mem_s,
             res->mem_s / t, res->dense.med / (t - (res->route.med + res->plan.med + res->combine.med)));
@@ -846,7 +860,7 @@ static void json_line(FILE *f, const bench *b, const runinfo *ri, const result *
 static void table_header(const bench *b) {
     const char *fl = b->dev.cuda ? "TFLOP/s" : "GFLOP/s";
     printf("%-14s %-4s %-4s %6s %5s %5s | %9s %-21s %8s | %8s %7s | %7s %7s | %6s %5s %5s | %5s\n", "preset",
-           "back", "type", "T", "keep", "zero", "time ms", "[min, max]", "us/tok", fl, "GB/s", "dense%", "copy%",
+           "back", "type", "T", "keep", "zero", "time ms", "[min, max]", "us/tok", fl, "GB/s", "dense%", "roof%",
            "xstat", "t/t0", "work", "rpc");
 }
 
@@ -861,9 +875,8 @@ static void table_row(const bench *b, const result *res) {
     double t = res->layer.med, fscale = b->dev.cuda ? 1e12 : 1e9;
     char spread[64], dense[16], copy[16], xs[16];
     snprintf(spread, sizeof spread, "[%.3f, %.3f]", 1e3 * res->layer.min, 1e3 * res->layer.max);
-    /* the binding bound is starred: its ratio is "the fraction of the bound" */
-    snprintf(dense, sizeof dense, "%.0f%%%s", 100 * res->dense.med / t, res->bound_kind == 'F' ? "*" : " ");
-    snprintf(copy, sizeof copy, "%.0f%%%s", 100 * res->mem_s / t, res->bound_kind == 'M' ? "*" : " ");
+    snprintf(dense, sizeof dense, "%.0f%%", 100 * res->dense.med / t);
+    snprintf(copy, sizeof copy, "%.0f%% %c", 100 * res->frac, res->bound_kind);
     snprintf(xs, sizeof xs, "%.2fx", res->speedup);
     printf("%-14.14s %-4s %-4s %6lld %5.2f %5.2f | %9.3f %-21s %8.2f | %8.1f %7.1f | %7s %7s | %6s %5.2f %5.2f | "
            "%4.1f%%\n",
@@ -994,7 +1007,8 @@ static int setup(bench *b) {
     b->perm = malloc(N * 4 + 4);
     if (!b->h_logits || !b->h_mask || !b->h_ids || !b->perm) return bad("out of host memory");
     if (!o->profile) {
-        if (bdev_dense_setup(&b->dev, dt, (int64_t)(T * K), b->ex.hidden, b->ex.inter))
+        if (bdev_dense_setup(&b->dev, dt, (int64_t)(T * K) > PEAK_MIN_ROWS ? (int64_t)(T * K) : PEAK_MIN_ROWS,
+                             b->ex.hidden, b->ex.inter))
             return bad("dense ceiling setup: %s", bdev_last_error());
         if (bdev_copy_setup(&b->dev, copy_bytes)) return bad("copy setup: %s", bdev_last_error());
     }
@@ -1015,8 +1029,10 @@ static void print_banner(const bench *b, const runinfo *ri) {
     printf(" norm %s scale %g  dtype %s  weights %.2f GB\n", norm_name(r->norm), r->scale, dtype_name(b->ex.dtype),
            wbytes / 1e9);
     if (ri->copy_bw > 0)
-        printf("# copy bandwidth: %.1f GB/s (%s of %zu MiB, 2 x bytes / time)\n", ri->copy_bw / 1e9,
-               b->dev.cuda ? "cudaMemcpyAsync D2D" : "memcpy on every thread", ri->copy_bytes >> 20);
+        printf("# ceilings: copy %.1f GB/s (%s of %zu MiB, 2 x bytes / time); dense GEMM peak %.1f %s (%s, M %lld)\n",
+               ri->copy_bw / 1e9, b->dev.cuda ? "cudaMemcpyAsync D2D" : "memcpy on every thread", ri->copy_bytes >> 20,
+               ri->peak_flops / (b->dev.cuda ? 1e12 : 1e9), b->dev.cuda ? "TFLOP/s" : "GFLOP/s",
+               b->dev.cuda ? "cublasGemmEx, fp32 accumulate" : "cblas_sgemm", (long long)ri->peak_rows);
     printf("# timing: median [min, max] of timed calls after %d warm-up, %d rotated input sets, %s\n", ri->warmup,
            b->nrot, b->dev.cuda ? "CUDA events, L2 flushed before each call" : "wall clock");
     if (!b->dev.cuda && ri->load_start > 0.5)
@@ -1101,6 +1117,20 @@ int main(int argc, char **argv) {
     }
     ri.copy_bytes = b->dev.cpy_bytes;
     ri.copy_bw = 2.0 * (double)b->dev.cpy_bytes / cp.med;
+    /* the peak dense rate, once: the GEMM pair at the largest M of the run
+     * (static top-K rows at the largest T, at least PEAK_MIN_ROWS) */
+    {
+        tstat pk;
+        b->dense_rows = b->Tmax * b->router.top_k > PEAK_MIN_ROWS ? b->Tmax * b->router.top_k : PEAK_MIN_ROWS;
+        if (!o->quiet) fprintf(stderr, "dense GEMM peak (M = %lld)...%s", (long long)b->dense_rows, isatty(2) ? "" : "\n");
+        if (measure(b, RUN_DENSE, &pk)) {
+            fprintf(stderr, "dynmoe-bench: dense GEMM: %s\n", b->last_msg);
+            return 1;
+        }
+        ri.peak_rows = b->dense_rows;
+        ri.peak_flops = 6.0 * (double)b->dense_rows * b->ex.hidden * b->ex.inter / pk.med;
+        if (!o->quiet && isatty(2)) fprintf(stderr, "\r\033[K");
+    }
 
     FILE *jf = NULL;
     if (o->json) {
@@ -1122,7 +1152,7 @@ int main(int argc, char **argv) {
         for (int ki = 0; ki < o->nkeep; ki++)
             for (int zi = 0; zi < o->nzero; zi++)
                 if (o->keep[ki] == 1.0 && o->zero[zi] == 0.0) base_requested = 1;
-        if (measure_config(b, &base, ri.copy_bw, at + 1, total, base_requested)) {
+        if (measure_config(b, &base, ri.copy_bw, ri.peak_flops, at + 1, total, base_requested)) {
             /* keep going: the other rows still have meaning without the column */
             fprintf(stderr, "%sdynmoe-bench: static top-K at T=%lld: %s\n", isatty(2) && !o->quiet ? "\n" : "",
                     (long long)base.T, base.error);
@@ -1134,7 +1164,7 @@ int main(int argc, char **argv) {
                 if (res.keep == 1.0 && res.zero == 0.0) {
                     res = base; /* the same configuration: measured once */
                 } else {
-                    measure_config(b, &res, ri.copy_bw, at, total, 1);
+                    measure_config(b, &res, ri.copy_bw, ri.peak_flops, at, total, 1);
                 }
                 if (res.ok && base.ok) {
                     res.static_s = base.layer.med;
@@ -1157,8 +1187,9 @@ int main(int argc, char **argv) {
     if (jf) fclose(jf);
     if (!b->dev.cuda && ri.load_end > 0.5)
         printf("# load average %.1f at the end (%.1f at the start) on %d cores\n", ri.load_end, ri.load_start, ri.cores);
-    printf("# dense%%: dense GEMM time at the same FLOPs / time; copy%%: active weight bytes / copy bandwidth / time;\n"
-           "#   * marks the binding bound (the larger): its ratio is the fraction of the bound.\n"
+    printf("# dense%%: dense GEMM time at the same FLOPs / time (the comparison; > 100%% = faster than dense BLAS).\n"
+           "# roof%%: roofline bound / time, bound = max(FLOPs / peak dense rate, active weight bytes / copy bandwidth);\n"
+           "#   F = FLOP-bound, M = memory-bound.\n"
            "# xstat/t0 compare with static top-K (keep 1, zero share 0) at the same T; work = routed rows / static rows.\n"
            "# rpc: route + plan + combine, each timed alone; combine = experts_forward over the same table with\n"
            "#      every real slot turned into an identity zero expert (no GEMM; includes a plan pass: an over-estimate).\n");
