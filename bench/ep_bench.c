@@ -171,6 +171,14 @@ int main(int argc, char **argv) {
 
     double *tp[5];
     for (int j = 0; j < 5; j++) tp[j] = calloc((size_t)iters, sizeof(double));
+    /* One rank holds every expert: the single-process layer on the same tokens
+     * and weights is the baseline of the ep overhead, timed in alternation
+     * with the ep forward so that both see the same machine load. */
+    const int baseline = R == 1 && T > 0;
+    size_t bwsb = baseline ? dynmoe_workspace_size(&router, &lx, T) : 0;
+    void *bws = baseline ? xalloc(bwsb) : NULL;
+    if (bws) memset(bws, 0, bwsb);
+    double *tb = calloc((size_t)iters, sizeof(double)), base_ms = 0;
     int64_t rows = 0, overflow = 0, sent = 0;
     for (int it = -warmup; it < iters; it++) {
         MPI_Barrier(MPI_COMM_WORLD);
@@ -185,29 +193,17 @@ int main(int argc, char **argv) {
         tp[4][it] = 1e3 * (t1 - t0);
         sent = stats.routed_slots;
         overflow = stats.overflow_slots;
-    }
-    /* One rank holds every expert: time the single-process layer on the same
-     * tokens and weights too, the baseline of the ep overhead. */
-    double base_ms = 0;
-    if (R == 1 && T > 0) {
-        dynmoe_ctx_set_stats(ctx, NULL);
-        size_t bwsb = dynmoe_workspace_size(&router, &lx, T);
-        void *bws = xalloc(bwsb);
-        memset(bws, 0, bwsb);
-        double *tb = calloc((size_t)iters, sizeof(double));
-        for (int it = -warmup; it < iters; it++) {
-            double t0 = MPI_Wtime();
+        rows = stats.max_expert_rows; /* busiest local expert */
+        if (baseline) {
+            t0 = MPI_Wtime();
             st = dynmoe_moe_forward(ctx, &router, &lx, T, x, logits, DYNMOE_F32, NULL, NULL, out, bws, bwsb, NULL);
             if (st) die(rank, "dynmoe_moe_forward", st);
-            if (it >= 0) tb[it] = 1e3 * (MPI_Wtime() - t0);
+            tb[it] = 1e3 * (MPI_Wtime() - t0);
         }
-        base_ms = median(tb, iters);
-        free(tb);
-        free(bws);
-        dynmoe_ctx_set_stats(ctx, &stats);
     }
-    /* Rows this rank's experts ran: the plan of the last call. */
-    rows = stats.max_expert_rows; /* busiest local expert */
+    if (baseline) base_ms = median(tb, iters);
+    free(tb);
+    free(bws);
     double med[5];
     for (int j = 0; j < 5; j++) med[j] = median(tp[j], iters);
     double all[5 * 64 + 5];
