@@ -134,6 +134,7 @@ static const ep_case cases[] = {
     {"beam capacity overflow",      16, 0, DYNMOE_ZERO_OUTPUT, 4, DYNMOE_SCORE_SOFTMAX, DYNMOE_NORM_KEPT,     0, 0, 1.0f, 0, 1, DYNMOE_F32, 1, 0, 0, MAP_CONTIGUOUS, DYNMOE_EP_CAPACITY, 3, 1, 0},
     {"longcat capacity overflow",   16, 8, DYNMOE_ZERO_IDENTITY, 6, DYNMOE_SCORE_SOFTMAX, DYNMOE_NORM_NONE,   0, 0, 1.0f, 1, 0, DYNMOE_F32, 1, 0, 1, MAP_CONTIGUOUS, DYNMOE_EP_CAPACITY, 4, 1, 0},
     {"redundant capacity overflow", 16, 0, DYNMOE_ZERO_OUTPUT, 4, DYNMOE_SCORE_SOFTMAX, DYNMOE_NORM_SELECTED, 0, 0, 1.0f, 0, 0, DYNMOE_F32, 1, 0, 0, MAP_REDUNDANT,  DYNMOE_EP_CAPACITY, 4, 1, 0},
+    {"E=3 capacity overflow",       3,  0, DYNMOE_ZERO_OUTPUT, 2, DYNMOE_SCORE_SOFTMAX, DYNMOE_NORM_SELECTED, 0, 0, 1.0f, 0, 0, DYNMOE_F32, 0, 0, 1, MAP_CONTIGUOUS, DYNMOE_EP_CAPACITY, 4, 1, 0},
     {"bf16 capacity overflow",      16, 0, DYNMOE_ZERO_OUTPUT, 4, DYNMOE_SCORE_SOFTMAX, DYNMOE_NORM_SELECTED, 0, 0, 1.0f, 0, 0, DYNMOE_BF16, 1, 0, 0, MAP_PERMUTED,   DYNMOE_EP_CAPACITY, 4, 1, 0},
 };
 
@@ -290,6 +291,26 @@ static void run_case(dynmoe_ctx *ctx, const ep_case *c) {
     if (st != DYNMOE_OK) {
         ok = 0;
         snprintf(detail, sizeof detail, "rank %d: forward %s %s", g_rank, dynmoe_status_name(st), dynmoe_last_error());
+    }
+    /* Every slot is counted once: travelled, dropped, empty or zero expert. */
+    if (ok && stats.routed_slots + stats.overflow_slots + stats.empty_slots + stats.zero_expert_slots != T * K) {
+        ok = 0;
+        snprintf(detail, sizeof detail, "rank %d: stats count %lld+%lld+%lld+%lld slots, expected %lld", g_rank,
+                 (long long)stats.routed_slots, (long long)stats.overflow_slots, (long long)stats.empty_slots,
+                 (long long)stats.zero_expert_slots, (long long)(T * K));
+    }
+    /* A second call on the same workspace gives the same bits (all ranks or none call it). */
+    if (all_ok(ok)) {
+        void *again = xalloc((size_t)T * H * esz + 16);
+        fill_nan(ws, wsb);
+        st = dynmoe_ep_moe_forward(ep, ctx, &router, &lx, T, x, logits, DYNMOE_F32, biasp, mask, again, ws, wsb,
+                                   c->mode, NULL);
+        if (st != DYNMOE_OK || memcmp(again, out, (size_t)T * H * esz) != 0) {
+            ok = 0;
+            snprintf(detail, sizeof detail, "rank %d: second call %s, not bitwise equal", g_rank,
+                     dynmoe_status_name(st));
+        }
+        free(again);
     }
 
     /* ---- reference on this rank's slice with all experts */
