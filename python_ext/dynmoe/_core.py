@@ -220,16 +220,13 @@ def _empty(like, shape, dtype, zero=False):
             return (cupy.zeros if zero else cupy.empty)(shape, dtype=dtype)
     if fw == "numpy" or (hasattr(like, "__dlpack_device__") and like.__dlpack_device__()[0] in (1, 3)):
         import numpy as np
-        n = 1
-        for d in shape:
-            n *= int(d)
-        item = np.dtype(dtype).itemsize
-        raw = np.empty(n * item + 64, dtype=np.uint8)
-        off = (-raw.ctypes.data) % 64
-        a = raw[off:off + n * item].view(dtype).reshape(shape)
-        if zero:
-            a.fill(0)
-        return a
+        a = (np.zeros if zero else np.empty)(shape, dtype=dtype)
+        if a.__array_interface__["data"][0] % 16 == 0:  # always, with glibc's malloc
+            return a
+        n = a.size * a.itemsize
+        raw = np.zeros(n + 16, dtype=np.uint8)
+        off = (-raw.__array_interface__["data"][0]) % 16
+        return raw[off:off + n].view(dtype).reshape(shape)
     raise TypeError(f"dynmoe: cannot allocate outputs for a {type(like).__name__} on this device; "
                     "pass them (ids=, weights=, out=, workspace=)")
 
@@ -280,15 +277,19 @@ def _as_bytes(ws):
 
 # ------------------------------------------------------------------- the API
 #
-# Each public function, given torch tensors and nothing but the defaults for
-# out/workspace/stats/stream, goes through its torch.ops.dynmoe custom op (so
-# it traces under torch.compile); otherwise through the C extension directly.
+# Each public function called with torch tensors while torch.compile traces
+# (or with tensor subclasses such as FakeTensor), and with nothing but the
+# defaults for out/workspace/stats/stream, goes through its torch.ops.dynmoe
+# custom op, so it is one node of the graph. Eager calls go to the C
+# extension directly: the same result, without the dispatcher's overhead.
 
 def _torch_op(t, *extras):
     if not _is_torch(t) or any(e is not None and e is not False for e in extras):
         return None
     from . import _torch
-    return _torch.ops if _torch.registered else None
+    if not _torch.registered or not _torch.wants_op(t):
+        return None
+    return _torch.ops
 
 
 def route(logits, router, bias=None, mask_logits=None, *, ids=None, weights=None, stats=False,
@@ -351,9 +352,10 @@ PLAN_KEYS = ("counts", "offsets", "sorted_slots", "slot_rows", "active_experts",
 def plan(ids, router, *, workspace=None, stats=False, stream=None):
     """The expert-major layout of a routing table ids [T, S] int32. Returns a
     dict of int32 tensors: counts [E], offsets [E+1] (exclusive prefix),
-    sorted_slots [T*S] (row -> slot t*S+k; entries from offsets[E] on are
-    unspecified), slot_rows [T*S] (slot -> row or -1), active_experts [E]
-    (ascending; entries from num_active on are unspecified), num_active [1].
+    sorted_slots [T*S] (row -> slot t*S+k; -1 from offsets[E] on), slot_rows
+    [T*S] (slot -> row or -1), active_experts [E] (ascending; -1 from
+    num_active on), num_active [1]. (For frameworks other than numpy and
+    torch the entries past the ends are left unspecified.)
     Without torch they are views into the workspace. Plus a stats dict when
     stats=True."""
     ops = _torch_op(ids, workspace, stats, stream)
@@ -373,12 +375,28 @@ def _plan(ids, router, *, workspace=None, stats=False, stream=None):
     if offs is None:  # T == 0: an empty plan
         def z(c):
             return _empty(ids, (c,), "int32", zero=True)
-        out = dict(zip(PLAN_KEYS, (z(e), z(e + 1), z(0), z(0), z(e), z(1))))
+        out = dict(zip(PLAN_KEYS, (z(e), z(e + 1), z(0), z(0), z(e) - 1, z(1))))
     else:
         ws = _as_bytes(workspace)
         counts = (e, e + 1, n, n, e, 1)
         out = {k: _view(ws, o, c, "int32") for k, o, c in zip(PLAN_KEYS, offs, counts)}
+        _fill_tails(out, e)
     return (out, _stats_dict(st)) if stats else out
+
+
+def _fill_tails(p, e):
+    """Sets the entries the C plan leaves unspecified to -1 (sorted_slots from
+    offsets[E] on, active_experts from num_active on), so that results are
+    deterministic. No host sync with torch (a device-side mask)."""
+    fw = _framework(p["sorted_slots"])
+    if fw == "numpy":
+        p["sorted_slots"][int(p["offsets"][e]):] = -1
+        p["active_experts"][int(p["num_active"][0]):] = -1
+    elif fw == "torch":
+        import torch
+        ss, act = p["sorted_slots"], p["active_experts"]
+        ss.masked_fill_(torch.arange(ss.shape[0], device=ss.device) >= p["offsets"][e], -1)
+        act.masked_fill_(torch.arange(act.shape[0], device=act.device) >= p["num_active"][0], -1)
 
 
 def workspace_size(router, experts, T):

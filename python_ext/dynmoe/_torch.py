@@ -28,12 +28,20 @@ except Exception:  # ImportError, or a torch too old for custom_op
 if _custom_op is not None:
     from typing import List, Optional, Tuple
 
-    from . import _core
+    import functools
+
+    from . import _C, _core
 
     Tensor = torch.Tensor
+    # torch tensors are exported with torch.utils.dlpack.to_dlpack, straight from C.
+    _C._set_torch(torch.Tensor, torch.utils.dlpack.to_dlpack)
+
+    @functools.lru_cache(maxsize=256)
+    def _router_cached(ints, floats):
+        return _core.Router.from_lists(ints, floats)
 
     def _router(router_ints, router_floats):
-        return _core.Router.from_lists(router_ints, router_floats)
+        return _router_cached(tuple(router_ints), tuple(router_floats))
 
     def _experts(w13, w2, act):
         return _core.Experts(w13, w2, act)
@@ -106,6 +114,15 @@ if _custom_op is not None:
         plan = staticmethod(plan)
         experts_forward = staticmethod(experts_forward)
         moe_forward = staticmethod(moe_forward)
+
+    _plain = (torch.Tensor, torch.nn.Parameter)
+    _is_compiling = getattr(torch.compiler, "is_compiling", lambda: False)
+
+    def wants_op(t):
+        """The public API takes the custom op under torch.compile and for
+        tensor subclasses (FakeTensor, functional tensors); eager plain
+        tensors go to the C extension directly."""
+        return _is_compiling() or type(t) not in _plain
 
     ops = _Ops
     registered = True

@@ -28,6 +28,12 @@ _Static_assert(sizeof(dynmoe_stats) % sizeof(int64_t) == 0, "dynmoe_stats is a r
 #define DM_MAX_DEVICES 64
 
 static PyObject *g_error_class; /* dynmoe.DynmoeError, set by _set_error_class */
+/* torch.Tensor and torch.utils.dlpack.to_dlpack, set by _set_torch when torch
+ * is imported: a torch tensor is exported with one C call, without going
+ * through Tensor.__dlpack__ and __dlpack_device__ in Python (tens of
+ * microseconds per call otherwise) and without a stream sync, which is right
+ * because dynmoe enqueues on the caller's current stream. */
+static PyObject *g_torch_tensor, *g_torch_to_dlpack;
 
 /* ------------------------------------------------------------------ errors */
 
@@ -97,6 +103,7 @@ typedef struct {
     PyObject *cap; /* the DLPack capsule, owned; releasing it lets the producer go */
     DLTensor *t;
     int readonly;
+    int copied;    /* the producer exported a copy: writes would be lost */
     int kind;      /* one DM_* bit */
     char *data;    /* data + byte_offset; NULL when empty */
     int64_t numel;
@@ -172,6 +179,19 @@ done:
     return res;
 }
 
+/* obj.requires_grad is True (a torch tensor that DLPack will not export);
+ * never raises. */
+static int requires_grad(PyObject *obj) {
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyObject *rg = PyObject_GetAttrString(obj, "requires_grad");
+    int yes = rg != NULL && rg == Py_True;
+    Py_XDECREF(rg);
+    PyErr_Clear();
+    PyErr_Restore(type, value, tb);
+    return yes;
+}
+
 /* Imports `obj` (a DLPack tensor or capsule) into `a`. `stream` is the
  * Python int handed to __dlpack__(stream=...) for device tensors. */
 static int tensor_import(const char *fn, const char *name, PyObject *obj, PyObject *stream, dm_tensor *a) {
@@ -180,7 +200,11 @@ static int tensor_import(const char *fn, const char *name, PyObject *obj, PyObje
     if (PyCapsule_CheckExact(obj)) {
         Py_INCREF(obj);
         a->cap = obj;
+    } else if (g_torch_tensor != NULL && PyObject_TypeCheck(obj, (PyTypeObject *)g_torch_tensor) &&
+               (a->cap = PyObject_CallOneArg(g_torch_to_dlpack, obj)) != NULL) {
+        /* exported */
     } else {
+        PyErr_Clear();
         PyObject *method = PyObject_GetAttrString(obj, "__dlpack__");
         if (method == NULL) {
             PyErr_Clear();
@@ -211,6 +235,23 @@ static int tensor_import(const char *fn, const char *name, PyObject *obj, PyObje
         }
         a->cap = call_dlpack(method, use_stream);
         Py_DECREF(method);
+        if (a->cap == NULL && requires_grad(obj)) {
+            /* torch refuses to export a tensor that requires grad; dynmoe only
+             * reads it (the custom ops have no autograd), so export a detached view. */
+            PyObject *type, *value, *tb;
+            PyErr_Fetch(&type, &value, &tb);
+            PyObject *det = PyObject_CallMethod(obj, "detach", NULL);
+            if (det != NULL) {
+                Py_XDECREF(type);
+                Py_XDECREF(value);
+                Py_XDECREF(tb);
+                int rc = tensor_import(fn, name, det, stream, a);
+                Py_DECREF(det);
+                return rc;
+            }
+            PyErr_Clear();
+            PyErr_Restore(type, value, tb);
+        }
         if (a->cap == NULL) {
             /* numpy raises BufferError for read-only arrays on old DLPack. */
             PyObject *type, *value, *tb;
@@ -238,6 +279,7 @@ static int tensor_import(const char *fn, const char *name, PyObject *obj, PyObje
         }
         a->t = &m->dl_tensor;
         a->readonly = (m->flags & DLPACK_FLAG_BITMASK_READ_ONLY) != 0;
+        a->copied = (m->flags & DLPACK_FLAG_BITMASK_IS_COPIED) != 0;
     } else if (PyCapsule_IsValid(a->cap, "dltensor")) {
         DLManagedTensor *m = PyCapsule_GetPointer(a->cap, "dltensor");
         a->t = &m->dl_tensor;
@@ -347,6 +389,11 @@ static int tensor_check(const char *fn, dm_tensor *a, int kinds, int ndim, const
     }
     if (out && a->readonly) {
         PyErr_Format(PyExc_ValueError, "%s: %s is read-only", fn, a->name);
+        return -1;
+    }
+    if (out && a->copied) {
+        PyErr_Format(PyExc_ValueError, "%s: %s was exported by its framework as a copy; pass a tensor it can share",
+                     fn, a->name);
         return -1;
     }
     return 0;
@@ -753,6 +800,21 @@ static PyObject *py_set_error_class(PyObject *self, PyObject *cls) {
     Py_RETURN_NONE;
 }
 
+static PyObject *py_set_torch(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *tensor_type, *to_dlpack;
+    if (!PyArg_ParseTuple(args, "OO", &tensor_type, &to_dlpack)) return NULL;
+    if (!PyType_Check(tensor_type) || !PyCallable_Check(to_dlpack)) {
+        PyErr_SetString(PyExc_TypeError, "_set_torch(torch.Tensor, torch.utils.dlpack.to_dlpack)");
+        return NULL;
+    }
+    Py_INCREF(tensor_type);
+    Py_INCREF(to_dlpack);
+    Py_XSETREF(g_torch_tensor, tensor_type);
+    Py_XSETREF(g_torch_to_dlpack, to_dlpack);
+    Py_RETURN_NONE;
+}
+
 static PyObject *py_version(PyObject *self, PyObject *unused) {
     (void)self, (void)unused;
     return PyLong_FromLong(dynmoe_version());
@@ -782,6 +844,7 @@ static PyMethodDef methods[] = {
     {"moe_forward", py_moe_forward, METH_VARARGS,
      "moe_forward(router, w13, w2, act, x, logits, bias, mask_logits, out, workspace, stream, stats)"},
     {"_set_error_class", py_set_error_class, METH_O, NULL},
+    {"_set_torch", py_set_torch, METH_VARARGS, NULL},
     {"version", py_version, METH_NOARGS, "dynmoe_version() of the loaded libdynmoe"},
     {"cuda_available", py_cuda_available, METH_NOARGS, "libdynmoe has CUDA and a device is visible"},
     {"status_name", py_status_name, METH_O, NULL},

@@ -120,9 +120,11 @@ def check_plan(p, ids, E):
     np.testing.assert_array_equal(p["counts"], r["counts"])
     np.testing.assert_array_equal(p["offsets"], r["offsets"])
     np.testing.assert_array_equal(p["sorted_slots"][:R], r["sorted_slots"])
+    assert (p["sorted_slots"][R:] == -1).all()
     np.testing.assert_array_equal(p["slot_rows"], r["slot_rows"])
     assert int(p["num_active"][0]) == r["num_active"]
     np.testing.assert_array_equal(p["active_experts"][: r["num_active"]], r["active_experts"])
+    assert (p["active_experts"][r["num_active"]:] == -1).all()
 
 
 def test_plan_routed():

@@ -173,3 +173,26 @@ def test_torch_stats_and_workspace(layer):
     out, st = dynmoe.moe_forward(x, logits, router, experts, bias=bias, workspace=ws, stats=True)
     assert isinstance(out, torch.Tensor) and st["tokens"] == T
     assert torch.equal(out, dynmoe.moe_forward(x, logits, router, experts, bias=bias))
+
+
+def test_parameters_requiring_grad(layer):
+    # nn.Parameter weights (requires_grad=True) are read as they are, without a copy.
+    router, x, logits, bias, mask, w13, w2 = layer
+    p13, p2 = torch.nn.Parameter(w13.clone()), torch.nn.Parameter(w2.clone())
+    want = dynmoe.moe_forward(x, logits, router, dynmoe.Experts(w13, w2))
+    got = dynmoe.moe_forward(x.requires_grad_(), logits, router, dynmoe.Experts(p13, p2))
+    assert torch.equal(got.detach(), want)
+    got = torch.ops.dynmoe.moe_forward(x, logits, p13, p2, router.ints, router.floats, "swiglu", None, None)
+    assert torch.equal(got.detach(), want)
+
+
+def test_plan_tails(layer):
+    router, x, logits, bias, mask, w13, w2 = layer
+    ids = torch.full((T, K), E, dtype=torch.int32)  # only zero experts: no rows
+    ids[0, 0] = 3
+    for p in (dynmoe.plan(ids, router), dict(zip(dynmoe.PLAN_KEYS, torch.ops.dynmoe.plan(ids, router.ints,
+                                                                                          router.floats)))):
+        assert p["offsets"][-1].item() == 1 and p["sorted_slots"][0].item() == 0
+        assert (p["sorted_slots"][1:] == -1).all()
+        assert p["num_active"].item() == 1 and p["active_experts"][0].item() == 3
+        assert (p["active_experts"][1:] == -1).all()
