@@ -212,11 +212,18 @@ int main(int argc, char **argv) {
     MPI_Gather(cnt, 3, MPI_LONG_LONG, allc, 3, MPI_LONG_LONG, 0, MPI_COMM_WORLD);
     if (rank == 0) {
         const char *thr = getenv("OMP_NUM_THREADS");
+        char load[64] = "?";
+        FILE *lf = fopen("/proc/loadavg", "r"); /* the machine may be shared: say how busy it was */
+        if (lf) {
+            if (!fgets(load, sizeof load, lf)) snprintf(load, sizeof load, "?");
+            load[strcspn(load, "\n")] = 0;
+            fclose(lf);
+        }
         printf("dynmoe-ep-bench: preset %s E %d K %d H %d I %d, %s, %s mode%s, %d rank(s), %lld tokens per rank, "
-               "OMP_NUM_THREADS=%s, median of %d\n",
+               "OMP_NUM_THREADS=%s, median of %d, loadavg %s\n",
                p.name, E, K, H, In, dt == DYNMOE_F32 ? "f32" : "bf16",
                mode == DYNMOE_EP_EXACT ? "exact" : "capacity", skew ? ", skewed routing" : "", R, (long long)T,
-               thr ? thr : "(unset)", iters);
+               thr ? thr : "(unset)", iters, load);
         printf("%4s %9s %10s %9s %9s %9s %8s %9s %9s\n", "rank", "route_ms", "exchange_ms", "experts_ms",
                "combine_ms", "total_ms", "slots", "overflow", "max_rows");
         double layer = 0;
