@@ -3,6 +3,7 @@
  * CUDA). Also the placement tables and the workspace layout, which both
  * transports share. Built with neither MPI nor NCCL, every entry point exists
  * and returns DYNMOE_ERR_UNSUPPORTED with a message. */
+#define _POSIX_C_SOURCE 200809L /* clock_gettime under -std=c11 */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
