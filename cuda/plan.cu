@@ -300,7 +300,7 @@ static dynmoe_status plan_geometry_of(const dm_plan_args *a, plan_geometry *g) {
         const int64_t ns = (n + seg - 1) / seg, m = NC * ns + 1;
         if (m <= INT32_MAX && seg <= INT32_MAX / 2) {
             size_t cub_bytes = 0;
-            DM_CUDA_TRY(dm_cuda_check(cub::DeviceScan::ExclusiveSum(NULL, cub_bytes, (const int32_t *)NULL,
+            DM_CUDA_TRY(dm_cuda_check(cub::DeviceScan::ExclusiveSum(NULL, cub_bytes, (int32_t *)NULL,
                                                                     (int32_t *)NULL, (int)m, (cudaStream_t)0),
                                       "cuda plan: cub::DeviceScan size query"));
             g->seg = (int32_t)seg;
@@ -359,7 +359,31 @@ extern "C" dynmoe_status dm_cuda_plan(dynmoe_ctx *ctx, const dm_plan_args *a, vo
     return dm_cuda_check_launch("cuda plan: dm_plan_scatter_kernel");
 }
 
+/* CUB's scan kernels cannot be named for cudaFuncGetAttributes: one tiny scan
+ * on a private stream loads them (and fills CUB's per-device caches) at
+ * context creation, the one place that may allocate and synchronise. */
+static dynmoe_status warm_up_cub_scan(void) {
+    const int m = 2;
+    size_t bytes = 0;
+    DM_CUDA_TRY(dm_cuda_check(cub::DeviceScan::ExclusiveSum(NULL, bytes, (int32_t *)NULL, (int32_t *)NULL, m,
+                                                            (cudaStream_t)0),
+                              "cuda plan: cub::DeviceScan size query"));
+    char *buf = NULL;
+    cudaStream_t st = NULL;
+    const size_t at = 256;
+    cudaError_t e = cudaMalloc((void **)&buf, at + bytes);
+    if (e == cudaSuccess) e = cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking);
+    if (e == cudaSuccess) e = cudaMemsetAsync(buf, 0, at, st);
+    if (e == cudaSuccess)
+        e = cub::DeviceScan::ExclusiveSum(buf + at, bytes, (int32_t *)buf, (int32_t *)buf + 16, m, st);
+    if (e == cudaSuccess) e = cudaStreamSynchronize(st);
+    if (st != NULL) (void)cudaStreamDestroy(st);
+    if (buf != NULL) (void)cudaFree(buf);
+    return dm_cuda_check(e, "cuda plan: warming up cub::DeviceScan");
+}
+
 extern "C" dynmoe_status dm_cuda_plan_load(void) {
+    DM_CUDA_TRY(warm_up_cub_scan());
     cudaFuncAttributes fa;
     DM_CUDA_TRY(dm_cuda_check(cudaFuncGetAttributes(&fa, dm_plan_count_kernel), "cuda plan: loading dm_plan_count_kernel"));
     DM_CUDA_TRY(dm_cuda_check(cudaFuncGetAttributes(&fa, dm_plan_scatter_kernel),
