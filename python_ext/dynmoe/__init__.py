@@ -12,6 +12,14 @@ Any DLPack tensor goes in (torch, numpy >= 1.22, cupy); outputs come back in
 the caller's framework and on its device. With torch installed the same calls
 exist as torch.ops.dynmoe.* custom ops (see dynmoe._torch).
 """
+# torch first, when it is installed: its CUDA libraries (pip wheels) must be
+# the ones loaded into the process before libdynmoe's dependencies on
+# /usr/local/cuda's (same sonames, older versions) could claim the names.
+try:
+    import torch as _torch_first  # noqa: F401
+except Exception:
+    pass
+
 from ._core import (  # noqa: F401
     PLAN_KEYS,
     STATS_FIELDS,
