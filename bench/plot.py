@@ -6,8 +6,9 @@
 Writes, for every group of rows that sweeps something:
   <prefix>keep.png    time vs BEAM keep-rate f, against the ideal line time(static) * f * (1 - z)
   <prefix>zero.png    time vs zero-expert share z, against the same ideal
-  <prefix>tokens.png  time vs tokens T (log-log), against the bound max(dense GEMM at equal
-                      FLOPs, active weight bytes / copy bandwidth) measured in the same run
+  <prefix>tokens.png  time vs tokens T (log-log), against the roofline bound max(FLOPs / peak
+                      dense GEMM rate, active weight bytes / copy bandwidth) and the dense GEMM
+                      at equal FLOPs, all measured in the same run
 Rows are grouped by run (commit and start time), so two runs never mix in one line.
 Needs matplotlib (pip install matplotlib).
 """
@@ -124,7 +125,9 @@ def plot_tokens(rows, path):
         ax.fill_between(ts, [1e3 * r["layer"]["min_s"] for r in g], [1e3 * r["layer"]["max_s"] for r in g],
                         color=c, alpha=0.15, linewidth=0)
         ax.loglog(ts, ms(g, "bound_s"), "--", color=c, alpha=0.8,
-                  label="dashed: bound, max(dense GEMM at equal FLOPs, weight bytes / copy BW)" if i == 0 else None)
+                  label="dashed: roofline, max(FLOPs / peak dense rate, weight bytes / copy BW)" if i == 0 else None)
+        ax.loglog(ts, [1e3 * r["dense"]["median_s"] for r in g], ":", color=c, alpha=0.8,
+                  label="dotted: dense BLAS GEMM at equal FLOPs" if i == 0 else None)
         for r in g:
             ax.annotate(f"{100 * r['frac_of_bound']:.0f}%", (r["tokens"], 1e3 * r["time_s"]),
                         textcoords="offset points", xytext=(4, 6), fontsize=8, color=c)
