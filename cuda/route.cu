@@ -15,7 +15,7 @@
  * The selected ids are exactly the serial path's on the same choice values
  * (the K best under a strict total order are unique and come out best
  * first). Scores differ from the CPU's in the last bits: the device uses
- * __expf and a tree sum for the softmax.
+ * expf (as on the CPU) and a tree sum for the softmax.
  *
  * Per-warp scratch lives in shared memory: the token's scores s[N] and
  * choices c[N] (N = E+Z <= 1024) and the selection arrays (K <= 64), about
@@ -27,21 +27,7 @@
 #include "cuda_backend.h"
 #include "hd.h"
 
-/* route_rules.h picks DM_EXPF = __expf whenever __CUDACC__ is defined, which
- * the host pass of its __host__ __device__ functions rejects (__expf is
- * device-only). Until it tests __CUDA_ARCH__ instead, its __expf is routed
- * through a function that is __expf on the device and expf on the host. With
- * the header fixed, this mapping is still exact (and can be removed). */
-static __host__ __device__ __forceinline__ float dm_route_expf(float v) {
-#ifdef __CUDA_ARCH__
-    return __expf(v);
-#else
-    return expf(v);
-#endif
-}
-#define __expf dm_route_expf
 #include "route_rules.h"
-#undef __expf
 
 #define DM_ROUTE_WARPS 4
 #define DM_ROUTE_THREADS (32 * DM_ROUTE_WARPS)

@@ -182,8 +182,9 @@ typedef struct dynmoe_experts {
 
 /* Counters of the last call on a context, written by the device (CPU backend:
  * host memory) without a sync. Each call overwrites the fields of the stages
- * it ran: route fills tokens, nonfinite_rows, empty/zero slot counts; the plan
- * fills the rest; dynmoe_moe_forward fills all. The per-expert token counts
+ * it ran: route fills tokens, nonfinite_rows, empty_slots, zero_expert_slots
+ * and invalid_ids (0: routing writes no invalid id); the plan fills all but
+ * nonfinite_rows and overflow_slots; dynmoe_moe_forward fills all. The per-expert token counts
  * are the plan's expert_counts. */
 typedef struct dynmoe_stats {
     int64_t tokens;            /* T of the call */

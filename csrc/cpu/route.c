@@ -12,14 +12,32 @@ static const float *row_f32(const void *p, dynmoe_dtype dt, int64_t t, int32_t n
     return buf;
 }
 
+/* Empty and zero-expert slots of one token's S slots, for the stats. */
+static void count_slots(const int32_t *ids, int32_t S, int32_t E, int64_t *empty, int64_t *zero) {
+    for (int32_t k = 0; k < S; k++) {
+        *empty += ids[k] < 0;
+        *zero += ids[k] >= E;
+    }
+}
+
+/* Route stats: a table that routing wrote has no invalid ids. */
+static void route_stats(dynmoe_stats *s, int64_t T, int64_t nonfinite, int64_t empty, int64_t zero) {
+    if (s == NULL) return;
+    s->tokens = T;
+    s->nonfinite_rows = nonfinite;
+    s->empty_slots = empty;
+    s->zero_expert_slots = zero;
+    s->invalid_ids = 0;
+}
+
 dynmoe_status dm_cpu_route(dynmoe_ctx *ctx, const dm_route_args *a, void *stream) {
     (void)ctx;
     (void)stream;
     const dynmoe_router *r = &a->router;
     const int32_t E = r->num_experts, N = E + r->num_zero_experts, K = r->top_k;
-    int64_t nonfinite = 0;
+    int64_t nonfinite = 0, empty = 0, zero = 0;
     /* Per-thread scratch lives on the stack (16 KiB): the forward path allocates nothing. */
-#pragma omp parallel reduction(+ : nonfinite)
+#pragma omp parallel reduction(+ : nonfinite, empty, zero)
     {
         dm_token_scratch scratch;
         float lbuf[2 * DYNMOE_MAX_EXPERTS];
@@ -29,12 +47,10 @@ dynmoe_status dm_cpu_route(dynmoe_ctx *ctx, const dm_route_args *a, void *stream
             const float *mask = a->mask_logits ? row_f32(a->mask_logits, a->logits_dtype, t, E, lbuf + N) : NULL;
             nonfinite += dm_route_token_serial(r, logits, a->bias, mask, &scratch, a->ids + t * K,
                                                a->weights + t * K);
+            count_slots(a->ids + t * K, K, E, &empty, &zero);
         }
     }
-    if (a->stats) {
-        a->stats->tokens = a->T;
-        a->stats->nonfinite_rows = nonfinite;
-    }
+    route_stats(a->stats, a->T, nonfinite, empty, zero);
     return DYNMOE_OK;
 }
 
@@ -45,8 +61,8 @@ dynmoe_status dm_cpu_route_tasks(dynmoe_ctx *ctx, const dm_route_tasks_args *a, 
     const dynmoe_router *r = &a->router;
     const int32_t N = r->num_experts + r->num_zero_experts, K = r->top_k, H = a->hidden;
     const int32_t R = r->num_tasks, P = r->top_tasks, S = K * P;
-    int64_t nonfinite = 0;
-#pragma omp parallel reduction(+ : nonfinite)
+    int64_t nonfinite = 0, empty = 0, zero = 0;
+#pragma omp parallel reduction(+ : nonfinite, empty, zero)
     {
         dm_token_scratch scratch;
         float logits[DYNMOE_MAX_EXPERTS];
@@ -81,12 +97,10 @@ dynmoe_status dm_cpu_route_tasks(dynmoe_ctx *ctx, const dm_route_tasks_args *a, 
                 }
                 dm_merge_duplicate_slots(S, ids, w);
                 nonfinite += !routed_any;
+                count_slots(ids, S, r->num_experts, &empty, &zero);
             }
         }
     }
-    if (a->stats) {
-        a->stats->tokens = a->T;
-        a->stats->nonfinite_rows = nonfinite;
-    }
+    route_stats(a->stats, a->T, nonfinite, empty, zero);
     return DYNMOE_OK;
 }
