@@ -4,7 +4,7 @@
 set -euo pipefail
 
 pkgs=(build-essential cmake ninja-build pkg-config git
-      libopenblas-openmp-dev libgtest-dev libopenmpi-dev openmpi-bin python3 python3-pip)
+      libopenblas-openmp-dev libgtest-dev libopenmpi-dev openmpi-bin python3 python3-pip python3-venv)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
