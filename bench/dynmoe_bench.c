@@ -1036,9 +1036,11 @@ static void print_banner(const bench *b, const runinfo *ri) {
                b->dev.cuda ? "cublasGemmEx, fp32 accumulate" : "cblas_sgemm", (long long)ri->peak_rows);
     printf("# timing: median [min, max] of timed calls after %d warm-up, %d rotated input sets, %s\n", ri->warmup,
            b->nrot, b->dev.cuda ? "CUDA events, L2 flushed before each call" : "wall clock");
-    if (!b->dev.cuda && ri->load_start > 0.5)
-        printf("# WARNING: load average %.1f on %d cores before the run: other processes compete, figures are noisy\n",
-               ri->load_start, ri->cores);
+    /* The 1-minute load average lags: a bench run just before adds up to
+     * its thread count. Above the core count something surely competes. */
+    if (!b->dev.cuda && ri->load_start >= 0)
+        printf("# load average %.1f on %d cores before the run%s\n", ri->load_start, ri->cores,
+               ri->load_start > ri->cores ? ": WARNING, other processes compete, figures are noisy" : "");
 }
 
 int main(int argc, char **argv) {
@@ -1188,8 +1190,8 @@ int main(int argc, char **argv) {
         }
     }
     if (jf) fclose(jf);
-    if (!b->dev.cuda && ri.load_end > 0.5)
-        printf("# load average %.1f at the end (%.1f at the start) on %d cores\n", ri.load_end, ri.load_start, ri.cores);
+    if (!b->dev.cuda && ri.load_end >= 0)
+        printf("# load average %.1f at the end on %d cores (the bench's own threads count)\n", ri.load_end, ri.cores);
     printf("# dense%%: dense GEMM time at the same FLOPs / time (the comparison; > 100%% = faster than dense BLAS).\n"
            "# roof%%: roofline bound / time, bound = max(FLOPs / peak dense rate, active weight bytes / copy bandwidth);\n"
            "#   F = FLOP-bound, M = memory-bound.\n"
