@@ -38,7 +38,7 @@
 #define MAX_ROT 16
 /* The dense peak is measured at M = max(T*K, this): small-M GEMMs are
  * memory-bound and would understate the machine's FLOP rate. */
-#define PEAK_MIN_ROWS 4096
+#define PEAK_MIN_ROWS 8192
 
 /* ------------------------------------------------------------------------ */
 /* presets: published configs of real models' MoE layers                   */
