@@ -1015,6 +1015,31 @@ static int setup(bench *b) {
     return 0;
 }
 
+/* Frees what setup allocated (NULLs are fine), the context and the device. */
+static void teardown(bench *b) {
+    bdev *d = &b->dev;
+    for (int j = 0; j < MAX_ROT; j++) {
+        bdev_free(d, b->x[j]);
+        bdev_free(d, b->logits[j]);
+        bdev_free(d, b->mask[j]);
+        bdev_free(d, b->ids[j]);
+        bdev_free(d, b->ids_id[j]);
+        bdev_free(d, b->wts[j]);
+    }
+    bdev_free(d, b->w13);
+    bdev_free(d, b->w2);
+    bdev_free(d, b->out);
+    bdev_free(d, b->ws);
+    bdev_free(d, b->bias);
+    free(b->h_logits);
+    free(b->h_mask);
+    free(b->h_ids);
+    free(b->perm);
+    dynmoe_ctx_destroy(b->ctx);
+    bdev_destroy(d);
+    free(b);
+}
+
 static void print_banner(const bench *b, const runinfo *ri) {
     const dynmoe_router *r = &b->router;
     double wbytes = (double)r->num_experts * 3.0 * b->ex.inter * b->ex.hidden * (double)dtype_size(b->ex.dtype);
@@ -1105,6 +1130,7 @@ int main(int argc, char **argv) {
         printf("# profiled one dynmoe_moe_forward: %s %s %s T=%lld keep=%g zero=%g: %.3f ms wall (host clock, "
                "incl. launch and sync; use the table for timings)\n", b->model,
                b->dev.cuda ? "cuda" : "cpu", dtype_name(b->ex.dtype), (long long)res.T, res.keep, res.zero, 1e3 * t);
+        teardown(b);
         return 0;
     profile_fail:
         fprintf(stderr, "dynmoe-bench: %s\n", b->last_msg);
@@ -1199,7 +1225,6 @@ int main(int argc, char **argv) {
            "# rpc: route + plan + combine, each timed alone; combine = experts_forward over the same table with\n"
            "#      every real slot turned into an identity zero expert (no GEMM; includes a plan pass: an over-estimate).\n");
 
-    dynmoe_ctx_destroy(b->ctx);
-    bdev_destroy(&b->dev);
+    teardown(b);
     return failed ? 1 : 0;
 }
