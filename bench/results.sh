@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # The CPU figures of bench/RESULTS.md, re-measured: keep-rate, zero-share and T
 # sweeps of the Qwen3-30B-A3B layer, JSON lines and charts under OUT.
-#   bench/results.sh [path/to/dynmoe-bench (default build/dynmoe-bench)] [OUT (default bench/results)]      (about 3 minutes on 2 cores)
+#   bench/results.sh [path/to/dynmoe-bench (default build/bench/dynmoe-bench)] [OUT (default bench/results)]      (about 3 minutes on 2 cores)
 # Run it on a quiet machine: the banner prints the load average.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-bin=${1:-$here/../build/dynmoe-bench}
+bin=${1:-$here/../build/bench/dynmoe-bench}
 out=${2:-$here/results}
 backend=${BACKEND:-cpu}
 mkdir -p "$out"
