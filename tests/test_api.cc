@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "cases.h"
+#include "enum_shim.h"
 #include "run.h"
 
 using namespace dmtest;
@@ -35,8 +36,8 @@ TEST(Api, StatusNames) {
         EXPECT_STREQ(n, names[s]);
     }
     EXPECT_STREQ(dynmoe_status_name(DYNMOE_STATUS_COUNT), "unknown status");
-    EXPECT_STREQ(dynmoe_status_name((dynmoe_status)-1), "unknown status");
-    EXPECT_STREQ(dynmoe_status_name((dynmoe_status)12345), "unknown status");
+    EXPECT_STREQ(shim_status_name(-1), "unknown status");
+    EXPECT_STREQ(shim_status_name(12345), "unknown status");
 }
 
 TEST(Api, Version) {
@@ -68,7 +69,8 @@ TEST(Api, Context) {
     dynmoe_ctx *ctx = nullptr;
     EXPECT_EQ(dynmoe_ctx_create(&ctx, DYNMOE_BACKEND_COUNT, 0), DYNMOE_ERR_INVALID_ARGUMENT);
     EXPECT_STRNE(dynmoe_last_error(), "");
-    EXPECT_EQ(dynmoe_ctx_create(&ctx, (dynmoe_backend)-1, 0), DYNMOE_ERR_INVALID_ARGUMENT);
+    EXPECT_EQ(shim_ctx_create(&ctx, -1, 0), DYNMOE_ERR_INVALID_ARGUMENT);
+    EXPECT_EQ(shim_ctx_create(&ctx, 77, 0), DYNMOE_ERR_INVALID_ARGUMENT);
     ASSERT_EQ(dynmoe_ctx_create(&ctx, DYNMOE_BACKEND_CPU, 0), DYNMOE_OK) << dynmoe_last_error();
     EXPECT_EQ(dynmoe_ctx_backend(ctx), DYNMOE_BACKEND_CPU);
     EXPECT_EQ(dynmoe_ctx_set_stats(nullptr, nullptr), DYNMOE_ERR_INVALID_ARGUMENT);
@@ -109,10 +111,12 @@ std::vector<RouterMutation> router_mutations() {
         {"top_k > E+Z", [](dynmoe_router &r) { r.num_experts = 6; r.num_zero_experts = 1; r.top_k = 8; }},
         {"top_k 65", [](dynmoe_router &r) { r.top_k = 65; }},
         {"score COUNT", [](dynmoe_router &r) { r.score = DYNMOE_SCORE_COUNT; }},
-        {"score -1", [](dynmoe_router &r) { r.score = (dynmoe_score)-1; }},
+        {"score -1", [](dynmoe_router &r) { shim_set_router_enum(&r, SHIM_SCORE, -1); }},
+        {"select 1000", [](dynmoe_router &r) { shim_set_router_enum(&r, SHIM_SELECT, 1000); }},
         {"select COUNT", [](dynmoe_router &r) { r.select = DYNMOE_SELECT_COUNT; }},
         {"norm COUNT", [](dynmoe_router &r) { r.norm = DYNMOE_NORM_COUNT; }},
-        {"norm 99", [](dynmoe_router &r) { r.norm = (dynmoe_norm)99; }},
+        {"norm 99", [](dynmoe_router &r) { shim_set_router_enum(&r, SHIM_NORM, 99); }},
+        {"zero_kind -2", [](dynmoe_router &r) { r.num_zero_experts = 4; shim_set_router_enum(&r, SHIM_ZERO_KIND, -2); }},
         {"zero_kind COUNT", [](dynmoe_router &r) { r.num_zero_experts = 4; r.zero_kind = DYNMOE_ZERO_COUNT; }},
         {"num_groups -1", [](dynmoe_router &r) { r.num_groups = -1; }},
         {"groups not dividing E", [](dynmoe_router &r) { r.num_groups = 3; r.topk_groups = 1; }},
@@ -225,13 +229,13 @@ struct RouteCall {
     dynmoe_router r;
     int64_t T;
     const void *logits;
-    dynmoe_dtype dt = DYNMOE_F32;
+    int dt = DYNMOE_F32; /* int: out-of-range values go through the C shim */
     const float *bias;
     const void *mask;
     int32_t *ids;
     float *weights;
     dynmoe_status run() const {
-        return dynmoe_route(ctx, null_router ? nullptr : &r, T, logits, dt, bias, mask, ids, weights, nullptr);
+        return shim_route(ctx, null_router ? nullptr : &r, T, logits, dt, bias, mask, ids, weights);
     }
 };
 
@@ -257,7 +261,8 @@ TEST_P(ApiErrors, Route) {
         {"ids NULL", [](RouteCall &a) { a.ids = nullptr; }},
         {"weights NULL", [](RouteCall &a) { a.weights = nullptr; }},
         {"dtype COUNT", [](RouteCall &a) { a.dt = DYNMOE_DTYPE_COUNT; }},
-        {"dtype -1", [](RouteCall &a) { a.dt = (dynmoe_dtype)-1; }},
+        {"dtype -1", [](RouteCall &a) { a.dt = -1; }},
+        {"dtype 40000", [](RouteCall &a) { a.dt = 40000; }},
         {"logits misaligned", [=](RouteCall &a) { a.logits = c1 + 4; }},
         {"bias misaligned", [](RouteCall &a) { a.bias = a.bias + 1; }},
         {"mask misaligned", [](RouteCall &a) { a.mask = static_cast<const char *>(a.mask) + 4; }},
@@ -288,7 +293,7 @@ TEST_P(ApiErrors, RouteTasks) {
         dynmoe_router r;
         int64_t T;
         const void *x;
-        dynmoe_dtype dt;
+        int dt;
         int32_t hidden;
         const float *tl;
         const void *tw;
@@ -296,7 +301,7 @@ TEST_P(ApiErrors, RouteTasks) {
         int32_t *ids;
         float *w;
         dynmoe_status run() const {
-            return dynmoe_route_tasks(ctx, &r, T, x, dt, hidden, tl, tw, bias, ids, w, nullptr);
+            return shim_route_tasks(ctx, &r, T, x, dt, hidden, tl, tw, bias, ids, w);
         }
     };
     A base{ctx_, r, (int64_t)T, x_.get(), DYNMOE_BF16, H, task_logits_.as<float>(), task_weights_.get(),
@@ -318,6 +323,7 @@ TEST_P(ApiErrors, RouteTasks) {
         {"hidden 0", [](A &a) { a.hidden = 0; }},
         {"hidden -5", [](A &a) { a.hidden = -5; }},
         {"x dtype COUNT", [](A &a) { a.dt = DYNMOE_DTYPE_COUNT; }},
+        {"x dtype -1", [](A &a) { a.dt = -1; }},
         {"num_tasks 0", [](A &a) { a.r.num_tasks = 0; a.r.top_tasks = 0; }},
         {"num_tasks -1", [](A &a) { a.r.num_tasks = -1; }},
         {"top_tasks 0", [](A &a) { a.r.top_tasks = 0; }},
@@ -417,7 +423,7 @@ struct ForwardCall {
     const float *weights;
     int32_t slots;
     const void *logits;
-    dynmoe_dtype logits_dt = DYNMOE_BF16;
+    int logits_dt = DYNMOE_BF16;
     const float *bias;
     const void *mask;
     void *out;
@@ -426,7 +432,7 @@ struct ForwardCall {
     dynmoe_status run() const {
         const dynmoe_router *rp = null_router ? nullptr : &r;
         const dynmoe_experts *ep = null_experts ? nullptr : &ex;
-        if (moe) return dynmoe_moe_forward(ctx, rp, ep, T, x, logits, logits_dt, bias, mask, out, ws, bytes, nullptr);
+        if (moe) return shim_moe_forward(ctx, rp, ep, T, x, logits, logits_dt, bias, mask, out, ws, bytes);
         return dynmoe_experts_forward(ctx, rp, ep, T, x, ids, weights, slots, out, ws, bytes, nullptr);
     }
 };
@@ -454,6 +460,8 @@ std::vector<ForwardMutation> forward_mutations() {
         {"experts.inter 0", [](ForwardCall &a) { a.ex.inter = 0; }, inv, 0},
         {"experts.dtype COUNT", [](ForwardCall &a) { a.ex.dtype = DYNMOE_DTYPE_COUNT; }, inv, 0},
         {"experts.act COUNT", [](ForwardCall &a) { a.ex.act = DYNMOE_ACT_COUNT; }, inv, 0},
+        {"experts.act -1", [](ForwardCall &a) { shim_set_experts_enum(&a.ex, SHIM_EXPERTS_ACT, -1); }, inv, 0},
+        {"experts.dtype 9", [](ForwardCall &a) { shim_set_experts_enum(&a.ex, SHIM_EXPERTS_DTYPE, 9); }, inv, 0},
         {"experts.w13 NULL", [](ForwardCall &a) { a.ex.w13 = nullptr; }, inv, 0},
         {"experts.w2 NULL", [](ForwardCall &a) { a.ex.w2 = nullptr; }, inv, 0},
         {"experts.w13 misaligned", [=](ForwardCall &a) { a.ex.w13 = mis(a.ex.w13, 2); }, inv, 0},
@@ -475,6 +483,7 @@ std::vector<ForwardMutation> forward_mutations() {
         {"slots 65", [](ForwardCall &a) { a.slots = 65; }, inv, 1},
         {"logits NULL", [](ForwardCall &a) { a.logits = nullptr; }, inv, 2},
         {"logits dtype COUNT", [](ForwardCall &a) { a.logits_dt = DYNMOE_DTYPE_COUNT; }, inv, 2},
+        {"logits dtype -1", [](ForwardCall &a) { a.logits_dt = -1; }, inv, 2},
         {"logits misaligned", [=](ForwardCall &a) { a.logits = mis(a.logits, 2); }, inv, 2},
         {"bias misaligned", [](ForwardCall &a) { a.bias = a.bias + 1; }, inv, 2},
         {"mask misaligned", [=](ForwardCall &a) { a.mask = mis(a.mask, 6); }, inv, 2},

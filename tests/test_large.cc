@@ -49,7 +49,7 @@ TEST_P(LargeIndex, Plan) {
 TEST_P(LargeIndex, ForwardRowsPast2GB) {
     const int64_t T = 4097;
     const int32_t E = 64, S = 64, H = 2304, I = 8;
-    const dynmoe_dtype dt = DYNMOE_BF16;
+    const dynmoe_dtype dt = DYNMOE_F32; /* no conversions: the library's time is its GEMMs */
     dynmoe_router r = make_router(E, S);
     const uint64_t seed = base_seed() + 78;
     SCOPED_TRACE("seed=" + std::to_string(seed));

@@ -84,6 +84,13 @@ struct Buf {
     }
 };
 
+/* Any int in an enum field, without creating an out-of-range enum value in
+ * C++ (undefined behaviour): the library, in C, reads it as an int. */
+template <class En> void set_enum(En &field, int32_t v) {
+    static_assert(sizeof(En) == sizeof(int32_t), "enum is not int-sized");
+    std::memcpy(&field, &v, sizeof v);
+}
+
 size_t clamp_size(int64_t v, int64_t hi) { return v < 0 ? 0 : (size_t)(v > hi ? hi : v); }
 
 void check(bool ok) {
@@ -116,17 +123,17 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (rd.u8() % 16 == 0) r.struct_size = rd.u32();
     r.num_experts = rd.i32(1, 96);
     r.num_zero_experts = rd.u8() % 2 ? rd.i32(0, 32) : 0;
-    r.zero_kind = (dynmoe_zero_kind)rd.i32(0, 1);
+    set_enum(r.zero_kind, rd.i32(0, 1));
     r.top_k = rd.i32(1, 12);
-    r.score = (dynmoe_score)rd.i32(0, 2);
-    r.select = (dynmoe_select)rd.i32(0, 2);
+    set_enum(r.score, rd.i32(0, 2));
+    set_enum(r.select, rd.i32(0, 2));
     r.top_p = rd.f32();
     r.threshold = rd.f32();
     if (rd.u8() % 2) {
         r.num_groups = rd.i32(1, 8);
         r.topk_groups = rd.i32(1, 8);
     }
-    r.norm = (dynmoe_norm)rd.i32(0, 3);
+    set_enum(r.norm, rd.i32(0, 3));
     r.scale = rd.u8() % 4 ? 1.0f : rd.f32();
     const int fn = rd.u8() % 5;
     if (fn == 1 || rd.u8() % 16 == 0) {
@@ -144,7 +151,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     const size_t Tc = clamp_size(T, 64), Nc = clamp_size(N, 1100), Ec = clamp_size(E, 1100);
     const int32_t S = fn == 2 || fn == 3 ? rd.i32(1, 16) : (r.num_tasks > 0 ? r.top_k * r.top_tasks : r.top_k);
     const size_t Sc = clamp_size(S, 64);
-    const dynmoe_dtype dt = (dynmoe_dtype)rd.i32(0, 2);
+    const dynmoe_dtype dt = (dynmoe_dtype)(rd.u8() % 4); /* 3: DYNMOE_DTYPE_COUNT, invalid */
     const size_t esz = 4; /* room for any dtype, whatever experts.dtype says */
 
     dynmoe_experts ex = DYNMOE_EXPERTS_INIT;
@@ -152,8 +159,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     ex.num_experts = rd.u8() % 16 ? r.num_experts : rd.i32(1, 96);
     ex.hidden = rd.i32(1, 24);
     ex.inter = rd.i32(1, 12);
-    ex.dtype = rd.u8() % 16 ? dt : (dynmoe_dtype)rd.i32(0, 3);
-    ex.act = (dynmoe_act)rd.i32(0, 1);
+    if (rd.u8() % 16)
+        ex.dtype = dt;
+    else
+        set_enum(ex.dtype, rd.i32(0, 3));
+    set_enum(ex.act, rd.i32(0, 1));
     if (ex.hidden > 64) ex.hidden = 64;
     if (ex.inter > 32) ex.inter = 32;
     const size_t Hc = clamp_size(ex.hidden, 64), Ic = clamp_size(ex.inter, 32), Xc = clamp_size(ex.num_experts, 1100);

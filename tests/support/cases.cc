@@ -26,14 +26,14 @@ std::vector<ModelCase> model_cases() {
     ModelCase qwen3 = mc("qwen3_30b_a3b", 128, 8, DYNMOE_SCORE_SOFTMAX, DYNMOE_NORM_SELECTED, 96, 48);
     v.push_back(qwen3);
 
-    ModelCase ds = mc("deepseek_v3", 256, 8, DYNMOE_SCORE_SIGMOID, DYNMOE_NORM_SELECTED, 128, 32);
+    ModelCase ds = mc("deepseek_v3", 256, 8, DYNMOE_SCORE_SIGMOID, DYNMOE_NORM_SELECTED, 112, 24);
     ds.bias = true;
     ds.router.num_groups = 8;
     ds.router.topk_groups = 4;
     ds.router.scale = 2.5f;
     v.push_back(ds);
 
-    ModelCase lc = mc("longcat_flash", 512, 12, DYNMOE_SCORE_SOFTMAX, DYNMOE_NORM_NONE, 64, 32);
+    ModelCase lc = mc("longcat_flash", 512, 12, DYNMOE_SCORE_SOFTMAX, DYNMOE_NORM_NONE, 40, 16);
     lc.router.num_zero_experts = 256;
     lc.router.zero_kind = DYNMOE_ZERO_IDENTITY;
     lc.bias = true;
@@ -70,8 +70,8 @@ std::vector<ModelCase> model_cases() {
     beam_ds.name = "beam_deepseek_v3";
     beam_ds.mask = true;
     beam_ds.keep = 0.5;
-    beam_ds.H = 96;
-    beam_ds.I = 40;
+    beam_ds.H = 56;
+    beam_ds.I = 20;
     v.push_back(beam_ds);
 
     ModelCase beam_lc = lc;
@@ -101,6 +101,7 @@ std::vector<ModelCase> model_cases() {
     topp_ds.router.top_p = 0.6f;
     topp_ds.router.score = DYNMOE_SCORE_SOFTMAX;
     topp_ds.H = 48;
+    topp_ds.I = 16;
     v.push_back(topp_ds);
 
     ModelCase thr = mc("threshold", 128, 8, DYNMOE_SCORE_SOFTMAX, DYNMOE_NORM_SELECTED, 70, 30);

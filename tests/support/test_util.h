@@ -102,7 +102,8 @@ uint64_t base_seed();
 struct Rng {
     explicit Rng(uint64_t seed) : gen(seed) {}
     std::mt19937_64 gen;
-    double uniform(double lo, double hi) { return std::uniform_real_distribution<double>(lo, hi)(gen); }
+    /* 53 random bits scaled: faster than std::uniform_real_distribution */
+    double uniform(double lo, double hi) { return lo + (hi - lo) * (double)(gen() >> 11) * 0x1p-53; }
     double normal(double sd = 1.0) { return std::normal_distribution<double>(0.0, sd)(gen); }
     int64_t integer(int64_t lo, int64_t hi) /* inclusive */ {
         return std::uniform_int_distribution<int64_t>(lo, hi)(gen);
