@@ -138,6 +138,7 @@ static void cpu_model(char *out, size_t len) {
 int bdev_init(bdev *d, int cuda, char *err, size_t errlen) {
     memset(d, 0, sizeof *d);
     d->cuda = cuda;
+    cpu_model(d->host_cpu, sizeof d->host_cpu);
     if (!cuda) {
         cpu_model(d->name, sizeof d->name);
         char *cfg = openblas_get_config();

@@ -19,6 +19,7 @@ typedef struct bdev {
     void *blas;         /* cublasHandle_t (NULL on the CPU) */
     char name[256];     /* CPU model or GPU name */
     char detail[256];   /* threads / SMs, BLAS build */
+    char host_cpu[256]; /* the CPU model, also on CUDA runs */
     size_t mem_total;   /* physical memory or device memory */
     size_t mem_limit;   /* what the bench lets itself allocate (see bdev_init) */
     /* dense-ceiling buffers, owned by bdev_dense_* */

@@ -803,6 +803,8 @@ static void json_line(FILE *f, const bench *b, const runinfo *ri, const result *
     fputc(',', f);
     json_str(f, "machine_detail", b->dev.detail);
     fputc(',', f);
+    json_str(f, "host_cpu", b->dev.host_cpu);
+    fputc(',', f);
     fprintf(f, "\"load_avg_start\":%.2f,\"load_avg_end\":%.2f,\"cores\":%d,", ri->load_start, ri->load_end,
             ri->cores);
     json_str(f, "backend", b->dev.cuda ? "cuda" : "cpu");
