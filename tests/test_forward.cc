@@ -7,6 +7,7 @@
 #include <climits>
 #include <cmath>
 #include <limits>
+#include <thread>
 
 #include "cases.h"
 #include "run.h"
@@ -357,6 +358,34 @@ TEST_P(Forward, Deterministic) {
         ForwardOut b = run_moe_forward(ctx_, backend(), c.router, w, DYNMOE_BF16, T, x, in, false);
         EXPECT_EQ(a.out_bytes, b.out_bytes) << c.name;
     }
+}
+
+/* Contexts are independent and usable from different threads at once
+ * (DESIGN.md section 3): concurrent forwards on two contexts give bitwise the
+ * results of the same calls made one after the other. */
+TEST_P(Forward, ConcurrentContexts) {
+    const ModelCase c = find_case("zeda_beam_kept");
+    const int64_t T = 120;
+    Rng rng(seed_of(30, 0));
+    RouteInputs in = make_route_inputs(c, T, DYNMOE_BF16, rng);
+    ExpertWeights w = make_experts(c.router.num_experts, c.H, c.I, c.act, DYNMOE_BF16, rng);
+    Packed xa = random_x(T, c.H, DYNMOE_BF16, rng), xb = random_x(T, c.H, DYNMOE_BF16, rng);
+    ForwardOut want_a = run_moe_forward(ctx_, backend(), c.router, w, DYNMOE_BF16, T, xa, in, false);
+    ForwardOut want_b = run_moe_forward(ctx_, backend(), c.router, w, DYNMOE_BF16, T, xb, in, false);
+    dynmoe_ctx *ca = nullptr, *cb = nullptr;
+    ASSERT_EQ(dynmoe_ctx_create(&ca, backend(), 0), DYNMOE_OK) << dynmoe_last_error();
+    ASSERT_EQ(dynmoe_ctx_create(&cb, backend(), 0), DYNMOE_OK) << dynmoe_last_error();
+    for (int round = 0; round < 3; round++) {
+        ForwardOut got_a, got_b;
+        std::thread ta([&] { got_a = run_moe_forward(ca, backend(), c.router, w, DYNMOE_BF16, T, xa, in, false); });
+        std::thread tb([&] { got_b = run_moe_forward(cb, backend(), c.router, w, DYNMOE_BF16, T, xb, in, false); });
+        ta.join();
+        tb.join();
+        EXPECT_EQ(got_a.out_bytes, want_a.out_bytes) << "round " << round;
+        EXPECT_EQ(got_b.out_bytes, want_b.out_bytes) << "round " << round;
+    }
+    dynmoe_ctx_destroy(ca);
+    dynmoe_ctx_destroy(cb);
 }
 
 /* Reference self-checks: SwiGLU and GEGLU of a hand-computed case. */
