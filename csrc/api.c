@@ -204,14 +204,18 @@ dynmoe_status dynmoe_plan_build(dynmoe_ctx *ctx, const dynmoe_router *router, in
 
 /* -------------------------------------------------------------- forward */
 
-size_t dynmoe_workspace_size(const dynmoe_router *router, const dynmoe_experts *experts, int64_t T) {
-    static const char fn[] = "dynmoe_workspace_size";
+size_t dynmoe_experts_workspace_size(const dynmoe_router *router, const dynmoe_experts *experts, int64_t T,
+                                     int32_t slots) {
+    static const char fn[] = "dynmoe_experts_workspace_size";
     dm_workspace_layout l;
-    if (check_router(fn, router) || check_experts(fn, router, experts, 0)) return 0;
-    int32_t S = dm_router_slots(router);
-    if (check_tokens(fn, T, S)) return 0;
-    if (!dm_workspace_layout_of(router, experts, T, S, &l)) return 0;
+    if (check_router(fn, router) || check_experts(fn, router, experts, 0) || check_tokens(fn, T, slots)) return 0;
+    if (!dm_workspace_layout_of(router, experts, T, slots, &l)) return 0;
     return l.total + DM_WORKSPACE_ALIGN;
+}
+
+size_t dynmoe_workspace_size(const dynmoe_router *router, const dynmoe_experts *experts, int64_t T) {
+    if (router == NULL || router->struct_size != sizeof(dynmoe_router)) return 0;
+    return dynmoe_experts_workspace_size(router, experts, T, dm_router_slots(router));
 }
 
 /* plan -> experts -> combine over a table that is already in `base`'s layout

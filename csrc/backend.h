@@ -38,7 +38,7 @@ typedef struct dm_route_args {
     const void *mask_logits; /* [T, E] or NULL */
     int32_t *ids;            /* [T, K] */
     float *weights;          /* [T, K] */
-    dynmoe_stats *stats;     /* or NULL: fill tokens, nonfinite_rows */
+    dynmoe_stats *stats;     /* or NULL: fill tokens, nonfinite_rows, empty/zero slots, invalid_ids = 0 */
 } dm_route_args;
 
 typedef struct dm_route_tasks_args {

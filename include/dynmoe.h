@@ -275,6 +275,12 @@ DYNMOE_API dynmoe_status dynmoe_plan_build(dynmoe_ctx *ctx, const dynmoe_router 
 DYNMOE_API size_t dynmoe_workspace_size(const dynmoe_router *router, const dynmoe_experts *experts,
                                         int64_t T);
 
+/* Workspace bytes for dynmoe_experts_forward over a caller's table of T tokens
+ * with `slots` slots each (which may differ from the router's K). 0 on
+ * invalid arguments. */
+DYNMOE_API size_t dynmoe_experts_workspace_size(const dynmoe_router *router, const dynmoe_experts *experts,
+                                                int64_t T, int32_t slots);
+
 /* Runs the experts over a routing table and combines:
  *   out[t] = sum_{k: real} w[t,k] * FFN_{id}(x[t]) + sum_{k: identity zero} w[t,k] * x[t]
  * accumulated in fp32 in slot order.

@@ -535,6 +535,15 @@ TEST_P(ApiErrors, Forward) {
     dynmoe_experts bad = experts_;
     bad.num_experts = 3;
     EXPECT_EQ(dynmoe_workspace_size(&router_, &bad, T), 0u);
+    EXPECT_EQ(dynmoe_experts_workspace_size(&router_, &bad, T, K), 0u);
+    EXPECT_EQ(dynmoe_experts_workspace_size(&router_, &experts_, T, 0), 0u);
+    EXPECT_EQ(dynmoe_experts_workspace_size(&router_, &experts_, T, 65), 0u);
+    /* the router's own slot count gives the same size as dynmoe_workspace_size;
+     * a caller's table with more slots needs more */
+    EXPECT_EQ(dynmoe_experts_workspace_size(&router_, &experts_, T, router_.top_k),
+              dynmoe_workspace_size(&router_, &experts_, T));
+    EXPECT_GT(dynmoe_experts_workspace_size(&router_, &experts_, T, 2 * router_.top_k),
+              dynmoe_workspace_size(&router_, &experts_, T));
 }
 
 /* A later failure replaces the message; another thread's failure does not

@@ -18,6 +18,7 @@
 #include "cpu.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
+#include <cpuid.h>
 #include <immintrin.h>
 
 #define SK_TARGET __attribute__((target("avx2,fma,f16c")))
@@ -94,8 +95,10 @@ SK_TARGET static void skinny_avx2(int32_t M, int32_t N, int32_t K, const float *
 
 int dm_cpu_gemm_skinny(int32_t M, int32_t N, int32_t K, const float *A, int32_t lda, const void *W,
                        dynmoe_dtype dt, float *C, int32_t ldc, int threads) {
-    if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma") ||
-        (dt == DYNMOE_F16 && !__builtin_cpu_supports("f16c")))
+    /* F16C from CPUID leaf 1, ECX bit 29 (clang's __builtin_cpu_supports lacks "f16c"). */
+    unsigned eax, ebx, ecx = 0, edx;
+    int f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & (1u << 29));
+    if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma") || (dt == DYNMOE_F16 && !f16c))
         return 0;
     skinny_avx2(M, N, K, A, lda, W, dt, C, ldc, threads);
     return 1;

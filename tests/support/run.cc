@@ -131,11 +131,9 @@ ForwardOut run_experts_forward(dynmoe_ctx *ctx, dynmoe_backend b, const dynmoe_r
     Buffer w13 = make_buffer(b, w.w13.bytes), w2 = make_buffer(b, w.w2.bytes);
     dynmoe_experts ex = make_experts_desc(r, H, I, dt, w.ref.act, w13.get(), w2.get());
     dynmoe_router rr = r;
-    /* a task router's table has top_tasks*K slots; size the workspace for S */
-    const int32_t router_slots = rr.num_tasks > 0 ? rr.top_k * rr.top_tasks : rr.top_k;
-    const int64_t ws_tokens = S <= router_slots ? T : T * ((S + router_slots - 1) / router_slots);
-    const size_t ws_bytes = dynmoe_workspace_size(&rr, &ex, ws_tokens);
-    EXPECT_GT(ws_bytes, 0u) << "dynmoe_workspace_size";
+    /* the caller's table has S slots per token, whatever the router's K */
+    const size_t ws_bytes = dynmoe_experts_workspace_size(&rr, &ex, T, S);
+    EXPECT_GT(ws_bytes, 0u) << "dynmoe_experts_workspace_size";
     Buffer xb = make_buffer(b, x.bytes), ids = make_buffer(b, ids_v), weights = make_buffer(b, weights_v);
     Buffer out(b, (size_t)(T * H) * dmref::dtype_size(dt)), ws(b, ws_bytes);
     out.fill(kPoisonFloat);
