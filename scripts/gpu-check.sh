@@ -33,7 +33,7 @@ start=$(date +%s)
 
 # CUDA tests are named Backends/Suite.Case/CUDA. Small cases: every CUDA test
 # but the ones that allocate gigabytes (LargeIndex) and the model-sized layers.
-sanitizer_filter=${SANITIZER_FILTER:-'*/CUDA:-*LargeIndex*:*Forward.*ModelConfigs*'}
+sanitizer_filter=${SANITIZER_FILTER:-'*/CUDA:-*LargeIndex*:*Forward.*ModelConfigs*:*ExpertPaths*:*TwoStreams*'}
 graph_filter=${GRAPH_FILTER:-'*Graph*/CUDA:*Stream*/CUDA:*Deterministic*/CUDA'}
 bench_tokens=${BENCH_TOKENS:-1,64,4096}
 
@@ -187,7 +187,7 @@ sanitizer=$(command -v compute-sanitizer || true)
 [ -z "$sanitizer" ] && [ -x /usr/local/cuda/compute-sanitizer/compute-sanitizer ] &&
     sanitizer=/usr/local/cuda/compute-sanitizer/compute-sanitizer
 test_bins=()
-for s in route plan forward api; do
+for s in route plan forward api cuda; do
     b=$(find "$build" -type f -name "test_$s" -perm -u+x 2>/dev/null | head -n1)
     [ -n "$b" ] && test_bins+=("$b")
 done
