@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "backend.h"
+#include "nvtx.h"
 
 #define INVALID(...) dm_fail(DYNMOE_ERR_INVALID_ARGUMENT, __VA_ARGS__)
 
@@ -123,6 +124,15 @@ static void *align_base(void *ws) {
         if (st_ != DYNMOE_OK) return st_;     \
     } while (0)
 
+/* Runs one backend stage inside an NVTX range named after it. */
+#define STAGE(name, expr)                     \
+    do {                                      \
+        DM_RANGE_PUSH("dynmoe." name);        \
+        dynmoe_status st_ = (expr);           \
+        DM_RANGE_POP();                       \
+        if (st_ != DYNMOE_OK) return st_;     \
+    } while (0)
+
 /* ---------------------------------------------------------------- route */
 
 dynmoe_status dynmoe_route(dynmoe_ctx *ctx, const dynmoe_router *router, int64_t T,
@@ -143,7 +153,8 @@ dynmoe_status dynmoe_route(dynmoe_ctx *ctx, const dynmoe_router *router, int64_t
     TRY(check_tensor(fn, "weights", weights, T));
     if (T == 0) return DYNMOE_OK;
     dm_route_args a = {*router, T, logits, logits_dtype, bias, mask_logits, ids, weights, ctx->stats};
-    return ctx->ops->route(ctx, &a, stream);
+    STAGE("route", ctx->ops->route(ctx, &a, stream));
+    return DYNMOE_OK;
 }
 
 dynmoe_status dynmoe_route_tasks(dynmoe_ctx *ctx, const dynmoe_router *router, int64_t T,
@@ -166,7 +177,8 @@ dynmoe_status dynmoe_route_tasks(dynmoe_ctx *ctx, const dynmoe_router *router, i
     TRY(check_tensor(fn, "weights", weights, T));
     if (T == 0) return DYNMOE_OK;
     dm_route_tasks_args a = {*router, T, x, x_dtype, hidden, task_logits, task_weights, bias, ids, weights, ctx->stats};
-    return ctx->ops->route_tasks(ctx, &a, stream);
+    STAGE("route_tasks", ctx->ops->route_tasks(ctx, &a, stream));
+    return DYNMOE_OK;
 }
 
 /* ----------------------------------------------------------------- plan */
@@ -197,7 +209,7 @@ dynmoe_status dynmoe_plan_build(dynmoe_ctx *ctx, const dynmoe_router *router, in
     dm_plan_args a = {router->num_experts, router->num_zero_experts, T, slots, ids,
                       dm_plan_pointers(base, &l, router->num_experts, T * slots),
                       base + l.plan_temp, l.plan_temp_bytes, ctx->stats};
-    TRY(ctx->ops->plan(ctx, &a, stream));
+    STAGE("plan", ctx->ops->plan(ctx, &a, stream));
     *plan = a.plan;
     return DYNMOE_OK;
 }
@@ -227,11 +239,12 @@ static dynmoe_status run_experts(dynmoe_ctx *ctx, const dynmoe_router *router,
     dm_plan_args pa = {router->num_experts, router->num_zero_experts, T, slots, ids,
                        dm_plan_pointers(base, l, router->num_experts, T * slots),
                        base + l->plan_temp, l->plan_temp_bytes, ctx->stats};
-    TRY(ctx->ops->plan(ctx, &pa, stream));
+    STAGE("plan", ctx->ops->plan(ctx, &pa, stream));
     dm_experts_args ea = {*router, *experts, T, x, ids, weights, slots, pa.plan,
                           base + l->rows_h, base + l->rows_y, base + l->scratch, l->scratch_bytes, out};
-    TRY(ctx->ops->experts(ctx, &ea, stream));
-    return ctx->ops->combine(ctx, &ea, stream);
+    STAGE("experts", ctx->ops->experts(ctx, &ea, stream));
+    STAGE("combine", ctx->ops->combine(ctx, &ea, stream));
+    return DYNMOE_OK;
 }
 
 dynmoe_status dynmoe_experts_forward(dynmoe_ctx *ctx, const dynmoe_router *router,
@@ -286,6 +299,6 @@ dynmoe_status dynmoe_moe_forward(dynmoe_ctx *ctx, const dynmoe_router *router,
     int32_t *ids = (int32_t *)(base + l.ids);
     float *weights = (float *)(base + l.weights);
     dm_route_args ra = {*router, T, logits, logits_dtype, bias, mask_logits, ids, weights, ctx->stats};
-    TRY(ctx->ops->route(ctx, &ra, stream));
+    STAGE("route", ctx->ops->route(ctx, &ra, stream));
     return run_experts(ctx, router, experts, T, x, ids, weights, S, out, base, &l, stream);
 }
