@@ -11,8 +11,7 @@
 
 static int aligned16(const void *p) { return ((uintptr_t)p & 15u) == 0; }
 
-/* A tensor pointer: non-null when there is data (T > 0), 16-byte aligned. */
-static dynmoe_status check_tensor(const char *fn, const char *name, const void *p, int64_t T) {
+dynmoe_status dm_check_tensor(const char *fn, const char *name, const void *p, int64_t T) {
     if (T > 0 && p == NULL) return INVALID("%s: %s is NULL", fn, name);
     if (!aligned16(p)) return INVALID("%s: %s is not 16-byte aligned", fn, name);
     return DYNMOE_OK;
@@ -28,7 +27,7 @@ static dynmoe_status check_dtype(const char *fn, const char *name, dynmoe_dtype 
     return DYNMOE_OK;
 }
 
-static dynmoe_status check_router(const char *fn, const dynmoe_router *r) {
+dynmoe_status dm_check_router(const char *fn, const dynmoe_router *r) {
     if (r == NULL) return INVALID("%s: router is NULL", fn);
     if (r->struct_size != sizeof(dynmoe_router))
         return INVALID("%s: router.struct_size is %zu, expected %zu (initialise with DYNMOE_ROUTER_INIT)",
@@ -82,26 +81,31 @@ static dynmoe_status check_tokens(const char *fn, int64_t T, int32_t slots) {
     return DYNMOE_OK;
 }
 
-static dynmoe_status check_experts(const char *fn, const dynmoe_router *r, const dynmoe_experts *x,
-                                   int64_t T) {
-    if (x == NULL) return INVALID("%s: experts is NULL", fn);
+dynmoe_status dm_check_experts(const char *fn, const char *name, const dynmoe_experts *x,
+                               int32_t num_experts, int64_t T) {
+    if (x == NULL) return INVALID("%s: %s is NULL", fn, name);
     if (x->struct_size != sizeof(dynmoe_experts))
-        return INVALID("%s: experts.struct_size is %zu, expected %zu (initialise with DYNMOE_EXPERTS_INIT)",
-                       fn, x->struct_size, sizeof(dynmoe_experts));
-    if (x->num_experts != r->num_experts)
-        return INVALID("%s: experts.num_experts = %d differs from router.num_experts = %d", fn,
-                       x->num_experts, r->num_experts);
+        return INVALID("%s: %s.struct_size is %zu, expected %zu (initialise with DYNMOE_EXPERTS_INIT)",
+                       fn, name, x->struct_size, sizeof(dynmoe_experts));
+    if (x->num_experts != num_experts)
+        return INVALID("%s: %s.num_experts = %d, expected %d", fn, name, x->num_experts, num_experts);
     if (x->hidden < 1 || x->inter < 1)
-        return INVALID("%s: experts.hidden = %d and experts.inter = %d must be >= 1", fn, x->hidden, x->inter);
-    dynmoe_status st = check_dtype(fn, "experts", x->dtype);
-    if (st) return st;
-    if ((unsigned)x->act >= DYNMOE_ACT_COUNT) return INVALID("%s: unknown experts.act %d", fn, (int)x->act);
+        return INVALID("%s: %s.hidden = %d and %s.inter = %d must be >= 1", fn, name, x->hidden, name, x->inter);
+    if ((unsigned)x->dtype >= DYNMOE_DTYPE_COUNT) return INVALID("%s: %s has unknown dtype %d", fn, name, (int)x->dtype);
+    if ((unsigned)x->act >= DYNMOE_ACT_COUNT) return INVALID("%s: unknown %s.act %d", fn, name, (int)x->act);
     /* E * 2I * H elements must be addressable with 64-bit offsets. */
     double elems = (double)x->num_experts * 2.0 * x->inter * x->hidden;
-    if (elems > 9.0e18 / 4) return INVALID("%s: expert weights are too large", fn);
-    if ((st = check_tensor(fn, "experts.w13", x->w13, T))) return st;
-    if ((st = check_tensor(fn, "experts.w2", x->w2, T))) return st;
+    if (elems > 9.0e18 / 4) return INVALID("%s: %s weights are too large", fn, name);
+    const int64_t need = num_experts > 0 ? T : 0;
+    if (x->w13 == NULL && need > 0) return INVALID("%s: %s.w13 is NULL", fn, name);
+    if (x->w2 == NULL && need > 0) return INVALID("%s: %s.w2 is NULL", fn, name);
+    if (!aligned16(x->w13) || !aligned16(x->w2)) return INVALID("%s: %s weights are not 16-byte aligned", fn, name);
     return DYNMOE_OK;
+}
+
+/* The experts of the router's layer. */
+static dynmoe_status check_experts(const char *fn, const dynmoe_router *r, const dynmoe_experts *x, int64_t T) {
+    return dm_check_experts(fn, "experts", x, r->num_experts, T);
 }
 
 static dynmoe_status check_workspace(const char *fn, const void *ws, size_t bytes, size_t need, int64_t T) {
@@ -141,16 +145,16 @@ dynmoe_status dynmoe_route(dynmoe_ctx *ctx, const dynmoe_router *router, int64_t
     static const char fn[] = "dynmoe_route";
     dm_clear_error();
     TRY(check_ctx(fn, ctx));
-    TRY(check_router(fn, router));
+    TRY(dm_check_router(fn, router));
     if (router->num_tasks > 0)
         return INVALID("%s: router has task routers (num_tasks = %d): use dynmoe_route_tasks", fn, router->num_tasks);
     TRY(check_tokens(fn, T, router->top_k));
     TRY(check_dtype(fn, "logits", logits_dtype));
-    TRY(check_tensor(fn, "logits", logits, T));
-    TRY(check_tensor(fn, "bias", bias, 0));
-    TRY(check_tensor(fn, "mask_logits", mask_logits, 0));
-    TRY(check_tensor(fn, "ids", ids, T));
-    TRY(check_tensor(fn, "weights", weights, T));
+    TRY(dm_check_tensor(fn, "logits", logits, T));
+    TRY(dm_check_tensor(fn, "bias", bias, 0));
+    TRY(dm_check_tensor(fn, "mask_logits", mask_logits, 0));
+    TRY(dm_check_tensor(fn, "ids", ids, T));
+    TRY(dm_check_tensor(fn, "weights", weights, T));
     if (T == 0) return DYNMOE_OK;
     dm_route_args a = {*router, T, logits, logits_dtype, bias, mask_logits, ids, weights, ctx->stats};
     STAGE("route", ctx->ops->route(ctx, &a, stream));
@@ -164,17 +168,17 @@ dynmoe_status dynmoe_route_tasks(dynmoe_ctx *ctx, const dynmoe_router *router, i
     static const char fn[] = "dynmoe_route_tasks";
     dm_clear_error();
     TRY(check_ctx(fn, ctx));
-    TRY(check_router(fn, router));
+    TRY(dm_check_router(fn, router));
     if (router->num_tasks < 1) return INVALID("%s: router.num_tasks must be >= 1", fn);
     TRY(check_tokens(fn, T, dm_router_slots(router)));
     TRY(check_dtype(fn, "x", x_dtype));
     if (hidden < 1) return INVALID("%s: hidden = %d must be >= 1", fn, hidden);
-    TRY(check_tensor(fn, "x", x, T));
-    TRY(check_tensor(fn, "task_logits", task_logits, T));
-    TRY(check_tensor(fn, "task_weights", task_weights, T));
-    TRY(check_tensor(fn, "bias", bias, 0));
-    TRY(check_tensor(fn, "ids", ids, T));
-    TRY(check_tensor(fn, "weights", weights, T));
+    TRY(dm_check_tensor(fn, "x", x, T));
+    TRY(dm_check_tensor(fn, "task_logits", task_logits, T));
+    TRY(dm_check_tensor(fn, "task_weights", task_weights, T));
+    TRY(dm_check_tensor(fn, "bias", bias, 0));
+    TRY(dm_check_tensor(fn, "ids", ids, T));
+    TRY(dm_check_tensor(fn, "weights", weights, T));
     if (T == 0) return DYNMOE_OK;
     dm_route_tasks_args a = {*router, T, x, x_dtype, hidden, task_logits, task_weights, bias, ids, weights, ctx->stats};
     STAGE("route_tasks", ctx->ops->route_tasks(ctx, &a, stream));
@@ -185,7 +189,7 @@ dynmoe_status dynmoe_route_tasks(dynmoe_ctx *ctx, const dynmoe_router *router, i
 
 size_t dynmoe_plan_workspace_size(const dynmoe_router *router, int64_t T, int32_t slots) {
     dm_workspace_layout l;
-    if (check_router("dynmoe_plan_workspace_size", router) || check_tokens("dynmoe_plan_workspace_size", T, slots))
+    if (dm_check_router("dynmoe_plan_workspace_size", router) || check_tokens("dynmoe_plan_workspace_size", T, slots))
         return 0;
     if (!dm_workspace_layout_of(router, NULL, T, slots, &l)) return 0;
     return l.total + DM_WORKSPACE_ALIGN;
@@ -197,9 +201,9 @@ dynmoe_status dynmoe_plan_build(dynmoe_ctx *ctx, const dynmoe_router *router, in
     static const char fn[] = "dynmoe_plan_build";
     dm_clear_error();
     TRY(check_ctx(fn, ctx));
-    TRY(check_router(fn, router));
+    TRY(dm_check_router(fn, router));
     TRY(check_tokens(fn, T, slots));
-    TRY(check_tensor(fn, "ids", ids, T));
+    TRY(dm_check_tensor(fn, "ids", ids, T));
     if (plan == NULL) return INVALID("%s: plan is NULL", fn);
     dm_workspace_layout l;
     if (!dm_workspace_layout_of(router, NULL, T, slots, &l)) return INVALID("%s: workspace size overflows", fn);
@@ -220,7 +224,7 @@ size_t dynmoe_experts_workspace_size(const dynmoe_router *router, const dynmoe_e
                                      int32_t slots) {
     static const char fn[] = "dynmoe_experts_workspace_size";
     dm_workspace_layout l;
-    if (check_router(fn, router) || check_experts(fn, router, experts, 0) || check_tokens(fn, T, slots)) return 0;
+    if (dm_check_router(fn, router) || check_experts(fn, router, experts, 0) || check_tokens(fn, T, slots)) return 0;
     if (!dm_workspace_layout_of(router, experts, T, slots, &l)) return 0;
     return l.total + DM_WORKSPACE_ALIGN;
 }
@@ -255,13 +259,13 @@ dynmoe_status dynmoe_experts_forward(dynmoe_ctx *ctx, const dynmoe_router *route
     static const char fn[] = "dynmoe_experts_forward";
     dm_clear_error();
     TRY(check_ctx(fn, ctx));
-    TRY(check_router(fn, router));
+    TRY(dm_check_router(fn, router));
     TRY(check_experts(fn, router, experts, T));
     TRY(check_tokens(fn, T, slots));
-    TRY(check_tensor(fn, "x", x, T));
-    TRY(check_tensor(fn, "ids", ids, T));
-    TRY(check_tensor(fn, "weights", weights, T));
-    TRY(check_tensor(fn, "out", out, T));
+    TRY(dm_check_tensor(fn, "x", x, T));
+    TRY(dm_check_tensor(fn, "ids", ids, T));
+    TRY(dm_check_tensor(fn, "weights", weights, T));
+    TRY(dm_check_tensor(fn, "out", out, T));
     if (T > 0 && out == x) return INVALID("%s: out aliases x", fn);
     dm_workspace_layout l;
     if (!dm_workspace_layout_of(router, experts, T, slots, &l)) return INVALID("%s: workspace size overflows", fn);
@@ -278,17 +282,17 @@ dynmoe_status dynmoe_moe_forward(dynmoe_ctx *ctx, const dynmoe_router *router,
     static const char fn[] = "dynmoe_moe_forward";
     dm_clear_error();
     TRY(check_ctx(fn, ctx));
-    TRY(check_router(fn, router));
+    TRY(dm_check_router(fn, router));
     if (router->num_tasks > 0)
         return INVALID("%s: router has task routers: use dynmoe_route_tasks then dynmoe_experts_forward", fn);
     TRY(check_experts(fn, router, experts, T));
     TRY(check_tokens(fn, T, router->top_k));
     TRY(check_dtype(fn, "logits", logits_dtype));
-    TRY(check_tensor(fn, "x", x, T));
-    TRY(check_tensor(fn, "logits", logits, T));
-    TRY(check_tensor(fn, "bias", bias, 0));
-    TRY(check_tensor(fn, "mask_logits", mask_logits, 0));
-    TRY(check_tensor(fn, "out", out, T));
+    TRY(dm_check_tensor(fn, "x", x, T));
+    TRY(dm_check_tensor(fn, "logits", logits, T));
+    TRY(dm_check_tensor(fn, "bias", bias, 0));
+    TRY(dm_check_tensor(fn, "mask_logits", mask_logits, 0));
+    TRY(dm_check_tensor(fn, "out", out, T));
     if (T > 0 && out == x) return INVALID("%s: out aliases x", fn);
     const int32_t S = router->top_k;
     dm_workspace_layout l;

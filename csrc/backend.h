@@ -108,6 +108,17 @@ extern const dm_backend_ops dm_cpu_ops;
 dynmoe_status dm_cuda_ctx_init(dynmoe_ctx *ctx, int device);
 int dm_cuda_device_count(void);
 
+/* ---- argument checks shared by the API entry points (api.c, ep/ep.c) ---- */
+
+/* Each returns DYNMOE_OK or DYNMOE_ERR_INVALID_ARGUMENT with a message naming `fn`. */
+dynmoe_status dm_check_router(const char *fn, const dynmoe_router *r);
+/* A tensor pointer: non-null when there is data (T > 0), 16-byte aligned. */
+dynmoe_status dm_check_tensor(const char *fn, const char *name, const void *p, int64_t T);
+/* An expert description `name` that must hold `num_experts` experts; its
+ * weights may be NULL only when T == 0 or num_experts == 0. */
+dynmoe_status dm_check_experts(const char *fn, const char *name, const dynmoe_experts *x,
+                               int32_t num_experts, int64_t T);
+
 /* ---- workspace layout (one for every backend) ---- */
 
 #define DM_WORKSPACE_ALIGN 256
@@ -126,6 +137,15 @@ typedef struct dm_workspace_layout {
     size_t plan_end; /* bytes of the plan part alone (starts at `counts`) */
     size_t total;
 } dm_workspace_layout;
+
+/* Lays out regions one after another, each DM_WORKSPACE_ALIGN-aligned; ok
+ * turns 0 on size overflow. */
+typedef struct dm_layout_cursor {
+    size_t at;
+    int ok;
+} dm_layout_cursor;
+/* Byte offset of a new region of count * elem bytes. */
+size_t dm_layout_region(dm_layout_cursor *c, size_t count, size_t elem);
 
 /* Slots per token of a router: K, or K * top_tasks with task routers. */
 int32_t dm_router_slots(const dynmoe_router *r);

@@ -11,12 +11,7 @@
 
 #include <omp.h>
 
-typedef struct {
-    size_t at;
-    int ok;
-} cursor;
-
-static size_t region(cursor *c, size_t count, size_t elem) {
+size_t dm_layout_region(dm_layout_cursor *c, size_t count, size_t elem) {
     size_t bytes;
     if (__builtin_mul_overflow(count, elem, &bytes) || bytes > SIZE_MAX - 2 * DM_WORKSPACE_ALIGN) {
         c->ok = 0;
@@ -37,22 +32,22 @@ int32_t dm_router_slots(const dynmoe_router *r) {
 
 int dm_workspace_layout_of(const dynmoe_router *r, const dynmoe_experts *experts, int64_t T,
                            int32_t slots, dm_workspace_layout *l) {
-    cursor c = {0, 1};
+    dm_layout_cursor c = {0, 1};
     size_t E = (size_t)r->num_experts;
     size_t n = (size_t)T * (size_t)slots; /* T <= 2^24 and slots <= 4096: no overflow */
     *l = (dm_workspace_layout){0};
     if (experts) {
-        l->ids = region(&c, n, sizeof(int32_t));
-        l->weights = region(&c, n, sizeof(float));
+        l->ids = dm_layout_region(&c, n, sizeof(int32_t));
+        l->weights = dm_layout_region(&c, n, sizeof(float));
     }
-    l->counts = region(&c, E, sizeof(int32_t));
-    l->offsets = region(&c, E + 1, sizeof(int32_t));
-    l->sorted_slots = region(&c, n, sizeof(int32_t));
-    l->slot_rows = region(&c, n, sizeof(int32_t));
-    l->active = region(&c, E, sizeof(int32_t));
-    l->num_active = region(&c, 1, sizeof(int32_t));
+    l->counts = dm_layout_region(&c, E, sizeof(int32_t));
+    l->offsets = dm_layout_region(&c, E + 1, sizeof(int32_t));
+    l->sorted_slots = dm_layout_region(&c, n, sizeof(int32_t));
+    l->slot_rows = dm_layout_region(&c, n, sizeof(int32_t));
+    l->active = dm_layout_region(&c, E, sizeof(int32_t));
+    l->num_active = dm_layout_region(&c, 1, sizeof(int32_t));
     /* Temporaries of a device sort/scan (keys and values double-buffered). */
-    l->plan_temp = region(&c, 4 * n + 2 * E + (1u << 16), sizeof(int32_t));
+    l->plan_temp = dm_layout_region(&c, 4 * n + 2 * E + (1u << 16), sizeof(int32_t));
     l->plan_temp_bytes = c.at - l->plan_temp;
     l->plan_end = c.at;
     if (experts) {
@@ -60,10 +55,10 @@ int dm_workspace_layout_of(const dynmoe_router *r, const dynmoe_experts *experts
         size_t mx = H > I ? H : I;
         size_t hn, yn;
         if (__builtin_mul_overflow(n, 2 * I, &hn) || __builtin_mul_overflow(n, H, &yn)) return 0;
-        l->rows_h = region(&c, hn, sizeof(float));
-        l->rows_y = region(&c, yn, sizeof(float));
+        l->rows_h = dm_layout_region(&c, hn, sizeof(float));
+        l->rows_y = dm_layout_region(&c, yn, sizeof(float));
         /* CPU: one bf16/f16 -> fp32 weight tile per thread. */
-        l->scratch = region(&c, (size_t)DM_CPU_TILE_ROWS * mx * (size_t)omp_get_max_threads(), sizeof(float));
+        l->scratch = dm_layout_region(&c, (size_t)DM_CPU_TILE_ROWS * mx * (size_t)omp_get_max_threads(), sizeof(float));
         l->scratch_bytes = c.at - l->scratch;
     }
     l->total = c.at;

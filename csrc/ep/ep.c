@@ -24,7 +24,6 @@ double dm_ep_now(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-static int aligned16(const void *p) { return ((uintptr_t)p & 15u) == 0; }
 
 /* ------------------------------------------------------------ placement */
 
@@ -198,25 +197,9 @@ dynmoe_router dm_ep_local_router(const struct dynmoe_ep *ep) {
     return r;
 }
 
-typedef struct {
-    size_t at;
-    int ok;
-} cursor;
-
-static size_t region(cursor *c, size_t count, size_t elem) {
-    size_t bytes;
-    if (__builtin_mul_overflow(count, elem, &bytes) || bytes > SIZE_MAX / 2 || c->at > SIZE_MAX / 2) {
-        c->ok = 0;
-        return 0;
-    }
-    size_t start = c->at;
-    c->at = (start + bytes + DM_WORKSPACE_ALIGN - 1) / DM_WORKSPACE_ALIGN * DM_WORKSPACE_ALIGN;
-    return start;
-}
-
 int dm_ep_layout_of(const struct dynmoe_ep *ep, const dynmoe_router *router,
                     const dynmoe_experts *lx, dynmoe_ep_mode mode, dm_ep_layout *l) {
-    cursor c = {0, 1};
+    dm_layout_cursor c = {0, 1};
     const int64_t T = ep->max_tokens, R = ep->num_ranks, K = router->top_k;
     const size_t H = (size_t)lx->hidden, esz = lx->dtype == DYNMOE_F32 ? 4u : 2u;
     *l = (dm_ep_layout){0};
@@ -237,30 +220,30 @@ int dm_ep_layout_of(const struct dynmoe_ep *ep, const dynmoe_router *router,
     }
     if (l->send_rows_max >= ((int64_t)1 << 31) || l->recv_rows_max >= ((int64_t)1 << 31)) return 0;
     const size_t n = (size_t)(T * K);
-    l->ids = region(&c, n, 4);
-    l->weights = region(&c, n, 4);
-    l->send_index = region(&c, n, 4);
-    l->dest = region(&c, n, 4);
+    l->ids = dm_layout_region(&c, n, 4);
+    l->weights = dm_layout_region(&c, n, 4);
+    l->send_index = dm_layout_region(&c, n, 4);
+    l->dest = dm_layout_region(&c, n, 4);
     dynmoe_router dr = DYNMOE_ROUTER_INIT;
     dr.num_experts = (int32_t)R;
     dr.top_k = (int32_t)(K < R ? K : R);
     if (!dm_workspace_layout_of(&dr, NULL, T, (int32_t)K, &l->dl)) return 0;
-    l->dest_plan = region(&c, l->dl.total, 1);
+    l->dest_plan = dm_layout_region(&c, l->dl.total, 1);
     l->dest_plan_end = c.at;
-    l->counts = region(&c, 2 * (size_t)R + 2, 4);
-    l->send_ids = region(&c, (size_t)l->send_rows_max, 4);
-    l->send_rows = region(&c, (size_t)l->send_rows_max * H, esz);
-    l->recv_rows = region(&c, (size_t)l->recv_rows_max * H, esz);
+    l->counts = dm_layout_region(&c, 2 * (size_t)R + 2, 4);
+    l->send_ids = dm_layout_region(&c, (size_t)l->send_rows_max, 4);
+    l->send_rows = dm_layout_region(&c, (size_t)l->send_rows_max * H, esz);
+    l->recv_rows = dm_layout_region(&c, (size_t)l->recv_rows_max * H, esz);
     if (ep->num_local > 0) {
         dynmoe_router lr = dm_ep_local_router(ep);
         if (!dm_workspace_layout_of(&lr, lx, l->recv_rows_max, 1, &l->ll)) return 0;
-        l->local = region(&c, l->ll.total, 1);
+        l->local = dm_layout_region(&c, l->ll.total, 1);
     } else { /* no compute: only the received ids */
-        l->local = region(&c, (size_t)l->recv_rows_max, 4);
+        l->local = dm_layout_region(&c, (size_t)l->recv_rows_max, 4);
     }
-    l->back_send = region(&c, (size_t)l->recv_rows_max * H, 4);
-    l->back_recv = region(&c, (size_t)l->send_rows_max * H, 4);
-    l->stats = region(&c, 2, sizeof(dynmoe_stats)); /* local plan stats; device counters */
+    l->back_send = dm_layout_region(&c, (size_t)l->recv_rows_max * H, 4);
+    l->back_recv = dm_layout_region(&c, (size_t)l->send_rows_max * H, 4);
+    l->stats = dm_layout_region(&c, 2, sizeof(dynmoe_stats)); /* local plan stats; device counters */
     l->total = c.at;
     return c.ok;
 }
@@ -270,12 +253,8 @@ int dm_ep_layout_of(const struct dynmoe_ep *ep, const dynmoe_router *router,
 /* The router, checked by the library's own rules (dynmoe_plan_workspace_size
  * runs them and leaves the message), then the ep's. */
 static dynmoe_status check_router(const char *fn, const struct dynmoe_ep *ep, const dynmoe_router *r) {
-    if (r == NULL) return INVALID("%s: router is NULL", fn);
-    if (dynmoe_plan_workspace_size(r, 1, r->top_k) == 0) {
-        char msg[512];
-        snprintf(msg, sizeof msg, "%s", dynmoe_last_error());
-        return INVALID("%s: %s", fn, msg[0] ? msg : "invalid router");
-    }
+    dynmoe_status st = dm_check_router(fn, r);
+    if (st != DYNMOE_OK) return st;
     if (r->num_tasks > 0) return INVALID("%s: router has task routers (num_tasks = %d)", fn, r->num_tasks);
     if (r->num_experts != ep->num_experts)
         return INVALID("%s: router.num_experts = %d differs from the ep's num_experts = %d", fn,
@@ -284,29 +263,8 @@ static dynmoe_status check_router(const char *fn, const struct dynmoe_ep *ep, co
 }
 
 static dynmoe_status check_local_experts(const char *fn, const struct dynmoe_ep *ep, const dynmoe_experts *x) {
-    if (x == NULL) return INVALID("%s: local_experts is NULL", fn);
-    if (x->struct_size != sizeof(dynmoe_experts))
-        return INVALID("%s: local_experts.struct_size is %zu, expected %zu (initialise with DYNMOE_EXPERTS_INIT)",
-                       fn, x->struct_size, sizeof(dynmoe_experts));
-    if (x->num_experts != ep->num_local)
-        return INVALID("%s: local_experts.num_experts = %d, but rank %d holds %d experts (dynmoe_ep_info)", fn,
-                       x->num_experts, ep->rank, ep->num_local);
-    if (x->hidden < 1 || x->inter < 1)
-        return INVALID("%s: local_experts.hidden = %d and .inter = %d must be >= 1", fn, x->hidden, x->inter);
-    if ((unsigned)x->dtype >= DYNMOE_DTYPE_COUNT) return INVALID("%s: unknown local_experts.dtype %d", fn, (int)x->dtype);
-    if ((unsigned)x->act >= DYNMOE_ACT_COUNT) return INVALID("%s: unknown local_experts.act %d", fn, (int)x->act);
-    if ((double)x->num_experts * 2.0 * x->inter * x->hidden > 9.0e18 / 4)
-        return INVALID("%s: local expert weights are too large", fn);
-    if (x->num_experts > 0 && (x->w13 == NULL || x->w2 == NULL))
-        return INVALID("%s: local_experts.w13 or .w2 is NULL", fn);
-    if (!aligned16(x->w13) || !aligned16(x->w2)) return INVALID("%s: local expert weights are not 16-byte aligned", fn);
-    return DYNMOE_OK;
-}
-
-static dynmoe_status check_tensor(const char *fn, const char *name, const void *p, int64_t T) {
-    if (T > 0 && p == NULL) return INVALID("%s: %s is NULL", fn, name);
-    if (!aligned16(p)) return INVALID("%s: %s is not 16-byte aligned", fn, name);
-    return DYNMOE_OK;
+    /* a rank that holds no experts passes NULL weights */
+    return dm_check_experts(fn, "local_experts (this rank's experts, dynmoe_ep_info)", x, ep->num_local, 1);
 }
 
 size_t dynmoe_ep_workspace_size(const dynmoe_ep *ep, const dynmoe_router *router,
@@ -342,11 +300,11 @@ dynmoe_status dynmoe_ep_moe_forward(dynmoe_ep *ep, dynmoe_ctx *ctx, const dynmoe
         return INVALID("%s: T = %lld must be in [0, config.max_tokens = %lld]", fn, (long long)T,
                        (long long)ep->max_tokens);
     if ((unsigned)logits_dtype >= DYNMOE_DTYPE_COUNT) return INVALID("%s: unknown logits dtype %d", fn, (int)logits_dtype);
-    TRY(check_tensor(fn, "x", x, T));
-    TRY(check_tensor(fn, "logits", logits, T));
-    TRY(check_tensor(fn, "bias", bias, 0));
-    TRY(check_tensor(fn, "mask_logits", mask_logits, 0));
-    TRY(check_tensor(fn, "out", out, T));
+    TRY(dm_check_tensor(fn, "x", x, T));
+    TRY(dm_check_tensor(fn, "logits", logits, T));
+    TRY(dm_check_tensor(fn, "bias", bias, 0));
+    TRY(dm_check_tensor(fn, "mask_logits", mask_logits, 0));
+    TRY(dm_check_tensor(fn, "out", out, T));
     if (T > 0 && out == x) return INVALID("%s: out aliases x", fn);
     dm_ep_fwd f;
     if (!dm_ep_layout_of(ep, router, local_experts, mode, &f.l)) return INVALID("%s: workspace size overflows", fn);
