@@ -463,6 +463,22 @@ static int parse_experts(const char *fn, const dynmoe_router *r, PyObject *w13, 
     return 0;
 }
 
+/* x [T, H] and the experts it goes through: same dtype, H = experts.hidden. */
+static int parse_x_experts(const char *fn, const dynmoe_router *r, PyObject *xo, PyObject *w13o, PyObject *w2o,
+                           int act, PyObject *ds, dm_tensor *xt, dm_tensor *t13, dm_tensor *t2, dm_dev *dev,
+                           dynmoe_experts *x) {
+    int64_t s_x[2] = {-1, -1};
+    if (arg(fn, "x", xo, ds, xt, DM_FLOAT, 2, s_x, "[T, H]", dev, 0, 0) < 0) return -1;
+    if (parse_experts(fn, r, w13o, w2o, act, ds, t13, t2, dev, x) < 0) return -1;
+    if (xt->t->shape[1] != x->hidden || xt->kind != t13->kind) {
+        PyErr_Format(xt->kind != t13->kind ? PyExc_TypeError : PyExc_ValueError,
+                     "%s: x is [%lld, %lld] %s but the experts take [T, %d] %s", fn, (long long)xt->t->shape[0],
+                     (long long)xt->t->shape[1], kind_name(xt->kind), x->hidden, kind_name(t13->kind));
+        return -1;
+    }
+    return 0;
+}
+
 static int parse_stream(PyObject *o, void **stream) {
     if (o == Py_None) {
         *stream = NULL;
@@ -708,16 +724,8 @@ static PyObject *py_experts_forward(PyObject *self, PyObject *args) {
     dm_dev dev = {0};
     dynmoe_experts x;
     PyObject *ret = NULL;
-    int64_t s_x[2] = {-1, -1};
-    if (arg(fn, "x", xo, ds, &xt, DM_FLOAT, 2, s_x, "[T, H]", &dev, 0, 0) < 0) goto fail;
-    if (parse_experts(fn, &r, w13o, w2o, act, ds, &t13, &t2, &dev, &x) < 0) goto fail;
+    if (parse_x_experts(fn, &r, xo, w13o, w2o, act, ds, &xt, &t13, &t2, &dev, &x) < 0) goto fail;
     const int64_t T = xt.t->shape[0];
-    if (xt.t->shape[1] != x.hidden || xt.kind != t13.kind) {
-        PyErr_Format(xt.kind != t13.kind ? PyExc_TypeError : PyExc_ValueError,
-                     "%s: x is [%lld, %lld] %s but the experts take [T, %d] %s", fn, (long long)T,
-                     (long long)xt.t->shape[1], kind_name(xt.kind), x.hidden, kind_name(t13.kind));
-        goto fail;
-    }
     int64_t s_ids[2] = {T, -1};
     if (arg(fn, "ids", io, ds, &it, DM_I32, 2, s_ids, "[T, S]", &dev, 0, 0) < 0) goto fail;
     const int64_t S = it.t->shape[1];
@@ -761,16 +769,8 @@ static PyObject *py_moe_forward(PyObject *self, PyObject *args) {
     dm_dev dev = {0};
     dynmoe_experts x;
     PyObject *ret = NULL;
-    int64_t s_x[2] = {-1, -1};
-    if (arg(fn, "x", xo, ds, &xt, DM_FLOAT, 2, s_x, "[T, H]", &dev, 0, 0) < 0) goto fail;
-    if (parse_experts(fn, &r, w13o, w2o, act, ds, &t13, &t2, &dev, &x) < 0) goto fail;
+    if (parse_x_experts(fn, &r, xo, w13o, w2o, act, ds, &xt, &t13, &t2, &dev, &x) < 0) goto fail;
     const int64_t T = xt.t->shape[0];
-    if (xt.t->shape[1] != x.hidden || xt.kind != t13.kind) {
-        PyErr_Format(xt.kind != t13.kind ? PyExc_TypeError : PyExc_ValueError,
-                     "%s: x is [%lld, %lld] %s but the experts take [T, %d] %s", fn, (long long)T,
-                     (long long)xt.t->shape[1], kind_name(xt.kind), x.hidden, kind_name(t13.kind));
-        goto fail;
-    }
     const int64_t EZ = (int64_t)r.num_experts + r.num_zero_experts;
     int64_t s_logits[2] = {T, EZ}, s_bias[1] = {EZ}, s_mask[2] = {T, r.num_experts}, s_out[2] = {T, x.hidden};
     if (arg(fn, "logits", lo, ds, &lt, DM_FLOAT, 2, s_logits, "[T, E+Z]", &dev, 0, 0) < 0) goto fail;
