@@ -124,6 +124,13 @@ dynmoe_status dm_check_experts(const char *fn, const char *name, const dynmoe_ex
 #define DM_WORKSPACE_ALIGN 256
 /* Rows of a weight tile the CPU converts from bf16/f16 at a time. */
 #define DM_CPU_TILE_ROWS 128
+/* The most expert rows cpu/ffn_panels.c packs at once (one weight pass each). */
+#define DM_CPU_PANEL_ROWS 256
+/* CPU scratch floats per thread for hidden H and inter I: packed rows
+ * (PANEL_ROWS x H), packed activations (PANEL_ROWS x I), 6 widened weight
+ * rows; it also holds a TILE_ROWS x max(H, I) weight tile. Rounded to 64. */
+#define DM_CPU_SCRATCH_FLOATS(H, I) \
+    (((size_t)DM_CPU_PANEL_ROWS * ((H) + (I)) + 6 * ((H) > (I) ? (H) : (I)) + 63) / 64 * 64)
 
 typedef struct dm_workspace_layout {
     /* byte offsets from the workspace base */

@@ -52,13 +52,12 @@ int dm_workspace_layout_of(const dynmoe_router *r, const dynmoe_experts *experts
     l->plan_end = c.at;
     if (experts) {
         size_t H = (size_t)experts->hidden, I = (size_t)experts->inter;
-        size_t mx = H > I ? H : I;
         size_t hn, yn;
         if (__builtin_mul_overflow(n, 2 * I, &hn) || __builtin_mul_overflow(n, H, &yn)) return 0;
         l->rows_h = dm_layout_region(&c, hn, sizeof(float));
         l->rows_y = dm_layout_region(&c, yn, sizeof(float));
-        /* CPU: one bf16/f16 -> fp32 weight tile per thread. */
-        l->scratch = dm_layout_region(&c, (size_t)DM_CPU_TILE_ROWS * mx * (size_t)omp_get_max_threads(), sizeof(float));
+        /* CPU: packed rows and a weight tile per thread. */
+        l->scratch = dm_layout_region(&c, DM_CPU_SCRATCH_FLOATS(H, I) * (size_t)omp_get_max_threads(), sizeof(float));
         l->scratch_bytes = c.at - l->scratch;
     }
     l->total = c.at;

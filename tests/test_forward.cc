@@ -263,6 +263,45 @@ TEST_P(Forward, Skewed) {
     }
 }
 
+/* Prefill-shaped tables: many active experts (the CPU runs whole experts per
+ * thread when at least 2 per thread are active; 70 here) with every row count
+ * around the CPU kernel's 8-row panels, 16-row pairs and 256-row chunks, at
+ * sizes that are no multiple of its 6-row and 3-row weight blocks. */
+TEST_P(Forward, PrefillRowCounts) {
+    const int32_t counts[] = {8, 9, 15, 16, 17, 23, 24, 25, 31, 32, 33, 47, 64, 100, 129, 255, 256, 257, 300, 513};
+    struct Shape {
+        int32_t H, I;
+        dynmoe_act act;
+        dynmoe_dtype dt;
+    };
+    const Shape shapes[] = {{37, 13, DYNMOE_ACT_SWIGLU, DYNMOE_F32},
+                            {37, 13, DYNMOE_ACT_SWIGLU, DYNMOE_BF16},
+                            {37, 13, DYNMOE_ACT_SWIGLU, DYNMOE_F16},
+                            {64, 48, DYNMOE_ACT_GEGLU, DYNMOE_F32},
+                            {17, 1, DYNMOE_ACT_SWIGLU, DYNMOE_F32}};
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+        const Shape &s = shapes[si];
+        const uint64_t seed = seed_of(40, (int)si);
+        SCOPED_TRACE("H=" + std::to_string(s.H) + " I=" + std::to_string(s.I) + " " + dtype_name(s.dt) +
+                     " seed=" + std::to_string(seed));
+        Rng rng(seed);
+        const int32_t E = 80;
+        std::vector<int32_t> ids;
+        for (int32_t e = 0; e < E; e++) {
+            /* experts 0..19 get the listed counts, 20..69 get 1..7 rows, 70..79 none */
+            const int32_t n = e < 20 ? counts[e] : e < 70 ? 1 + e % 7 : 0;
+            ids.insert(ids.end(), (size_t)n, e);
+        }
+        for (size_t i = ids.size(); i > 1; i--) std::swap(ids[i - 1], ids[(size_t)rng.integer(0, (int64_t)i - 1)]);
+        dmref::Table t;
+        t.T = (int64_t)ids.size(); /* one slot per token */
+        t.S = 1;
+        t.ids = ids;
+        for (size_t q = 0; q < t.ids.size(); q++) t.weights.push_back(rng.uniform(0.1, 1));
+        check_experts(make_router(E, 1), s.H, s.I, s.act, s.dt, t.T, t, rng);
+    }
+}
+
 /* Nothing to compute: every slot empty / masked / a zero expert. The
  * output must be written anyway (0, or w*x for identity zero experts). */
 TEST_P(Forward, NothingRouted) {

@@ -27,9 +27,8 @@
 /* Up to this many rows the skinny kernel beats packed sgemm (measured on the
  * Zen 3 CI machine at K = 2048: 1.5-2x at 8-32 rows, even at 48). */
 #define DM_SKINNY_MAX_ROWS 40
-
-static float act_silu(float g) { return g / (1.0f + expf(-g)); }
-static float act_gelu(float g) { return 0.5f * g * (1.0f + erff(g * 0.70710678118654752f)); }
+/* From this many rows on, prefill experts run through ffn_panels.c. */
+#define DM_PANEL_MIN_ROWS 8
 
 /* C[M, N] = A[M, K] . W[N, K]^T, with W of dtype dt; lda/ldc in floats. */
 static void gemm_wt(int32_t M, int32_t N, int32_t K, const float *A, int32_t lda, const void *W,
@@ -77,7 +76,7 @@ static void run_expert(const dm_experts_args *a, int32_t e, float *tile, size_t 
 #pragma omp parallel for schedule(static) if (inner)
     for (int32_t r = 0; r < R; r++) {
         float *hr = He + (int64_t)r * 2 * In;
-        for (int32_t i = 0; i < In; i++) hr[i] = (geglu ? act_gelu(hr[i]) : act_silu(hr[i])) * hr[In + i];
+        for (int32_t i = 0; i < In; i++) hr[i] = dm_cpu_act(hr[i], hr[In + i], geglu);
     }
     gemm_wt(R, Hd, In, He, 2 * In, w2, dt, Ye, Hd, tile, tile_floats, inner);
 }
@@ -89,9 +88,10 @@ dynmoe_status dm_cpu_experts(dynmoe_ctx *ctx, const dm_experts_args *a, void *st
     const int32_t num_active = *p->num_active;
     const int32_t Hd = a->experts.hidden, In = a->experts.inter;
     const size_t tile_floats = (size_t)DM_CPU_TILE_ROWS * (size_t)(Hd > In ? Hd : In);
-    /* The workspace holds one conversion tile per thread it was sized for. */
+    const size_t scratch_floats = DM_CPU_SCRATCH_FLOATS(Hd, In);
+    /* The workspace holds one scratch per thread it was sized for. */
     int threads = omp_get_max_threads();
-    const size_t tiles = a->scratch_bytes / (tile_floats * sizeof(float));
+    const size_t tiles = a->scratch_bytes / (scratch_floats * sizeof(float));
     if ((size_t)threads > tiles) threads = (int)tiles;
     if (threads < 1) return dm_fail(DYNMOE_ERR_INTERNAL, "dynmoe: workspace scratch holds no weight tile");
 
@@ -101,9 +101,14 @@ dynmoe_status dm_cpu_experts(dynmoe_ctx *ctx, const dm_experts_args *a, void *st
          * no barrier between small GEMMs. Experts are taken largest first. */
 #pragma omp parallel num_threads(threads)
         {
-            float *tile = (float *)a->scratch + (size_t)omp_get_thread_num() * tile_floats;
+            float *scratch = (float *)a->scratch + (size_t)omp_get_thread_num() * scratch_floats;
 #pragma omp for schedule(dynamic, 1)
-            for (int32_t ai = 0; ai < num_active; ai++) run_expert(a, p->active_experts[ai], tile, tile_floats, 0);
+            for (int32_t ai = 0; ai < num_active; ai++) {
+                const int32_t e = p->active_experts[ai];
+                const int32_t R = p->expert_offsets[e + 1] - p->expert_offsets[e];
+                if (R < DM_PANEL_MIN_ROWS || !dm_cpu_ffn_panels(a, e, scratch))
+                    run_expert(a, e, scratch, tile_floats, 0);
+            }
         }
     } else {
         /* Decode or few experts: one expert at a time, threads inside the GEMMs. */

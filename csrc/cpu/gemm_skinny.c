@@ -16,25 +16,10 @@
  * falls back to BLAS. */
 #include "../hd.h"
 #include "cpu.h"
+#include "simd.h"
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <cpuid.h>
-#include <immintrin.h>
-
-#define SK_TARGET __attribute__((target("avx2,fma,f16c")))
-
-/* Eight weights from element i, widened to fp32: one loader per dtype so the
- * inner loop has no branch. */
-SK_TARGET static inline __m256 load8_f32(const void *w, int64_t i) { return _mm256_loadu_ps((const float *)w + i); }
-SK_TARGET static inline __m256 load8_bf16(const void *w, int64_t i) {
-    __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)w + i));
-    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-}
-SK_TARGET static inline __m256 load8_f16(const void *w, int64_t i) {
-    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)w + i)));
-}
-
-SK_TARGET static inline float hsum8(__m256 v) {
+#ifdef DM_CPU_X86
+DM_AVX2 static inline float hsum8(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
@@ -48,7 +33,7 @@ SK_TARGET static inline float hsum8(__m256 v) {
 #define MR 4
 #define NR 3
 #define DEFINE_BLOCK(NAME, LOAD8, DT)                                                                  \
-    SK_TARGET static void NAME(int32_t K, const float *const a[MR], const void *W, const int64_t wrow[NR], \
+    DM_AVX2 static void NAME(int32_t K, const float *const a[MR], const void *W, const int64_t wrow[NR], \
                                float out[MR][NR]) {                                                    \
         __m256 acc[MR][NR];                                                                            \
         for (int j = 0; j < MR; j++)                                                                   \
@@ -70,11 +55,11 @@ SK_TARGET static inline float hsum8(__m256 v) {
                 out[j][i] = s;                                                                         \
             }                                                                                          \
     }
-DEFINE_BLOCK(block_f32, load8_f32, DYNMOE_F32)
-DEFINE_BLOCK(block_bf16, load8_bf16, DYNMOE_BF16)
-DEFINE_BLOCK(block_f16, load8_f16, DYNMOE_F16)
+DEFINE_BLOCK(block_f32, dm_load8_f32, DYNMOE_F32)
+DEFINE_BLOCK(block_bf16, dm_load8_bf16, DYNMOE_BF16)
+DEFINE_BLOCK(block_f16, dm_load8_f16, DYNMOE_F16)
 
-SK_TARGET static void skinny_avx2(int32_t M, int32_t N, int32_t K, const float *A, int32_t lda,
+DM_AVX2 static void skinny_avx2(int32_t M, int32_t N, int32_t K, const float *A, int32_t lda,
                                   const void *W, dynmoe_dtype dt, float *C, int32_t ldc, int threads) {
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
     for (int32_t n0 = 0; n0 < N; n0 += NR) {
@@ -95,11 +80,7 @@ SK_TARGET static void skinny_avx2(int32_t M, int32_t N, int32_t K, const float *
 
 int dm_cpu_gemm_skinny(int32_t M, int32_t N, int32_t K, const float *A, int32_t lda, const void *W,
                        dynmoe_dtype dt, float *C, int32_t ldc, int threads) {
-    /* F16C from CPUID leaf 1, ECX bit 29 (clang's __builtin_cpu_supports lacks "f16c"). */
-    unsigned eax, ebx, ecx = 0, edx;
-    int f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & (1u << 29));
-    if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma") || (dt == DYNMOE_F16 && !f16c))
-        return 0;
+    if (!dm_cpu_simd_ok(dt)) return 0;
     skinny_avx2(M, N, K, A, lda, W, dt, C, ldc, threads);
     return 1;
 }

@@ -1,0 +1,36 @@
+/* cpu/simd.h — what the hand-written AVX2 kernels share (gemm_skinny.c,
+ * ffn_panels.c): the target attribute, 8-wide loaders per dtype and the run
+ * time check. Include only under DM_CPU_X86. */
+#ifndef DYNMOE_CPU_SIMD_H
+#define DYNMOE_CPU_SIMD_H
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define DM_CPU_X86 1
+#include <cpuid.h>
+#include <immintrin.h>
+
+#include "../hd.h"
+
+#define DM_AVX2 __attribute__((target("avx2,fma,f16c")))
+
+/* Eight elements from index i, widened to fp32: one loader per dtype so that
+ * inner loops have no branch. */
+DM_AVX2 static inline __m256 dm_load8_f32(const void *w, int64_t i) { return _mm256_loadu_ps((const float *)w + i); }
+DM_AVX2 static inline __m256 dm_load8_bf16(const void *w, int64_t i) {
+    __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)w + i));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+DM_AVX2 static inline __m256 dm_load8_f16(const void *w, int64_t i) {
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)w + i)));
+}
+
+/* AVX2 + FMA, and F16C when dt is f16 (CPUID leaf 1, ECX bit 29: clang's
+ * __builtin_cpu_supports lacks "f16c"). */
+static inline int dm_cpu_simd_ok(dynmoe_dtype dt) {
+    unsigned eax, ebx, ecx = 0, edx;
+    int f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & (1u << 29));
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && (dt != DYNMOE_F16 || f16c);
+}
+#endif
+
+#endif
