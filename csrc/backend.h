@@ -127,10 +127,10 @@ dynmoe_status dm_check_experts(const char *fn, const char *name, const dynmoe_ex
 /* The most expert rows cpu/ffn_panels.c packs at once (one weight pass each). */
 #define DM_CPU_PANEL_ROWS 256
 /* CPU scratch floats per thread for hidden H and inter I: packed rows
- * (PANEL_ROWS x H), packed activations (PANEL_ROWS x I), 6 widened weight
+ * (PANEL_ROWS x H), packed activations (PANEL_ROWS x I), 12 widened weight
  * rows; it also holds a TILE_ROWS x max(H, I) weight tile. Rounded to 64. */
 #define DM_CPU_SCRATCH_FLOATS(H, I) \
-    (((size_t)DM_CPU_PANEL_ROWS * ((H) + (I)) + 6 * ((H) > (I) ? (H) : (I)) + 63) / 64 * 64)
+    (((size_t)DM_CPU_PANEL_ROWS * ((H) + (I)) + 12 * ((H) > (I) ? (H) : (I)) + 63) / 64 * 64)
 
 typedef struct dm_workspace_layout {
     /* byte offsets from the workspace base */

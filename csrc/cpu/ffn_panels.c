@@ -27,44 +27,132 @@
 
 #ifdef DM_CPU_X86
 
-#define WR 6 /* weight rows per block */
+/* Weight rows per block: GEMM 1 takes 6 gate rows with their 6 up rows. */
+#define WB 12
 
-/* One 8-lane FMA step of weight row i against panels 0 and 1 at k. */
-#define STEP2(i, k)                                          \
-    v = _mm256_broadcast_ss(w##i + (k));                     \
-    c##i##0 = _mm256_fmadd_ps(v, x0, c##i##0);               \
-    c##i##1 = _mm256_fmadd_ps(v, x1, c##i##1)
-#define STEP1(i, k) c##i##0 = _mm256_fmadd_ps(_mm256_broadcast_ss(w##i + (k)), x0, c##i##0)
+/* The three register tiles, by weight rows x panels (8 rows each):
+ *   6 x 2: 12 accumulators, per k 6 broadcasts + 2 loads for 12 FMAs
+ *   4 x 3: 12 accumulators, per k 4 broadcasts + 3 loads for 12 FMAs
+ *   6 x 1:  6 accumulators, per k 6 broadcasts + 1 load  for 6 FMAs
+ * The first two are FMA-bound; the third is load-bound (measured: 2/3 the
+ * rate per FMA), so an odd panel count of 3 or more takes one 4 x 3 tile and
+ * pairs, and only a lone panel uses 6 x 1. Accumulators are named variables
+ * (c<row><panel>) so that they stay in registers. */
+#define LOADB(q, k) const __m256 x##q = _mm256_loadu_ps(b##q + 8 * (int64_t)(k))
+#define BCAST(i, k) const __m256 v##i = _mm256_broadcast_ss(w##i + (k))
+#define FMA(i, q) c##i##q = _mm256_fmadd_ps(v##i, x##q, c##i##q)
+#define BODY_6x1(k)                                                                                  \
+    do {                                                                                             \
+        LOADB(0, k);                                                                                 \
+        BCAST(0, k); BCAST(1, k); BCAST(2, k); BCAST(3, k); BCAST(4, k); BCAST(5, k);                \
+        FMA(0, 0); FMA(1, 0); FMA(2, 0); FMA(3, 0); FMA(4, 0); FMA(5, 0);                            \
+    } while (0)
+#define BODY_6x2(k)                                                                                  \
+    do {                                                                                             \
+        LOADB(0, k); LOADB(1, k);                                                                    \
+        BCAST(0, k); FMA(0, 0); FMA(0, 1); BCAST(1, k); FMA(1, 0); FMA(1, 1);                        \
+        BCAST(2, k); FMA(2, 0); FMA(2, 1); BCAST(3, k); FMA(3, 0); FMA(3, 1);                        \
+        BCAST(4, k); FMA(4, 0); FMA(4, 1); BCAST(5, k); FMA(5, 0); FMA(5, 1);                        \
+    } while (0)
+#define BODY_4x3(k)                                                                                  \
+    do {                                                                                             \
+        LOADB(0, k); LOADB(1, k); LOADB(2, k);                                                       \
+        BCAST(0, k); FMA(0, 0); FMA(0, 1); FMA(0, 2); BCAST(1, k); FMA(1, 0); FMA(1, 1); FMA(1, 2);  \
+        BCAST(2, k); FMA(2, 0); FMA(2, 1); FMA(2, 2); BCAST(3, k); FMA(3, 0); FMA(3, 1); FMA(3, 2);  \
+    } while (0)
+/* All K; with pf, 16 k at a time with one prefetch per next-block weight row
+ * (a cache line of fp32 per 16 k), then the rest. */
+#define KLOOP(BODY, NW)                                                                              \
+    do {                                                                                             \
+        int32_t k = 0;                                                                               \
+        if (pf)                                                                                      \
+            for (; k + 16 <= K; k += 16) {                                                           \
+                for (int i = 0; i < NW; i++) _mm_prefetch(pf[i] + (size_t)k * esz, _MM_HINT_T0);     \
+                for (int u = 0; u < 16; u++) BODY(k + u);                                            \
+            }                                                                                        \
+        for (; k < K; k++) BODY(k);                                                                  \
+    } while (0)
+#define ZERO(i, q) __m256 c##i##q = _mm256_setzero_ps()
+#define OUT(i, q) acc[i][q] = c##i##q
 
-/* acc[i][q] = sum over k of w[i][k] * bq[8k .. 8k+7], for the np (1 or 2)
- * panels b0, b1. The accumulators are named variables so that all twelve stay
- * in registers. pf (or NULL): the next block's weight rows, in bytes of esz
- * per k, fetched into cache at the pace this block reads its own (measured
- * +5 % at 19 rows, where the weight stream is most of the time). */
-DM_AVX2 static void block6(int32_t K, const float *const w[WR], const float *b0, const float *b1, int np,
-                           const char *const pf[WR], size_t esz, __m256 acc[WR][2]) {
-    const float *w0 = w[0], *w1 = w[1], *w2 = w[2], *w3 = w[3], *w4 = w[4], *w5 = w[5];
-    __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00,
-           c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00, v;
-    for (int32_t k0 = 0; k0 < K; k0 += 16) {
-        const int32_t k1 = K - k0 < 16 ? K : k0 + 16;
-        if (pf)
-            for (int i = 0; i < WR; i++) _mm_prefetch(pf[i] + (size_t)k0 * esz, _MM_HINT_T0);
-        if (np == 2) {
-            for (int32_t k = k0; k < k1; k++) {
-                __m256 x0 = _mm256_loadu_ps(b0 + 8 * (int64_t)k), x1 = _mm256_loadu_ps(b1 + 8 * (int64_t)k);
-                STEP2(0, k); STEP2(1, k); STEP2(2, k); STEP2(3, k); STEP2(4, k); STEP2(5, k);
-            }
-        } else {
-            for (int32_t k = k0; k < k1; k++) {
-                __m256 x0 = _mm256_loadu_ps(b0 + 8 * (int64_t)k);
-                STEP1(0, k); STEP1(1, k); STEP1(2, k); STEP1(3, k); STEP1(4, k); STEP1(5, k);
-            }
-        }
-    }
-    (void)v;
-    acc[0][0] = c00, acc[0][1] = c01, acc[1][0] = c10, acc[1][1] = c11, acc[2][0] = c20, acc[2][1] = c21;
-    acc[3][0] = c30, acc[3][1] = c31, acc[4][0] = c40, acc[4][1] = c41, acc[5][0] = c50, acc[5][1] = c51;
+/* acc[i][q] = sum over k of w[i][k] * b[q][8k .. 8k+7]. pf (or NULL): the
+ * next block's weight rows (bytes, esz per k), fetched into cache at the pace
+ * this tile reads its own: +5 % at 19 rows, where the weight stream is most
+ * of the time (measured). */
+typedef __m256 dm_acc[6][3];
+DM_AVX2 static void tile_6x1(int32_t K, const float *const w[], const float *const b[], const char *const pf[],
+                             size_t esz, dm_acc acc) {
+    const float *w0 = w[0], *w1 = w[1], *w2 = w[2], *w3 = w[3], *w4 = w[4], *w5 = w[5], *b0 = b[0];
+    ZERO(0, 0); ZERO(1, 0); ZERO(2, 0); ZERO(3, 0); ZERO(4, 0); ZERO(5, 0);
+    KLOOP(BODY_6x1, 6);
+    OUT(0, 0); OUT(1, 0); OUT(2, 0); OUT(3, 0); OUT(4, 0); OUT(5, 0);
+}
+DM_AVX2 static void tile_6x2(int32_t K, const float *const w[], const float *const b[], const char *const pf[],
+                             size_t esz, dm_acc acc) {
+    const float *w0 = w[0], *w1 = w[1], *w2 = w[2], *w3 = w[3], *w4 = w[4], *w5 = w[5], *b0 = b[0], *b1 = b[1];
+    ZERO(0, 0); ZERO(1, 0); ZERO(2, 0); ZERO(3, 0); ZERO(4, 0); ZERO(5, 0);
+    ZERO(0, 1); ZERO(1, 1); ZERO(2, 1); ZERO(3, 1); ZERO(4, 1); ZERO(5, 1);
+    KLOOP(BODY_6x2, 6);
+    OUT(0, 0); OUT(1, 0); OUT(2, 0); OUT(3, 0); OUT(4, 0); OUT(5, 0);
+    OUT(0, 1); OUT(1, 1); OUT(2, 1); OUT(3, 1); OUT(4, 1); OUT(5, 1);
+}
+DM_AVX2 static void tile_4x3(int32_t K, const float *const w[], const float *const b[], const char *const pf[],
+                             size_t esz, dm_acc acc) {
+    const float *w0 = w[0], *w1 = w[1], *w2 = w[2], *w3 = w[3], *b0 = b[0], *b1 = b[1], *b2 = b[2];
+    ZERO(0, 0); ZERO(1, 0); ZERO(2, 0); ZERO(3, 0);
+    ZERO(0, 1); ZERO(1, 1); ZERO(2, 1); ZERO(3, 1);
+    ZERO(0, 2); ZERO(1, 2); ZERO(2, 2); ZERO(3, 2);
+    KLOOP(BODY_4x3, 4);
+    OUT(0, 0); OUT(1, 0); OUT(2, 0); OUT(3, 0);
+    OUT(0, 1); OUT(1, 1); OUT(2, 1); OUT(3, 1);
+    OUT(0, 2); OUT(1, 2); OUT(2, 2); OUT(3, 2);
+}
+
+/* A group of np panels and the tile shape that covers it. */
+typedef struct panel_group {
+    int32_t p, np; /* first panel, panels (1, 2 or 3) */
+    int nw;        /* weight rows per tile: 6, or 4 for three panels */
+} panel_group;
+
+/* P panels as one 4 x 3 group when P is odd and >= 3, pairs, or one lone panel. */
+static int panel_groups(int32_t P, panel_group *g) {
+    int n = 0;
+    int32_t p = 0;
+    if (P % 2 == 1 && P >= 3) g[n++] = (panel_group){p, 3, 4}, p += 3;
+    for (; p < P; p += 2) g[n++] = (panel_group){p, P - p >= 2 ? 2 : 1, 6};
+    return n;
+}
+
+/* One tile of group g: weight rows w[0..nw), panels of `pan` (8 * K floats each). */
+DM_AVX2 static void run_tile(const panel_group *g, int32_t K, const float *const w[], const float *pan,
+                             const char *const pf[], size_t esz, dm_acc acc) {
+    const float *b[3];
+    for (int q = 0; q < g->np; q++) b[q] = pan + (int64_t)(g->p + q) * 8 * K;
+    if (g->np == 3) tile_4x3(K, w, b, pf, esz, acc);
+    else if (g->np == 2) tile_6x2(K, w, b, pf, esz, acc);
+    else tile_6x1(K, w, b, pf, esz, acc);
+}
+
+/* SiLU(g) = g / (1 + e^-g) on 8 lanes. e^x as in Cephes expf: x = n ln2 + r,
+ * a degree-6 polynomial for e^r, 2^n in the exponent bits; within 2 ulp, and
+ * g / (1 + inf) = -0 below -88. NaN in, NaN out (the final g / ...). */
+DM_AVX2 static __m256 silu8(__m256 g) {
+    __m256 x = _mm256_max_ps(_mm256_min_ps(_mm256_sub_ps(_mm256_setzero_ps(), g), _mm256_set1_ps(88.3762626647949f)),
+                             _mm256_set1_ps(-88.3762626647949f));
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    x = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    x = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), x);
+    __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507e-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073e-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894e-2f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459e-1f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
+    y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.0f)));
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    y = _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+    return _mm256_div_ps(g, _mm256_add_ps(_mm256_set1_ps(1.0f), y));
 }
 
 /* Weight row n of W [N, K] as fp32: the row itself for f32, else widened into buf. */
@@ -88,11 +176,13 @@ DM_AVX2 static void ffn_chunk(const dm_experts_args *a, int32_t e, int32_t c0, i
     const size_t esz = dm_dtype_size(dt);
     const int32_t r0 = a->plan.expert_offsets[e] + c0;
     const int32_t *slots = a->plan.sorted_slots + r0;
-    const void *w13 = (const char *)ex->w13 + (size_t)e * 2 * In * Hd * esz;
-    const void *w2 = (const char *)ex->w2 + (size_t)e * Hd * In * esz;
+    const char *w13 = (const char *)ex->w13 + (size_t)e * 2 * In * Hd * esz;
+    const char *w2 = (const char *)ex->w2 + (size_t)e * Hd * In * esz;
     float *y = (float *)a->rows_y + (int64_t)r0 * Hd;
     float *xp = scratch, *ap = xp + (size_t)DM_CPU_PANEL_ROWS * Hd, *wbuf = ap + (size_t)DM_CPU_PANEL_ROWS * In;
     const int geglu = ex->act == DYNMOE_ACT_GEGLU;
+    panel_group groups[DM_CPU_PANEL_ROWS / 16 + 2];
+    const int ng = panel_groups(P, groups);
 
     for (int32_t r = 0; r < 8 * P; r++) {
         float *d = xp + (int64_t)(r / 8) * 8 * Hd + r % 8;
@@ -100,52 +190,69 @@ DM_AVX2 static void ffn_chunk(const dm_experts_args *a, int32_t e, int32_t c0, i
         for (int32_t k = 0; k < Hd; k++) d[8 * k] = r < R ? dm_load(a->x, dt, x0 + k) : 0.0f;
     }
 
-    /* GEMM 1 + activation: gate rows n0..n0+2 with up rows In+n0..In+n0+2
-     * (past the edge: the last row again, its result dropped). */
-    for (int32_t n0 = 0; n0 < In; n0 += 3) {
-        const float *w[WR];
-        const char *pf[WR];
-        for (int i = 0; i < 3; i++) {
-            const int32_t n = n0 + i < In ? n0 + i : In - 1, nn = n0 + 3 + i < In ? n0 + 3 + i : In - 1;
-            w[i] = weight_row(w13, dt, n, Hd, wbuf + (size_t)i * Hd);
-            w[3 + i] = weight_row(w13, dt, (int64_t)In + n, Hd, wbuf + (size_t)(3 + i) * Hd);
-            pf[i] = (const char *)w13 + (size_t)nn * Hd * esz;
-            pf[3 + i] = (const char *)w13 + (size_t)(In + nn) * Hd * esz;
+    /* GEMM 1 + activation, a block of gate rows n0..n0+5 and their up rows
+     * In+n0..In+n0+5 (past the edge: the last row again, results dropped).
+     * A tile of nw rows takes nw/2 gate rows with their up rows. */
+    for (int32_t n0 = 0; n0 < In; n0 += WB / 2) {
+        const float *gate[WB / 2], *up[WB / 2];
+        const char *pf_gate[WB / 2], *pf_up[WB / 2];
+        for (int i = 0; i < WB / 2; i++) {
+            const int32_t n = n0 + i < In ? n0 + i : In - 1, nn = n0 + WB / 2 + i < In ? n0 + WB / 2 + i : In - 1;
+            gate[i] = weight_row(w13, dt, n, Hd, wbuf + (size_t)i * Hd);
+            up[i] = weight_row(w13, dt, (int64_t)In + n, Hd, wbuf + (size_t)(WB / 2 + i) * Hd);
+            pf_gate[i] = w13 + (size_t)nn * Hd * esz;
+            pf_up[i] = w13 + (size_t)(In + nn) * Hd * esz;
         }
-        for (int32_t p = 0; p < P; p += 2) {
-            const int np = P - p >= 2 ? 2 : 1;
-            __m256 acc[WR][2];
-            block6(Hd, w, xp + (int64_t)p * 8 * Hd, xp + (int64_t)(p + np - 1) * 8 * Hd, np, p ? NULL : pf, esz,
-                   acc);
-            for (int q = 0; q < np; q++) {
-                float g[3][8], u[3][8];
-                for (int i = 0; i < 3; i++) _mm256_storeu_ps(g[i], acc[i][q]), _mm256_storeu_ps(u[i], acc[3 + i][q]);
-                float *d = ap + (int64_t)(p + q) * 8 * In;
-                for (int i = 0; i < 3 && n0 + i < In; i++)
-                    for (int j = 0; j < 8; j++) d[(int64_t)(n0 + i) * 8 + j] = dm_cpu_act(g[i][j], u[i][j], geglu);
+        for (int gi = 0; gi < ng; gi++) {
+            const panel_group *g = &groups[gi];
+            const int half = g->nw / 2;
+            for (int s = 0; s < WB / g->nw; s++) {
+                const float *w[6];
+                const char *pf[6];
+                for (int i = 0; i < half; i++) {
+                    w[i] = gate[s * half + i], w[half + i] = up[s * half + i];
+                    pf[i] = pf_gate[s * half + i], pf[half + i] = pf_up[s * half + i];
+                }
+                dm_acc acc;
+                run_tile(g, Hd, w, xp, gi ? NULL : pf, esz, acc);
+                for (int q = 0; q < g->np; q++) {
+                    float *d = ap + (int64_t)(g->p + q) * 8 * In;
+                    for (int i = 0; i < half && n0 + s * half + i < In; i++) {
+                        float *di = d + (int64_t)(n0 + s * half + i) * 8;
+                        if (!geglu) {
+                            _mm256_storeu_ps(di, _mm256_mul_ps(silu8(acc[i][q]), acc[half + i][q]));
+                            continue;
+                        }
+                        float gv[8], uv[8];
+                        _mm256_storeu_ps(gv, acc[i][q]), _mm256_storeu_ps(uv, acc[half + i][q]);
+                        for (int j = 0; j < 8; j++) di[j] = dm_cpu_act(gv[j], uv[j], 1);
+                    }
+                }
             }
         }
     }
 
-    /* GEMM 2: 6 rows of W2 at a time, results transposed back into y rows. */
-    for (int32_t n0 = 0; n0 < Hd; n0 += WR) {
-        const float *w[WR];
-        const char *pf[WR];
-        for (int i = 0; i < WR; i++) {
-            w[i] = weight_row(w2, dt, n0 + i < Hd ? n0 + i : Hd - 1, In, wbuf + (size_t)i * In);
-            pf[i] = (const char *)w2 + (size_t)(n0 + WR + i < Hd ? n0 + WR + i : Hd - 1) * In * esz;
+    /* GEMM 2: a block of WB rows of W2, results transposed back into y rows. */
+    for (int32_t n0 = 0; n0 < Hd; n0 += WB) {
+        const float *wrow[WB];
+        const char *pf_row[WB];
+        for (int i = 0; i < WB; i++) {
+            wrow[i] = weight_row(w2, dt, n0 + i < Hd ? n0 + i : Hd - 1, In, wbuf + (size_t)i * In);
+            pf_row[i] = w2 + (size_t)(n0 + WB + i < Hd ? n0 + WB + i : Hd - 1) * In * esz;
         }
-        for (int32_t p = 0; p < P; p += 2) {
-            const int np = P - p >= 2 ? 2 : 1;
-            __m256 acc[WR][2];
-            block6(In, w, ap + (int64_t)p * 8 * In, ap + (int64_t)(p + np - 1) * 8 * In, np, p ? NULL : pf, esz,
-                   acc);
-            for (int q = 0; q < np; q++) {
-                float t[WR][8];
-                for (int i = 0; i < WR; i++) _mm256_storeu_ps(t[i], acc[i][q]);
-                for (int j = 0; j < 8 && 8 * (p + q) + j < R; j++) {
-                    float *yr = y + (int64_t)(8 * (p + q) + j) * Hd + n0;
-                    for (int i = 0; i < WR && n0 + i < Hd; i++) yr[i] = t[i][j];
+        for (int gi = 0; gi < ng; gi++) {
+            const panel_group *g = &groups[gi];
+            for (int s = 0; s < WB / g->nw; s++) {
+                const int32_t m0 = n0 + s * g->nw;
+                dm_acc acc;
+                run_tile(g, In, wrow + s * g->nw, ap, gi ? NULL : pf_row + s * g->nw, esz, acc);
+                for (int q = 0; q < g->np; q++) {
+                    float t[6][8];
+                    for (int i = 0; i < g->nw; i++) _mm256_storeu_ps(t[i], acc[i][q]);
+                    for (int j = 0; j < 8 && 8 * (g->p + q) + j < R; j++) {
+                        float *yr = y + (int64_t)(8 * (g->p + q) + j) * Hd + m0;
+                        for (int i = 0; i < g->nw && m0 + i < Hd; i++) yr[i] = t[i][j];
+                    }
                 }
             }
         }
