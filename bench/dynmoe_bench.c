@@ -99,6 +99,7 @@ typedef struct opts {
     int nzero;
     int iters;  /* 0: auto */
     int warmup; /* -1: auto */
+    int rounds; /* 0: auto */
     const char *json;
     int dtype;                          /* -1: auto */
     int32_t E, Z, K, H, I, G, GK;       /* -1: preset's */
@@ -158,6 +159,10 @@ static void usage(FILE *f) {
 "  --iters N           timed calls per measurement (default: auto, enough for ~0.5 s on\n"
 "                      the CPU / ~0.2 s on CUDA; at least 5 / 20)\n"
 "  --warmup N          untimed calls before each measurement (default 1 CPU, 3 CUDA)\n"
+"  --rounds N          measure the configurations of one T round-robin N times and pool\n"
+"                      the samples, so that a slow spell of a shared machine hits every\n"
+"                      row alike and the ratios between rows hold (default 3 on the CPU,\n"
+"                      1 on CUDA; --iters and the auto time target are per round)\n"
 "  --rotate N          input sets (x, logits, masks) rotated over the calls so caches do\n"
 "                      not flatter small layers (default 4, at most %d)\n"
 "  --seed S            seed of the random data (default 1)\n"
@@ -263,7 +268,7 @@ static int parse_args(int argc, char **argv, opts *o) {
         memcpy(flag, a, fl);
         flag[fl] = 0;
         static const char *known[] = {"--help", "--profile", "--quiet", "--preset", "--backend", "--tokens",
-                                      "--keep", "--zero-share", "--iters", "--warmup", "--rotate", "--seed",
+                                      "--keep", "--zero-share", "--iters", "--warmup", "--rounds", "--rotate", "--seed",
                                       "--json", "--dtype", "--experts", "--zero-experts", "--zero-kind", "--top-k",
                                       "--hidden", "--inter", "--groups", "--topk-groups", "--router", "--top-p",
                                       "--threshold"};
@@ -310,6 +315,9 @@ static int parse_args(int argc, char **argv, opts *o) {
         } else if (!strcmp(flag, "--warmup")) {
             if (parse_int(flag, val, 0, 1000000, &v)) return -1;
             o->warmup = (int)v;
+        } else if (!strcmp(flag, "--rounds")) {
+            if (parse_int(flag, val, 1, 100, &v)) return -1;
+            o->rounds = (int)v;
         } else if (!strcmp(flag, "--rotate")) {
             if (parse_int(flag, val, 1, MAX_ROT, &v)) return -1;
             o->rotate = (int)v;
@@ -540,6 +548,12 @@ typedef struct tstat {
     int iters;
 } tstat;
 
+/* Every timed call of one measurement, over all rounds. */
+typedef struct samples {
+    double *v;
+    int n;
+} samples;
+
 static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
     return (x > y) - (x < y);
@@ -553,12 +567,13 @@ static double quantile(const double *s, int n, double p) {
 }
 
 /* Warm-up, then `--iters` timed calls, or (auto) as many as fill the time
- * target given the first timed call: big layers get few, small ones many. */
-static int measure(bench *b, int kind, tstat *ts) {
+ * target given the first timed call: big layers get few, small ones many.
+ * The calls join `acc` (earlier rounds) and *ts is over all of them. */
+static int measure(bench *b, int kind, samples *acc, tstat *ts) {
     int cuda = b->dev.cuda;
     int warmup = b->o.warmup >= 0 ? b->o.warmup : (cuda ? 3 : 1);
-    double target = cuda ? 0.2 : 0.5;
-    int lo = cuda ? 20 : 5, hi = cuda ? 5000 : 200;
+    double target = (cuda ? 0.2 : 0.5) / b->o.rounds;
+    int lo = ((cuda ? 20 : 5) + b->o.rounds - 1) / b->o.rounds, hi = cuda ? 5000 : 200;
     b->kind = kind;
     double first;
     if (bdev_time(&b->dev, run_once, b, warmup, 1, &first) != 0) return -1;
@@ -567,18 +582,22 @@ static int measure(bench *b, int kind, tstat *ts) {
         double want = first > 0 ? target / first : hi;
         n = want < lo ? lo : want > hi ? hi : (int)want;
     }
-    double *s = malloc(sizeof(double) * (size_t)n);
-    if (!s) return -1;
+    double *v = realloc(acc->v, sizeof(double) * (size_t)(acc->n + n));
+    if (!v) return -1;
+    acc->v = v;
+    double *s = v + acc->n;
     s[0] = first; /* the first timed call, after warm-up, is a sample too */
-    if (n > 1 && bdev_time(&b->dev, run_once, b, 0, n - 1, s + 1) != 0) {
-        free(s);
-        return -1;
-    }
-    qsort(s, (size_t)n, sizeof(double), cmp_double);
+    if (n > 1 && bdev_time(&b->dev, run_once, b, 0, n - 1, s + 1) != 0) return -1;
+    acc->n += n;
+    double *all = malloc(sizeof(double) * (size_t)acc->n);
+    if (!all) return -1;
+    memcpy(all, acc->v, sizeof(double) * (size_t)acc->n);
+    n = acc->n;
+    qsort(all, (size_t)n, sizeof(double), cmp_double);
     double sum = 0;
-    for (int i = 0; i < n; i++) sum += s[i];
-    *ts = (tstat){quantile(s, n, 0.5), s[0], s[n - 1], quantile(s, n, 0.1), quantile(s, n, 0.9), sum / n, n};
-    free(s);
+    for (int i = 0; i < n; i++) sum += all[i];
+    *ts = (tstat){quantile(all, n, 0.5), all[0], all[n - 1], quantile(all, n, 0.1), quantile(all, n, 0.9), sum / n, n};
+    free(all);
     return 0;
 }
 
@@ -645,6 +664,7 @@ typedef struct result {
     int ok;
     char error[512];
     tstat layer, route, plan, combine, dense;
+    samples s_layer, s_route, s_plan, s_combine, s_dense; /* pooled over rounds */
     double rows, active; /* means over the rotated sets */
     double flops, weight_bytes, mem_s, flop_s, bound_s, frac;
     char bound_kind;
@@ -721,22 +741,21 @@ static int measure_config(bench *b, result *res, double copy_bw, double peak_flo
     progress(b, res, at, total, "prepare");
     if (prepare(b, res)) goto fail;
     progress(b, res, at, total, "layer");
-    if (measure(b, RUN_LAYER, &res->layer)) goto fail;
+    if (measure(b, RUN_LAYER, &res->s_layer, &res->layer)) goto fail;
     if (!full) {
         res->ok = 1;
         return 0;
     }
     progress(b, res, at, total, "route");
-    if (measure(b, RUN_ROUTE, &res->route)) goto fail;
+    if (measure(b, RUN_ROUTE, &res->s_route, &res->route)) goto fail;
     progress(b, res, at, total, "plan");
-    if (measure(b, RUN_PLAN, &res->plan)) goto fail;
+    if (measure(b, RUN_PLAN, &res->s_plan, &res->plan)) goto fail;
     progress(b, res, at, total, "combine");
-    if (measure(b, RUN_COMBINE, &res->combine)) goto fail;
+    if (measure(b, RUN_COMBINE, &res->s_combine, &res->combine)) goto fail;
     b->dense_rows = (int64_t)llround(res->rows);
-    memset(&res->dense, 0, sizeof res->dense);
     if (b->dense_rows > 0) {
         progress(b, res, at, total, "dense");
-        if (measure(b, RUN_DENSE, &res->dense)) goto fail;
+        if (measure(b, RUN_DENSE, &res->s_dense, &res->dense)) goto fail;
     }
     double H = ex->hidden, I = ex->inter;
     res->flops = 6.0 * res->rows * H * I; /* [R,H]x[H,2I] + [R,I]x[I,H], 2 FLOPs per MAC */
@@ -826,8 +845,8 @@ static void json_line(FILE *f, const bench *b, const runinfo *ri, const result *
             r->num_groups, r->topk_groups);
     json_str(f, "norm", norm_name(r->norm));
     fprintf(f, ",\"scale\":%g,\"bias\":%s,\"logits_dtype\":\"f32\"", r->scale, b->bias ? "true" : "false");
-    fprintf(f, ",\"tokens\":%lld,\"keep\":%g,\"zero_share\":%g,\"warmup\":%d,\"rotate\":%d,\"seed\":%llu",
-            (long long)res->T, res->keep, res->zero, ri->warmup, b->nrot, (unsigned long long)b->o.seed);
+    fprintf(f, ",\"tokens\":%lld,\"keep\":%g,\"zero_share\":%g,\"warmup\":%d,\"rounds\":%d,\"rotate\":%d,\"seed\":%llu",
+            (long long)res->T, res->keep, res->zero, ri->warmup, b->o.rounds, b->nrot, (unsigned long long)b->o.seed);
     fprintf(f, ",\"ok\":%s", res->ok ? "true" : "false");
     if (!res->ok) {
         fputc(',', f);
@@ -1061,8 +1080,9 @@ static void print_banner(const bench *b, const runinfo *ri) {
                ri->copy_bw / 1e9, b->dev.cuda ? "cudaMemcpyAsync D2D" : "memcpy on every thread", ri->copy_bytes >> 20,
                ri->peak_flops / (b->dev.cuda ? 1e12 : 1e9), b->dev.cuda ? "TFLOP/s" : "GFLOP/s",
                b->dev.cuda ? "cublasGemmEx, fp32 accumulate" : "cblas_sgemm", (long long)ri->peak_rows);
-    printf("# timing: median [min, max] of timed calls after %d warm-up, %d rotated input sets, %s\n", ri->warmup,
-           b->nrot, b->dev.cuda ? "CUDA events, L2 flushed before each call" : "wall clock");
+    printf("# timing: median [min, max] of timed calls after %d warm-up, %d rotated input sets, %s; the rows of one T\n"
+           "#   measured round-robin %d times, samples pooled\n",
+           ri->warmup, b->nrot, b->dev.cuda ? "CUDA events, L2 flushed before each call" : "wall clock", b->o.rounds);
     /* The 1-minute load average lags: a bench run just before adds up to
      * its thread count. Above the core count something surely competes. */
     if (!b->dev.cuda && ri->load_start >= 0)
@@ -1106,6 +1126,7 @@ int main(int argc, char **argv) {
     if (getloadavg(&ri.load_start, 1) != 1) ri.load_start = -1;
     ri.load_end = ri.load_start;
     ri.warmup = o->warmup >= 0 ? o->warmup : (b->dev.cuda ? 3 : 1);
+    if (o->rounds == 0) o->rounds = b->dev.cuda ? 1 : 3;
 
     if (o->profile) {
         result res = {.T = o->tokens[0], .keep = o->keep[0], .zero = o->zero[0]};
@@ -1142,7 +1163,10 @@ int main(int argc, char **argv) {
     /* the copy bound, once: it does not depend on the configuration */
     b->kind = RUN_COPY;
     tstat cp;
-    if (measure(b, RUN_COPY, &cp)) {
+    samples cps = {0};
+    int cp_fail = measure(b, RUN_COPY, &cps, &cp);
+    free(cps.v);
+    if (cp_fail) {
         fprintf(stderr, "dynmoe-bench: copy bandwidth: %s\n", b->last_msg);
         return 1;
     }
@@ -1154,9 +1178,12 @@ int main(int argc, char **argv) {
      * (static top-K rows at the largest T, at least PEAK_MIN_ROWS) */
     {
         tstat pk;
+        samples pks = {0};
         b->dense_rows = b->Tmax * b->router.top_k > PEAK_MIN_ROWS ? b->Tmax * b->router.top_k : PEAK_MIN_ROWS;
         if (!o->quiet) fprintf(stderr, "dense GEMM peak (M = %lld)...%s", (long long)b->dense_rows, isatty(2) ? "" : "\n");
-        if (measure(b, RUN_DENSE, &pk)) {
+        int pk_fail = measure(b, RUN_DENSE, &pks, &pk);
+        free(pks.v);
+        if (pk_fail) {
             fprintf(stderr, "dynmoe-bench: dense GEMM: %s\n", b->last_msg);
             return 1;
         }
@@ -1177,6 +1204,11 @@ int main(int argc, char **argv) {
     table_header(b);
 
     int total = o->ntokens * o->nkeep * o->nzero, at = 0, failed = 0;
+    result *res = calloc((size_t)(o->nkeep * o->nzero), sizeof *res);
+    if (!res) {
+        fprintf(stderr, "dynmoe-bench: out of host memory\n");
+        return 1;
+    }
     for (int ti = 0; ti < o->ntokens; ti++) {
         /* static top-K of this T: a requested row if keep 1 / zero 0 is in the
          * sweep, else measured for the speedup column only */
@@ -1185,38 +1217,52 @@ int main(int argc, char **argv) {
         for (int ki = 0; ki < o->nkeep; ki++)
             for (int zi = 0; zi < o->nzero; zi++)
                 if (o->keep[ki] == 1.0 && o->zero[zi] == 0.0) base_requested = 1;
-        if (measure_config(b, &base, ri.copy_bw, ri.peak_flops, at + 1, total, base_requested)) {
-            /* keep going: the other rows still have meaning without the column */
-            fprintf(stderr, "%sdynmoe-bench: static top-K at T=%lld: %s\n", isatty(2) && !o->quiet ? "\n" : "",
-                    (long long)base.T, base.error);
-        }
-        for (int zi = 0; zi < o->nzero; zi++) {
-            for (int ki = 0; ki < o->nkeep; ki++) {
-                result res = {.T = o->tokens[ti], .keep = o->keep[ki], .zero = o->zero[zi]};
-                at++;
-                if (res.keep == 1.0 && res.zero == 0.0) {
-                    res = base; /* the same configuration: measured once */
-                } else {
-                    measure_config(b, &res, ri.copy_bw, ri.peak_flops, at, total, 1);
-                }
-                if (res.ok && base.ok) {
-                    res.static_s = base.layer.med;
-                    res.static_rows = base.rows;
-                    res.speedup = base.layer.med / res.layer.med;
-                    res.ratio = res.layer.med / base.layer.med;
-                    res.work = base.rows > 0 ? res.rows / base.rows : 0;
-                }
-                if (!res.ok) failed++;
-                if (!o->quiet && isatty(2)) fprintf(stderr, "\r\033[K");
-                table_row(b, &res);
-                if (getloadavg(&ri.load_end, 1) != 1) ri.load_end = -1;
-                if (jf) {
-                    json_line(jf, b, &ri, &res);
-                    fflush(jf);
-                }
+        const int nres = o->nkeep * o->nzero;
+        for (int zi = 0; zi < o->nzero; zi++)
+            for (int ki = 0; ki < o->nkeep; ki++)
+                res[zi * o->nkeep + ki] = (result){.T = o->tokens[ti], .keep = o->keep[ki], .zero = o->zero[zi]};
+        /* Round-robin: every configuration once per round, samples pooled. */
+        int base_ok = 1;
+        for (int round = 0; round < o->rounds; round++) {
+            if (base_ok && measure_config(b, &base, ri.copy_bw, ri.peak_flops, at + 1, total, base_requested)) {
+                /* keep going: the other rows still have meaning without the column */
+                fprintf(stderr, "%sdynmoe-bench: static top-K at T=%lld: %s\n", isatty(2) && !o->quiet ? "\n" : "",
+                        (long long)base.T, base.error);
+                base_ok = 0;
+            }
+            for (int i = 0; i < nres; i++) {
+                if (res[i].keep == 1.0 && res[i].zero == 0.0) continue; /* the same configuration as base */
+                if (round > 0 && !res[i].ok) continue;                   /* failed in an earlier round */
+                measure_config(b, &res[i], ri.copy_bw, ri.peak_flops, at + 1 + i, total, 1);
             }
         }
+        for (int i = 0; i < nres; i++) {
+            result *r = &res[i];
+            at++;
+            if (r->keep == 1.0 && r->zero == 0.0) {
+                *r = base; /* the same configuration: measured once per round */
+                base.s_layer = base.s_route = base.s_plan = base.s_combine = base.s_dense = (samples){0};
+            }
+            if (r->ok && base.ok) {
+                r->static_s = base.layer.med;
+                r->static_rows = base.rows;
+                r->speedup = base.layer.med / r->layer.med;
+                r->ratio = r->layer.med / base.layer.med;
+                r->work = base.rows > 0 ? r->rows / base.rows : 0;
+            }
+            if (!r->ok) failed++;
+            if (!o->quiet && isatty(2)) fprintf(stderr, "\r\033[K");
+            table_row(b, r);
+            if (getloadavg(&ri.load_end, 1) != 1) ri.load_end = -1;
+            if (jf) {
+                json_line(jf, b, &ri, r);
+                fflush(jf);
+            }
+            free(r->s_layer.v), free(r->s_route.v), free(r->s_plan.v), free(r->s_combine.v), free(r->s_dense.v);
+        }
+        free(base.s_layer.v), free(base.s_route.v), free(base.s_plan.v), free(base.s_combine.v), free(base.s_dense.v);
     }
+    free(res);
     if (jf) fclose(jf);
     if (!b->dev.cuda && ri.load_end >= 0)
         printf("# load average %.1f at the end on %d cores (the bench's own threads count)\n", ri.load_end, ri.cores);
