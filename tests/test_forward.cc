@@ -264,11 +264,14 @@ TEST_P(Forward, Skewed) {
 }
 
 /* Prefill-shaped tables: many active experts (the CPU runs whole experts per
- * thread when at least 2 per thread are active; 70 here) with every row count
- * around the CPU kernel's 8-row panels, 16-row pairs and 256-row chunks, at
- * sizes that are no multiple of its 6-row and 3-row weight blocks. */
+ * thread when at least 2 per thread are active; 77 here) with every row count
+ * around the CPU kernel's 8-row panels, its 1-5 leftover rows, 16-row pairs,
+ * 24-row triples and 256-row chunks, at sizes that are no multiple of its
+ * 12-row and 6-row weight blocks. */
 TEST_P(Forward, PrefillRowCounts) {
-    const int32_t counts[] = {8, 9, 15, 16, 17, 23, 24, 25, 31, 32, 33, 47, 64, 100, 129, 255, 256, 257, 300, 513};
+    const int32_t counts[] = {8,  9,  10, 11, 12,  13,  14,  15,  16,  17,  21,  22,  23,  24,
+                              25, 31, 32, 33, 47, 64, 100, 129, 255, 256, 257, 300, 513};
+    const int32_t listed = (int32_t)(sizeof counts / sizeof counts[0]);
     struct Shape {
         int32_t H, I;
         dynmoe_act act;
@@ -285,11 +288,11 @@ TEST_P(Forward, PrefillRowCounts) {
         SCOPED_TRACE("H=" + std::to_string(s.H) + " I=" + std::to_string(s.I) + " " + dtype_name(s.dt) +
                      " seed=" + std::to_string(seed));
         Rng rng(seed);
-        const int32_t E = 80;
+        const int32_t E = listed + 60;
         std::vector<int32_t> ids;
         for (int32_t e = 0; e < E; e++) {
-            /* experts 0..19 get the listed counts, 20..69 get 1..7 rows, 70..79 none */
-            const int32_t n = e < 20 ? counts[e] : e < 70 ? 1 + e % 7 : 0;
+            /* the listed counts, then 50 experts with 1..7 rows, then 10 with none */
+            const int32_t n = e < listed ? counts[e] : e < listed + 50 ? 1 + e % 7 : 0;
             ids.insert(ids.end(), (size_t)n, e);
         }
         for (size_t i = ids.size(); i > 1; i--) std::swap(ids[i - 1], ids[(size_t)rng.integer(0, (int64_t)i - 1)]);

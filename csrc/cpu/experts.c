@@ -1,18 +1,24 @@
 /* cpu/experts.c — the expert FFNs on the CPU, active experts only.
  *
- * For each active expert e with rows [r0, r1) of the plan (R_e = r1 - r0):
- *   gather   Y[r0:r1]        = x[token(r)]            (fp32, into rows_y)
- *   GEMM 1   Hh[r0:r1, 0:2I] = Y[r0:r1] . W13_e^T     (sgemm, M=R_e N=2I K=H)
- *   act      Hh[r, i]        = act(gate) * up         (in place, columns 0..I-1)
- *   GEMM 2   Y[r0:r1, 0:H]   = Hh[r0:r1, 0:I] . W2_e^T (sgemm, M=R_e N=H K=I)
- * Napkin math (Qwen3-30B-A3B, T=2048, K=8): 16384 rows, 2*16384*3*768*2048 =
- * 155 GFLOP; the bound is the machine's dense sgemm rate. An expert with no
- * rows is never visited, so it reads no weights: cost follows the rows.
+ * Each active expert e has rows [r0, r1) of the plan (R_e = r1 - r0); its FFN
+ *   y[r] = W2_e . act(W1_e . x[token(r)]) * (W3_e . x[token(r)])
+ * lands in rows_y[r0 + r]. An expert with no rows is never visited, so it
+ * reads no weights: cost follows the rows. Napkin math (Qwen3-30B-A3B,
+ * T = 2048, K = 8): 16384 rows, 6 * 16384 * 768 * 2048 = 155 GFLOP and 2.4 GB
+ * of fp32 weights; the bound is the machine's dense sgemm rate.
  *
- * bf16/f16 weights are converted to fp32 a tile of DM_CPU_TILE_ROWS weight
- * rows at a time (a per-thread tile in the workspace scratch), never as a
- * whole-weight copy. Prefill runs whole experts per OpenMP thread with serial
- * sgemms; with few active experts (decode) the threads go inside the GEMMs. */
+ * Three paths, by how many experts are active and how many rows each has:
+ *  - prefill (at least 2 active experts per thread): whole experts per OpenMP
+ *    thread, no barrier between them. An expert with >= DM_PANEL_MIN_ROWS rows
+ *    runs ffn_panels.c (GEMM 1 + activation + GEMM 2 on packed row panels,
+ *    weights read once per 256 rows); one with fewer runs run_expert() below
+ *    single-threaded.
+ *  - decode (few active experts): one expert at a time through run_expert(),
+ *    the threads inside each GEMM.
+ *  - run_expert(): gather the rows into rows_y, GEMM 1 into rows_h (the skinny
+ *    kernel up to DM_SKINNY_MAX_ROWS rows, else sgemm), activation in place,
+ *    GEMM 2 back into rows_y. bf16/f16 weights go to sgemm converted a tile of
+ *    DM_CPU_TILE_ROWS rows at a time, never as a whole-weight copy. */
 #include <math.h>
 
 #include <omp.h>
@@ -27,7 +33,8 @@
 /* Up to this many rows the skinny kernel beats packed sgemm (measured on the
  * Zen 3 CI machine at K = 2048: 1.5-2x at 8-32 rows, even at 48). */
 #define DM_SKINNY_MAX_ROWS 40
-/* From this many rows on, prefill experts run through ffn_panels.c. */
+/* From this many rows on (one full panel), prefill experts run through
+ * ffn_panels.c; below, a panel would be mostly padding. */
 #define DM_PANEL_MIN_ROWS 8
 
 /* C[M, N] = A[M, K] . W[N, K]^T, with W of dtype dt; lda/ldc in floats. */
@@ -96,9 +103,8 @@ dynmoe_status dm_cpu_experts(dynmoe_ctx *ctx, const dm_experts_args *a, void *st
     if (threads < 1) return dm_fail(DYNMOE_ERR_INTERNAL, "dynmoe: workspace scratch holds no weight tile");
 
     if (num_active >= 2 * threads) {
-        /* Prefill: whole experts per thread, each sgemm single-threaded (the
-         * OpenMP build of OpenBLAS runs serially inside a parallel region):
-         * no barrier between small GEMMs. Experts are taken largest first. */
+        /* Prefill: whole experts per thread (a sgemm inside runs serially: the
+         * OpenMP build of OpenBLAS does not fork inside a parallel region). */
 #pragma omp parallel num_threads(threads)
         {
             float *scratch = (float *)a->scratch + (size_t)omp_get_thread_num() * scratch_floats;

@@ -12,15 +12,15 @@
  *   ap[p][i][j] = act(gate_i . xp) * (up_i . xp)     GEMM 1 + activation
  *   y[8p+j][n]  = W2[n] . ap[p][.][j]                GEMM 2, stored as rows
  *
- * The micro-kernel takes 6 weight rows against 2 panels (16 rows): 12 ymm
- * accumulators, and per k 6 broadcasts + 2 loads for 12 FMAs. The 6 weight
- * rows (<= 48 KiB at K = 2048) stay in L1/L2 while every panel passes them, so
- * a weight is read from memory once per chunk of up to DM_CPU_PANEL_ROWS rows.
- * GEMM 1 takes 3 gate rows with their 3 up rows, so the activation is applied
- * to the accumulators and h is never stored. bf16/f16 weights are widened 6
- * rows at a time into the scratch. Napkin math (Qwen3 expert, R = 64, f32):
+ * Weights go in blocks of 12 rows (GEMM 1: 6 gate rows with their 6 up rows,
+ * so the activation is applied to the accumulators and h is never stored).
+ * A block (<= 96 KiB at K = 2048) stays in L2 while every panel of the chunk
+ * passes it through a register tile (6 x 2 or 4 x 3 rows x panels, below), so
+ * a weight is read from memory once per chunk of up to DM_CPU_PANEL_ROWS rows,
+ * and the next block is prefetched meanwhile. bf16/f16 weights are widened a
+ * block at a time into the scratch. Napkin math (Qwen3 expert, R = 64, f32):
  * 1.2 GFLOP against 18.9 MB of weights, 64 FLOP per weight byte: compute
- * bound on 2 cores at ~25 GB/s. */
+ * bound on 2 cores at ~25 GB/s; at R = 19 the weight stream is half the time. */
 #include "../hd.h"
 #include "cpu.h"
 #include "simd.h"
@@ -133,6 +133,36 @@ DM_AVX2 static void run_tile(const panel_group *g, int32_t K, const float *const
     else tile_6x1(K, w, b, pf, esz, acc);
 }
 
+/* The rows past the last full panel, when there are at most DOT_MAX_ROWS,
+ * skip the panel (mostly padding) and take the other orientation: 8 k per
+ * FMA, out[j][i] = x_j . w_i for 2 rows against 6 weight rows (12
+ * accumulators, per 8 k 2 + 6 loads for 12 FMAs). The weight rows come from
+ * L2, so this is L2-bound. Measured on a Qwen3 expert (ms per expert and
+ * thread): 16 rows 2.13-2.15, 18 rows 2.44 (this), 24 rows 2.76-2.84 (a third
+ * panel), 21 rows 3.20-3.25 (this, 5 rows): worth it for 1-2 rows only.
+ * nr = 1 repeats row 0. */
+#define DOT_MAX_ROWS 2
+DM_AVX2 static void dot_2x6(int32_t K, const float *x0, const float *x1, const float *const w[6],
+                            float out[2][6]) {
+    __m256 c[2][6];
+    for (int j = 0; j < 2; j++)
+        for (int i = 0; i < 6; i++) c[j][i] = _mm256_setzero_ps();
+    int32_t k = 0;
+    for (; k + 8 <= K; k += 8) {
+        const __m256 a0 = _mm256_loadu_ps(x0 + k), a1 = _mm256_loadu_ps(x1 + k);
+        for (int i = 0; i < 6; i++) {
+            const __m256 v = _mm256_loadu_ps(w[i] + k);
+            c[0][i] = _mm256_fmadd_ps(a0, v, c[0][i]);
+            c[1][i] = _mm256_fmadd_ps(a1, v, c[1][i]);
+        }
+    }
+    for (int i = 0; i < 6; i++) {
+        float s0 = dm_hsum8(c[0][i]), s1 = dm_hsum8(c[1][i]);
+        for (int32_t kk = k; kk < K; kk++) s0 += x0[kk] * w[i][kk], s1 += x1[kk] * w[i][kk];
+        out[0][i] = s0, out[1][i] = s1;
+    }
+}
+
 /* SiLU(g) = g / (1 + e^-g) on 8 lanes. e^x as in Cephes expf: x = n ln2 + r,
  * a degree-6 polynomial for e^r, 2^n in the exponent bits; within 2 ulp, and
  * g / (1 + inf) = -0 below -88. NaN in, NaN out (the final g / ...). */
@@ -171,7 +201,9 @@ DM_AVX2 static const float *weight_row(const void *W, dynmoe_dtype dt, int64_t n
 /* Rows [c0, c0 + R) of expert e, R <= DM_CPU_PANEL_ROWS. */
 DM_AVX2 static void ffn_chunk(const dm_experts_args *a, int32_t e, int32_t c0, int32_t R, float *scratch) {
     const dynmoe_experts *ex = &a->experts;
-    const int32_t Hd = ex->hidden, In = ex->inter, S = a->slots, P = (R + 7) / 8;
+    const int32_t Hd = ex->hidden, In = ex->inter, S = a->slots;
+    /* P panels (the last one padded), or full panels and nd rows for dot_2x6 */
+    const int32_t nd = R % 8 <= DOT_MAX_ROWS ? R % 8 : 0, P = (R - nd + 7) / 8;
     const dynmoe_dtype dt = ex->dtype;
     const size_t esz = dm_dtype_size(dt);
     const int32_t r0 = a->plan.expert_offsets[e] + c0;
@@ -182,12 +214,15 @@ DM_AVX2 static void ffn_chunk(const dm_experts_args *a, int32_t e, int32_t c0, i
     float *xp = scratch, *ap = xp + (size_t)DM_CPU_PANEL_ROWS * Hd, *wbuf = ap + (size_t)DM_CPU_PANEL_ROWS * In;
     const int geglu = ex->act == DYNMOE_ACT_GEGLU;
     panel_group groups[DM_CPU_PANEL_ROWS / 16 + 2];
-    const int ng = panel_groups(P, groups);
+    const int ng = P ? panel_groups(P, groups) : 0;
 
-    for (int32_t r = 0; r < 8 * P; r++) {
-        float *d = xp + (int64_t)(r / 8) * 8 * Hd + r % 8;
-        const int64_t x0 = r < R ? (int64_t)(slots[r] / S) * Hd : 0;
-        for (int32_t k = 0; k < Hd; k++) d[8 * k] = r < R ? dm_load(a->x, dt, x0 + k) : 0.0f;
+    /* rows 0..8P-1 into panels, the nd rows after them as plain rows */
+    float *xd = xp + (int64_t)P * 8 * Hd, *ad = ap + (int64_t)P * 8 * In;
+    for (int32_t r = 0; r < 8 * P + nd; r++) {
+        const int panel = r < 8 * P;
+        float *d = panel ? xp + (int64_t)(r / 8) * 8 * Hd + r % 8 : xd + (int64_t)(r - 8 * P) * Hd;
+        const int64_t step = panel ? 8 : 1, x0 = r < R ? (int64_t)(slots[r] / S) * Hd : 0;
+        for (int32_t k = 0; k < Hd; k++) d[step * k] = r < R ? dm_load(a->x, dt, x0 + k) : 0.0f;
     }
 
     /* GEMM 1 + activation, a block of gate rows n0..n0+5 and their up rows
@@ -230,6 +265,15 @@ DM_AVX2 static void ffn_chunk(const dm_experts_args *a, int32_t e, int32_t c0, i
                 }
             }
         }
+        for (int32_t r = 0; r < nd; r += 2) {
+            const float *x0 = xd + (int64_t)r * Hd, *x1 = r + 1 < nd ? x0 + Hd : x0;
+            float g[2][6], u[2][6];
+            dot_2x6(Hd, x0, x1, gate, g);
+            dot_2x6(Hd, x0, x1, up, u);
+            for (int j = 0; j < 2 && r + j < nd; j++)
+                for (int i = 0; i < WB / 2 && n0 + i < In; i++)
+                    ad[(int64_t)(r + j) * In + n0 + i] = dm_cpu_act(g[j][i], u[j][i], geglu);
+        }
     }
 
     /* GEMM 2: a block of WB rows of W2, results transposed back into y rows. */
@@ -253,6 +297,17 @@ DM_AVX2 static void ffn_chunk(const dm_experts_args *a, int32_t e, int32_t c0, i
                         float *yr = y + (int64_t)(8 * (g->p + q) + j) * Hd + m0;
                         for (int i = 0; i < g->nw && m0 + i < Hd; i++) yr[i] = t[i][j];
                     }
+                }
+            }
+        }
+        for (int32_t r = 0; r < nd; r += 2) {
+            const float *a0 = ad + (int64_t)r * In, *a1 = r + 1 < nd ? a0 + In : a0;
+            for (int s = 0; s < WB / 6; s++) {
+                float o[2][6];
+                dot_2x6(In, a0, a1, wrow + 6 * s, o);
+                for (int j = 0; j < 2 && r + j < nd; j++) {
+                    float *yr = y + (int64_t)(8 * P + r + j) * Hd + n0 + 6 * s;
+                    for (int i = 0; i < 6 && n0 + 6 * s + i < Hd; i++) yr[i] = o[j][i];
                 }
             }
         }

@@ -19,13 +19,6 @@
 #include "simd.h"
 
 #ifdef DM_CPU_X86
-DM_AVX2 static inline float hsum8(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-
 /* One block of MR activation rows a[] against NR weight rows (offsets wrow[]).
  * 12 accumulators + 3 weight vectors + 1 activation vector = the 16 ymm
  * registers of AVX2: nothing spills. Rows past the matrix edge point at a
@@ -50,7 +43,7 @@ DM_AVX2 static inline float hsum8(__m256 v) {
         }                                                                                              \
         for (int j = 0; j < MR; j++)                                                                   \
             for (int i = 0; i < NR; i++) {                                                             \
-                float s = hsum8(acc[j][i]);                                                            \
+                float s = dm_hsum8(acc[j][i]);                                                            \
                 for (int32_t kk = k; kk < K; kk++) s += a[j][kk] * dm_load(W, DT, wrow[i] + kk);       \
                 out[j][i] = s;                                                                         \
             }                                                                                          \

@@ -24,6 +24,14 @@ DM_AVX2 static inline __m256 dm_load8_f16(const void *w, int64_t i) {
     return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)w + i)));
 }
 
+/* The sum of the 8 lanes. */
+DM_AVX2 static inline float dm_hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
 /* AVX2 + FMA, and F16C when dt is f16 (CPUID leaf 1, ECX bit 29: clang's
  * __builtin_cpu_supports lacks "f16c"). */
 static inline int dm_cpu_simd_ok(dynmoe_dtype dt) {
