@@ -126,11 +126,20 @@ dynmoe_status dm_check_experts(const char *fn, const char *name, const dynmoe_ex
 #define DM_CPU_TILE_ROWS 128
 /* The most expert rows cpu/ffn_panels.c packs at once (one weight pass each). */
 #define DM_CPU_PANEL_ROWS 256
-/* CPU scratch floats per thread for hidden H and inter I: packed rows
- * (PANEL_ROWS x H), packed activations (PANEL_ROWS x I), 12 widened weight
- * rows; it also holds a TILE_ROWS x max(H, I) weight tile. Rounded to 64. */
-#define DM_CPU_SCRATCH_FLOATS(H, I) \
-    (((size_t)DM_CPU_PANEL_ROWS * ((H) + (I)) + 12 * ((H) > (I) ? (H) : (I)) + 63) / 64 * 64)
+/* Rows ffn_panels.c packs at once for a call of `rows` = T * S slots:
+ * min(rows, PANEL_ROWS) rounded up to a whole 8-row panel. */
+static inline size_t dm_cpu_panel_capacity(size_t rows) {
+    return ((rows < DM_CPU_PANEL_ROWS ? rows : DM_CPU_PANEL_ROWS) + 7) / 8 * 8;
+}
+/* CPU scratch floats per thread for hidden, inter and `rows` = T * S:
+ * packed rows (capacity x H), packed activations (capacity x I) and 12
+ * widened weight rows, or a TILE_ROWS x max(H, I) weight tile, whichever is
+ * larger (so a decode-sized call needs no more than the tile). Rounded to 64. */
+static inline size_t dm_cpu_scratch_floats(size_t hidden, size_t inter, size_t rows) {
+    const size_t mx = hidden > inter ? hidden : inter;
+    const size_t panels = dm_cpu_panel_capacity(rows) * (hidden + inter) + 12 * mx, tile = DM_CPU_TILE_ROWS * mx;
+    return ((panels > tile ? panels : tile) + 63) / 64 * 64;
+}
 
 typedef struct dm_workspace_layout {
     /* byte offsets from the workspace base */

@@ -57,7 +57,7 @@ int dm_workspace_layout_of(const dynmoe_router *r, const dynmoe_experts *experts
         l->rows_h = dm_layout_region(&c, hn, sizeof(float));
         l->rows_y = dm_layout_region(&c, yn, sizeof(float));
         /* CPU: packed rows and a weight tile per thread. */
-        l->scratch = dm_layout_region(&c, DM_CPU_SCRATCH_FLOATS(H, I) * (size_t)omp_get_max_threads(), sizeof(float));
+        l->scratch = dm_layout_region(&c, dm_cpu_scratch_floats(H, I, n) * (size_t)omp_get_max_threads(), sizeof(float));
         l->scratch_bytes = c.at - l->scratch;
     }
     l->total = c.at;

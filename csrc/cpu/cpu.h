@@ -18,7 +18,7 @@ int dm_cpu_gemm_skinny(int32_t M, int32_t N, int32_t K, const float *A, int32_t 
                        dynmoe_dtype dt, float *C, int32_t ldc, int threads);
 
 /* The whole FFN of expert e (all its plan rows) into rows_y, through
- * packed row panels (ffn_panels.c); `scratch` holds DM_CPU_SCRATCH_FLOATS.
+ * packed row panels (ffn_panels.c); `scratch` holds dm_cpu_scratch_floats().
  * Returns 0 when this CPU lacks AVX2/FMA (the caller then uses BLAS). */
 int dm_cpu_ffn_panels(const dm_experts_args *a, int32_t e, float *scratch);
 

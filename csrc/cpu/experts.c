@@ -95,7 +95,7 @@ dynmoe_status dm_cpu_experts(dynmoe_ctx *ctx, const dm_experts_args *a, void *st
     const int32_t num_active = *p->num_active;
     const int32_t Hd = a->experts.hidden, In = a->experts.inter;
     const size_t tile_floats = (size_t)DM_CPU_TILE_ROWS * (size_t)(Hd > In ? Hd : In);
-    const size_t scratch_floats = DM_CPU_SCRATCH_FLOATS(Hd, In);
+    const size_t scratch_floats = dm_cpu_scratch_floats((size_t)Hd, (size_t)In, (size_t)p->num_slots);
     /* The workspace holds one scratch per thread it was sized for. */
     int threads = omp_get_max_threads();
     const size_t tiles = a->scratch_bytes / (scratch_floats * sizeof(float));

@@ -198,7 +198,7 @@ DM_AVX2 static const float *weight_row(const void *W, dynmoe_dtype dt, int64_t n
     return buf;
 }
 
-/* Rows [c0, c0 + R) of expert e, R <= DM_CPU_PANEL_ROWS. */
+/* Rows [c0, c0 + R) of expert e, R <= dm_cpu_panel_capacity(T * S). */
 DM_AVX2 static void ffn_chunk(const dm_experts_args *a, int32_t e, int32_t c0, int32_t R, float *scratch) {
     const dynmoe_experts *ex = &a->experts;
     const int32_t Hd = ex->hidden, In = ex->inter, S = a->slots;
@@ -211,7 +211,8 @@ DM_AVX2 static void ffn_chunk(const dm_experts_args *a, int32_t e, int32_t c0, i
     const char *w13 = (const char *)ex->w13 + (size_t)e * 2 * In * Hd * esz;
     const char *w2 = (const char *)ex->w2 + (size_t)e * Hd * In * esz;
     float *y = (float *)a->rows_y + (int64_t)r0 * Hd;
-    float *xp = scratch, *ap = xp + (size_t)DM_CPU_PANEL_ROWS * Hd, *wbuf = ap + (size_t)DM_CPU_PANEL_ROWS * In;
+    const size_t cap = dm_cpu_panel_capacity((size_t)a->plan.num_slots);
+    float *xp = scratch, *ap = xp + cap * (size_t)Hd, *wbuf = ap + cap * (size_t)In;
     const int geglu = ex->act == DYNMOE_ACT_GEGLU;
     panel_group groups[DM_CPU_PANEL_ROWS / 16 + 2];
     const int ng = P ? panel_groups(P, groups) : 0;
