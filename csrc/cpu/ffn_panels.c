@@ -1,10 +1,10 @@
 /* cpu/ffn_panels.c — one expert's whole FFN (GEMM 1, activation, GEMM 2) for
- * prefill row counts, without copying a single weight.
+ * prefill row counts, with the weights read in place (f32) instead of packed.
  *
  * Why not sgemm: OpenBLAS packs (copies) each weight panel before it uses it
  * R times; at the 19-128 rows an expert gets in prefill that copy and the
- * short GEMMs cost 20-50 % (measured here: 101 GFLOP/s for a 64-row expert
- * on 2 cores against 148 with this file). So the GEMMs run transposed,
+ * short GEMMs cost 20-50 % (measured here, 2 cores: 101 GFLOP/s for 64-row
+ * experts against 148 with a prototype of this file). So the GEMMs run transposed,
  * C^T = W . X^T: a weight is a scalar broadcast straight from its row, and the
  * small operand, the activations, is what gets packed, in 8-row panels:
  *
