@@ -568,12 +568,13 @@ static double quantile(const double *s, int n, double p) {
 
 /* Warm-up, then `--iters` timed calls, or (auto) as many as fill the time
  * target given the first timed call: big layers get few, small ones many.
- * The calls join `acc` (earlier rounds) and *ts is over all of them. */
-static int measure(bench *b, int kind, samples *acc, tstat *ts) {
+ * The calls join `acc` (earlier rounds) and *ts is over all of them; a
+ * measurement made in `rounds` rounds takes 1/rounds of the calls each time. */
+static int measure(bench *b, int kind, int rounds, samples *acc, tstat *ts) {
     int cuda = b->dev.cuda;
     int warmup = b->o.warmup >= 0 ? b->o.warmup : (cuda ? 3 : 1);
-    double target = (cuda ? 0.2 : 0.5) / b->o.rounds;
-    int lo = ((cuda ? 20 : 5) + b->o.rounds - 1) / b->o.rounds, hi = cuda ? 5000 : 200;
+    double target = (cuda ? 0.2 : 0.5) / rounds;
+    int lo = ((cuda ? 20 : 5) + rounds - 1) / rounds, hi = cuda ? 5000 : 200;
     b->kind = kind;
     double first;
     if (bdev_time(&b->dev, run_once, b, warmup, 1, &first) != 0) return -1;
@@ -741,21 +742,21 @@ static int measure_config(bench *b, result *res, double copy_bw, double peak_flo
     progress(b, res, at, total, "prepare");
     if (prepare(b, res)) goto fail;
     progress(b, res, at, total, "layer");
-    if (measure(b, RUN_LAYER, &res->s_layer, &res->layer)) goto fail;
+    if (measure(b, RUN_LAYER, b->o.rounds, &res->s_layer, &res->layer)) goto fail;
     if (!full) {
         res->ok = 1;
         return 0;
     }
     progress(b, res, at, total, "route");
-    if (measure(b, RUN_ROUTE, &res->s_route, &res->route)) goto fail;
+    if (measure(b, RUN_ROUTE, b->o.rounds, &res->s_route, &res->route)) goto fail;
     progress(b, res, at, total, "plan");
-    if (measure(b, RUN_PLAN, &res->s_plan, &res->plan)) goto fail;
+    if (measure(b, RUN_PLAN, b->o.rounds, &res->s_plan, &res->plan)) goto fail;
     progress(b, res, at, total, "combine");
-    if (measure(b, RUN_COMBINE, &res->s_combine, &res->combine)) goto fail;
+    if (measure(b, RUN_COMBINE, b->o.rounds, &res->s_combine, &res->combine)) goto fail;
     b->dense_rows = (int64_t)llround(res->rows);
     if (b->dense_rows > 0) {
         progress(b, res, at, total, "dense");
-        if (measure(b, RUN_DENSE, &res->s_dense, &res->dense)) goto fail;
+        if (measure(b, RUN_DENSE, b->o.rounds, &res->s_dense, &res->dense)) goto fail;
     }
     double H = ex->hidden, I = ex->inter;
     res->flops = 6.0 * res->rows * H * I; /* [R,H]x[H,2I] + [R,I]x[I,H], 2 FLOPs per MAC */
@@ -1164,7 +1165,7 @@ int main(int argc, char **argv) {
     b->kind = RUN_COPY;
     tstat cp;
     samples cps = {0};
-    int cp_fail = measure(b, RUN_COPY, &cps, &cp);
+    int cp_fail = measure(b, RUN_COPY, 1, &cps, &cp);
     free(cps.v);
     if (cp_fail) {
         fprintf(stderr, "dynmoe-bench: copy bandwidth: %s\n", b->last_msg);
@@ -1181,7 +1182,7 @@ int main(int argc, char **argv) {
         samples pks = {0};
         b->dense_rows = b->Tmax * b->router.top_k > PEAK_MIN_ROWS ? b->Tmax * b->router.top_k : PEAK_MIN_ROWS;
         if (!o->quiet) fprintf(stderr, "dense GEMM peak (M = %lld)...%s", (long long)b->dense_rows, isatty(2) ? "" : "\n");
-        int pk_fail = measure(b, RUN_DENSE, &pks, &pk);
+        int pk_fail = measure(b, RUN_DENSE, 1, &pks, &pk);
         free(pks.v);
         if (pk_fail) {
             fprintf(stderr, "dynmoe-bench: dense GEMM: %s\n", b->last_msg);
