@@ -50,10 +50,6 @@ uint64_t seed_of(size_t index, int salt) {
     return base_seed() * 1000003ull + 170000ull + index * 7919ull + (uint64_t)salt;
 }
 
-Packed random_x(int64_t T, int32_t H, dynmoe_dtype dt, Rng &rng) {
-    return pack(rng.uniform_vec((size_t)(T * H), -1.0, 1.0), dt);
-}
-
 const dynmoe_dtype kDtypes[] = {DYNMOE_F32, DYNMOE_BF16};
 
 std::string sizes(const ModelCase &c, dynmoe_dtype dt, int64_t T, uint64_t seed) {
@@ -61,27 +57,6 @@ std::string sizes(const ModelCase &c, dynmoe_dtype dt, int64_t T, uint64_t seed)
            " I=" + std::to_string(c.I) + " seed=" + std::to_string(seed) + " " + describe(c.router);
 }
 
-/* The reference output of moe_forward on these inputs. */
-std::vector<double> reference_out(const ModelCase &c, const ExpertWeights &w, int64_t T, const Packed &x,
-                                  const RouteInputs &in) {
-    std::vector<double> ref;
-    dmref::experts_forward(w.ref, c.router.num_zero_experts, c.router.zero_kind, T, x.values, in.ref.table, ref);
-    return ref;
-}
-
-dynmoe_stats reference_stats(const ModelCase &c, int64_t T, const RouteInputs &in) {
-    return dmref::table_stats(c.router.num_experts, c.router.num_zero_experts, T, c.router.top_k, in.ref.table.ids,
-                              in.ref.nonfinite_rows);
-}
-
-/* No NaN/Inf (the poison) and ||got - ref|| / ||ref|| below the dtype's tolerance. */
-void expect_close(const std::vector<double> &got, const std::vector<double> &ref, dynmoe_dtype dt,
-                  const std::string &what) {
-    size_t nonfinite = 0;
-    for (double v : got) nonfinite += !std::isfinite(v);
-    EXPECT_EQ(nonfinite, 0u) << what << ": non-finite outputs (unwritten elements keep the NaN poison)";
-    EXPECT_LT(rel_error(got, ref), tolerance(dt)) << what << ": relative error";
-}
 
 void expect_stats_equal(const dynmoe_stats &a, const dynmoe_stats &b, const std::string &what) {
     EXPECT_EQ(a.tokens, b.tokens) << what;
@@ -290,9 +265,9 @@ TEST_P(Graph, CaptureReplay) {
                         EXPECT_EQ(got, replay_bytes) << "two replays on the same inputs differ";
                     }
                 }
-                expect_close(unpack(replay_bytes, dt, (size_t)(T * c.H)), reference_out(c, w, T, x[round], in[round]),
-                             dt, "graph replay vs reference");
-                expect_stats(replay_stats, reference_stats(c, T, in[round]), ST_ALL);
+                expect_close(unpack(replay_bytes, dt, (size_t)(T * c.H)),
+                             moe_reference_out(c, w, T, x[round], in[round]), dt, "graph replay vs reference");
+                expect_stats(replay_stats, moe_reference_stats(c, T, in[round]), ST_ALL);
 
                 /* eager on the same inputs: bitwise the same */
                 L.poison();
@@ -367,8 +342,8 @@ TEST_P(Stream, TwoStreams) {
         ASSERT_EQ(B.call(ctx_, sa), DYNMOE_OK) << dynmoe_last_error();
         sync(sa);
         const std::vector<uint8_t> want_b = B.out_bytes();
-        expect_close(unpack(want_a, dt, (size_t)(Ta * ca.H)), reference_out(ca, wa, Ta, xa, ina), dt, "A eager");
-        expect_close(unpack(want_b, dt, (size_t)(Tb * cb.H)), reference_out(cb, wb, Tb, xb, inb), dt, "B eager");
+        expect_close(unpack(want_a, dt, (size_t)(Ta * ca.H)), moe_reference_out(ca, wa, Ta, xa, ina), dt, "A eager");
+        expect_close(unpack(want_b, dt, (size_t)(Tb * cb.H)), moe_reference_out(cb, wb, Tb, xb, inb), dt, "B eager");
 
         for (int round = 0; round < 3; round++) {
             SCOPED_TRACE("round " + std::to_string(round));
@@ -429,9 +404,9 @@ TEST_P(Forward, DeterministicFiveRuns) {
                 if (run == 0) {
                     first = got;
                     first_stats = st;
-                    expect_close(unpack(got, dt, (size_t)(T * c.H)), reference_out(c, w, T, x, in), dt,
+                    expect_close(unpack(got, dt, (size_t)(T * c.H)), moe_reference_out(c, w, T, x, in), dt,
                                  "run 0 vs reference");
-                    expect_stats(st, reference_stats(c, T, in), ST_ALL);
+                    expect_stats(st, moe_reference_stats(c, T, in), ST_ALL);
                 } else {
                     EXPECT_EQ(got, first) << "output differs from run 0";
                     expect_stats_equal(st, first_stats, "stats vs run 0");
@@ -483,8 +458,8 @@ TEST_P(Graph, ExpertPathsMatchReference) {
                 Packed x = random_x(T, c.H, dt, rng);
                 ForwardOut o = run_moe_forward(ctx_, backend(), c.router, w, dt, T, x, in);
                 ASSERT_EQ(o.status, DYNMOE_OK);
-                expect_close(o.out, reference_out(c, w, T, x, in), dt, "moe_forward");
-                expect_stats(o.stats, reference_stats(c, T, in), ST_ALL);
+                expect_close(o.out, moe_reference_out(c, w, T, x, in), dt, "moe_forward");
+                expect_stats(o.stats, moe_reference_stats(c, T, in), ST_ALL);
             };
             const int salt = (int)dt * 10 + (path && path[0] == 'p' ? 100 : 0);
 

@@ -22,19 +22,6 @@ uint64_t seed_of(size_t index, int salt) {
     return base_seed() * 1000003ull + 90000ull + index * 7919ull + (uint64_t)salt;
 }
 
-Packed random_x(int64_t T, int32_t H, dynmoe_dtype dt, Rng &rng) {
-    return pack(rng.uniform_vec((size_t)(T * H), -1.0, 1.0), dt);
-}
-
-/* ||out - ref|| / ||ref|| below the dtype's tolerance, and no NaN/Inf. */
-void expect_out(const ForwardOut &o, const std::vector<double> &ref, dynmoe_dtype dt, const char *what) {
-    size_t nonfinite = 0;
-    for (double v : o.out) nonfinite += !std::isfinite(v);
-    EXPECT_EQ(nonfinite, 0u) << what << ": non-finite outputs (unwritten elements keep the NaN poison)";
-    const double err = rel_error(o.out, ref);
-    EXPECT_LT(err, tolerance(dt)) << what << ": relative error";
-}
-
 ModelCase small_case(const char *name, int32_t E, int32_t Z, dynmoe_zero_kind zk, int32_t K, int32_t H,
                      int32_t I) {
     ModelCase c;
@@ -62,13 +49,8 @@ class Forward : public BackendTest {
         Packed x = random_x(T, c.H, dt, rng);
         ForwardOut o = run_moe_forward(ctx_, backend(), c.router, w, dt, T, x, in);
         ASSERT_EQ(o.status, DYNMOE_OK);
-        std::vector<double> ref;
-        dmref::experts_forward(w.ref, c.router.num_zero_experts, c.router.zero_kind, T, x.values, in.ref.table, ref);
-        expect_out(o, ref, dt, "moe_forward");
-        expect_stats(o.stats,
-                     dmref::table_stats(c.router.num_experts, c.router.num_zero_experts, T, c.router.top_k,
-                                        in.ref.table.ids, in.ref.nonfinite_rows),
-                     required);
+        expect_close(o.out, moe_reference_out(c, w, T, x, in), dt, "moe_forward");
+        expect_stats(o.stats, moe_reference_stats(c, T, in), required);
     }
 
     /* experts_forward of a given table vs reference FFN + combine. */
@@ -83,7 +65,7 @@ class Forward : public BackendTest {
         ASSERT_EQ(o.status, DYNMOE_OK);
         std::vector<double> ref;
         dmref::experts_forward(w.ref, r.num_zero_experts, r.zero_kind, T, x.values, tf, ref);
-        expect_out(o, ref, dt, "experts_forward");
+        expect_close(o.out, ref, dt, "experts_forward");
         expect_stats(o.stats, dmref::table_stats(r.num_experts, r.num_zero_experts, T, table.S, table.ids, 0),
                      required);
     }
@@ -375,10 +357,7 @@ TEST_P(Forward, NonFiniteRows) {
             ExpertWeights w = make_experts(c.router.num_experts, c.H, c.I, c.act, dt, rng);
             Packed x = random_x(T, c.H, dt, rng);
             ForwardOut o = run_moe_forward(ctx_, backend(), c.router, w, dt, T, x, in);
-            std::vector<double> ref;
-            dmref::experts_forward(w.ref, c.router.num_zero_experts, c.router.zero_kind, T, x.values,
-                                   in.ref.table, ref);
-            expect_out(o, ref, dt, "moe_forward with non-finite rows");
+            expect_close(o.out, moe_reference_out(c, w, T, x, in), dt, "moe_forward with non-finite rows");
             for (int64_t t : {2, 5})
                 for (int32_t h = 0; h < c.H; h++) EXPECT_EQ(o.out[(size_t)(t * c.H + h)], 0.0) << "token " << t;
             EXPECT_EQ(o.stats.nonfinite_rows, 2);

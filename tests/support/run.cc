@@ -1,5 +1,6 @@
 #include "run.h"
 
+#include <cmath>
 #include <memory>
 
 namespace dmtest {
@@ -147,6 +148,30 @@ ForwardOut run_experts_forward(dynmoe_ctx *ctx, dynmoe_backend b, const dynmoe_r
     o.status = st;
     if (stats) o.stats = stats->read();
     return o;
+}
+
+Packed random_x(int64_t T, int32_t H, dynmoe_dtype dt, Rng &rng) {
+    return pack(rng.uniform_vec((size_t)(T * H), -1.0, 1.0), dt);
+}
+
+std::vector<double> moe_reference_out(const ModelCase &c, const ExpertWeights &w, int64_t T, const Packed &x,
+                                      const RouteInputs &in) {
+    std::vector<double> ref;
+    dmref::experts_forward(w.ref, c.router.num_zero_experts, c.router.zero_kind, T, x.values, in.ref.table, ref);
+    return ref;
+}
+
+dynmoe_stats moe_reference_stats(const ModelCase &c, int64_t T, const RouteInputs &in) {
+    return dmref::table_stats(c.router.num_experts, c.router.num_zero_experts, T, c.router.top_k, in.ref.table.ids,
+                              in.ref.nonfinite_rows);
+}
+
+void expect_close(const std::vector<double> &got, const std::vector<double> &ref, dynmoe_dtype dt,
+                  const std::string &what) {
+    size_t nonfinite = 0;
+    for (double v : got) nonfinite += !std::isfinite(v);
+    EXPECT_EQ(nonfinite, 0u) << what << ": non-finite outputs (unwritten elements keep the NaN poison)";
+    EXPECT_LT(rel_error(got, ref), tolerance(dt)) << what << ": relative error";
 }
 
 ForwardOut run_moe_forward(dynmoe_ctx *ctx, dynmoe_backend b, const dynmoe_router &r,

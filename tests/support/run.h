@@ -68,6 +68,18 @@ dynmoe_experts make_experts_desc(const dynmoe_router &r, int32_t H, int32_t I, d
 
 std::vector<float> to_float(const std::vector<double> &v);
 
+/* Hidden states x [T, H], uniform in [-1, 1], stored as dt. */
+Packed random_x(int64_t T, int32_t H, dynmoe_dtype dt, Rng &rng);
+
+/* The reference output and stats of moe_forward of case c on these inputs. */
+std::vector<double> moe_reference_out(const ModelCase &c, const ExpertWeights &w, int64_t T, const Packed &x,
+                                      const RouteInputs &in);
+dynmoe_stats moe_reference_stats(const ModelCase &c, int64_t T, const RouteInputs &in);
+
+/* No NaN/Inf (the poison) and ||got - ref|| / ||ref|| below the dtype's tolerance. */
+void expect_close(const std::vector<double> &got, const std::vector<double> &ref, dynmoe_dtype dt,
+                  const std::string &what);
+
 } // namespace dmtest
 
 #endif
