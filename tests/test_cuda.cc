@@ -436,30 +436,12 @@ TEST_P(Graph, ExpertPathsMatchReference) {
                              " H=" + std::to_string(H) + " I=" + std::to_string(I) + " seed=" +
                              std::to_string(seed) + " " + describe(r));
                 Rng rng(seed);
-                ExpertWeights w = make_experts(r.num_experts, H, I, DYNMOE_ACT_SWIGLU, dt, rng);
-                Packed x = random_x(t.T, H, dt, rng);
-                std::vector<float> wf = to_float(t.weights);
-                dmref::Table tf = t;
-                tf.weights = to_double(wf);
-                ForwardOut o = run_experts_forward(ctx_, backend(), r, w, dt, t.T, x, t.ids, wf, t.S);
-                ASSERT_EQ(o.status, DYNMOE_OK);
-                std::vector<double> ref;
-                dmref::experts_forward(w.ref, r.num_zero_experts, r.zero_kind, t.T, x.values, tf, ref);
-                expect_close(o.out, ref, dt, what);
-                expect_stats(o.stats, dmref::table_stats(r.num_experts, r.num_zero_experts, t.T, t.S, t.ids, 0),
-                             ST_PLAN);
+                check_experts_vs_reference(ctx_, backend(), r, H, I, DYNMOE_ACT_SWIGLU, dt, t, rng, ST_PLAN, what);
             };
             /* moe_forward of a model case vs the reference */
             auto check_moe = [&](const ModelCase &c, int64_t T, uint64_t seed) {
                 SCOPED_TRACE(sizes(c, dt, T, seed));
-                Rng rng(seed);
-                RouteInputs in = make_route_inputs(c, T, dt, rng);
-                ExpertWeights w = make_experts(c.router.num_experts, c.H, c.I, c.act, dt, rng);
-                Packed x = random_x(T, c.H, dt, rng);
-                ForwardOut o = run_moe_forward(ctx_, backend(), c.router, w, dt, T, x, in);
-                ASSERT_EQ(o.status, DYNMOE_OK);
-                expect_close(o.out, moe_reference_out(c, w, T, x, in), dt, "moe_forward");
-                expect_stats(o.stats, moe_reference_stats(c, T, in), ST_ALL);
+                check_moe_vs_reference(ctx_, backend(), c, T, dt, seed, ST_ALL);
             };
             const int salt = (int)dt * 10 + (path && path[0] == 'p' ? 100 : 0);
 

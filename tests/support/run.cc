@@ -174,6 +174,35 @@ void expect_close(const std::vector<double> &got, const std::vector<double> &ref
     EXPECT_LT(rel_error(got, ref), tolerance(dt)) << what << ": relative error";
 }
 
+void check_moe_vs_reference(dynmoe_ctx *ctx, dynmoe_backend b, const ModelCase &c, int64_t T, dynmoe_dtype dt,
+                            uint64_t seed, unsigned required) {
+    Rng rng(seed);
+    RouteInputs in = make_route_inputs(c, T, dt, rng);
+    ExpertWeights w = make_experts(c.router.num_experts, c.H, c.I, c.act, dt, rng);
+    Packed x = random_x(T, c.H, dt, rng);
+    ForwardOut o = run_moe_forward(ctx, b, c.router, w, dt, T, x, in);
+    ASSERT_EQ(o.status, DYNMOE_OK);
+    expect_close(o.out, moe_reference_out(c, w, T, x, in), dt, "moe_forward");
+    expect_stats(o.stats, moe_reference_stats(c, T, in), required);
+}
+
+void check_experts_vs_reference(dynmoe_ctx *ctx, dynmoe_backend b, const dynmoe_router &r, int32_t H, int32_t I,
+                                dynmoe_act act, dynmoe_dtype dt, const dmref::Table &table, Rng &rng,
+                                unsigned required, const std::string &what) {
+    ExpertWeights w = make_experts(r.num_experts, H, I, act, dt, rng);
+    Packed x = random_x(table.T, H, dt, rng);
+    std::vector<float> wf = to_float(table.weights);
+    dmref::Table tf = table;
+    tf.weights = to_double(wf);
+    ForwardOut o = run_experts_forward(ctx, b, r, w, dt, table.T, x, table.ids, wf, table.S);
+    ASSERT_EQ(o.status, DYNMOE_OK);
+    std::vector<double> ref;
+    dmref::experts_forward(w.ref, r.num_zero_experts, r.zero_kind, table.T, x.values, tf, ref);
+    expect_close(o.out, ref, dt, what);
+    expect_stats(o.stats, dmref::table_stats(r.num_experts, r.num_zero_experts, table.T, table.S, table.ids, 0),
+                 required);
+}
+
 ForwardOut run_moe_forward(dynmoe_ctx *ctx, dynmoe_backend b, const dynmoe_router &r,
                            const ExpertWeights &w, dynmoe_dtype dt, int64_t T, const Packed &x,
                            const RouteInputs &in, bool with_stats) {

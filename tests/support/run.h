@@ -80,6 +80,17 @@ dynmoe_stats moe_reference_stats(const ModelCase &c, int64_t T, const RouteInput
 void expect_close(const std::vector<double> &got, const std::vector<double> &ref, dynmoe_dtype dt,
                   const std::string &what);
 
+/* moe_forward of case c on random inputs from `seed` against the reference:
+ * output and the stats fields in `required`. */
+void check_moe_vs_reference(dynmoe_ctx *ctx, dynmoe_backend b, const ModelCase &c, int64_t T, dynmoe_dtype dt,
+                            uint64_t seed, unsigned required);
+
+/* experts_forward of `table` (random experts and x from rng) against the
+ * reference, which sees the fp32 slot weights the library gets. */
+void check_experts_vs_reference(dynmoe_ctx *ctx, dynmoe_backend b, const dynmoe_router &r, int32_t H, int32_t I,
+                                dynmoe_act act, dynmoe_dtype dt, const dmref::Table &table, Rng &rng,
+                                unsigned required, const std::string &what);
+
 } // namespace dmtest
 
 #endif
