@@ -1,9 +1,17 @@
 /* api.c — the public entry points: validate every argument on the host, once,
  * then dispatch to the context's backend. Nothing is launched or written
- * before all checks pass. */
+ * before all checks pass.
+ *
+ * A caller built against an earlier release passes a shorter router or
+ * experts struct (its struct_size). Right after checking them, every entry
+ * point replaces its `router` / `experts` pointers by full local copies
+ * (dm_router_full, dm_experts_full), so nothing past the caller's struct is
+ * ever read. */
 #include <math.h>
+#include <stddef.h>
 #include <string.h>
 
+#include "act_rules.h"
 #include "backend.h"
 #include "nvtx.h"
 
@@ -27,11 +35,31 @@ static dynmoe_status check_dtype(const char *fn, const char *name, dynmoe_dtype 
     return DYNMOE_OK;
 }
 
-dynmoe_status dm_check_router(const char *fn, const dynmoe_router *r) {
-    if (r == NULL) return INVALID("%s: router is NULL", fn);
-    if (r->struct_size != sizeof(dynmoe_router))
+/* Struct sizes of earlier releases that are still accepted: the fields added
+ * since then take their initializer defaults (dm_router_full, dm_experts_full). */
+#define DM_ROUTER_SIZE_0_1 offsetof(dynmoe_router, weight_on_input)
+#define DM_EXPERTS_SIZE_0_1 offsetof(dynmoe_experts, b13)
+
+dynmoe_router dm_router_full(const dynmoe_router *r) {
+    dynmoe_router full = DYNMOE_ROUTER_INIT;
+    memcpy(&full, r, r->struct_size < sizeof full ? r->struct_size : sizeof full);
+    full.struct_size = sizeof full;
+    return full;
+}
+
+dynmoe_experts dm_experts_full(const dynmoe_experts *x) {
+    dynmoe_experts full = DYNMOE_EXPERTS_INIT;
+    memcpy(&full, x, x->struct_size < sizeof full ? x->struct_size : sizeof full);
+    full.struct_size = sizeof full;
+    return full;
+}
+
+dynmoe_status dm_check_router(const char *fn, const dynmoe_router *in) {
+    if (in == NULL) return INVALID("%s: router is NULL", fn);
+    if (in->struct_size != sizeof(dynmoe_router) && in->struct_size != DM_ROUTER_SIZE_0_1)
         return INVALID("%s: router.struct_size is %zu, expected %zu (initialise with DYNMOE_ROUTER_INIT)",
-                       fn, r->struct_size, sizeof(dynmoe_router));
+                       fn, in->struct_size, sizeof(dynmoe_router));
+    const dynmoe_router full = dm_router_full(in), *r = &full;
     const int64_t E = r->num_experts, Z = r->num_zero_experts;
     if (E < 1) return INVALID("%s: router.num_experts = %d must be >= 1", fn, r->num_experts);
     if (Z < 0) return INVALID("%s: router.num_zero_experts = %d is negative", fn, r->num_zero_experts);
@@ -68,7 +96,9 @@ dynmoe_status dm_check_router(const char *fn, const dynmoe_router *r) {
             return INVALID("%s: top_tasks * top_k = %lld slots exceeds %d", fn,
                            (long long)r->top_tasks * r->top_k, DYNMOE_MAX_TOP_K);
     }
-    return DYNMOE_OK;
+    if (r->weight_on_input != 0 && r->weight_on_input != 1)
+        return INVALID("%s: router.weight_on_input = %d must be 0 or 1", fn, r->weight_on_input);
+    return dm_check_tensor(fn, "router.expert_scale", r->expert_scale, 0);
 }
 
 static dynmoe_status check_tokens(const char *fn, int64_t T, int32_t slots) {
@@ -81,18 +111,27 @@ static dynmoe_status check_tokens(const char *fn, int64_t T, int32_t slots) {
     return DYNMOE_OK;
 }
 
-dynmoe_status dm_check_experts(const char *fn, const char *name, const dynmoe_experts *x,
+dynmoe_status dm_check_experts(const char *fn, const char *name, const dynmoe_experts *in,
                                int32_t num_experts, int64_t T) {
-    if (x == NULL) return INVALID("%s: %s is NULL", fn, name);
-    if (x->struct_size != sizeof(dynmoe_experts))
+    if (in == NULL) return INVALID("%s: %s is NULL", fn, name);
+    if (in->struct_size != sizeof(dynmoe_experts) && in->struct_size != DM_EXPERTS_SIZE_0_1)
         return INVALID("%s: %s.struct_size is %zu, expected %zu (initialise with DYNMOE_EXPERTS_INIT)",
-                       fn, name, x->struct_size, sizeof(dynmoe_experts));
+                       fn, name, in->struct_size, sizeof(dynmoe_experts));
+    const dynmoe_experts full = dm_experts_full(in), *x = &full;
     if (x->num_experts != num_experts)
         return INVALID("%s: %s.num_experts = %d, expected %d", fn, name, x->num_experts, num_experts);
     if (x->hidden < 1 || x->inter < 1)
         return INVALID("%s: %s.hidden = %d and %s.inter = %d must be >= 1", fn, name, x->hidden, name, x->inter);
     if ((unsigned)x->dtype >= DYNMOE_DTYPE_COUNT) return INVALID("%s: %s has unknown dtype %d", fn, name, (int)x->dtype);
     if ((unsigned)x->act >= DYNMOE_ACT_COUNT) return INVALID("%s: unknown %s.act %d", fn, name, (int)x->act);
+    if ((unsigned)x->gate_up >= DYNMOE_GATE_UP_COUNT)
+        return INVALID("%s: unknown %s.gate_up %d", fn, name, (int)x->gate_up);
+    if (!dm_act_gated(x->act) && x->gate_up != DYNMOE_GATE_UP_BLOCKED)
+        return INVALID("%s: %s.gate_up is INTERLEAVED but act %d is not gated (w13 holds I rows)", fn, name,
+                       (int)x->act);
+    if (x->act == DYNMOE_ACT_SWIGLU_OAI && (!isfinite(x->alpha) || !isfinite(x->limit) || !(x->limit > 0.0f)))
+        return INVALID("%s: %s.alpha = %g and %s.limit = %g must be finite, limit > 0 (SWIGLU_OAI)", fn, name,
+                       (double)x->alpha, name, (double)x->limit);
     /* E * 2I * H elements must be addressable with 64-bit offsets. */
     double elems = (double)x->num_experts * 2.0 * x->inter * x->hidden;
     if (elems > 9.0e18 / 4) return INVALID("%s: %s weights are too large", fn, name);
@@ -100,6 +139,21 @@ dynmoe_status dm_check_experts(const char *fn, const char *name, const dynmoe_ex
     if (x->w13 == NULL && need > 0) return INVALID("%s: %s.w13 is NULL", fn, name);
     if (x->w2 == NULL && need > 0) return INVALID("%s: %s.w2 is NULL", fn, name);
     if (!aligned16(x->w13) || !aligned16(x->w2)) return INVALID("%s: %s weights are not 16-byte aligned", fn, name);
+    if (!aligned16(x->b13) || !aligned16(x->b2)) return INVALID("%s: %s biases are not 16-byte aligned", fn, name);
+    return DYNMOE_OK;
+}
+
+/* Declared options whose expert kernels are not written yet (issue 15 in
+ * progress): refused with DYNMOE_ERR_UNSUPPORTED before anything runs. */
+dynmoe_status dm_check_implemented(const char *fn, const dynmoe_router *r, const dynmoe_experts *x) {
+    if (x->act != DYNMOE_ACT_SWIGLU && x->act != DYNMOE_ACT_GEGLU)
+        return dm_fail(DYNMOE_ERR_UNSUPPORTED, "%s: experts.act %d is not implemented yet", fn, (int)x->act);
+    if (x->b13 != NULL || x->b2 != NULL)
+        return dm_fail(DYNMOE_ERR_UNSUPPORTED, "%s: expert biases are not implemented yet", fn);
+    if (x->gate_up != DYNMOE_GATE_UP_BLOCKED)
+        return dm_fail(DYNMOE_ERR_UNSUPPORTED, "%s: interleaved gate/up rows are not implemented yet", fn);
+    if (r->weight_on_input)
+        return dm_fail(DYNMOE_ERR_UNSUPPORTED, "%s: router.weight_on_input is not implemented yet", fn);
     return DYNMOE_OK;
 }
 
@@ -146,6 +200,8 @@ dynmoe_status dynmoe_route(dynmoe_ctx *ctx, const dynmoe_router *router, int64_t
     dm_clear_error();
     TRY(check_ctx(fn, ctx));
     TRY(dm_check_router(fn, router));
+    const dynmoe_router rt = dm_router_full(router);
+    router = &rt;
     if (router->num_tasks > 0)
         return INVALID("%s: router has task routers (num_tasks = %d): use dynmoe_route_tasks", fn, router->num_tasks);
     TRY(check_tokens(fn, T, router->top_k));
@@ -169,6 +225,8 @@ dynmoe_status dynmoe_route_tasks(dynmoe_ctx *ctx, const dynmoe_router *router, i
     dm_clear_error();
     TRY(check_ctx(fn, ctx));
     TRY(dm_check_router(fn, router));
+    const dynmoe_router rt = dm_router_full(router);
+    router = &rt;
     if (router->num_tasks < 1) return INVALID("%s: router.num_tasks must be >= 1", fn);
     TRY(check_tokens(fn, T, dm_router_slots(router)));
     TRY(check_dtype(fn, "x", x_dtype));
@@ -191,7 +249,8 @@ size_t dynmoe_plan_workspace_size(const dynmoe_router *router, int64_t T, int32_
     dm_workspace_layout l;
     if (dm_check_router("dynmoe_plan_workspace_size", router) || check_tokens("dynmoe_plan_workspace_size", T, slots))
         return 0;
-    if (!dm_workspace_layout_of(router, NULL, T, slots, &l)) return 0;
+    const dynmoe_router rt = dm_router_full(router);
+    if (!dm_workspace_layout_of(&rt, NULL, T, slots, &l)) return 0;
     return l.total + DM_WORKSPACE_ALIGN;
 }
 
@@ -202,6 +261,8 @@ dynmoe_status dynmoe_plan_build(dynmoe_ctx *ctx, const dynmoe_router *router, in
     dm_clear_error();
     TRY(check_ctx(fn, ctx));
     TRY(dm_check_router(fn, router));
+    const dynmoe_router rt = dm_router_full(router);
+    router = &rt;
     TRY(check_tokens(fn, T, slots));
     TRY(dm_check_tensor(fn, "ids", ids, T));
     if (plan == NULL) return INVALID("%s: plan is NULL", fn);
@@ -225,13 +286,16 @@ size_t dynmoe_experts_workspace_size(const dynmoe_router *router, const dynmoe_e
     static const char fn[] = "dynmoe_experts_workspace_size";
     dm_workspace_layout l;
     if (dm_check_router(fn, router) || check_experts(fn, router, experts, 0) || check_tokens(fn, T, slots)) return 0;
-    if (!dm_workspace_layout_of(router, experts, T, slots, &l)) return 0;
+    const dynmoe_router rt = dm_router_full(router);
+    const dynmoe_experts xt = dm_experts_full(experts);
+    if (!dm_workspace_layout_of(&rt, &xt, T, slots, &l)) return 0;
     return l.total + DM_WORKSPACE_ALIGN;
 }
 
 size_t dynmoe_workspace_size(const dynmoe_router *router, const dynmoe_experts *experts, int64_t T) {
-    if (router == NULL || router->struct_size != sizeof(dynmoe_router)) return 0;
-    return dynmoe_experts_workspace_size(router, experts, T, dm_router_slots(router));
+    if (dm_check_router("dynmoe_workspace_size", router)) return 0;
+    const dynmoe_router rt = dm_router_full(router);
+    return dynmoe_experts_workspace_size(&rt, experts, T, dm_router_slots(&rt));
 }
 
 /* plan -> experts -> combine over a table that is already in `base`'s layout
@@ -261,6 +325,11 @@ dynmoe_status dynmoe_experts_forward(dynmoe_ctx *ctx, const dynmoe_router *route
     TRY(check_ctx(fn, ctx));
     TRY(dm_check_router(fn, router));
     TRY(check_experts(fn, router, experts, T));
+    const dynmoe_router rt = dm_router_full(router);
+    const dynmoe_experts xt = dm_experts_full(experts);
+    router = &rt;
+    experts = &xt;
+    TRY(dm_check_implemented(fn, router, experts));
     TRY(check_tokens(fn, T, slots));
     TRY(dm_check_tensor(fn, "x", x, T));
     TRY(dm_check_tensor(fn, "ids", ids, T));
@@ -286,6 +355,11 @@ dynmoe_status dynmoe_moe_forward(dynmoe_ctx *ctx, const dynmoe_router *router,
     if (router->num_tasks > 0)
         return INVALID("%s: router has task routers: use dynmoe_route_tasks then dynmoe_experts_forward", fn);
     TRY(check_experts(fn, router, experts, T));
+    const dynmoe_router rt = dm_router_full(router);
+    const dynmoe_experts xt = dm_experts_full(experts);
+    router = &rt;
+    experts = &xt;
+    TRY(dm_check_implemented(fn, router, experts));
     TRY(check_tokens(fn, T, router->top_k));
     TRY(check_dtype(fn, "logits", logits_dtype));
     TRY(dm_check_tensor(fn, "x", x, T));

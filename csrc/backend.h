@@ -110,7 +110,8 @@ int dm_cuda_device_count(void);
 
 /* ---- argument checks shared by the API entry points (api.c, ep/ep.c) ---- */
 
-/* Each returns DYNMOE_OK or DYNMOE_ERR_INVALID_ARGUMENT with a message naming `fn`. */
+/* Each returns DYNMOE_OK or DYNMOE_ERR_INVALID_ARGUMENT with a message naming `fn`.
+ * The struct checks accept the struct_size of this release and of 0.1. */
 dynmoe_status dm_check_router(const char *fn, const dynmoe_router *r);
 /* A tensor pointer: non-null when there is data (T > 0), 16-byte aligned. */
 dynmoe_status dm_check_tensor(const char *fn, const char *name, const void *p, int64_t T);
@@ -118,6 +119,12 @@ dynmoe_status dm_check_tensor(const char *fn, const char *name, const void *p, i
  * weights may be NULL only when T == 0 or num_experts == 0. */
 dynmoe_status dm_check_experts(const char *fn, const char *name, const dynmoe_experts *x,
                                int32_t num_experts, int64_t T);
+/* DYNMOE_ERR_UNSUPPORTED for declared options the expert kernels lack. */
+dynmoe_status dm_check_implemented(const char *fn, const dynmoe_router *r, const dynmoe_experts *x);
+/* A checked struct as this release knows it: a shorter (older) one with the
+ * newer fields at their initializer defaults. */
+dynmoe_router dm_router_full(const dynmoe_router *r);
+dynmoe_experts dm_experts_full(const dynmoe_experts *x);
 
 /* ---- workspace layout (one for every backend) ---- */
 

@@ -115,6 +115,7 @@ DYNMOE_HD int32_t dm_topk_insert(float *sel_c, int32_t *sel_id, int32_t n, int32
  *   norm       -> NONE, SELECTED (sum before mask/zero drop), KEPT (sum of surviving
  *                 real slots), UNIFORM (1 / surviving slots); a zero or non-finite
  *                 sum leaves the weights unnormalised
+ *   expert scale -> w *= r->expert_scale[id] when given (Gemma-4), zero experts included
  *   scale      -> every surviving slot, zero experts included
  * Writes ids_out/w_out [K]; slot i of the output is selection i (or empty). */
 DYNMOE_HD void dm_finalize_slots(const dynmoe_router *r, int32_t n_sel, const int32_t *sel_id,
@@ -162,6 +163,7 @@ DYNMOE_HD void dm_finalize_slots(const dynmoe_router *r, int32_t n_sel, const in
         } else if (div != 0.0f && dm_isfinite(div)) {
             w = w / div;
         }
+        if (r->expert_scale) w *= r->expert_scale[ids_out[i]];
         w_out[i] = w * r->scale;
     }
 }

@@ -126,11 +126,25 @@ typedef enum dynmoe_zero_kind {
     DYNMOE_ZERO_COUNT
 } dynmoe_zero_kind;
 
+/* The expert's activation. Gated ones combine a gate and an up row of w13
+ * (2I rows per expert); non-gated ones apply to one row (w13 holds I rows). */
 typedef enum dynmoe_act {
-    DYNMOE_ACT_SWIGLU = 0, /* silu(gate) * up */
-    DYNMOE_ACT_GEGLU = 1,  /* gelu_erf(gate) * up */
+    DYNMOE_ACT_SWIGLU = 0,     /* silu(gate) * up */
+    DYNMOE_ACT_GEGLU = 1,      /* gelu_erf(gate) * up */
+    DYNMOE_ACT_GEGLU_TANH = 2, /* gelu_tanh(gate) * up (Gemma) */
+    DYNMOE_ACT_SWIGLU_OAI = 3, /* (clamp(up, -limit, limit) + 1) * g * sigmoid(alpha * g),
+                                  g = min(gate, limit) (gpt-oss; vLLM swigluoai) */
+    DYNMOE_ACT_RELU2 = 4,      /* non-gated: relu(h)^2 (Nemotron-H; vLLM relu2_no_mul) */
+    DYNMOE_ACT_SILU = 5,       /* non-gated: silu(h) */
     DYNMOE_ACT_COUNT
 } dynmoe_act;
+
+/* Where the gate and up rows of a gated expert sit in w13 [E, 2I, H]. */
+typedef enum dynmoe_gate_up {
+    DYNMOE_GATE_UP_BLOCKED = 0,     /* rows 0..I-1 gate, I..2I-1 up (vLLM, most HF models) */
+    DYNMOE_GATE_UP_INTERLEAVED = 1, /* row 2j gate j, row 2j+1 up j (gpt-oss) */
+    DYNMOE_GATE_UP_COUNT
+} dynmoe_gate_up;
 
 /* Fields may be added at the end; always start from DYNMOE_ROUTER_INIT. */
 typedef struct dynmoe_router {
@@ -149,19 +163,38 @@ typedef struct dynmoe_router {
     float scale;                /* routed scaling factor, applied after norm */
     int32_t num_tasks;          /* CaRE task routers R (dynmoe_route_tasks only) */
     int32_t top_tasks;          /* tasks picked per token, 1..R */
+    /* ---- since 0.2 (a caller built against 0.1 passes the smaller struct_size;
+     * the fields below then take their defaults) ---- */
+    /* Llama-4 (vLLM apply_router_weight_on_input): a slot's routing weight
+     * scales the expert's input, out[t] = sum_k FFN_k(w_k * x[t]); identity zero
+     * experts still add w * x[t]. Any number of slots per token. 0 or 1. */
+    int32_t weight_on_input;
+    /* [E+Z] fp32 or NULL (memory of the context's backend, 16-byte aligned):
+     * a learned per-expert scale of the routing weight, w *= expert_scale[id],
+     * applied after norm and before scale (Gemma-4's per_expert_scale). Read
+     * by dynmoe_route, dynmoe_route_tasks and dynmoe_moe_forward; a caller's
+     * table in dynmoe_experts_forward is taken as is. */
+    const float *expert_scale;
 } dynmoe_router;
 
-/* softmax, top-K, norm NONE, scale 1, no zero experts, no groups, no tasks.
- * Set num_experts and top_k after it. */
+/* softmax, top-K, norm NONE, scale 1, no zero experts, no groups, no tasks,
+ * weight on the output, no expert scale. Set num_experts and top_k after it. */
 #define DYNMOE_ROUTER_INIT                                                             \
     {                                                                                  \
         sizeof(dynmoe_router), 0, 0, DYNMOE_ZERO_OUTPUT, 0, DYNMOE_SCORE_SOFTMAX,      \
-            DYNMOE_SELECT_TOPK, 1.0f, 0.0f, 0, 0, DYNMOE_NORM_NONE, 1.0f, 0, 0         \
+            DYNMOE_SELECT_TOPK, 1.0f, 0.0f, 0, 0, DYNMOE_NORM_NONE, 1.0f, 0, 0, 0, NULL \
     }
 
 /* Expert weights in vLLM's FusedMoE layout, passed without a copy.
- * w13 [E, 2*I, H]: rows 0..I-1 of each expert are the gate, rows I..2I-1 the up
- * projection. w2 [E, H, I]. Both of `dtype`, which x and out share. */
+ * w13 [E, 2*I, H] for gated activations: rows 0..I-1 of each expert are the
+ * gate, rows I..2I-1 the up projection (gate_up BLOCKED), or gate and up rows
+ * alternate (INTERLEAVED); [E, I, H] for non-gated ones. w2 [E, H, I]. All of
+ * `dtype`, which x and out share. Fields may be added at the end; always start
+ * from DYNMOE_EXPERTS_INIT.
+ *
+ * One expert's FFN of a row x:  h = w13_e . x + b13_e   (2I or I values)
+ *                               a = act(h)              (I values)
+ *                               y = w2_e . a + b2_e     (H values) */
 typedef struct dynmoe_experts {
     size_t struct_size;  /* sizeof(dynmoe_experts) */
     int32_t num_experts; /* E, equals router.num_experts */
@@ -171,10 +204,20 @@ typedef struct dynmoe_experts {
     dynmoe_act act;
     const void *w13;
     const void *w2;
+    /* ---- since 0.2 (a caller built against 0.1 passes the smaller struct_size;
+     * the fields below then take their defaults) ---- */
+    const void *b13;        /* [E, 2I] (gated, in w13's row order) or [E, I], dtype; NULL = none */
+    const void *b2;         /* [E, H], dtype; NULL = none */
+    dynmoe_gate_up gate_up; /* gated activations only; BLOCKED for non-gated */
+    float alpha;            /* SWIGLU_OAI: sigmoid slope, finite (gpt-oss 1.702) */
+    float limit;            /* SWIGLU_OAI: clamp, finite and > 0 (gpt-oss 7.0) */
 } dynmoe_experts;
 
-#define DYNMOE_EXPERTS_INIT \
-    { sizeof(dynmoe_experts), 0, 0, 0, DYNMOE_F32, DYNMOE_ACT_SWIGLU, NULL, NULL }
+#define DYNMOE_EXPERTS_INIT                                                              \
+    {                                                                                    \
+        sizeof(dynmoe_experts), 0, 0, 0, DYNMOE_F32, DYNMOE_ACT_SWIGLU, NULL, NULL, NULL, \
+            NULL, DYNMOE_GATE_UP_BLOCKED, 1.702f, 7.0f                                    \
+    }
 
 /* ------------------------------------------------------------------------ */
 /* Stats: what an operator watches for load imbalance                      */

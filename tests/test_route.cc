@@ -333,6 +333,7 @@ struct TaskCase {
     dynmoe_router router;
     bool bias;
     int32_t H;
+    bool expert_scale = false;
 };
 
 std::vector<TaskCase> task_cases() {
@@ -364,6 +365,12 @@ std::vector<TaskCase> task_cases() {
     d.router.top_p = 0.5f;
     d.router.norm = DYNMOE_NORM_SELECTED;
     v.push_back(d);
+    TaskCase e{"care_expert_scale_zero", make_router(20, 3), true, 32, true};
+    e.router.num_tasks = 4;
+    e.router.top_tasks = 2;
+    e.router.norm = DYNMOE_NORM_SELECTED;
+    e.router.num_zero_experts = 4;
+    v.push_back(e);
     return v;
 }
 
@@ -389,14 +396,16 @@ TEST_P(RouteTasks, Configs) {
             SCOPED_TRACE(c.name + " " + dtype_name(dt) + " seed=" + std::to_string(seed) + " " + describe(r));
             Rng rng(seed);
             Packed tw = pack(rng.uniform_vec((size_t)R * N * H, -2.0 / std::sqrt(H), 2.0 / std::sqrt(H)), dt);
-            std::vector<float> bias;
+            std::vector<float> bias, scale;
             if (c.bias) bias = rng.uniform_vec((size_t)N, -0.1, 0.1);
+            if (c.expert_scale) scale = rng.uniform_vec((size_t)N, 0.25, 2.0);
             Packed x = pack(std::vector<float>((size_t)(T * H)), dt);
             std::vector<float> tl((size_t)(T * R));
             dmref::RouteResult ref;
             /* redraw tokens until no decision sits near a tie */
             for (int tries = 0; tries < 200; tries++) {
-                ref = dmref::route_tasks(r, T, H, x.values, to_double(tl), tw.values, to_double(bias));
+                ref = dmref::route_tasks(r, T, H, x.values, to_double(tl), tw.values, to_double(bias),
+                                         to_double(scale));
                 bool redo = false;
                 for (int64_t t = 0; t < T; t++) {
                     if (tries > 0 && ref.margin[(size_t)t] >= kMinMargin) continue;
@@ -409,12 +418,15 @@ TEST_P(RouteTasks, Configs) {
             for (double m : ref.margin) ASSERT_GE(m, kMinMargin) << "could not draw tie-free task inputs";
             /* an expert picked by several tasks must occur in the test data */
             Buffer xb = make_buffer(backend(), x.bytes), twb = make_buffer(backend(), tw.bytes),
-                   tlb = make_buffer(backend(), tl), bb = make_buffer(backend(), bias);
+                   tlb = make_buffer(backend(), tl), bb = make_buffer(backend(), bias),
+                   sb = make_buffer(backend(), scale);
+            dynmoe_router rs = r;
+            if (!scale.empty()) rs.expert_scale = sb.as<float>();
             Buffer ids(backend(), (size_t)(T * S) * 4), w(backend(), (size_t)(T * S) * 4);
             ids.fill(kPoisonInt);
             w.fill(kPoisonFloat);
             StatsBlock stats(ctx_, backend());
-            ASSERT_EQ(dynmoe_route_tasks(ctx_, &r, T, xb.get(), dt, H, tlb.as<float>(), twb.get(),
+            ASSERT_EQ(dynmoe_route_tasks(ctx_, &rs, T, xb.get(), dt, H, tlb.as<float>(), twb.get(),
                                          bias.empty() ? nullptr : bb.as<float>(), ids.as<int32_t>(),
                                          w.as<float>(), nullptr),
                       DYNMOE_OK)

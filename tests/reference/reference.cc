@@ -99,11 +99,16 @@ size_t dtype_size(dynmoe_dtype dt) { return dt == DYNMOE_F32 ? 4 : 2; }
 
 double silu(double g) { return g / (1.0 + std::exp(-g)); }
 double gelu_erf(double g) { return 0.5 * g * (1.0 + std::erf(g / std::sqrt(2.0))); }
+double gelu_tanh(double g) {
+    const double pi = 3.14159265358979323846;
+    return 0.5 * g * (1.0 + std::tanh(std::sqrt(2.0 / pi) * (g + 0.044715 * g * g * g)));
+}
 
 /* ---- routing ------------------------------------------------------------ */
 
 bool route_token(const dynmoe_router &r, const double *logits, const double *bias,
-                 const double *mask, int32_t *ids, double *w, double *margin) {
+                 const double *mask, int32_t *ids, double *w, double *margin,
+                 const double *expert_scale) {
     const int32_t E = r.num_experts, N = r.num_experts + r.num_zero_experts, K = r.top_k;
     double m = kInf;
     for (int32_t k = 0; k < K; k++) {
@@ -248,6 +253,7 @@ bool route_token(const dynmoe_router &r, const double *logits, const double *bia
             w[i] = 1.0 / kept;
         else if (div != 0.0 && std::isfinite(div))
             w[i] = w[i] / div;
+        if (expert_scale) w[i] *= expert_scale[ids[i]];
         w[i] *= r.scale;
     }
     *margin = m;
@@ -255,7 +261,8 @@ bool route_token(const dynmoe_router &r, const double *logits, const double *bia
 }
 
 RouteResult route(const dynmoe_router &r, int64_t T, const std::vector<double> &logits,
-                  const std::vector<double> &bias, const std::vector<double> &mask) {
+                  const std::vector<double> &bias, const std::vector<double> &mask,
+                  const std::vector<double> &expert_scale) {
     const int32_t E = r.num_experts, N = r.num_experts + r.num_zero_experts, K = r.top_k;
     RouteResult res;
     res.table.T = T;
@@ -267,7 +274,8 @@ RouteResult route(const dynmoe_router &r, int64_t T, const std::vector<double> &
         bool nonfinite = route_token(r, &logits[(size_t)(t * N)], bias.empty() ? nullptr : bias.data(),
                                      mask.empty() ? nullptr : &mask[(size_t)(t * E)],
                                      &res.table.ids[(size_t)(t * K)],
-                                     &res.table.weights[(size_t)(t * K)], &res.margin[(size_t)t]);
+                                     &res.table.weights[(size_t)(t * K)], &res.margin[(size_t)t],
+                                     expert_scale.empty() ? nullptr : expert_scale.data());
         res.nonfinite_rows += nonfinite ? 1 : 0;
     }
     return res;
@@ -275,7 +283,8 @@ RouteResult route(const dynmoe_router &r, int64_t T, const std::vector<double> &
 
 RouteResult route_tasks(const dynmoe_router &r, int64_t T, int32_t H, const std::vector<double> &x,
                         const std::vector<double> &task_logits,
-                        const std::vector<double> &task_weights, const std::vector<double> &bias) {
+                        const std::vector<double> &task_weights, const std::vector<double> &bias,
+                        const std::vector<double> &expert_scale) {
     const int32_t N = r.num_experts + r.num_zero_experts, K = r.top_k, R = r.num_tasks,
                   P = r.top_tasks, S = P * K;
     RouteResult res;
@@ -308,7 +317,8 @@ RouteResult route_tasks(const dynmoe_router &r, int64_t T, int32_t H, const std:
             }
             double tm = kInf;
             bool nonfinite = route_token(r, logits.data(), bias.empty() ? nullptr : bias.data(),
-                                         nullptr, ids + i * K, w + i * K, &tm);
+                                         nullptr, ids + i * K, w + i * K, &tm,
+                                         expert_scale.empty() ? nullptr : expert_scale.data());
             m = std::min(m, tm);
             res.nonfinite_rows += nonfinite ? 1 : 0;
         }
@@ -386,39 +396,69 @@ dynmoe_stats table_stats(int32_t E, int32_t Z, int64_t T, int32_t S,
 
 /* ---- experts and combine ------------------------------------------------ */
 
+bool gated(dynmoe_act act) { return !(act == DYNMOE_ACT_RELU2 || act == DYNMOE_ACT_SILU); }
+
+/* The activation of one hidden unit from its gate and up values (up unused
+ * when not gated), as include/dynmoe.h documents each dynmoe_act. */
+static double activate(const Experts &ex, double gate, double up) {
+    switch (ex.act) {
+    case DYNMOE_ACT_GEGLU: return gelu_erf(gate) * up;
+    case DYNMOE_ACT_GEGLU_TANH: return gelu_tanh(gate) * up;
+    case DYNMOE_ACT_SWIGLU_OAI: {
+        const double g = std::min(gate, ex.limit), u = std::max(-ex.limit, std::min(up, ex.limit));
+        return (u + 1.0) * g / (1.0 + std::exp(-ex.alpha * g));
+    }
+    case DYNMOE_ACT_RELU2: return gate > 0.0 ? gate * gate : 0.0;
+    case DYNMOE_ACT_SILU: return silu(gate);
+    default: return silu(gate) * up;
+    }
+}
+
 void ffn(const Experts &ex, int32_t e, const double *x, double *y) {
-    const int64_t H = ex.H, I = ex.I;
-    const double *w13 = &ex.w13[(size_t)e * 2 * I * H];
+    const int64_t H = ex.H, I = ex.I, rows = gated(ex.act) ? 2 * I : I;
+    const double *w13 = &ex.w13[(size_t)(e * rows * H)];
     const double *w2 = &ex.w2[(size_t)e * H * I];
+    /* h = W13 x + b13, in w13's own row order */
+    std::vector<double> h((size_t)rows);
+    for (int64_t n = 0; n < rows; n++) {
+        double acc = ex.b13.empty() ? 0.0 : ex.b13[(size_t)(e * rows + n)];
+        for (int64_t k = 0; k < H; k++) acc += w13[n * H + k] * x[k];
+        h[(size_t)n] = acc;
+    }
     std::vector<double> a((size_t)I);
     for (int64_t i = 0; i < I; i++) {
-        double gate = 0.0, up = 0.0;
-        for (int64_t h = 0; h < H; h++) {
-            gate += w13[i * H + h] * x[h];
-            up += w13[(I + i) * H + h] * x[h];
+        if (!gated(ex.act)) {
+            a[(size_t)i] = activate(ex, h[(size_t)i], 0.0);
+        } else if (ex.gate_up == DYNMOE_GATE_UP_INTERLEAVED) {
+            a[(size_t)i] = activate(ex, h[(size_t)(2 * i)], h[(size_t)(2 * i + 1)]);
+        } else {
+            a[(size_t)i] = activate(ex, h[(size_t)i], h[(size_t)(I + i)]);
         }
-        a[(size_t)i] = (ex.act == DYNMOE_ACT_GEGLU ? gelu_erf(gate) : silu(gate)) * up;
     }
-    for (int64_t h = 0; h < H; h++) {
-        double acc = 0.0;
-        for (int64_t i = 0; i < I; i++) acc += w2[h * I + i] * a[(size_t)i];
-        y[h] = acc;
+    for (int64_t n = 0; n < H; n++) {
+        double acc = ex.b2.empty() ? 0.0 : ex.b2[(size_t)(e * H + n)];
+        for (int64_t i = 0; i < I; i++) acc += w2[n * I + i] * a[(size_t)i];
+        y[n] = acc;
     }
 }
 
 void experts_forward(const Experts &ex, int32_t Z, dynmoe_zero_kind zero_kind, int64_t T,
                      const std::vector<double> &x, const Table &table, std::vector<double> &out,
-                     const std::vector<int64_t> &tokens) {
+                     const std::vector<int64_t> &tokens, bool weight_on_input) {
     const int32_t E = ex.E, H = ex.H, S = table.S;
     out.assign((size_t)(T * H), 0.0);
-    std::vector<double> y((size_t)H);
+    std::vector<double> y((size_t)H), wx((size_t)H);
     auto one = [&](int64_t t) {
         const double *xt = &x[(size_t)(t * H)];
         double *ot = &out[(size_t)(t * H)];
         for (int32_t k = 0; k < S; k++) {
             const int32_t id = table.ids[(size_t)(t * S + k)];
             const double w = table.weights[(size_t)(t * S + k)];
-            if (id >= 0 && id < E) {
+            if (id >= 0 && id < E && weight_on_input) {
+                for (int32_t h = 0; h < H; h++) wx[(size_t)h] = w * xt[h];
+                ffn(ex, id, wx.data(), y.data());
+                for (int32_t h = 0; h < H; h++) ot[h] += y[(size_t)h];
+            } else if (id >= 0 && id < E) {
                 ffn(ex, id, xt, y.data());
                 for (int32_t h = 0; h < H; h++) ot[h] += w * y[(size_t)h];
             } else if (id >= E && id < E + Z && zero_kind == DYNMOE_ZERO_IDENTITY) {

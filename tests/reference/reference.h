@@ -37,6 +37,7 @@ size_t dtype_size(dynmoe_dtype dt);
 
 double silu(double g);
 double gelu_erf(double g);
+double gelu_tanh(double g);
 
 /* ---- routing ----------------------------------------------------------- */
 
@@ -48,12 +49,14 @@ struct Table {
     std::vector<double> weights;
 };
 
-/* Routes one token. logits [E+Z], bias [E+Z] or null, mask [E] or null.
- * Writes ids/w [K]. Returns true when the token had no finite logit.
- * *margin receives the token's decision margin (+inf when nothing was
- * decided). */
+/* Routes one token. logits [E+Z], bias [E+Z] or null, mask [E] or null,
+ * expert_scale [E+Z] or null (r.expert_scale is never read: the reference
+ * takes its own copy). Writes ids/w [K]. Returns true when the token had no
+ * finite logit. *margin receives the token's decision margin (+inf when
+ * nothing was decided). */
 bool route_token(const dynmoe_router &r, const double *logits, const double *bias,
-                 const double *mask, int32_t *ids, double *w, double *margin);
+                 const double *mask, int32_t *ids, double *w, double *margin,
+                 const double *expert_scale = nullptr);
 
 struct RouteResult {
     Table table;
@@ -61,9 +64,11 @@ struct RouteResult {
     std::vector<double> margin; /* [T] */
 };
 
-/* logits [T, E+Z], bias [E+Z] or empty, mask [T, E] or empty. */
+/* logits [T, E+Z], bias [E+Z] or empty, mask [T, E] or empty, expert_scale
+ * [E+Z] or empty. */
 RouteResult route(const dynmoe_router &r, int64_t T, const std::vector<double> &logits,
-                  const std::vector<double> &bias, const std::vector<double> &mask);
+                  const std::vector<double> &bias, const std::vector<double> &mask,
+                  const std::vector<double> &expert_scale = {});
 
 /* CaRE bi-level routing (dynmoe_route_tasks):
  * x [T, H], task_logits [T, R], task_weights [R, E+Z, H], bias [E+Z] or empty.
@@ -71,7 +76,8 @@ RouteResult route(const dynmoe_router &r, int64_t T, const std::vector<double> &
  * task's expert routing. */
 RouteResult route_tasks(const dynmoe_router &r, int64_t T, int32_t H, const std::vector<double> &x,
                         const std::vector<double> &task_logits,
-                        const std::vector<double> &task_weights, const std::vector<double> &bias);
+                        const std::vector<double> &task_weights, const std::vector<double> &bias,
+                        const std::vector<double> &expert_scale = {});
 
 /* ---- plan -------------------------------------------------------------- */
 
@@ -94,20 +100,31 @@ dynmoe_stats table_stats(int32_t E, int32_t Z, int64_t T, int32_t S,
 struct Experts {
     int32_t E = 0, H = 0, I = 0;
     dynmoe_act act = DYNMOE_ACT_SWIGLU;
-    std::vector<double> w13; /* [E, 2I, H]: rows 0..I-1 gate, I..2I-1 up */
+    dynmoe_gate_up gate_up = DYNMOE_GATE_UP_BLOCKED;
+    double alpha = 1.702, limit = 7.0; /* SWIGLU_OAI */
+    /* [E, 2I, H] gated (BLOCKED: rows 0..I-1 gate, I..2I-1 up; INTERLEAVED:
+     * row 2j gate j, 2j+1 up j), [E, I, H] for RELU2 / SILU */
+    std::vector<double> w13;
     std::vector<double> w2;  /* [E, H, I] */
+    std::vector<double> b13; /* [E, rows of w13] or empty */
+    std::vector<double> b2;  /* [E, H] or empty */
 };
 
-/* y [H] = W2_e (act(W13_e[gate] x) * (W13_e[up] x)) */
+/* Whether act reads a gate and an up row per hidden unit (else one row). */
+bool gated(dynmoe_act act);
+
+/* y [H] = W2_e act(W13_e x + b13_e) + b2_e, the activation as documented in
+ * include/dynmoe.h (dynmoe_act). */
 void ffn(const Experts &ex, int32_t e, const double *x, double *y);
 
-/* out [T, H] = sum over slots of w * FFN_id(x_t) (real experts), w * x_t
- * (identity zero experts), 0 (zero-output experts); ids outside [-1, E+Z)
- * skipped; a repeated id counts once per slot. `tokens`, when not empty,
- * restricts the computation to those tokens (other rows of out are left 0). */
+/* out [T, H] = sum over slots of w * FFN_id(x_t) (real experts; with
+ * weight_on_input FFN_id(w * x_t) instead), w * x_t (identity zero experts),
+ * 0 (zero-output experts); ids outside [-1, E+Z) skipped; a repeated id
+ * counts once per slot. `tokens`, when not empty, restricts the computation
+ * to those tokens (other rows of out are left 0). */
 void experts_forward(const Experts &ex, int32_t Z, dynmoe_zero_kind zero_kind, int64_t T,
                      const std::vector<double> &x, const Table &table, std::vector<double> &out,
-                     const std::vector<int64_t> &tokens = {});
+                     const std::vector<int64_t> &tokens = {}, bool weight_on_input = false);
 
 } // namespace dmref
 

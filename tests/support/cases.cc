@@ -130,6 +130,63 @@ std::vector<ModelCase> model_cases() {
     none.router.scale = 0.5f;
     v.push_back(none);
 
+    /* gpt-oss: softmax over the top-K logits (= softmax over all, renormalised),
+     * gate and up interleaved, biases, the clamped SwiGLU. */
+    ModelCase oss = mc("gpt_oss", 32, 4, DYNMOE_SCORE_SOFTMAX, DYNMOE_NORM_SELECTED, 72, 40);
+    oss.act = DYNMOE_ACT_SWIGLU_OAI;
+    oss.ex.gate_up = DYNMOE_GATE_UP_INTERLEAVED;
+    oss.ex.bias = true;
+    v.push_back(oss);
+
+    ModelCase oss_beam = oss;
+    oss_beam.name = "gpt_oss_beam_limit_2";
+    oss_beam.mask = true;
+    oss_beam.keep = 0.5;
+    oss_beam.ex.limit = 2.0;
+    oss_beam.ex.alpha = 1.0;
+    oss_beam.H = 41;
+    oss_beam.I = 19;
+    v.push_back(oss_beam);
+
+    /* Llama-4: sigmoid top-1, the routing weight scales the expert's input. */
+    ModelCase l4 = mc("llama4", 16, 1, DYNMOE_SCORE_SIGMOID, DYNMOE_NORM_NONE, 80, 64);
+    l4.router.weight_on_input = 1;
+    v.push_back(l4);
+
+    /* Weight on the input with several slots and identity zero experts. */
+    ModelCase l4k = mc("weight_on_input_k3_identity", 24, 3, DYNMOE_SCORE_SIGMOID, DYNMOE_NORM_SELECTED, 48, 24);
+    l4k.router.weight_on_input = 1;
+    l4k.router.num_zero_experts = 4;
+    l4k.router.zero_kind = DYNMOE_ZERO_IDENTITY;
+    l4k.mask = true;
+    l4k.keep = 0.6;
+    v.push_back(l4k);
+
+    /* Gemma-4: softmax top-8 renormalised, a learned per-expert scale, GELU (tanh). */
+    ModelCase g4 = mc("gemma4", 128, 8, DYNMOE_SCORE_SOFTMAX, DYNMOE_NORM_SELECTED, 64, 24);
+    g4.expert_scale = true;
+    g4.act = DYNMOE_ACT_GEGLU_TANH;
+    v.push_back(g4);
+
+    /* Nemotron-H: DeepSeek-V3-style sigmoid + bias + groups, non-gated relu^2. */
+    ModelCase nh = mc("nemotron_h", 128, 6, DYNMOE_SCORE_SIGMOID, DYNMOE_NORM_SELECTED, 56, 40);
+    nh.bias = true;
+    nh.router.num_groups = 8;
+    nh.router.topk_groups = 4;
+    nh.router.scale = 2.5f;
+    nh.act = DYNMOE_ACT_RELU2;
+    v.push_back(nh);
+
+    /* Non-gated SiLU with biases, expert scale and zero-output experts. */
+    ModelCase silu = mc("silu_bias_scale_zero", 32, 4, DYNMOE_SCORE_SOFTMAX, DYNMOE_NORM_KEPT, 37, 21);
+    silu.act = DYNMOE_ACT_SILU;
+    silu.ex.bias = true;
+    silu.expert_scale = true;
+    silu.router.num_zero_experts = 8;
+    silu.mask = true;
+    silu.keep = 0.5;
+    v.push_back(silu);
+
     return v;
 }
 
@@ -153,7 +210,7 @@ double draw_logit(const dynmoe_router &r, Rng &rng) {
 } // namespace
 
 void rereference(const ModelCase &c, int64_t T, RouteInputs &in) {
-    in.ref = dmref::route(c.router, T, in.logits.values, in.bias_d(), in.mask.values);
+    in.ref = dmref::route(c.router, T, in.logits.values, in.bias_d(), in.mask.values, in.expert_scale_d());
 }
 
 RouteInputs make_route_inputs(const ModelCase &c, int64_t T, dynmoe_dtype dt, Rng &rng) {
@@ -164,6 +221,10 @@ RouteInputs make_route_inputs(const ModelCase &c, int64_t T, dynmoe_dtype dt, Rn
         /* comparable to the scores so that the bias changes choices */
         const double b = r.score == DYNMOE_SCORE_SIGMOID ? 0.15 : 4.0 / N;
         in.bias = rng.uniform_vec((size_t)N, -b, b);
+    }
+    if (c.expert_scale) {
+        /* learned scales around 1 (Gemma-4's per_expert_scale starts at 1) */
+        in.expert_scale = rng.uniform_vec((size_t)N, 0.25, 2.0);
     }
     in.logits = pack(std::vector<float>((size_t)(T * N), 0.0f), dt);
     if (c.mask) {
@@ -208,17 +269,30 @@ void retie_free(const ModelCase &c, int64_t T, RouteInputs &in, Rng &rng) {
     }
 }
 
-ExpertWeights make_experts(int32_t E, int32_t H, int32_t I, dynmoe_act act, dynmoe_dtype dt, Rng &rng) {
+ExpertWeights make_experts(int32_t E, int32_t H, int32_t I, dynmoe_act act, dynmoe_dtype dt, Rng &rng,
+                           const ExpertOptions &opt) {
     ExpertWeights w;
-    const double a = std::sqrt(3.0 / H), b = std::sqrt(3.0 / I);
-    w.w13 = pack(rng.uniform_vec((size_t)E * 2 * I * H, -a, a), dt);
+    const size_t rows = dmref::gated(act) ? 2 * (size_t)I : (size_t)I;
+    /* SWIGLU_OAI clamps at limit: spread h over a few units so clamps happen */
+    const double spread = act == DYNMOE_ACT_SWIGLU_OAI ? 3.0 * opt.limit / 7.0 + 1.0 : 1.0;
+    const double a = spread * std::sqrt(3.0 / H), b = std::sqrt(3.0 / I);
+    w.w13 = pack(rng.uniform_vec((size_t)E * rows * H, -a, a), dt);
     w.w2 = pack(rng.uniform_vec((size_t)E * H * I, -b * 2, b * 2), dt);
+    if (opt.bias) {
+        w.b13 = pack(rng.uniform_vec((size_t)E * rows, -0.5, 0.5), dt);
+        w.b2 = pack(rng.uniform_vec((size_t)E * H, -0.5, 0.5), dt);
+    }
     w.ref.E = E;
     w.ref.H = H;
     w.ref.I = I;
     w.ref.act = act;
+    w.ref.gate_up = opt.gate_up;
+    w.ref.alpha = opt.alpha;
+    w.ref.limit = opt.limit;
     w.ref.w13 = w.w13.values;
     w.ref.w2 = w.w2.values;
+    w.ref.b13 = w.b13.values;
+    w.ref.b2 = w.b2.values;
     return w;
 }
 

@@ -12,14 +12,23 @@
 
 namespace dmtest {
 
+/* How the experts of a case are laid out beyond their activation. */
+struct ExpertOptions {
+    dynmoe_gate_up gate_up = DYNMOE_GATE_UP_BLOCKED;
+    bool bias = false;                 /* b13 and b2 */
+    double alpha = 1.702, limit = 7.0; /* SWIGLU_OAI */
+};
+
 struct ModelCase {
     std::string name;
-    dynmoe_router router;
+    dynmoe_router router;    /* router.expert_scale stays NULL: see RouteInputs */
     bool bias = false;       /* selection bias */
     bool mask = false;       /* BEAM mask */
     double keep = 1.0;       /* BEAM keep rate */
+    bool expert_scale = false; /* a per-expert weight scale (Gemma-4) */
     int32_t H = 64, I = 32;  /* reduced sizes for the forward tests */
     dynmoe_act act = DYNMOE_ACT_SWIGLU;
+    ExpertOptions ex;
 };
 
 /* Model-shaped routers (Qwen3-30B-A3B, DeepSeek-V3, LongCat-Flash, ZEDA,
@@ -37,8 +46,10 @@ struct RouteInputs {
     Packed logits;             /* [T, E+Z] */
     std::vector<float> bias;   /* [E+Z] or empty */
     Packed mask;               /* [T, E] or empty */
+    std::vector<float> expert_scale; /* [E+Z] or empty; run_* point router.expert_scale at a copy */
     dmref::RouteResult ref;    /* the reference routing of exactly these inputs */
     std::vector<double> bias_d() const { return to_double(bias); }
+    std::vector<double> expert_scale_d() const { return to_double(expert_scale); }
 };
 
 RouteInputs make_route_inputs(const ModelCase &c, int64_t T, dynmoe_dtype dt, Rng &rng);
@@ -51,13 +62,14 @@ void rereference(const ModelCase &c, int64_t T, RouteInputs &in);
  * recomputes the reference. */
 void retie_free(const ModelCase &c, int64_t T, RouteInputs &in, Rng &rng);
 
-/* Random expert weights [E,2I,H] and [E,H,I] of dt, scaled so that outputs
- * are O(1). */
+/* Random expert weights [E,2I,H] (or [E,I,H] for non-gated act) and
+ * [E,H,I] of dt, with biases when opt.bias, scaled so that outputs are O(1). */
 struct ExpertWeights {
-    Packed w13, w2;
+    Packed w13, w2, b13, b2; /* b13, b2 empty without biases */
     dmref::Experts ref;
 };
-ExpertWeights make_experts(int32_t E, int32_t H, int32_t I, dynmoe_act act, dynmoe_dtype dt, Rng &rng);
+ExpertWeights make_experts(int32_t E, int32_t H, int32_t I, dynmoe_act act, dynmoe_dtype dt, Rng &rng,
+                           const ExpertOptions &opt = {});
 
 } // namespace dmtest
 

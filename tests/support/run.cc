@@ -35,9 +35,35 @@ dynmoe_experts make_experts_desc(const dynmoe_router &r, int32_t H, int32_t I, d
     return x;
 }
 
-RouteOut run_route(dynmoe_ctx *ctx, dynmoe_backend b, const dynmoe_router &r, int64_t T,
+BackendExperts upload_experts(dynmoe_backend b, const dynmoe_router &r, const ExpertWeights &w, dynmoe_dtype dt) {
+    BackendExperts e;
+    e.w13 = make_buffer(b, w.w13.bytes);
+    e.w2 = make_buffer(b, w.w2.bytes);
+    e.b13 = make_buffer(b, w.b13.bytes);
+    e.b2 = make_buffer(b, w.b2.bytes);
+    e.desc = make_experts_desc(r, w.ref.H, w.ref.I, dt, w.ref.act, e.w13.get(), e.w2.get());
+    e.desc.gate_up = w.ref.gate_up;
+    e.desc.alpha = (float)w.ref.alpha;
+    e.desc.limit = (float)w.ref.limit;
+    if (w.b13.size()) e.desc.b13 = e.b13.get();
+    if (w.b2.size()) e.desc.b2 = e.b2.get();
+    return e;
+}
+
+dynmoe_router with_expert_scale(const dynmoe_router &r, const RouteInputs &in, dynmoe_backend b, Buffer &buf) {
+    dynmoe_router rr = r;
+    if (!in.expert_scale.empty()) {
+        buf = make_buffer(b, in.expert_scale);
+        rr.expert_scale = buf.as<float>();
+    }
+    return rr;
+}
+
+RouteOut run_route(dynmoe_ctx *ctx, dynmoe_backend b, const dynmoe_router &r_in, int64_t T,
                    const RouteInputs &in, bool with_stats) {
     RouteOut o;
+    Buffer scale;
+    const dynmoe_router r = with_expert_scale(r_in, in, b, scale);
     const size_t n = (size_t)(T * r.top_k);
     Buffer logits = make_buffer(b, in.logits.bytes);
     Buffer bias = make_buffer(b, in.bias);
@@ -128,9 +154,9 @@ ForwardOut run_experts_forward(dynmoe_ctx *ctx, dynmoe_backend b, const dynmoe_r
                                const ExpertWeights &w, dynmoe_dtype dt, int64_t T, const Packed &x,
                                const std::vector<int32_t> &ids_v, const std::vector<float> &weights_v,
                                int32_t S, bool with_stats, bool poison) {
-    const int32_t H = w.ref.H, I = w.ref.I;
-    Buffer w13 = make_buffer(b, w.w13.bytes), w2 = make_buffer(b, w.w2.bytes);
-    dynmoe_experts ex = make_experts_desc(r, H, I, dt, w.ref.act, w13.get(), w2.get());
+    const int32_t H = w.ref.H;
+    BackendExperts bx = upload_experts(b, r, w, dt);
+    dynmoe_experts &ex = bx.desc;
     dynmoe_router rr = r;
     /* the caller's table has S slots per token, whatever the router's K */
     const size_t ws_bytes = dynmoe_experts_workspace_size(&rr, &ex, T, S);
@@ -157,7 +183,8 @@ Packed random_x(int64_t T, int32_t H, dynmoe_dtype dt, Rng &rng) {
 std::vector<double> moe_reference_out(const ModelCase &c, const ExpertWeights &w, int64_t T, const Packed &x,
                                       const RouteInputs &in) {
     std::vector<double> ref;
-    dmref::experts_forward(w.ref, c.router.num_zero_experts, c.router.zero_kind, T, x.values, in.ref.table, ref);
+    dmref::experts_forward(w.ref, c.router.num_zero_experts, c.router.zero_kind, T, x.values, in.ref.table, ref,
+                           {}, c.router.weight_on_input != 0);
     return ref;
 }
 
@@ -178,7 +205,7 @@ void check_moe_vs_reference(dynmoe_ctx *ctx, dynmoe_backend b, const ModelCase &
                             uint64_t seed, unsigned required) {
     Rng rng(seed);
     RouteInputs in = make_route_inputs(c, T, dt, rng);
-    ExpertWeights w = make_experts(c.router.num_experts, c.H, c.I, c.act, dt, rng);
+    ExpertWeights w = make_experts(c.router.num_experts, c.H, c.I, c.act, dt, rng, c.ex);
     Packed x = random_x(T, c.H, dt, rng);
     ForwardOut o = run_moe_forward(ctx, b, c.router, w, dt, T, x, in);
     ASSERT_EQ(o.status, DYNMOE_OK);
@@ -188,8 +215,8 @@ void check_moe_vs_reference(dynmoe_ctx *ctx, dynmoe_backend b, const ModelCase &
 
 void check_experts_vs_reference(dynmoe_ctx *ctx, dynmoe_backend b, const dynmoe_router &r, int32_t H, int32_t I,
                                 dynmoe_act act, dynmoe_dtype dt, const dmref::Table &table, Rng &rng,
-                                unsigned required, const std::string &what) {
-    ExpertWeights w = make_experts(r.num_experts, H, I, act, dt, rng);
+                                unsigned required, const std::string &what, const ExpertOptions &opt) {
+    ExpertWeights w = make_experts(r.num_experts, H, I, act, dt, rng, opt);
     Packed x = random_x(table.T, H, dt, rng);
     std::vector<float> wf = to_float(table.weights);
     dmref::Table tf = table;
@@ -197,18 +224,21 @@ void check_experts_vs_reference(dynmoe_ctx *ctx, dynmoe_backend b, const dynmoe_
     ForwardOut o = run_experts_forward(ctx, b, r, w, dt, table.T, x, table.ids, wf, table.S);
     ASSERT_EQ(o.status, DYNMOE_OK);
     std::vector<double> ref;
-    dmref::experts_forward(w.ref, r.num_zero_experts, r.zero_kind, table.T, x.values, tf, ref);
+    dmref::experts_forward(w.ref, r.num_zero_experts, r.zero_kind, table.T, x.values, tf, ref, {},
+                           r.weight_on_input != 0);
     expect_close(o.out, ref, dt, what);
     expect_stats(o.stats, dmref::table_stats(r.num_experts, r.num_zero_experts, table.T, table.S, table.ids, 0),
                  required);
 }
 
-ForwardOut run_moe_forward(dynmoe_ctx *ctx, dynmoe_backend b, const dynmoe_router &r,
+ForwardOut run_moe_forward(dynmoe_ctx *ctx, dynmoe_backend b, const dynmoe_router &r_in,
                            const ExpertWeights &w, dynmoe_dtype dt, int64_t T, const Packed &x,
                            const RouteInputs &in, bool with_stats) {
-    const int32_t H = w.ref.H, I = w.ref.I;
-    Buffer w13 = make_buffer(b, w.w13.bytes), w2 = make_buffer(b, w.w2.bytes);
-    dynmoe_experts ex = make_experts_desc(r, H, I, dt, w.ref.act, w13.get(), w2.get());
+    const int32_t H = w.ref.H;
+    Buffer scale;
+    const dynmoe_router r = with_expert_scale(r_in, in, b, scale);
+    BackendExperts bx = upload_experts(b, r, w, dt);
+    dynmoe_experts &ex = bx.desc;
     const size_t ws_bytes = dynmoe_workspace_size(&r, &ex, T);
     EXPECT_GT(ws_bytes, 0u) << "dynmoe_workspace_size";
     Buffer xb = make_buffer(b, x.bytes);

@@ -66,6 +66,16 @@ ForwardOut run_moe_forward(dynmoe_ctx *ctx, dynmoe_backend b, const dynmoe_route
 dynmoe_experts make_experts_desc(const dynmoe_router &r, int32_t H, int32_t I, dynmoe_dtype dt,
                                  dynmoe_act act, const void *w13, const void *w2);
 
+/* The experts of w (weights, biases) copied to backend b, and their description. */
+struct BackendExperts {
+    Buffer w13, w2, b13, b2;
+    dynmoe_experts desc;
+};
+BackendExperts upload_experts(dynmoe_backend b, const dynmoe_router &r, const ExpertWeights &w, dynmoe_dtype dt);
+
+/* The router of a call with in.expert_scale on backend b (kept alive by `buf`). */
+dynmoe_router with_expert_scale(const dynmoe_router &r, const RouteInputs &in, dynmoe_backend b, Buffer &buf);
+
 std::vector<float> to_float(const std::vector<double> &v);
 
 /* Hidden states x [T, H], uniform in [-1, 1], stored as dt. */
@@ -89,7 +99,7 @@ void check_moe_vs_reference(dynmoe_ctx *ctx, dynmoe_backend b, const ModelCase &
  * reference, which sees the fp32 slot weights the library gets. */
 void check_experts_vs_reference(dynmoe_ctx *ctx, dynmoe_backend b, const dynmoe_router &r, int32_t H, int32_t I,
                                 dynmoe_act act, dynmoe_dtype dt, const dmref::Table &table, Rng &rng,
-                                unsigned required, const std::string &what);
+                                unsigned required, const std::string &what, const ExpertOptions &opt = {});
 
 } // namespace dmtest
 

@@ -280,7 +280,7 @@ std::string describe(const dynmoe_router &r) {
       << " K=" << r.top_k << " score=" << r.score << " select=" << r.select << " top_p=" << r.top_p
       << " threshold=" << r.threshold << " groups=" << r.num_groups << "/" << r.topk_groups
       << " norm=" << r.norm << " scale=" << r.scale << " tasks=" << r.num_tasks << "/"
-      << r.top_tasks;
+      << r.top_tasks << " weight_on_input=" << r.weight_on_input;
     return o.str();
 }
 
