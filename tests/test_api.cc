@@ -6,6 +6,7 @@
  */
 #include <algorithm>
 #include <cmath>
+#include <cstddef>
 #include <cstring>
 #include <functional>
 #include <limits>
@@ -61,6 +62,14 @@ TEST(Api, Initializers) {
     dynmoe_experts x = DYNMOE_EXPERTS_INIT;
     EXPECT_EQ(x.struct_size, sizeof(dynmoe_experts));
     EXPECT_EQ(x.act, DYNMOE_ACT_SWIGLU);
+    /* fields of 0.2 */
+    EXPECT_EQ(r.weight_on_input, 0);
+    EXPECT_EQ(r.expert_scale, nullptr);
+    EXPECT_EQ(x.b13, nullptr);
+    EXPECT_EQ(x.b2, nullptr);
+    EXPECT_EQ(x.gate_up, DYNMOE_GATE_UP_BLOCKED);
+    EXPECT_EQ(x.alpha, 1.702f);
+    EXPECT_EQ(x.limit, 7.0f);
 }
 
 TEST(Api, Context) {
@@ -86,6 +95,49 @@ TEST(Api, Context) {
     }
 }
 
+/* A caller built against release 0.1 passes the shorter router and experts
+ * structs: they are accepted and give the result of the full structs, and
+ * nothing past them is read (each sits in a heap block of exactly its size,
+ * so ASan sees any over-read). */
+TEST(Api, StructSizesOfRelease01) {
+    dynmoe_ctx *ctx = nullptr;
+    ASSERT_EQ(dynmoe_ctx_create(&ctx, DYNMOE_BACKEND_CPU, 0), DYNMOE_OK) << dynmoe_last_error();
+    const ModelCase c = find_case("beam_deepseek_v3");
+    const int64_t T = 37;
+    Rng rng(11);
+    RouteInputs in = make_route_inputs(c, T, DYNMOE_F32, rng);
+    ExpertWeights w = make_experts(c.router.num_experts, c.H, c.I, c.act, DYNMOE_F32, rng);
+    Packed x = random_x(T, c.H, DYNMOE_F32, rng);
+    ForwardOut full = run_moe_forward(ctx, DYNMOE_BACKEND_CPU, c.router, w, DYNMOE_F32, T, x, in, false);
+    ASSERT_EQ(full.status, DYNMOE_OK);
+
+    const size_t rsize = offsetof(dynmoe_router, weight_on_input), xsize = offsetof(dynmoe_experts, b13);
+    EXPECT_EQ(rsize, 64u) << "0.1's sizeof(dynmoe_router) on LP64";
+    EXPECT_EQ(xsize, 48u) << "0.1's sizeof(dynmoe_experts) on LP64";
+    BackendExperts bx = upload_experts(DYNMOE_BACKEND_CPU, c.router, w, DYNMOE_F32);
+    dynmoe_router r = c.router;
+    dynmoe_experts ex = bx.desc;
+    r.struct_size = rsize;
+    ex.struct_size = xsize;
+    std::unique_ptr<char[]> rb(new char[rsize]), xb(new char[xsize]);
+    std::memcpy(rb.get(), &r, rsize);
+    std::memcpy(xb.get(), &ex, xsize);
+    const dynmoe_router *rp = reinterpret_cast<const dynmoe_router *>(rb.get());
+    const dynmoe_experts *xp = reinterpret_cast<const dynmoe_experts *>(xb.get());
+
+    const size_t bytes = dynmoe_workspace_size(rp, xp, T);
+    EXPECT_EQ(bytes, dynmoe_workspace_size(&c.router, &bx.desc, T)) << dynmoe_last_error();
+    Buffer ws(DYNMOE_BACKEND_CPU, bytes), out(DYNMOE_BACKEND_CPU, (size_t)(T * c.H) * 4);
+    ws.fill(kPoisonFloat);
+    out.fill(kPoisonFloat);
+    ASSERT_EQ(dynmoe_moe_forward(ctx, rp, xp, T, x.bytes.data(), in.logits.bytes.data(), DYNMOE_F32,
+                                 in.bias.data(), in.mask.bytes.data(), out.get(), ws.get(), bytes, nullptr),
+              DYNMOE_OK)
+        << dynmoe_last_error();
+    EXPECT_EQ(out.bytes_vector(), full.out_bytes) << "0.1 structs give another result";
+    dynmoe_ctx_destroy(ctx);
+}
+
 /* ---- bad arguments ------------------------------------------------------------- */
 
 namespace {
@@ -95,6 +147,8 @@ struct RouterMutation {
     const char *name;
     std::function<void(dynmoe_router &)> apply;
 };
+
+alignas(16) const float kScales[8] = {1, 1, 1, 1, 1, 1, 1, 1};
 
 std::vector<RouterMutation> router_mutations() {
     const float nan = std::numeric_limits<float>::quiet_NaN();
@@ -126,6 +180,10 @@ std::vector<RouterMutation> router_mutations() {
         {"top_p -0.5", [](dynmoe_router &r) { r.select = DYNMOE_SELECT_TOP_P; r.top_p = -0.5f; }},
         {"top_p 1.5", [](dynmoe_router &r) { r.select = DYNMOE_SELECT_TOP_P; r.top_p = 1.5f; }},
         {"top_p NaN", [=](dynmoe_router &r) { r.select = DYNMOE_SELECT_TOP_P; r.top_p = nan; }},
+        {"weight_on_input 2", [](dynmoe_router &r) { r.weight_on_input = 2; }},
+        {"weight_on_input -1", [](dynmoe_router &r) { r.weight_on_input = -1; }},
+        {"expert_scale misaligned", [](dynmoe_router &r) { r.expert_scale = kScales + 1; }},
+        {"struct_size 0.1 + 4", [](dynmoe_router &r) { r.struct_size = offsetof(dynmoe_router, weight_on_input) + 4; }},
     };
 }
 
@@ -466,6 +524,21 @@ std::vector<ForwardMutation> forward_mutations() {
         {"experts.w2 NULL", [](ForwardCall &a) { a.ex.w2 = nullptr; }, inv, 0},
         {"experts.w13 misaligned", [=](ForwardCall &a) { a.ex.w13 = mis(a.ex.w13, 2); }, inv, 0},
         {"experts.w2 misaligned", [=](ForwardCall &a) { a.ex.w2 = mis(a.ex.w2, 8); }, inv, 0},
+        {"experts.b13 misaligned", [=](ForwardCall &a) { a.ex.b13 = mis(a.ex.w13, 2); }, inv, 0},
+        {"experts.b2 misaligned", [=](ForwardCall &a) { a.ex.b2 = mis(a.ex.w2, 4); }, inv, 0},
+        {"experts.gate_up COUNT", [](ForwardCall &a) { a.ex.gate_up = DYNMOE_GATE_UP_COUNT; }, inv, 0},
+        {"experts.gate_up -1", [](ForwardCall &a) { shim_set_experts_enum(&a.ex, SHIM_EXPERTS_GATE_UP, -1); }, inv, 0},
+        {"interleaved non-gated RELU2",
+         [](ForwardCall &a) { a.ex.act = DYNMOE_ACT_RELU2; a.ex.gate_up = DYNMOE_GATE_UP_INTERLEAVED; }, inv, 0},
+        {"interleaved non-gated SILU",
+         [](ForwardCall &a) { a.ex.act = DYNMOE_ACT_SILU; a.ex.gate_up = DYNMOE_GATE_UP_INTERLEAVED; }, inv, 0},
+        {"SWIGLU_OAI limit 0", [](ForwardCall &a) { a.ex.act = DYNMOE_ACT_SWIGLU_OAI; a.ex.limit = 0.0f; }, inv, 0},
+        {"SWIGLU_OAI limit -7", [](ForwardCall &a) { a.ex.act = DYNMOE_ACT_SWIGLU_OAI; a.ex.limit = -7.0f; }, inv, 0},
+        {"SWIGLU_OAI limit NaN",
+         [](ForwardCall &a) { a.ex.act = DYNMOE_ACT_SWIGLU_OAI; a.ex.limit = std::numeric_limits<float>::quiet_NaN(); }, inv, 0},
+        {"SWIGLU_OAI alpha inf",
+         [](ForwardCall &a) { a.ex.act = DYNMOE_ACT_SWIGLU_OAI; a.ex.alpha = std::numeric_limits<float>::infinity(); }, inv, 0},
+        {"experts.struct_size 0.1 + 8", [](ForwardCall &a) { a.ex.struct_size = offsetof(dynmoe_experts, b13) + 8; }, inv, 0},
         {"x NULL", [](ForwardCall &a) { a.x = nullptr; }, inv, 0},
         {"x misaligned", [=](ForwardCall &a) { a.x = mis(a.x, 2); }, inv, 0},
         {"out NULL", [](ForwardCall &a) { a.out = nullptr; }, inv, 0},

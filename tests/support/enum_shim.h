@@ -13,7 +13,9 @@
 extern "C" {
 #endif
 
-enum shim_field { SHIM_SCORE, SHIM_SELECT, SHIM_NORM, SHIM_ZERO_KIND, SHIM_EXPERTS_DTYPE, SHIM_EXPERTS_ACT };
+enum shim_field {
+    SHIM_SCORE, SHIM_SELECT, SHIM_NORM, SHIM_ZERO_KIND, SHIM_EXPERTS_DTYPE, SHIM_EXPERTS_ACT, SHIM_EXPERTS_GATE_UP
+};
 
 void shim_set_router_enum(dynmoe_router *r, int field, int value);
 void shim_set_experts_enum(dynmoe_experts *x, int field, int value);
