@@ -111,6 +111,41 @@ static dynmoe_status check_tokens(const char *fn, int64_t T, int32_t slots) {
     return DYNMOE_OK;
 }
 
+/* The quantization fields of x (see dynmoe_weight_format); `used` when the
+ * weights will be read (T > 0 and experts present). */
+static dynmoe_status check_weight_format(const char *fn, const char *name, const dynmoe_experts *x, int used) {
+    const dynmoe_weight_format f = x->weight_format;
+    const int32_t g = x->group_size;
+    if ((unsigned)f >= DYNMOE_WEIGHTS_COUNT) return INVALID("%s: unknown %s.weight_format %d", fn, name, (int)f);
+    if (f == DYNMOE_WEIGHTS_PLAIN) {
+        if (x->w13_scale || x->w2_scale || x->w13_zero || x->w2_zero || g != 0)
+            return INVALID("%s: %s has scales, zeros or a group_size but weight_format is PLAIN", fn, name);
+        return DYNMOE_OK;
+    }
+    if (used && (x->w13_scale == NULL || x->w2_scale == NULL))
+        return INVALID("%s: %s.w13_scale and %s.w2_scale are required by weight_format %d", fn, name, name, (int)f);
+    if (!aligned16(x->w13_scale) || !aligned16(x->w2_scale) || !aligned16(x->w13_zero) || !aligned16(x->w2_zero))
+        return INVALID("%s: %s scales or zeros are not 16-byte aligned", fn, name);
+    if (f != DYNMOE_WEIGHTS_INT4 && (x->w13_zero || x->w2_zero))
+        return INVALID("%s: %s zero points are only for weight_format INT4", fn, name);
+    switch (f) {
+    case DYNMOE_WEIGHTS_FP8_BLOCK:
+        if (g != 0 && g != 128) return INVALID("%s: %s.group_size = %d: FP8_BLOCK blocks are 128 x 128", fn, name, g);
+        return DYNMOE_OK;
+    case DYNMOE_WEIGHTS_MXFP4:
+        if (g != 0 && g != 32) return INVALID("%s: %s.group_size = %d: MXFP4 blocks are 32", fn, name, g);
+        if (x->hidden % 32 != 0 || x->inter % 32 != 0)
+            return INVALID("%s: MXFP4 needs %s.hidden = %d and %s.inter = %d to be multiples of 32", fn, name,
+                           x->hidden, name, x->inter);
+        return DYNMOE_OK;
+    case DYNMOE_WEIGHTS_INT4:
+        if (g != 32 && g != 64 && g != 128)
+            return INVALID("%s: %s.group_size = %d: INT4 groups are 32, 64 or 128", fn, name, g);
+        return DYNMOE_OK;
+    default: return INVALID("%s: unknown %s.weight_format %d", fn, name, (int)f);
+    }
+}
+
 dynmoe_status dm_check_experts(const char *fn, const char *name, const dynmoe_experts *in,
                                int32_t num_experts, int64_t T) {
     if (in == NULL) return INVALID("%s: %s is NULL", fn, name);
@@ -140,7 +175,7 @@ dynmoe_status dm_check_experts(const char *fn, const char *name, const dynmoe_ex
     if (x->w2 == NULL && need > 0) return INVALID("%s: %s.w2 is NULL", fn, name);
     if (!aligned16(x->w13) || !aligned16(x->w2)) return INVALID("%s: %s weights are not 16-byte aligned", fn, name);
     if (!aligned16(x->b13) || !aligned16(x->b2)) return INVALID("%s: %s biases are not 16-byte aligned", fn, name);
-    return DYNMOE_OK;
+    return check_weight_format(fn, name, x, need > 0);
 }
 
 /* Declared options whose expert kernels are not written yet (issue 15 in
@@ -154,6 +189,8 @@ dynmoe_status dm_check_implemented(const char *fn, const dynmoe_router *r, const
         return dm_fail(DYNMOE_ERR_UNSUPPORTED, "%s: interleaved gate/up rows are not implemented yet", fn);
     if (r->weight_on_input)
         return dm_fail(DYNMOE_ERR_UNSUPPORTED, "%s: router.weight_on_input is not implemented yet", fn);
+    if (x->weight_format != DYNMOE_WEIGHTS_PLAIN)
+        return dm_fail(DYNMOE_ERR_UNSUPPORTED, "%s: quantized weights are not implemented yet", fn);
     return DYNMOE_OK;
 }
 

@@ -139,6 +139,34 @@ typedef enum dynmoe_act {
     DYNMOE_ACT_COUNT
 } dynmoe_act;
 
+/* How w13 and w2 store their values. Weight-only: x, out and the
+ * accumulation stay in experts.dtype / fp32. For a matrix [E, N, K] (w13:
+ * N = rows of w13, K = H; w2: N = H, K = I):
+ *  PLAIN      experts.dtype values [E, N, K].
+ *  FP8_BLOCK  float8 e4m3fn bytes [E, N, K]; scale fp32 [E, ceil(N/128),
+ *             ceil(K/128)]; w = e4m3(q) * scale[n/128][k/128] (DeepSeek-V3's
+ *             weight_scale_inv with weight_block_size [128, 128]).
+ *  MXFP4      e2m1 values two per byte, element k in byte k/2, even k in the
+ *             low nibble: [E, N, K/2] bytes (gpt-oss's *_blocks [E, N, K/32,
+ *             16]); scale ue8m0 bytes [E, N, K/32], 2^(s-127); K % 32 == 0.
+ *  INT4       unsigned 4-bit values packed as MXFP4 (row stride ceil(K/2)
+ *             bytes); per group of group_size along K a scale (IEEE fp16)
+ *             [E, N, ceil(K/g)] and a zero point (uint8 0..15) [E, N,
+ *             ceil(K/g)] or NULL for 8: w = (q - zero) * scale. The last group
+ *             of a row may be short (K % g != 0). Converters from AWQ and GPTQ
+ *             tensors: python_ext dynmoe.quant.
+ * Scales and zeros live with the weights (device memory on CUDA), 16-byte
+ * aligned. A NaN or Inf in a scale or an fp8 NaN code is not sanitised: it
+ * reaches the outputs of the tokens routed to that expert. A scale of 0 gives
+ * zero weights. */
+typedef enum dynmoe_weight_format {
+    DYNMOE_WEIGHTS_PLAIN = 0,
+    DYNMOE_WEIGHTS_FP8_BLOCK = 1,
+    DYNMOE_WEIGHTS_MXFP4 = 2,
+    DYNMOE_WEIGHTS_INT4 = 3,
+    DYNMOE_WEIGHTS_COUNT
+} dynmoe_weight_format;
+
 /* Where the gate and up rows of a gated expert sit in w13 [E, 2I, H]. */
 typedef enum dynmoe_gate_up {
     DYNMOE_GATE_UP_BLOCKED = 0,     /* rows 0..I-1 gate, I..2I-1 up (vLLM, most HF models) */
@@ -211,12 +239,17 @@ typedef struct dynmoe_experts {
     dynmoe_gate_up gate_up; /* gated activations only; BLOCKED for non-gated */
     float alpha;            /* SWIGLU_OAI: sigmoid slope, finite (gpt-oss 1.702) */
     float limit;            /* SWIGLU_OAI: clamp, finite and > 0 (gpt-oss 7.0) */
+    dynmoe_weight_format weight_format; /* PLAIN: w13/w2 of dtype */
+    const void *w13_scale, *w2_scale;   /* FP8_BLOCK, MXFP4, INT4 (see dynmoe_weight_format) */
+    const void *w13_zero, *w2_zero;     /* INT4 zero points or NULL (zero point 8) */
+    int32_t group_size;  /* INT4: 32, 64 or 128; FP8_BLOCK: 0 or 128; MXFP4: 0 or 32; PLAIN: 0 */
 } dynmoe_experts;
 
 #define DYNMOE_EXPERTS_INIT                                                              \
     {                                                                                    \
         sizeof(dynmoe_experts), 0, 0, 0, DYNMOE_F32, DYNMOE_ACT_SWIGLU, NULL, NULL, NULL, \
-            NULL, DYNMOE_GATE_UP_BLOCKED, 1.702f, 7.0f                                    \
+            NULL, DYNMOE_GATE_UP_BLOCKED, 1.702f, 7.0f, DYNMOE_WEIGHTS_PLAIN, NULL, NULL,  \
+            NULL, NULL, 0                                                                 \
     }
 
 /* ------------------------------------------------------------------------ */

@@ -495,6 +495,15 @@ struct ForwardCall {
     }
 };
 
+/* Declares the call's weights quantized in format f with scales that pass
+ * the pointer checks (what a mutation then breaks is the point). */
+void quantized(ForwardCall &a, dynmoe_weight_format f) {
+    a.ex.weight_format = f;
+    a.ex.w13_scale = a.ex.w13;
+    a.ex.w2_scale = a.ex.w2;
+    a.ex.group_size = f == DYNMOE_WEIGHTS_INT4 ? 32 : 0;
+}
+
 struct ForwardMutation {
     const char *name;
     std::function<void(ForwardCall &)> f;
@@ -539,6 +548,27 @@ std::vector<ForwardMutation> forward_mutations() {
         {"SWIGLU_OAI alpha inf",
          [](ForwardCall &a) { a.ex.act = DYNMOE_ACT_SWIGLU_OAI; a.ex.alpha = std::numeric_limits<float>::infinity(); }, inv, 0},
         {"experts.struct_size 0.1 + 8", [](ForwardCall &a) { a.ex.struct_size = offsetof(dynmoe_experts, b13) + 8; }, inv, 0},
+        {"weight_format COUNT", [](ForwardCall &a) { a.ex.weight_format = DYNMOE_WEIGHTS_COUNT; }, inv, 0},
+        {"weight_format -1", [](ForwardCall &a) { shim_set_experts_enum(&a.ex, SHIM_EXPERTS_FORMAT, -1); }, inv, 0},
+        {"PLAIN with a scale", [](ForwardCall &a) { a.ex.w13_scale = a.ex.w13; }, inv, 0},
+        {"PLAIN with a zero", [](ForwardCall &a) { a.ex.w2_zero = a.ex.w2; }, inv, 0},
+        {"PLAIN with a group_size", [](ForwardCall &a) { a.ex.group_size = 32; }, inv, 0},
+        {"FP8_BLOCK w13_scale NULL",
+         [](ForwardCall &a) { a.ex.weight_format = DYNMOE_WEIGHTS_FP8_BLOCK; a.ex.w2_scale = a.ex.w2; }, inv, 0},
+        {"FP8_BLOCK w2_scale NULL",
+         [](ForwardCall &a) { a.ex.weight_format = DYNMOE_WEIGHTS_FP8_BLOCK; a.ex.w13_scale = a.ex.w13; }, inv, 0},
+        {"FP8_BLOCK group_size 64",
+         [](ForwardCall &a) { quantized(a, DYNMOE_WEIGHTS_FP8_BLOCK); a.ex.group_size = 64; }, inv, 0},
+        {"FP8_BLOCK with zeros", [](ForwardCall &a) { quantized(a, DYNMOE_WEIGHTS_FP8_BLOCK); a.ex.w13_zero = a.ex.w13; }, inv, 0},
+        {"FP8_BLOCK scale misaligned",
+         [=](ForwardCall &a) { quantized(a, DYNMOE_WEIGHTS_FP8_BLOCK); a.ex.w2_scale = mis(a.ex.w2, 4); }, inv, 0},
+        {"MXFP4 inter 48", [](ForwardCall &a) { quantized(a, DYNMOE_WEIGHTS_MXFP4); a.ex.inter = 48; }, inv, 0},
+        {"MXFP4 hidden 80", [](ForwardCall &a) { quantized(a, DYNMOE_WEIGHTS_MXFP4); a.ex.hidden = 80; }, inv, 0},
+        {"MXFP4 group_size 16", [](ForwardCall &a) { quantized(a, DYNMOE_WEIGHTS_MXFP4); a.ex.group_size = 16; }, inv, 0},
+        {"INT4 group_size 0", [](ForwardCall &a) { quantized(a, DYNMOE_WEIGHTS_INT4); a.ex.group_size = 0; }, inv, 0},
+        {"INT4 group_size 48", [](ForwardCall &a) { quantized(a, DYNMOE_WEIGHTS_INT4); a.ex.group_size = 48; }, inv, 0},
+        {"INT4 zero misaligned",
+         [=](ForwardCall &a) { quantized(a, DYNMOE_WEIGHTS_INT4); a.ex.w13_zero = mis(a.ex.w13, 2); }, inv, 0},
         {"x NULL", [](ForwardCall &a) { a.x = nullptr; }, inv, 0},
         {"x misaligned", [=](ForwardCall &a) { a.x = mis(a.x, 2); }, inv, 0},
         {"out NULL", [](ForwardCall &a) { a.out = nullptr; }, inv, 0},

@@ -126,6 +126,26 @@ void experts_forward(const Experts &ex, int32_t Z, dynmoe_zero_kind zero_kind, i
                      const std::vector<double> &x, const Table &table, std::vector<double> &out,
                      const std::vector<int64_t> &tokens = {}, bool weight_on_input = false);
 
+/* ---- quantized weights (include/dynmoe.h, dynmoe_weight_format) -------- */
+
+double fp8_e4m3(uint8_t q); /* OCP float8 e4m3fn */
+double e2m1(uint8_t nibble);  /* OCP MX fp4 */
+double ue8m0(uint8_t s);      /* OCP MX scale 2^(s-127) */
+
+/* One quantized [E, N, K] matrix as the library takes it. */
+struct QuantMatrix {
+    dynmoe_weight_format format = DYNMOE_WEIGHTS_PLAIN;
+    int32_t group = 0;               /* INT4 group size */
+    std::vector<uint8_t> q;          /* codes: [E, N, K] fp8 bytes or [E, N, ceil(K/2)] nibbles */
+    std::vector<float> scale_f32;    /* FP8_BLOCK [E, ceil(N/128), ceil(K/128)] */
+    std::vector<uint8_t> scale_u8;   /* MXFP4 [E, N, K/32] ue8m0 */
+    std::vector<uint16_t> scale_f16; /* INT4 [E, N, ceil(K/g)] fp16 bits */
+    std::vector<uint8_t> zero;       /* INT4 [E, N, ceil(K/g)] or empty (zero point 8) */
+};
+
+/* The values [E, N, K] a quantized matrix stands for. */
+std::vector<double> dequantize(const QuantMatrix &m, int32_t E, int64_t N, int64_t K);
+
 } // namespace dmref
 
 #endif

@@ -1,6 +1,8 @@
 #include "cases.h"
 
+#include <algorithm>
 #include <cmath>
+#include <limits>
 
 namespace dmtest {
 
@@ -278,6 +280,15 @@ ExpertWeights make_experts(int32_t E, int32_t H, int32_t I, dynmoe_act act, dynm
     const double a = spread * std::sqrt(3.0 / H), b = std::sqrt(3.0 / I);
     w.w13 = pack(rng.uniform_vec((size_t)E * rows * H, -a, a), dt);
     w.w2 = pack(rng.uniform_vec((size_t)E * H * I, -b * 2, b * 2), dt);
+    if (opt.format != DYNMOE_WEIGHTS_PLAIN) {
+        /* the codes replace the plain weights; the reference sees their values */
+        w.q13 = quantize(w.w13.values, E, (int64_t)rows, H, opt.format, opt.group, opt.zeros);
+        w.q2 = quantize(w.w2.values, E, H, I, opt.format, opt.group, opt.zeros);
+        w.w13.bytes = w.q13.q;
+        w.w13.values = dmref::dequantize(w.q13, E, (int64_t)rows, H);
+        w.w2.bytes = w.q2.q;
+        w.w2.values = dmref::dequantize(w.q2, E, H, I);
+    }
     if (opt.bias) {
         w.b13 = pack(rng.uniform_vec((size_t)E * rows, -0.5, 0.5), dt);
         w.b2 = pack(rng.uniform_vec((size_t)E * H, -0.5, 0.5), dt);
@@ -294,6 +305,103 @@ ExpertWeights make_experts(int32_t E, int32_t H, int32_t I, dynmoe_act act, dynm
     w.ref.b13 = w.b13.values;
     w.ref.b2 = w.b2.values;
     return w;
+}
+
+namespace {
+
+/* The code among `codes` (decoded by `value`) nearest to v. */
+template <class F> uint8_t nearest_code(double v, int ncodes, F value) {
+    uint8_t best = 0;
+    double bd = std::numeric_limits<double>::infinity();
+    for (int c = 0; c < ncodes; c++) {
+        const double d = std::fabs(value((uint8_t)c) - v);
+        if (d < bd) bd = d, best = (uint8_t)c;
+    }
+    return best;
+}
+
+} // namespace
+
+dmref::QuantMatrix quantize(const std::vector<double> &w, int32_t E, int64_t N, int64_t K, dynmoe_weight_format f,
+                            int32_t group, bool zeros) {
+    dmref::QuantMatrix m;
+    m.format = f;
+    m.group = group;
+    auto at = [&](int32_t e, int64_t n, int64_t k) { return w[(size_t)((e * N + n) * K + k)]; };
+    if (f == DYNMOE_WEIGHTS_FP8_BLOCK) {
+        /* per 128 x 128 block: scale = max |w| / 448 (e4m3's largest), codes to nearest */
+        const int64_t nb = (N + 127) / 128, kb = (K + 127) / 128;
+        m.q.assign((size_t)(E * N * K), 0);
+        m.scale_f32.assign((size_t)(E * nb * kb), 1.0f);
+        std::vector<double> pos(127);
+        for (int c = 0; c < 127; c++) pos[(size_t)c] = dmref::fp8_e4m3((uint8_t)c);
+        for (int32_t e = 0; e < E; e++)
+            for (int64_t bn = 0; bn < nb; bn++)
+                for (int64_t bk = 0; bk < kb; bk++) {
+                    double mx = 0.0;
+                    for (int64_t n = bn * 128; n < std::min(N, bn * 128 + 128); n++)
+                        for (int64_t k = bk * 128; k < std::min(K, bk * 128 + 128); k++) mx = std::max(mx, std::fabs(at(e, n, k)));
+                    const float sc = mx > 0 ? (float)(mx / 448.0) : 1.0f;
+                    m.scale_f32[(size_t)((e * nb + bn) * kb + bk)] = sc;
+                    for (int64_t n = bn * 128; n < std::min(N, bn * 128 + 128); n++)
+                        for (int64_t k = bk * 128; k < std::min(K, bk * 128 + 128); k++) {
+                            const double v = at(e, n, k) / sc;
+                            const uint8_t c = (uint8_t)(std::lower_bound(pos.begin(), pos.end(), std::fabs(v)) - pos.begin());
+                            uint8_t best = c > 126 ? 126 : c;
+                            if (best > 0 && std::fabs(pos[best - 1] - std::fabs(v)) < std::fabs(pos[best] - std::fabs(v))) best--;
+                            m.q[(size_t)((e * N + n) * K + k)] = (uint8_t)(best | (v < 0 ? 0x80 : 0));
+                        }
+                }
+        return m;
+    }
+    const int64_t row_bytes = (K + 1) / 2;
+    m.q.assign((size_t)(E * N * row_bytes), 0);
+    auto put = [&](int32_t e, int64_t n, int64_t k, uint8_t nib) {
+        uint8_t &b = m.q[(size_t)((e * N + n) * row_bytes + k / 2)];
+        b = (uint8_t)(k % 2 == 0 ? (b & 0xf0) | nib : (b & 0x0f) | (nib << 4));
+    };
+    if (f == DYNMOE_WEIGHTS_MXFP4) {
+        /* per 32 values: the smallest power of two that brings max |w| within 6 */
+        const int64_t kb = K / 32;
+        m.scale_u8.assign((size_t)(E * N * kb), 127);
+        for (int32_t e = 0; e < E; e++)
+            for (int64_t n = 0; n < N; n++)
+                for (int64_t bk = 0; bk < kb; bk++) {
+                    double mx = 0.0;
+                    for (int64_t k = bk * 32; k < bk * 32 + 32; k++) mx = std::max(mx, std::fabs(at(e, n, k)));
+                    const int s = mx > 0 ? std::max(1, std::min(254, 127 + (int)std::ceil(std::log2(mx / 6.0)))) : 127;
+                    m.scale_u8[(size_t)((e * N + n) * kb + bk)] = (uint8_t)s;
+                    const double sc = dmref::ue8m0((uint8_t)s);
+                    for (int64_t k = bk * 32; k < bk * 32 + 32; k++)
+                        put(e, n, k, nearest_code(at(e, n, k) / sc, 16, dmref::e2m1));
+                }
+        return m;
+    }
+    /* INT4: per group, asymmetric (zeros) or symmetric around 8 */
+    const int64_t kb = (K + group - 1) / group;
+    m.scale_f16.assign((size_t)(E * N * kb), 0);
+    if (zeros) m.zero.assign((size_t)(E * N * kb), 8);
+    for (int32_t e = 0; e < E; e++)
+        for (int64_t n = 0; n < N; n++)
+            for (int64_t g = 0; g < kb; g++) {
+                const int64_t k0 = g * group, k1 = std::min(K, k0 + group);
+                double lo = 0.0, hi = 0.0;
+                for (int64_t k = k0; k < k1; k++) lo = std::min(lo, at(e, n, k)), hi = std::max(hi, at(e, n, k));
+                double sc = zeros ? (hi - lo) / 15.0 : std::max(hi, -lo) / 7.0;
+                if (!(sc > 0)) sc = 1.0;
+                const uint16_t sh = dmref::f32_to_f16((float)sc);
+                sc = dmref::f16_to_f32(sh);
+                const size_t gi = (size_t)((e * N + n) * kb + g);
+                m.scale_f16[gi] = sh;
+                double z = 8.0;
+                if (zeros) {
+                    z = std::max(0.0, std::min(15.0, std::round(-lo / sc)));
+                    m.zero[gi] = (uint8_t)z;
+                }
+                for (int64_t k = k0; k < k1; k++)
+                    put(e, n, k, (uint8_t)std::max(0.0, std::min(15.0, std::round(at(e, n, k) / sc + z))));
+            }
+    return m;
 }
 
 } // namespace dmtest

@@ -17,6 +17,9 @@ struct ExpertOptions {
     dynmoe_gate_up gate_up = DYNMOE_GATE_UP_BLOCKED;
     bool bias = false;                 /* b13 and b2 */
     double alpha = 1.702, limit = 7.0; /* SWIGLU_OAI */
+    dynmoe_weight_format format = DYNMOE_WEIGHTS_PLAIN;
+    int32_t group = 0;                 /* INT4 group size */
+    bool zeros = true;                 /* INT4: zero points (else symmetric, 8) */
 };
 
 struct ModelCase {
@@ -65,11 +68,18 @@ void retie_free(const ModelCase &c, int64_t T, RouteInputs &in, Rng &rng);
 /* Random expert weights [E,2I,H] (or [E,I,H] for non-gated act) and
  * [E,H,I] of dt, with biases when opt.bias, scaled so that outputs are O(1). */
 struct ExpertWeights {
-    Packed w13, w2, b13, b2; /* b13, b2 empty without biases */
-    dmref::Experts ref;
+    Packed w13, w2, b13, b2; /* b13, b2 empty without biases; w13/w2 hold the codes when quantized */
+    dmref::QuantMatrix q13, q2; /* the quantized form (format PLAIN: unused) */
+    dmref::Experts ref;         /* the values the weights stand for (dequantized) */
 };
 ExpertWeights make_experts(int32_t E, int32_t H, int32_t I, dynmoe_act act, dynmoe_dtype dt, Rng &rng,
                            const ExpertOptions &opt = {});
+
+/* Quantizes w [E, N, K] into format f (a plain round-to-nearest encoder of
+ * the tests, per block or group); the library and dmref::dequantize then read
+ * the same codes. */
+dmref::QuantMatrix quantize(const std::vector<double> &w, int32_t E, int64_t N, int64_t K, dynmoe_weight_format f,
+                            int32_t group, bool zeros);
 
 } // namespace dmtest
 

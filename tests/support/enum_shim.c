@@ -16,6 +16,7 @@ void shim_set_experts_enum(dynmoe_experts *x, int field, int value) {
     case SHIM_EXPERTS_DTYPE: x->dtype = (dynmoe_dtype)value; break;
     case SHIM_EXPERTS_ACT: x->act = (dynmoe_act)value; break;
     case SHIM_EXPERTS_GATE_UP: x->gate_up = (dynmoe_gate_up)value; break;
+    case SHIM_EXPERTS_FORMAT: x->weight_format = (dynmoe_weight_format)value; break;
     default: break;
     }
 }

@@ -14,7 +14,8 @@ extern "C" {
 #endif
 
 enum shim_field {
-    SHIM_SCORE, SHIM_SELECT, SHIM_NORM, SHIM_ZERO_KIND, SHIM_EXPERTS_DTYPE, SHIM_EXPERTS_ACT, SHIM_EXPERTS_GATE_UP
+    SHIM_SCORE, SHIM_SELECT, SHIM_NORM, SHIM_ZERO_KIND, SHIM_EXPERTS_DTYPE, SHIM_EXPERTS_ACT, SHIM_EXPERTS_GATE_UP,
+    SHIM_EXPERTS_FORMAT
 };
 
 void shim_set_router_enum(dynmoe_router *r, int field, int value);

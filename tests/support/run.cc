@@ -47,6 +47,28 @@ BackendExperts upload_experts(dynmoe_backend b, const dynmoe_router &r, const Ex
     e.desc.limit = (float)w.ref.limit;
     if (w.b13.size()) e.desc.b13 = e.b13.get();
     if (w.b2.size()) e.desc.b2 = e.b2.get();
+    const dmref::QuantMatrix *q[2] = {&w.q13, &w.q2};
+    Buffer *sb[2] = {&e.s13, &e.s2}, *zb[2] = {&e.z13, &e.z2};
+    const void *sp[2] = {nullptr, nullptr}, *zp[2] = {nullptr, nullptr};
+    for (int i = 0; i < 2; i++) {
+        switch (q[i]->format) {
+        case DYNMOE_WEIGHTS_FP8_BLOCK: *sb[i] = make_buffer(b, q[i]->scale_f32); break;
+        case DYNMOE_WEIGHTS_MXFP4: *sb[i] = make_buffer(b, q[i]->scale_u8); break;
+        case DYNMOE_WEIGHTS_INT4: *sb[i] = make_buffer(b, q[i]->scale_f16); break;
+        default: continue;
+        }
+        sp[i] = sb[i]->get();
+        if (!q[i]->zero.empty()) {
+            *zb[i] = make_buffer(b, q[i]->zero);
+            zp[i] = zb[i]->get();
+        }
+    }
+    e.desc.weight_format = w.q13.format;
+    e.desc.group_size = w.q13.format == DYNMOE_WEIGHTS_INT4 ? w.q13.group : 0;
+    e.desc.w13_scale = sp[0];
+    e.desc.w2_scale = sp[1];
+    e.desc.w13_zero = zp[0];
+    e.desc.w2_zero = zp[1];
     return e;
 }
 

@@ -68,7 +68,7 @@ dynmoe_experts make_experts_desc(const dynmoe_router &r, int32_t H, int32_t I, d
 
 /* The experts of w (weights, biases) copied to backend b, and their description. */
 struct BackendExperts {
-    Buffer w13, w2, b13, b2;
+    Buffer w13, w2, b13, b2, s13, s2, z13, z2; /* s, z: scales and zero points when quantized */
     dynmoe_experts desc;
 };
 BackendExperts upload_experts(dynmoe_backend b, const dynmoe_router &r, const ExpertWeights &w, dynmoe_dtype dt);
