@@ -56,6 +56,7 @@
 #include "backend.h"
 #include "cuda_backend.h"
 #include "hd.h"
+#include "ptx.cuh"
 
 extern "C" dynmoe_status dm_cuda_experts(dynmoe_ctx *ctx, const dm_experts_args *a, void *stream);
 extern "C" dynmoe_status dm_cuda_experts_load(void);
@@ -117,36 +118,6 @@ static __device__ __forceinline__ float dm_act(int act, float g) {
     return g / (1.0f + expf(-g));
 }
 
-/* ------------------------------------------------------------------ PTX wrappers */
-
-static __device__ __forceinline__ uint32_t dm_smem_addr(const void *p) {
-    return (uint32_t)__cvta_generic_to_shared(p);
-}
-
-/* 16 bytes global -> shared, L2 only (.cg): weights and gathered rows are streamed. */
-static __device__ __forceinline__ void dm_cp_async16(uint32_t dst, const void *src) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src) : "memory");
-}
-static __device__ __forceinline__ void dm_cp_async_commit(void) {
-    asm volatile("cp.async.commit_group;\n" ::: "memory");
-}
-template <int N>
-static __device__ __forceinline__ void dm_cp_async_wait(void) {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
-static __device__ __forceinline__ void dm_st_shared16(uint32_t dst, uint4 v) {
-    asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};\n" ::"r"(dst), "r"(v.x), "r"(v.y),
-                 "r"(v.z), "r"(v.w)
-                 : "memory");
-}
-static __device__ __forceinline__ void dm_ldmatrix_x4(uint32_t addr, uint32_t &r0, uint32_t &r1,
-                                                      uint32_t &r2, uint32_t &r3) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
-                 : "r"(addr)
-                 : "memory");
-}
-
 /* D = A(16x16, row) * B(16x8, col) + D, fp32 accumulate. Fragments (PTX ISA, m16n8k16):
  * g = lane/4, q = lane%4; A: a[0] (row g, k 2q..2q+1), a[1] (row g+8), a[2] (row g, k+8),
  * a[3] (row g+8, k+8); B: b[0] (k 2q..2q+1, col g), b[1] (k+8); C: c[0..1] (row g, cols 2q..),
@@ -156,19 +127,13 @@ struct dm_mma;
 template <>
 struct dm_mma<dm_bf16_t> {
     static __device__ __forceinline__ void run(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
-        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
-                     "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+        dm_mma_bf16_16816(c, a, b0, b1);
     }
 };
 template <>
 struct dm_mma<dm_f16_t> {
     static __device__ __forceinline__ void run(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
-        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, "
-                     "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+        dm_mma_f16_16816(c, a, b0, b1);
     }
 };
 
@@ -479,15 +444,6 @@ struct dm_vec<dm_f32_t> {
         f[3] = __uint_as_float(v.w);
     }
 };
-
-/* Streaming 16-byte load of weights: read once, do not keep in L1. */
-static __device__ __forceinline__ uint4 dm_ld_stream16(const void *p) {
-    uint4 v;
-    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-                 : "l"(p));
-    return v;
-}
 
 /* One step of the transpose-reduce of 2*W values per lane over lanes l and l^W: afterwards the
  * lane with bit W set holds the sums of values W..2W-1 in acc[0..W-1], the other lane those of

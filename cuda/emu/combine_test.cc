@@ -35,7 +35,9 @@ int main() {
             for (int k = 0; k < S; k++) { int64_t s = t * S + k; int id = ids[s];
                 if (id >= 0 && id < E) acc += w[s] * y[(int64_t)slot_rows[s] * H + h];
                 else if (identity && id >= E && id < E + Z) acc += w[s] * dm_load(xp, dt, t * H + h); }
-            float want = dt == DYNMOE_F32 ? acc : dm_load(&(const uint16_t &)(uint16_t){dt == DYNMOE_BF16 ? dm_f32_to_bf16(acc) : dm_f32_to_f16(acc)}, dt, 0);
+            const float want = dt == DYNMOE_F32    ? acc
+                               : dt == DYNMOE_BF16 ? dm_bf16_to_f32(dm_f32_to_bf16(acc))
+                                                   : dm_f16_to_f32(dm_f32_to_f16(acc));
             float got = dm_load(op, dt, t * H + h);
             if (got != want) nb++;
         }
@@ -43,5 +45,5 @@ int main() {
         if (nb) printf("trial %d H %d dt %d: %d mismatches\n", trial, H, dt, nb);
     }
     printf("combine emulation: %d bad trials\n", bad);
-    return (bad) || g_emu_launch_errors;
+    return (bad) || emu::launch_errors;
 }
