@@ -10,8 +10,9 @@
  *
  * act = silu (SwiGLU) or gelu_erf (GEGLU). h lives in rows_h in the weights' dtype (bf16/f16, the
  * operand type of GEMM2's tensor cores) or fp32 for f32, with a row stride `ldh` = I rounded up
- * to 16 bytes when that fits in the [T*S, 2I] fp32 scratch. rows_y is fp32 [T*S, H], read by
- * combine.cu by plan row.
+ * to 16 bytes when that fits in the [T*S, 2I] fp32 scratch. rows_y [T*S, H] is in the weights'
+ * dtype too (half of fp32's bytes written here and read back by combine.cu; the workspace region
+ * keeps its fp32 size).
  *
  * Both GEMMs are "TN": C[m, n] = sum_k A[m, k] * B[n, k], A and B both k-contiguous.
  *
@@ -67,7 +68,7 @@ extern "C" dynmoe_status dm_cuda_experts_load(void);
 struct dm_gemm_params {
     const void *a;              /* MODE 0: x [T, H]; MODE 1: h (rows_h) [R, ldh] */
     const void *b;              /* MODE 0: w13 [E, 2I, H]; MODE 1: w2 [E, H, I] */
-    void *out;                  /* MODE 0: h [R, ldh] (T); MODE 1: rows_y [R, H] fp32 */
+    void *out;                  /* MODE 0: h [R, ldh]; MODE 1: rows_y [R, H]; both of T */
     const int32_t *offsets;     /* [E+1] */
     const int32_t *sorted_slots;/* [T*S] */
     const int32_t *active;      /* [E] */
@@ -274,47 +275,47 @@ static __device__ __forceinline__ void dm_prologue(uint32_t smem0, int KT, uint3
     }
 }
 
+/* Stores columns col, col + 1 (< n) of an output row in the weights' dtype: one 32-bit store when
+ * both are inside and the row stride is even. */
+template <typename T>
+static __device__ __forceinline__ void dm_store_pair(typename T::store *row, int col, int n, bool even_ld, float v0,
+                                                     float v1) {
+    const uint16_t h0 = T::from_f32(v0), h1 = T::from_f32(v1);
+    if (col + 1 < n && even_ld) {
+        *(uint32_t *)(row + col) = (uint32_t)h0 | ((uint32_t)h1 << 16);
+    } else {
+        if (col < n) row[col] = h0;
+        if (col + 1 < n) row[col + 1] = h1;
+    }
+}
+
 /* Epilogue straight from the accumulators: acc[mt][j][0..1] row g, [2..3] row g+8, columns 2q,
- * 2q+1 of n-tile j (j = half * 4 + n-tile); only rows of the expert and columns < n stored. */
+ * 2q+1 of n-tile j (j = half * 4 + n-tile); only rows of the expert and columns < n stored.
+ * GEMM1 writes h = act(gate) * up to rows_h, GEMM2 y to rows_y, both in the weights' dtype. */
 template <typename T, int MODE>
 static __device__ __forceinline__ void dm_epilogue(const dm_gemm_params &p, float (&acc)[4][8][4], const dm_tile &t,
                                                    int wm, int wn, int lane) {
     const int g = lane >> 2, q = lane & 3;
+    const bool even_ld = (p.ldo & 1) == 0;
 #pragma unroll
     for (int mt = 0; mt < 4; mt++) {
 #pragma unroll
         for (int half = 0; half < 2; half++) {
             const int m = t.m0 + wm * 64 + mt * 16 + g + half * 8;
             if (m >= t.rows) continue;
-            const long long orow = (long long)(t.row0 + m) * p.ldo;
+            typename T::store *out = (typename T::store *)p.out + (long long)(t.row0 + m) * p.ldo;
             if (MODE == 0) {
-                typename T::store *H = (typename T::store *)p.out + orow;
 #pragma unroll
                 for (int nt = 0; nt < 4; nt++) {
-                    const int col = t.n0 + wn * 32 + nt * 8 + 2 * q;
-                    const float h0 = dm_act(p.act, acc[mt][nt][half * 2]) * acc[mt][4 + nt][half * 2];
-                    const float h1 = dm_act(p.act, acc[mt][nt][half * 2 + 1]) * acc[mt][4 + nt][half * 2 + 1];
-                    const uint16_t v0 = T::from_f32(h0), v1 = T::from_f32(h1);
-                    if (col + 1 < p.n && (p.ldo & 1) == 0) {
-                        *(uint32_t *)(H + col) = (uint32_t)v0 | ((uint32_t)v1 << 16);
-                    } else {
-                        if (col < p.n) H[col] = v0;
-                        if (col + 1 < p.n) H[col + 1] = v1;
-                    }
+                    const float *gate = acc[mt][nt] + half * 2, *up = acc[mt][4 + nt] + half * 2;
+                    dm_store_pair<T>(out, t.n0 + wn * 32 + nt * 8 + 2 * q, p.n, even_ld, dm_act(p.act, gate[0]) * up[0],
+                                     dm_act(p.act, gate[1]) * up[1]);
                 }
             } else {
-                float *Y = (float *)p.out + orow;
 #pragma unroll
-                for (int j = 0; j < 8; j++) {
-                    const int col = t.n0 + (j >> 2) * 64 + wn * 32 + (j & 3) * 8 + 2 * q;
-                    const float y0 = acc[mt][j][half * 2], y1 = acc[mt][j][half * 2 + 1];
-                    if (col + 1 < p.n && (p.ldo & 1) == 0) {
-                        *(float2 *)(Y + col) = make_float2(y0, y1);
-                    } else {
-                        if (col < p.n) Y[col] = y0;
-                        if (col + 1 < p.n) Y[col + 1] = y1;
-                    }
-                }
+                for (int j = 0; j < 8; j++)
+                    dm_store_pair<T>(out, t.n0 + (j >> 2) * 64 + wn * 32 + (j & 3) * 8 + 2 * q, p.n, even_ld,
+                                     acc[mt][j][half * 2], acc[mt][j][half * 2 + 1]);
             }
         }
     }
@@ -646,7 +647,7 @@ __global__ void __launch_bounds__(DM_DEC_THREADS) dm_decode_gemm(dm_gemm_params 
                     H[col] = T::from_f32(dm_act(p.act, v) * up);
                 }
             } else {
-                if (i < nr && col < p.n) ((float *)p.out)[(long long)(row0 + c0 + i) * p.ldo + col] = v;
+                if (i < nr && col < p.n) ((S *)p.out)[(long long)(row0 + c0 + i) * p.ldo + col] = T::from_f32(v);
             }
         }
     }
