@@ -2,7 +2,8 @@
  * ep_test.cc — csrc/ep/ep_kernels.cu (destination of each slot, packing of the travelling x
  * rows, fill) under the emulation against a plain host loop of the same contract
  * (csrc/ep/ep_cuda.h): exact and capacity modes, replicated experts, rows of 16-byte multiples
- * and of other even sizes, bf16 and f32. Outputs poisoned before each call.
+ * and of 8-, 4- and 2-byte multiples (each copy width), bf16 and f32. Outputs poisoned before
+ * each call.
  */
 #include <cuda_runtime.h>
 
@@ -146,7 +147,7 @@ int main() {
     const Case cases[] = {
         {16, 0, 4, 1, 4, 64, 2, 0, 37},    {16, 2, 4, 2, 8, 67, 2, 0, 50},   {9, 0, 3, 3, 2, 67, 4, 0, 23},
         {16, 0, 4, 2, 4, 64, 2, 6, 40},    {32, 1, 8, 2, 6, 4, 4, 3, 77},    {5, 0, 2, 1, 1, 8, 2, 0, 1},
-        {64, 0, 8, 1, 8, 2048, 2, 40, 96},
+        {64, 0, 8, 1, 8, 2048, 2, 40, 96}, {12, 0, 3, 2, 3, 12, 2, 0, 29}, {12, 1, 3, 1, 2, 6, 4, 5, 31},
     };
     int bad = 0, i = 0;
     for (const Case &c : cases) {
