@@ -10,6 +10,8 @@
  * rows_y [T*S, H] is in experts.dtype, as cuda/experts.cu writes it (the CPU backend's is
  * fp32). Every tensor is 16-byte aligned (the API's rule; rows_y starts a workspace region).
  */
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <stdint.h>
 
 #include "cuda_backend.h"
@@ -27,18 +29,20 @@
 __host__ __device__ __forceinline__ int vec_elems(dynmoe_dtype dt) { return dt == DYNMOE_F32 ? 4 : 8; }
 
 /* Element i of a 16-byte vector of dtype dt as fp32, and the reverse, on the 32-bit words (no
- * type punning through pointers, which C++ compilers may break). */
+ * type punning through pointers, which C++ compilers may break), with the hardware conversions
+ * (f16 -> f32 is exact; f32 -> f16/bf16 rounds to nearest even, as hd.h's do). */
 __device__ __forceinline__ float vec_get(const uint32_t *w, dynmoe_dtype dt, int i) {
-    if (dt == DYNMOE_F32) return dm_bits_to_f32(w[i]);
-    const uint16_t h = (uint16_t)(w[i >> 1] >> (16 * (i & 1)));
-    return dt == DYNMOE_BF16 ? dm_bf16_to_f32(h) : dm_f16_to_f32(h);
+    if (dt == DYNMOE_F32) return __uint_as_float(w[i]);
+    const unsigned short h = (unsigned short)(w[i >> 1] >> (16 * (i & 1)));
+    return dt == DYNMOE_BF16 ? __uint_as_float((uint32_t)h << 16) : __half2float(__ushort_as_half(h));
 }
 __device__ __forceinline__ void vec_set(uint32_t *w, dynmoe_dtype dt, int i, float v) {
     if (dt == DYNMOE_F32) {
-        w[i] = dm_f32_to_bits(v);
+        w[i] = __float_as_uint(v);
         return;
     }
-    const uint32_t h = dt == DYNMOE_BF16 ? dm_f32_to_bf16(v) : dm_f32_to_f16(v);
+    const uint32_t h = dt == DYNMOE_BF16 ? __bfloat16_as_ushort(__float2bfloat16_rn(v))
+                                         : __half_as_ushort(__float2half_rn(v));
     w[i >> 1] = (i & 1) ? (w[i >> 1] | (h << 16)) : h; /* low half first */
 }
 
@@ -51,10 +55,10 @@ __device__ __forceinline__ void vec_set(uint32_t *w, dynmoe_dtype dt, int i, flo
  * of expert rows (half of what fp32 rows were) and writes 16 MiB: ~45 us at 3 TB/s, HBM bound;
  * a slot that is empty, zero-output or masked reads nothing.
  */
+template <dynmoe_dtype dt> /* a compile-time dtype: the conversions of the slot loop fold */
 __global__ void __launch_bounds__(DM_COMBINE_MAX_THREADS)
-    dm_combine_kernel(int32_t E, int32_t Z, int identity, int32_t S, int32_t H, dynmoe_dtype dt, const void *x,
-                      const int32_t *ids, const float *weights, const int32_t *slot_rows, const void *rows_y,
-                      void *out) {
+    dm_combine_kernel(int32_t E, int32_t Z, int identity, int32_t S, int32_t H, const void *x, const int32_t *ids,
+                      const float *weights, const int32_t *slot_rows, const void *rows_y, void *out) {
     __shared__ int32_t kind[DYNMOE_MAX_TOP_K];
     __shared__ int32_t row[DYNMOE_MAX_TOP_K];
     __shared__ float w[DYNMOE_MAX_TOP_K];
@@ -120,13 +124,33 @@ extern "C" dynmoe_status dm_cuda_combine(dynmoe_ctx *ctx, const dm_experts_args 
     if (threads > DM_COMBINE_MAX_THREADS) threads = DM_COMBINE_MAX_THREADS;
     if (a->T > INT32_MAX)
         return dm_fail(DYNMOE_ERR_UNSUPPORTED, "cuda combine: T = %lld exceeds the grid", (long long)a->T);
-    dm_combine_kernel<<<(unsigned)a->T, threads, 0, (cudaStream_t)stream>>>(
-        a->router.num_experts, a->router.num_zero_experts, a->router.zero_kind == DYNMOE_ZERO_IDENTITY, a->slots, H,
-        a->experts.dtype, a->x, a->ids, a->weights, a->plan.slot_rows, a->rows_y, a->out);
+    const unsigned grid = (unsigned)a->T;
+    const int32_t E = a->router.num_experts, Z = a->router.num_zero_experts, S = a->slots;
+    const int identity = a->router.zero_kind == DYNMOE_ZERO_IDENTITY;
+    cudaStream_t st = (cudaStream_t)stream;
+    switch (a->experts.dtype) {
+    case DYNMOE_F32:
+        dm_combine_kernel<DYNMOE_F32><<<grid, threads, 0, st>>>(E, Z, identity, S, H, a->x, a->ids, a->weights,
+                                                                a->plan.slot_rows, a->rows_y, a->out);
+        break;
+    case DYNMOE_F16:
+        dm_combine_kernel<DYNMOE_F16><<<grid, threads, 0, st>>>(E, Z, identity, S, H, a->x, a->ids, a->weights,
+                                                                a->plan.slot_rows, a->rows_y, a->out);
+        break;
+    case DYNMOE_BF16:
+        dm_combine_kernel<DYNMOE_BF16><<<grid, threads, 0, st>>>(E, Z, identity, S, H, a->x, a->ids, a->weights,
+                                                                 a->plan.slot_rows, a->rows_y, a->out);
+        break;
+    default:
+        return dm_fail(DYNMOE_ERR_INTERNAL, "cuda combine: unknown dtype %d", (int)a->experts.dtype);
+    }
     return dm_cuda_check_launch("cuda combine: dm_combine_kernel");
 }
 
 extern "C" dynmoe_status dm_cuda_combine_load(void) {
     cudaFuncAttributes fa;
-    return dm_cuda_check(cudaFuncGetAttributes(&fa, dm_combine_kernel), "cuda combine: loading dm_combine_kernel");
+    dynmoe_status s = dm_cuda_check(cudaFuncGetAttributes(&fa, dm_combine_kernel<DYNMOE_F32>), "cuda combine: loading");
+    if (s == DYNMOE_OK) s = dm_cuda_check(cudaFuncGetAttributes(&fa, dm_combine_kernel<DYNMOE_F16>), "cuda combine: loading");
+    if (s == DYNMOE_OK) s = dm_cuda_check(cudaFuncGetAttributes(&fa, dm_combine_kernel<DYNMOE_BF16>), "cuda combine: loading");
+    return s;
 }

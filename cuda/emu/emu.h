@@ -178,7 +178,11 @@ void check_slack();
 #define blockDim (::emu::block_dim)
 #define gridDim (::emu::grid_dim)
 
+/* A translated launch k<<<grid, block, smem, stream>>>(args). Streams are not emulated: work
+ * runs when launched, in launch order. */
 template <class K, class F>
-inline void emu_launch(K *kernel, const char *name, dim3 grid, dim3 block, size_t dyn_smem, F &&body) {
+inline void emu_launch(K *kernel, const char *name, dim3 grid, dim3 block, size_t dyn_smem, const void *stream,
+                       F &&body) {
+    (void)stream;
     ::emu::launch(reinterpret_cast<const void *>(kernel), name, grid, block, dyn_smem, std::function<void()>(body));
 }

@@ -10,7 +10,7 @@
  *  - rows_y rows past the plan's R rows and every buffer's slack are untouched;
  *  - combine's output against dmref::experts_forward (unrounded fp64), DESIGN.md's tolerance.
  * The cases: experts of 1, 7, 127, 128, 129 and 300 rows; H and I multiples of the tile, of 8
- * only, and of neither; a hot expert; E = 300; GEGLU; a persistent grid of a few CTAs (an
+ * only, even but not of 8, and odd (each load variant and K tail); a hot expert; E = 300; GEGLU; a persistent grid of a few CTAs (an
  * emulated device of 1-2 SMs) and a grid of one CTA per tile.
  */
 #include <cuda_runtime.h>
@@ -244,12 +244,15 @@ std::vector<Case> cases() {
         v.push_back({"prefill " + d + " ragged, H I of neither", dt, "prefill", 203, 77, 4, ragged(), 2});
         v.push_back({"decode " + d + " ragged, H I of 8", dt, "decode", 136, 72, 4, ragged(), 2});
         v.push_back({"decode " + d + " ragged, H I of neither", dt, "decode", 203, 77, 4, ragged(), 1});
+        v.push_back({"prefill " + d + " ragged, H I even, not of 8", dt, "prefill", 100, 38, 4, ragged(), 2});
     }
     v.push_back({"prefill bf16 ragged, H of 8, I odd", DYNMOE_BF16, "prefill", 64, 45, 2, ragged(), 132});
     v.push_back({"prefill f16 H odd, I of the tile, GEGLU", DYNMOE_F16, "prefill", 67, 64, 2, {5, 0, 130, 64}, 2,
                  DYNMOE_ACT_GEGLU});
     v.push_back({"decode f32 ragged, H I of 8", DYNMOE_F32, "decode", 136, 72, 4, ragged(), 2});
     v.push_back({"decode f32 H I odd", DYNMOE_F32, "decode", 67, 37, 3, {1, 9, 0, 17}, 1});
+    v.push_back({"decode bf16 H I even, not of 8", DYNMOE_BF16, "decode", 102, 38, 3, {1, 9, 0, 17, 130}, 1});
+    v.push_back({"decode f32 H I even, not of 4", DYNMOE_F32, "decode", 102, 38, 3, {1, 9, 0, 17, 130}, 1});
     {
         std::vector<int32_t> hot(16, 3);
         hot[5] = 1100;

@@ -96,7 +96,7 @@ static void test_mma() {
                                  from16(kmajor ? b[k * 8 + n] : b[n * 16 + k], bf16);
                         want[m * 8 + n] = (float)s;
                     }
-                emu_launch(&mma_kernel, "mma_kernel", 1, 32, 1024,
+                emu_launch(&mma_kernel, "mma_kernel", 1, 32, 1024, nullptr,
                            [&] { mma_kernel(a.data(), b.data(), c.data(), d.data(), bf16, kmajor, x1); });
                 double err = 0;
                 for (int i = 0; i < 128; i++) err = std::max(err, (double)fabsf(d[i] - want[i]));
@@ -118,7 +118,7 @@ static void shfl_kernel(int *out) {
 
 static void test_shuffles() {
     std::vector<int> out(64 * 6, -1);
-    emu_launch(&shfl_kernel, "shfl_kernel", 1, 64, 0, [&] { shfl_kernel(out.data()); });
+    emu_launch(&shfl_kernel, "shfl_kernel", 1, 64, 0, nullptr, [&] { shfl_kernel(out.data()); });
     for (int w = 0; w < 2; w++)
         for (int l = 0; l < 32; l++) {
             const int *o = out.data() + w * 192 + l * 6;
@@ -157,7 +157,7 @@ static void test_cp_async() {
     alignas(16) uint8_t src[32];
     for (int i = 0; i < 32; i++) src[i] = (uint8_t)(i + 1);
     uint8_t seen[64];
-    emu_launch(&cp_kernel, "cp_kernel", 1, 32, 64, [&] { cp_kernel(src, seen); });
+    emu_launch(&cp_kernel, "cp_kernel", 1, 32, 64, nullptr, [&] { cp_kernel(src, seen); });
     bool poison = true, landed = true, pending = true, zfill = true;
     for (int i = 0; i < 16; i++) {
         poison &= seen[i] == 0xff;
@@ -223,17 +223,17 @@ int main() {
     test_cp_async();
     alignas(16) static uint8_t buf[64];
     expect_trap("misaligned ldmatrix row address",
-                [] { emu_launch(&misaligned_ldmatrix, "t", 1, 32, 256, [] { misaligned_ldmatrix(); }); });
+                [] { emu_launch(&misaligned_ldmatrix, "t", 1, 32, 256, nullptr, [] { misaligned_ldmatrix(); }); });
     expect_trap("misaligned cp.async source",
-                [] { emu_launch(&misaligned_cp_async, "t", 1, 32, 256, [] { misaligned_cp_async(buf); }); });
+                [] { emu_launch(&misaligned_cp_async, "t", 1, 32, 256, nullptr, [] { misaligned_cp_async(buf); }); });
     expect_trap("read-after-write race without __syncthreads",
-                [] { emu_launch(&race_no_barrier, "t", 1, 64, 256, [] { race_no_barrier(); }); });
+                [] { emu_launch(&race_no_barrier, "t", 1, 64, 256, nullptr, [] { race_no_barrier(); }); });
     expect_trap("write-after-read race without __syncthreads",
-                [] { emu_launch(&war_no_barrier, "t", 1, 64, 256, [] { war_no_barrier(); }); });
+                [] { emu_launch(&war_no_barrier, "t", 1, 64, 256, nullptr, [] { war_no_barrier(); }); });
     expect_trap("half a warp at __syncwarp, the rest at __syncthreads (deadlock)",
-                [] { emu_launch(&divergent_barrier, "t", 1, 64, 0, [] { divergent_barrier(); }); });
+                [] { emu_launch(&divergent_barrier, "t", 1, 64, 0, nullptr, [] { divergent_barrier(); }); });
     expect_trap("lanes at different collectives",
-                [] { emu_launch(&mixed_collectives, "t", 1, 32, 0, [] { mixed_collectives(); }); });
+                [] { emu_launch(&mixed_collectives, "t", 1, 32, 0, nullptr, [] { mixed_collectives(); }); });
     printf("ptx emulation self-test: %d failures\n", failures);
     return failures != 0 || emu::launch_errors != 0;
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """translate.py IN.cu OUT.emu.inc — turns one CUDA source of dynmoe into host C++ for the
 emulation (cuda/emu/): the kernels' own code, only these rewrites:
-  - k<<<grid, block, smem, stream>>>(args);  ->  emu_launch(&k, "k", grid, block, smem, [&] { k(args); });
+  - k<<<grid, block, smem, stream>>>(args);  ->  emu_launch(&k, "k", grid, block, smem, stream, [&] { k(args); });
   - extern __shared__ T name[];              ->  T *name = (T *)emu::dyn_smem();
   - __shared__ T name[dims];                 ->  auto &name = emu::shared_var<T[dims]>(site);
   - #include "ptx.cuh"                       ->  #include "ptx_emu.h"
@@ -63,8 +63,9 @@ def launches(s):
         e = matching(s, k, '(', ')')
         args = s[k + 1:e]
         label = re.sub(r'\s+', ' ', name)
+        stream = cfg[3] if len(cfg) > 3 else 'nullptr'
         out += [s[pos:m.start()],
-                f'emu_launch(&{name}, "{label}", {cfg[0]}, {cfg[1]}, {cfg[2]}, [&] {{ {name}({args}); }})']
+                f'emu_launch(&{name}, "{label}", {cfg[0]}, {cfg[1]}, {cfg[2]}, {stream}, [&] {{ {name}({args}); }})']
         pos = e + 1
     out.append(s[pos:])
     return ''.join(out)
