@@ -37,8 +37,10 @@ MUTANTS = [
      'dm_cp_async16_zfill(dst, row + k, 16u);'),
     ('row mask', E, 'experts', 'epilogue stores row m == rows (one row past the expert)',
      'if (m >= t.rows) continue;', 'if (m > t.rows) continue;'),
-    ('column mask', E, 'experts', 'pair store when col + 1 == n (one column past the matrix)',
-     'if (col + 1 < n && even_ld) {', 'if (col < n && even_ld) {'),
+    ('column mask', E, 'experts', 'single store of column n (one past the matrix: the next row)',
+     'if (col < n) row[col] = h0;', 'if (col <= n) row[col] = h0;'),
+    ('pair mask', E, 'experts', 'pair store when col + 1 == n (equivalent: only n odd with an even row '
+     'stride, i.e. rows_h padding)', 'if (col + 1 < n && even_ld) {', 'if (col < n && even_ld) {'),
     ('16-row steps', E, 'experts', "a tail's partial 16-row MMA step skipped (rows / 16, not ceil)",
      '(wrows + 15) >> 4', 'wrows >> 4'),
     ('A row gather', E, 'experts', 'GEMM 1 gathers x rows by plan row, not by token',
