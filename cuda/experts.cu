@@ -21,13 +21,18 @@
  * counts from the device-side plan; work past the real rows exits. CUDA-graph safe.
  *
  * Kernels
- *  - dm_prefill_gemm<T, MODE>: tensor-core grouped GEMM (mma.sync m16n8k16 bf16/f16, fp32
+ *  - dm_prefill_gemm<T, MODE, VEC>: tensor-core grouped GEMM (mma.sync m16n8k16 bf16/f16, fp32
  *    accumulate), CTA tile 128 x 128 x 32, 4 warps of 64 x 64, 4-stage cp.async pipeline,
  *    XOR-swizzled shared memory read by ldmatrix. A persistent tile scheduler: each CTA scans the
  *    device offsets into a per-expert tile prefix and walks tiles blockIdx.x, + gridDim.x, ...,
- *    mapping each to (expert, row tile, column tile) by binary search. MODE 0 is GEMM1: the A rows
- *    are gathered from x through sorted_slots in the loads, the B tile holds 64 gate rows and the
- *    64 matching up rows, and the epilogue applies the gated activation. MODE 1 is GEMM2.
+ *    mapping each to (expert, row tile, column tile) by binary search; the next tile's first
+ *    k-tiles are loading while the current one's epilogue stores. A warp runs only the 16-row
+ *    MMA steps that hold rows of the expert (a ragged tail costs its rows rounded up to 16, not
+ *    128). MODE 0 is GEMM1: the A rows are gathered from x through sorted_slots in the loads, the
+ *    B tile holds 64 gate rows and the 64 matching up rows, and the epilogue applies the gated
+ *    activation. MODE 1 is GEMM2. VEC: every chunk one 16-byte cp.async (rows of 16-byte
+ *    multiples), else scalar loads; the launcher picks, no run-time branch per chunk.
+ *  All PTX goes through ptx.cuh, which cuda/emu/ emulates: CI runs these kernels' own sources.
  *  - dm_decode_gemm<T, MODE>: few rows per expert. One warp streams 4 weight rows of one active
  *    expert (16-byte loads, each weight read once per chunk of 8 rows) against up to 8 rows held
  *    as 16-byte vectors, reduced by a 31-shuffle transpose-reduce. Split along N only: with
@@ -534,7 +539,7 @@ static __device__ __forceinline__ void dm_decode_step(float *acc, const uint4 *w
     for (int i = 0; i < DM_RC; i++) {
         if (i < nr) {
             float xf[VN];
-            dm_vec<T>::unpack(__ldg((const uint4 *)(A + (long long)xrow[i] * lda + (long long)v * VN)), xf);
+            dm_vec<T>::unpack(dm_ld_global_nc16(A + (long long)xrow[i] * lda + (long long)v * VN), xf);
 #pragma unroll
             for (int w = 0; w < DM_NR; w++)
 #pragma unroll
@@ -718,7 +723,7 @@ static dynmoe_status dm_launch_prefill(const dm_gemm_params &p1, const dm_gemm_p
         const dm_gemm_params &p = *ps[g];
         const int cols = dm_tile_cols(g);
         const int64_t tiles = row_tiles * ((p.n + cols - 1) / cols);
-        int64_t grid = (int64_t)sms * 2; /* 2 CTAs per SM: registers (252 x 128) and shared memory */
+        int64_t grid = (int64_t)sms * 2; /* 2 CTAs per SM: registers (205-236 x 128 of 64 K) and shared memory */
         if (tiles < grid) grid = tiles;
         if (grid < 1) grid = 1;
         if (g == 0) dm_prefill_launch<T, 0>(p, (unsigned)grid, smem, st);

@@ -111,6 +111,14 @@ static __device__ __forceinline__ uint4 dm_ld_stream16(const void *p) {
                  : "l"(p));
     return v;
 }
+/* Read-only load kept in L1 (x rows, which every weight row of an expert meets again). */
+static __device__ __forceinline__ uint4 dm_ld_global_nc16(const void *p) {
+    uint4 v;
+    asm volatile("ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(p));
+    return v;
+}
 /* Plain vector load / store (the emulator checks their alignment). */
 static __device__ __forceinline__ uint4 dm_ld_global16(const void *p) { return *(const uint4 *)p; }
 static __device__ __forceinline__ void dm_st_global16(void *p, uint4 v) { *(uint4 *)p = v; }

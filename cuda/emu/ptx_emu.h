@@ -192,6 +192,12 @@ static inline uint4 dm_ld_stream16(const void *p) {
     memcpy(&v, p, 16);
     return v;
 }
+static inline uint4 dm_ld_global_nc16(const void *p) {
+    emu::check_global_align(p, 16, "ld.global.nc.v4");
+    uint4 v;
+    memcpy(&v, p, 16);
+    return v;
+}
 static inline uint4 dm_ld_global16(const void *p) {
     emu::check_global_align(p, 16, "ld.global.v4");
     uint4 v;

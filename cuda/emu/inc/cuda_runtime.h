@@ -23,11 +23,12 @@
 #define __launch_bounds__(...)
 #define __align__(n) alignas(n)
 
-struct float2 { float x, y; };
-struct float4 { float x, y, z, w; };
-struct uint2 { unsigned x, y; };
-struct uint4 { unsigned x, y, z, w; };
-struct int4 { int x, y, z, w; };
+/* CUDA's vector types are aligned to their size: a misaligned one is UB that UBSan reports */
+struct alignas(8) float2 { float x, y; };
+struct alignas(16) float4 { float x, y, z, w; };
+struct alignas(8) uint2 { unsigned x, y; };
+struct alignas(16) uint4 { unsigned x, y, z, w; };
+struct alignas(16) int4 { int x, y, z, w; };
 inline float2 make_float2(float a, float b) { return {a, b}; }
 inline float4 make_float4(float a, float b, float c, float d) { return {a, b, c, d}; }
 inline uint2 make_uint2(unsigned a, unsigned b) { return {a, b}; }
@@ -43,7 +44,10 @@ inline float __fdividef(float a, float b) { return a / b; }
 inline int __popc(unsigned x) { return __builtin_popcount(x); }
 inline int __ffs(int x) { return __builtin_ffs(x); }
 inline int __clz(int x) { return x == 0 ? 32 : __builtin_clz((unsigned)x); }
-template <class T> inline T __ldg(const T *p) { return *p; }
+template <class T> inline T __ldg(const T *p) { /* ld.global.nc: naturally aligned */
+    emu::check_global_align(p, alignof(T), "__ldg");
+    return *p;
+}
 inline size_t __cvta_generic_to_shared(const void *p) { return emu::smem_addr_of(p); }
 
 /* ---- synchronisation */
