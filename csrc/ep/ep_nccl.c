@@ -250,14 +250,14 @@ dynmoe_status dm_ep_nccl_forward(struct dynmoe_ep *ep, dynmoe_ctx *ctx, const dm
                               pa.plan, lbase + ll->rows_h, lbase + ll->rows_y, lbase + ll->scratch,
                               ll->scratch_bytes, back_send};
         TRY(ctx->ops->experts(ctx, &ea, stream));
-        ea.experts.dtype = DYNMOE_F32; /* the gather: one slot of weight 1, fp32 out */
+        /* the gather: one slot of weight 1; rows travel back in the experts' dtype, as the CUDA
+         * backend's expert rows are (exact: a bf16/f16 value times 1) */
         TRY(ctx->ops->combine(ctx, &ea, stream));
     }
     double t3 = dm_ep_now();
 
     /* ---- results back */
-    TRY(all_to_all_v(ns->comm, R, (const char *)back_send, rcnt, rdsp, (char *)back_recv, scnt, sdsp,
-                     (size_t)H * sizeof(float), cs));
+    TRY(all_to_all_v(ns->comm, R, (const char *)back_send, rcnt, rdsp, (char *)back_recv, scnt, sdsp, rowb, cs));
     double t4 = dm_ep_now();
 
     /* ---- combine */
