@@ -7,7 +7,7 @@
 #
 #   bash scripts/gpu-check.sh --prepare    here, where apt is reachable: fills
 #                                          gpu-check-deps/ (git-ignored, <= 40 MiB;
-#                                          today 2.5 MB: the GoogleTest sources)
+#                                          today about 1 MB: the GoogleTest sources)
 #   bash scripts/gpu-check.sh [OUT_DIR]    there: its image plus gpu-check-deps/
 #                                          only (OUT_DIR: else $OUT, else gpu-check-out/)
 #
