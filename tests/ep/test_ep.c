@@ -423,6 +423,22 @@ static void run_case(dynmoe_ctx *ctx, const ep_case *c) {
 
 /* ------------------------------------------------------ argument checks */
 
+/* The layer of the argument-check cases: E = 8, K = 2, H = I = 16, this
+ * rank's L experts on the weights w (at least 8 * 2 * 16 * 16 floats). */
+static void small_layer(int32_t L, const float *w, dynmoe_router *router, dynmoe_experts *lx) {
+    const dynmoe_router r = DYNMOE_ROUTER_INIT;
+    const dynmoe_experts x = DYNMOE_EXPERTS_INIT;
+    *router = r;
+    router->num_experts = 8;
+    router->top_k = 2;
+    *lx = x;
+    lx->num_experts = L;
+    lx->hidden = 16;
+    lx->inter = 16;
+    lx->w13 = w;
+    lx->w2 = w;
+}
+
 static void run_checks(dynmoe_ctx *ctx) {
     MPI_Comm world = MPI_COMM_WORLD;
     dynmoe_ep_config cfg = DYNMOE_EP_CONFIG_INIT;
@@ -460,16 +476,10 @@ static void run_checks(dynmoe_ctx *ctx) {
     snprintf(d, sizeof d, "rank %d of %d holds %d experts", rank, size, L);
     verdict("info", rank == g_rank && size == g_size && L == 8 / g_size, d);
 
-    dynmoe_router router = DYNMOE_ROUTER_INIT;
-    router.num_experts = 8;
-    router.top_k = 2;
-    dynmoe_experts lx = DYNMOE_EXPERTS_INIT;
-    lx.num_experts = L;
-    lx.hidden = 16;
-    lx.inter = 16;
     float *w = xalloc(sizeof(float) * 8 * 2 * 16 * 16);
-    lx.w13 = w;
-    lx.w2 = w;
+    dynmoe_router router;
+    dynmoe_experts lx;
+    small_layer(L, w, &router, &lx);
     size_t wsb = dynmoe_ep_workspace_size(ep, &router, &lx, DYNMOE_EP_EXACT);
     verdict("workspace size", wsb > 0, dynmoe_last_error());
     void *ws = xalloc(wsb);
@@ -606,17 +616,11 @@ static void run_agreement(dynmoe_ctx *ctx) {
     if (st != DYNMOE_OK) return;
     int32_t L = 0;
     dynmoe_ep_info(ep, NULL, NULL, &L);
-    dynmoe_router router = DYNMOE_ROUTER_INIT;
-    router.num_experts = 8;
-    router.top_k = 2;
-    dynmoe_experts lx = DYNMOE_EXPERTS_INIT;
-    lx.num_experts = L;
-    lx.hidden = 16;
-    lx.inter = 16;
-    float *w = xalloc(sizeof(float) * 8 * 2 * 32 * 32);
+    float *w = xalloc(sizeof(float) * 8 * 2 * 32 * 32); /* room for hidden 32 */
     for (int i = 0; i < 8 * 2 * 32 * 32; i++) w[i] = 0.01f;
-    lx.w13 = w;
-    lx.w2 = w;
+    dynmoe_router router;
+    dynmoe_experts lx;
+    small_layer(L, w, &router, &lx);
     size_t wsb = dynmoe_ep_workspace_size(ep, &router, &lx, DYNMOE_EP_EXACT);
     size_t wcap = dynmoe_ep_workspace_size(ep, &router, &lx, DYNMOE_EP_CAPACITY);
     dynmoe_experts wide = lx;
