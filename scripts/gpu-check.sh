@@ -17,13 +17,13 @@
 #   run(command='GPU_CHECK_PACK=1 bash scripts/gpu-check.sh "$OUT"',
 #       carry=["gpu-check-deps"], timeout_s=510)
 #
-# The step limits below add up to 445 s and GPU_CHECK_BUDGET_S (450) stops
+# The step limits below add up to 395 s and GPU_CHECK_BUDGET_S (450) stops
 # the run before 8 minutes whatever happens (a step past its limit is killed
 # 10 s later; a later step that would start with under 20 s left is skipped,
 # not failed). With the machine's 1-2 minute start that is <= 10 of the 15
 # device minutes. A rerun on the still-warm machine (within 30 s of the
 # reply) finds build-gpu-check/ (ignored, kept between calls) and rebuilds
-# only what changed, so the rerun is the test steps: about 5 minutes.
+# only what changed, so the rerun is the test steps: at most 225 s.
 # GPU_CHECK_PACK=1 leaves 5 files in OUT_DIR (the device returns at most 8):
 # summary.json, table.txt, bench.jsonl, bench_table.txt and logs.tar.gz.
 #
@@ -32,14 +32,14 @@
 #   deps         cmake, ninja; GoogleTest installed or in gpu-check-deps/ (never installs)
 #   configure    30  CMake + Ninja for the GPU found (sm_90 on H100/H200), else 80;90;
 #                    -DDYNMOE_BLAS=OFF -DDYNMOE_MPI=OFF (NCCL when found)
-#   build       150  everything, GoogleTest from source when it is not installed
+#   build       140  everything, GoogleTest from source when it is not installed
 #   list          -  ctest -N: the test list, CUDA cases counted (they skip without a GPU)
 #   ctest        60  the whole suite but LargeIndex (CPU and CUDA parameterisations)
 #   ctest-large  30  the LargeIndex cases (gigabytes), alone
 #   memcheck, racecheck, initcheck  45 (together: the three run side by side)
 #                    compute-sanitizer on the small CUDA cases of every test binary
 #   graph        20  graph capture/replay, two-stream and determinism tests on CUDA
-#   bench        50  dynmoe-bench --backend cuda, Qwen3-30B-A3B and DeepSeek-V3 presets
+#   bench        70  dynmoe-bench --backend cuda, Qwen3-30B-A3B and DeepSeek-V3 presets
 # and a short table last. Without a GPU it builds, lists the tests and stops,
 # unless GPU_CHECK_CPU_TESTS=1 (scripts/ci-offline.sh, CI's proof of this
 # offline path): then the two ctest steps run too, the CUDA cases skipping.
@@ -254,7 +254,7 @@ if ! run_step configure 30 cmake -S "$root" -B "$build" "${generator[@]}" -DCMAK
     finish
 fi
 grep -E 'dynmoe: |GoogleTest' "$logs/configure.log" | sed 's/^-- //' >"$logs/configure-summary.log"
-if ! run_step build 150 cmake --build "$build" -j "$jobs"; then
+if ! run_step build 140 cmake --build "$build" -j "$jobs"; then
     finish
 fi
 
@@ -350,7 +350,7 @@ bench=""
 for c in "$build/dynmoe-bench" "$build/bench/dynmoe-bench"; do [ -x "$c" ] && bench=$c && break; done
 if [ -n "$bench" ]; then
     : >"$out/bench.jsonl"
-    run_step bench 50 bash -c "'$bench' --backend cuda --preset qwen3-30b-a3b --tokens $bench_tokens --keep 1,0.5,0.15 --json '$out/bench.jsonl' &&
+    run_step bench 70 bash -c "'$bench' --backend cuda --preset qwen3-30b-a3b --tokens $bench_tokens --keep 1,0.5,0.15 --json '$out/bench.jsonl' &&
         '$bench' --backend cuda --preset deepseek-v3 --tokens $bench_tokens --keep 1,0.5,0.15 --json '$out/bench.jsonl'"
     # the bench's own table, for the last screen
     grep -v '^\[' "$logs/bench.log" 2>/dev/null | tail -n 30 >"$out/bench_table.txt" || true
