@@ -66,5 +66,6 @@ if [ ! -f "$stamp" ]; then
 fi
 "$venv/bin/python" -m pip install -q --force-reinstall --no-deps "$wheel"
 cache=$(mktemp -d)
-VLLM_CACHE_ROOT=$cache HF_HUB_OFFLINE=1 "$venv/bin/python" -m pytest tests/python/test_vllm.py -q -s -p no:cacheprovider
+VLLM_CACHE_ROOT=$cache HF_HUB_OFFLINE=1 "$venv/bin/python" -m pytest tests/python/test_vllm.py tests/python/test_examples.py \
+  -q -s -p no:cacheprovider
 rm -rf "$cache"
