@@ -12,21 +12,7 @@ import reference as ref
 torch = pytest.importorskip("torch")
 from dynmoe import _torch as dt  # noqa: E402
 
-E, Z, K, H, I, T = 8, 2, 3, 32, 16, 13
-KW = dict(num_experts=E, top_k=K, num_zero_experts=Z, zero_kind="identity", norm="selected", scale=1.5)
-
-
-@pytest.fixture
-def layer():
-    g = torch.Generator().manual_seed(7)
-    router = dynmoe.Router(**KW)
-    x = torch.randn(T, H, generator=g)
-    logits = torch.randn(T, E + Z, generator=g) * 2
-    bias = torch.randn(E + Z, generator=g) * 0.2
-    mask = torch.randn(T, E, generator=g)
-    w13 = torch.randn(E, 2 * I, H, generator=g) / H**0.5
-    w2 = torch.randn(E, H, I, generator=g) / I**0.5
-    return router, x, logits, bias, mask, w13, w2
+from test_torch import E, KW, K, T, Z, layer  # noqa: E402,F401  the same layer fixture as test_torch.py
 
 
 def nan_like(t):

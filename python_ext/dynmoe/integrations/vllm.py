@@ -136,14 +136,8 @@ def _classes():
             return "hash routing (monolithic mode)"
         return None
 
-    class DynmoeExperts(mk.FusedMoEExpertsModular):
-        """vLLM routes; dynmoe runs the experts and the combine into `output`."""
-
-        def __init__(self, moe_config, quant_config, max_num_tokens=None, num_dispatchers=None):
-            super().__init__(moe_config, quant_config, max_num_tokens, num_dispatchers)
-            self.act = support.activation(moe_config.activation.value)
-            r = dynmoe.Router(num_experts=moe_config.num_local_experts, top_k=moe_config.experts_per_token)
-            self.router_ints, self.router_floats = r.ints, r.floats
+    class _Supports:
+        """What both dynmoe experts classes tell vLLM's oracle."""
 
         @staticmethod
         def activation_format():
@@ -168,6 +162,15 @@ def _classes():
         @staticmethod
         def _supports_parallel_config(moe_parallel_config):
             return not moe_parallel_config.use_batched_activation_format
+
+    class DynmoeExperts(_Supports, mk.FusedMoEExpertsModular):
+        """vLLM routes; dynmoe runs the experts and the combine into `output`."""
+
+        def __init__(self, moe_config, quant_config, max_num_tokens=None, num_dispatchers=None):
+            super().__init__(moe_config, quant_config, max_num_tokens, num_dispatchers)
+            self.act = support.activation(moe_config.activation.value)
+            r = dynmoe.Router(num_experts=moe_config.num_local_experts, top_k=moe_config.experts_per_token)
+            self.router_ints, self.router_floats = r.ints, r.floats
 
         @staticmethod
         def _supports_batch_invariance():
@@ -189,7 +192,7 @@ def _classes():
             ops.experts_forward_out(hidden_states, ids, weights, w1, w2, self.router_ints,
                                     self.router_floats, self.act, output, None)
 
-    class DynmoeMonolithicExperts(mk.FusedMoEExpertsMonolithic):
+    class DynmoeMonolithicExperts(_Supports, mk.FusedMoEExpertsMonolithic):
         """dynmoe routes from router_logits, runs the experts, combines."""
 
         def __init__(self, moe_config, quant_config, max_num_tokens=None, num_dispatchers=None):
@@ -197,30 +200,6 @@ def _classes():
             self.act = support.activation(moe_config.activation.value)
             self.route_kw = routing[moe_config.routing_method]
             self.router = None  # bound to the layer's routing fields in process_weights_after_loading
-
-        @staticmethod
-        def activation_format():
-            return mk.FusedMoEActivationFormat.Standard
-
-        @staticmethod
-        def _supports_current_device():
-            return True
-
-        @staticmethod
-        def _supports_no_act_and_mul():
-            return False
-
-        @staticmethod
-        def _supports_quant_scheme(weight_key, activation_key):
-            return (weight_key, activation_key) == (None, None)
-
-        @staticmethod
-        def _supports_activation(activation):
-            return support.activation(activation.value) is not None
-
-        @staticmethod
-        def _supports_parallel_config(moe_parallel_config):
-            return not moe_parallel_config.use_batched_activation_format
 
         @staticmethod
         def _supports_routing_method(routing_method, weight_key, activation_key):
