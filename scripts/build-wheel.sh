@@ -11,10 +11,9 @@
 # then copies the libraries that are not part of the manylinux baseline --
 # OpenBLAS, libgfortran, libquadmath, libgomp -- into dynmoe.libs/ (renamed,
 # found through RPATH) and tags the wheel manylinux_2_X of this machine's
-# glibc. The CUDA runtime is linked statically; cuBLAS is left out (excluded):
-# a CUDA wheel takes libcublas.so.13 from the process -- torch's nvidia-cublas
-# wheel, which `import dynmoe` loads first by importing torch, or the CUDA
-# toolkit on the loader path.
+# glibc. A CUDA build links the CUDA runtime statically and needs no cuBLAS
+# symbol, so it needs only the driver at run time; cuBLAS and the driver are
+# excluded all the same, so that neither is ever copied into a wheel.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py=${PYTHON:-python3}
