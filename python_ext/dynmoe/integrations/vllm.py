@@ -2,7 +2,7 @@
 
 vLLM loads this module in the engine and in every worker through the entry
 point ``dynmoe = dynmoe.integrations.vllm:register`` of group
-``vllm.general_plugins`` (python_ext/pyproject.toml). It does nothing unless
+``vllm.general_plugins`` (pyproject.toml). It does nothing unless
 ``DYNMOE_VLLM=1``; then it registers an out-of-tree ``UnquantizedFusedMoEMethod``
 whose experts are dynmoe's:
 
