@@ -286,3 +286,28 @@ def test_monolithic_grouped_routing_against_reference(with_map):
         rids = np.where(rids >= 0, expert_map.numpy()[np.maximum(rids, 0)], -1)
     r = ref.experts(x.numpy(), rids, rw, w13.numpy(), w2.numpy(), el)
     assert ref.rel_err(out.numpy(), r) < 1e-5
+
+
+def test_monolithic_beam_mask_head_against_reference():
+    import torch
+
+    import reference as ref
+    from vllm.model_executor.layers.fused_moe.activation import MoEActivation
+
+    e, k, t = 8, 3, 10
+    ex = _experts("monolithic", e, e, k, "RenormalizeNaive")
+    head = torch.nn.Linear(32, e, bias=False)
+    ex.process_weights_after_loading(types.SimpleNamespace(num_expert_group=None, topk_group=None,
+                                                           routed_scaling_factor=1.0, dynmoe_mask_head=head))
+    w13, w2, g = _layer_weights(e)
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(e, 32, generator=g))
+        x = torch.randn(t, 32, generator=g)
+        logits = torch.randn(t, e, generator=g)
+        out = ex.apply(x, w13, w2, logits, MoEActivation.SILU, e, None, None, False)
+        mask = head(x)
+    kw = dict(num_experts=e, top_k=k, score="softmax", norm="selected")
+    r = ref.moe(x.numpy(), logits.numpy(), kw, w13.numpy(), w2.numpy(), mask=mask.numpy())
+    assert ref.rel_err(out.numpy(), r) < 1e-5
+    unmasked = ref.moe(x.numpy(), logits.numpy(), kw, w13.numpy(), w2.numpy())
+    assert ref.rel_err(out.numpy(), unmasked) > 1e-2  # the masks dropped slots

@@ -16,7 +16,9 @@ Two modes, chosen by ``DYNMOE_VLLM_MODE``:
 * ``monolithic``: dynmoe also routes, from ``router_logits`` (softmax or
   sigmoid scores, DeepSeek-V3 grouped top-k with the selection bias and the
   routed scale, renormalisation), through ``torch.ops.dynmoe.moe_forward_out``;
-  with an ``expert_map`` it routes with ``route_out`` and maps the ids.
+  with an ``expert_map`` it routes with ``route_out`` and maps the ids. A model
+  that sets ``layer.dynmoe_mask_head`` (x [T, H] -> mask logits [T, E]) on its
+  MoE layer gets BEAM binary masks (a slot survives where its logit is > 0).
 
 vLLM semantics honoured: ``expert_map`` (expert parallelism: ids of other
 ranks' experts become empty slots), ``apply_router_weight_on_input`` (the
@@ -200,6 +202,7 @@ def _classes():
             self.act = support.activation(moe_config.activation.value)
             self.route_kw = routing[moe_config.routing_method]
             self.router = None  # bound to the layer's routing fields in process_weights_after_loading
+            self.mask_head = None
 
         @staticmethod
         def _supports_routing_method(routing_method, weight_key, activation_key):
@@ -215,6 +218,10 @@ def _classes():
             kw = dict(self.route_kw, num_experts=moe.num_experts, top_k=moe.experts_per_token,
                       num_groups=groups, topk_groups=int(layer.topk_group or 0) if groups else 0,
                       scale=float(layer.routed_scaling_factor or 1.0))
+            # BEAM: a model that gives its MoE layer a mask head (a module x [T, H]
+            # -> mask logits [T, E], e.g. nn.Linear(H, E)) as layer.dynmoe_mask_head
+            # gets binary masks: a routed slot survives only where its logit is > 0.
+            self.mask_head = getattr(layer, "dynmoe_mask_head", None)
             glob = dynmoe.Router(**kw)
             loc = dynmoe.Router(num_experts=moe.num_local_experts, top_k=moe.experts_per_token)
             self.router = (glob.ints, glob.floats, loc.ints, loc.floats)
@@ -229,13 +236,16 @@ def _classes():
                 bias = e_score_correction_bias.to(torch.float32)
             out = torch.empty_like(hidden_states)
             logits = router_logits if router_logits.dtype == hidden_states.dtype else router_logits.to(torch.float32)
+            mask = None
+            if self.mask_head is not None:
+                mask = self.mask_head(hidden_states).to(logits.dtype).contiguous()
             if expert_map is None and not apply_router_weight_on_input:
-                ops.moe_forward_out(hidden_states, logits, w1, w2, gi, gf, self.act, bias, None, out, None)
+                ops.moe_forward_out(hidden_states, logits, w1, w2, gi, gf, self.act, bias, mask, out, None)
                 return out
             t, k = hidden_states.shape[0], self.moe_config.experts_per_token
             ids = torch.empty((t, k), dtype=torch.int32, device=hidden_states.device)
             weights = torch.empty((t, k), dtype=torch.float32, device=hidden_states.device)
-            ops.route_out(logits, gi, gf, bias, None, ids, weights)
+            ops.route_out(logits, gi, gf, bias, mask, ids, weights)
             x = hidden_states
             if apply_router_weight_on_input:  # top-1: FFN(w x) instead of w FFN(x), as vLLM does
                 x = (x * weights.to(x.dtype)).contiguous()
