@@ -330,6 +330,7 @@ size_t dynmoe_experts_workspace_size(const dynmoe_router *router, const dynmoe_e
 }
 
 size_t dynmoe_workspace_size(const dynmoe_router *router, const dynmoe_experts *experts, int64_t T) {
+    /* The router first: its slots (top_k * top_tasks) mean nothing before. */
     if (dm_check_router("dynmoe_workspace_size", router)) return 0;
     const dynmoe_router rt = dm_router_full(router);
     return dynmoe_experts_workspace_size(&rt, experts, T, dm_router_slots(&rt));

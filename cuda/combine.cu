@@ -7,12 +7,16 @@
  * w. One block per token; each thread owns fixed columns and adds the slots
  * in order, so every run gives the same bits (no atomics, no reduction tree).
  *
- * rows_y is fp32 [T*S, H] (what cuda/experts.cu writes, as on the CPU).
+ * rows_y [T*S, H] is in experts.dtype, as cuda/experts.cu writes it (the CPU backend's is
+ * fp32). Every tensor is 16-byte aligned (the API's rule; rows_y starts a workspace region).
  */
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <stdint.h>
 
 #include "cuda_backend.h"
 #include "hd.h"
+#include "ptx.cuh"
 
 #define DM_COMBINE_MAX_THREADS 256
 
@@ -21,45 +25,40 @@
 #define DM_SLOT_ROW 1
 #define DM_SLOT_X 2
 
-/* Four consecutive elements i..i+3 of a dtype tensor as fp32; i is a multiple
- * of 4 and the base 16-byte aligned, so the load is one 16- or 8-byte access. */
-__device__ __forceinline__ float4 load4(const void *p, dynmoe_dtype dt, int64_t i) {
-    if (dt == DYNMOE_F32) return *(const float4 *)((const float *)p + i);
-    const uint2 u = *(const uint2 *)((const uint16_t *)p + i);
-    const uint16_t h0 = (uint16_t)(u.x & 0xffffu), h1 = (uint16_t)(u.x >> 16);
-    const uint16_t h2 = (uint16_t)(u.y & 0xffffu), h3 = (uint16_t)(u.y >> 16);
-    if (dt == DYNMOE_BF16)
-        return make_float4(dm_bf16_to_f32(h0), dm_bf16_to_f32(h1), dm_bf16_to_f32(h2), dm_bf16_to_f32(h3));
-    return make_float4(dm_f16_to_f32(h0), dm_f16_to_f32(h1), dm_f16_to_f32(h2), dm_f16_to_f32(h3));
-}
+/* Elements per 16-byte vector: 8 of bf16/f16, 4 of fp32. */
+__host__ __device__ __forceinline__ int vec_elems(dynmoe_dtype dt) { return dt == DYNMOE_F32 ? 4 : 8; }
 
-__device__ __forceinline__ void store4(void *p, dynmoe_dtype dt, int64_t i, float4 v) {
+/* Element i of a 16-byte vector of dtype dt as fp32, and the reverse, on the 32-bit words (no
+ * type punning through pointers, which C++ compilers may break), with the hardware conversions
+ * (f16 -> f32 is exact; f32 -> f16/bf16 rounds to nearest even, as hd.h's do). */
+__device__ __forceinline__ float vec_get(const uint32_t *w, dynmoe_dtype dt, int i) {
+    if (dt == DYNMOE_F32) return __uint_as_float(w[i]);
+    const unsigned short h = (unsigned short)(w[i >> 1] >> (16 * (i & 1)));
+    return dt == DYNMOE_BF16 ? __uint_as_float((uint32_t)h << 16) : __half2float(__ushort_as_half(h));
+}
+__device__ __forceinline__ void vec_set(uint32_t *w, dynmoe_dtype dt, int i, float v) {
     if (dt == DYNMOE_F32) {
-        *(float4 *)((float *)p + i) = v;
+        w[i] = __float_as_uint(v);
         return;
     }
-    uint16_t h0, h1, h2, h3;
-    if (dt == DYNMOE_BF16) {
-        h0 = dm_f32_to_bf16(v.x), h1 = dm_f32_to_bf16(v.y), h2 = dm_f32_to_bf16(v.z), h3 = dm_f32_to_bf16(v.w);
-    } else {
-        h0 = dm_f32_to_f16(v.x), h1 = dm_f32_to_f16(v.y), h2 = dm_f32_to_f16(v.z), h3 = dm_f32_to_f16(v.w);
-    }
-    *(uint2 *)((uint16_t *)p + i) = make_uint2((uint32_t)h0 | ((uint32_t)h1 << 16), (uint32_t)h2 | ((uint32_t)h3 << 16));
+    const uint32_t h = dt == DYNMOE_BF16 ? __bfloat16_as_ushort(__float2bfloat16_rn(v))
+                                         : __half_as_ushort(__float2half_rn(v));
+    w[i >> 1] = (i & 1) ? (w[i >> 1] | (h << 16)) : h; /* low half first */
 }
 
 /*
  * dm_combine_kernel: block t sums token t's S slots into out[t, 0:H].
- * The slot table (kind, row, weight) is read once into shared memory; then
- * each thread walks its columns, 4 at a time when H % 4 == 0 (16-byte loads of
- * rows_y), one at a time otherwise, adding the slots in order.
- * Napkin math (Qwen3-30B-A3B, T = 4096, K = 8, H = 2048): reads 4096*8*2048*4
- * = 256 MiB of fp32 rows and writes 16 MiB of bf16: ~90 us at 3 TB/s, HBM
- * bound; a slot that is empty, zero-output or masked reads nothing.
+ * The slot table (kind, row, weight) is read once into shared memory; then each thread walks its
+ * columns, a 16-byte vector at a time (8 bf16/f16 or 4 fp32 values of rows_y, x and out) when
+ * H fills whole vectors, one at a time otherwise, adding the slots in order.
+ * Napkin math (Qwen3-30B-A3B, T = 4096, K = 8, H = 2048, bf16): reads 4096*8*2048*2 = 128 MiB
+ * of expert rows (half of what fp32 rows were) and writes 16 MiB: ~45 us at 3 TB/s, HBM bound;
+ * a slot that is empty, zero-output or masked reads nothing.
  */
+template <dynmoe_dtype dt> /* a compile-time dtype: the conversions of the slot loop fold */
 __global__ void __launch_bounds__(DM_COMBINE_MAX_THREADS)
-    dm_combine_kernel(int32_t E, int32_t Z, int identity, int32_t S, int32_t H, dynmoe_dtype dt, const void *x,
-                      const int32_t *ids, const float *weights, const int32_t *slot_rows, const float *rows_y,
-                      void *out) {
+    dm_combine_kernel(int32_t E, int32_t Z, int identity, int32_t S, int32_t H, const void *x, const int32_t *ids,
+                      const float *weights, const int32_t *slot_rows, const void *rows_y, void *out) {
     __shared__ int32_t kind[DYNMOE_MAX_TOP_K];
     __shared__ int32_t row[DYNMOE_MAX_TOP_K];
     __shared__ float w[DYNMOE_MAX_TOP_K];
@@ -80,27 +79,34 @@ __global__ void __launch_bounds__(DM_COMBINE_MAX_THREADS)
     }
     __syncthreads();
 
-    if ((H & 3) == 0) {
-        for (int32_t h = 4 * threadIdx.x; h < H; h += 4 * blockDim.x) {
-            float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    const int vn = vec_elems(dt);
+    const size_t es = dm_dtype_size(dt);
+    if (H % vn == 0) {
+        for (int32_t h = vn * threadIdx.x; h < H; h += vn * blockDim.x) {
+            float acc[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
             for (int32_t k = 0; k < S; k++) {
                 if (kind[k] == DM_SLOT_SKIP) continue;
                 const float wk = w[k];
-                const float4 v = kind[k] == DM_SLOT_ROW ? *(const float4 *)(rows_y + (int64_t)row[k] * H + h)
-                                                        : load4(x, dt, t * H + h);
-                acc.x += wk * v.x;
-                acc.y += wk * v.y;
-                acc.z += wk * v.z;
-                acc.w += wk * v.w;
+                const char *src = kind[k] == DM_SLOT_ROW ? (const char *)rows_y + ((int64_t)row[k] * H + h) * es
+                                                         : (const char *)x + (t * H + h) * es;
+                const uint4 v = dm_ld_global16(src);
+                const uint32_t vw[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+                for (int i = 0; i < 8; i++)
+                    if (i < vn) acc[i] += wk * vec_get(vw, dt, i);
             }
-            store4(out, dt, t * H + h, acc);
+            uint32_t ow[4] = {0, 0, 0, 0};
+#pragma unroll
+            for (int i = 0; i < 8; i++)
+                if (i < vn) vec_set(ow, dt, i, acc[i]);
+            dm_st_global16((char *)out + (t * H + h) * es, make_uint4(ow[0], ow[1], ow[2], ow[3]));
         }
     } else {
         for (int32_t h = threadIdx.x; h < H; h += blockDim.x) {
             float acc = 0.0f;
             for (int32_t k = 0; k < S; k++) {
                 if (kind[k] == DM_SLOT_SKIP) continue;
-                const float v = kind[k] == DM_SLOT_ROW ? rows_y[(int64_t)row[k] * H + h] : dm_load(x, dt, t * H + h);
+                const float v = kind[k] == DM_SLOT_ROW ? dm_load(rows_y, dt, (int64_t)row[k] * H + h) : dm_load(x, dt, t * H + h);
                 acc += w[k] * v;
             }
             dm_store(out, dt, t * H + h, acc);
@@ -111,19 +117,40 @@ __global__ void __launch_bounds__(DM_COMBINE_MAX_THREADS)
 extern "C" dynmoe_status dm_cuda_combine(dynmoe_ctx *ctx, const dm_experts_args *a, void *stream) {
     (void)ctx;
     const int32_t H = a->experts.hidden;
-    /* threads: one per 4 columns (or per column), a multiple of 32, at most 256 */
-    const int64_t lanes = (H & 3) == 0 ? H / 4 : H;
+    /* threads: one per 16-byte vector of a row (or per column), a multiple of 32, at most 256 */
+    const int vn = vec_elems(a->experts.dtype);
+    const int64_t lanes = H % vn == 0 ? H / vn : H;
     int threads = (int)((lanes + 31) / 32 * 32);
     if (threads > DM_COMBINE_MAX_THREADS) threads = DM_COMBINE_MAX_THREADS;
     if (a->T > INT32_MAX)
         return dm_fail(DYNMOE_ERR_UNSUPPORTED, "cuda combine: T = %lld exceeds the grid", (long long)a->T);
-    dm_combine_kernel<<<(unsigned)a->T, threads, 0, (cudaStream_t)stream>>>(
-        a->router.num_experts, a->router.num_zero_experts, a->router.zero_kind == DYNMOE_ZERO_IDENTITY, a->slots, H,
-        a->experts.dtype, a->x, a->ids, a->weights, a->plan.slot_rows, (const float *)a->rows_y, a->out);
+    const unsigned grid = (unsigned)a->T;
+    const int32_t E = a->router.num_experts, Z = a->router.num_zero_experts, S = a->slots;
+    const int identity = a->router.zero_kind == DYNMOE_ZERO_IDENTITY;
+    cudaStream_t st = (cudaStream_t)stream;
+    switch (a->experts.dtype) {
+    case DYNMOE_F32:
+        dm_combine_kernel<DYNMOE_F32><<<grid, threads, 0, st>>>(E, Z, identity, S, H, a->x, a->ids, a->weights,
+                                                                a->plan.slot_rows, a->rows_y, a->out);
+        break;
+    case DYNMOE_F16:
+        dm_combine_kernel<DYNMOE_F16><<<grid, threads, 0, st>>>(E, Z, identity, S, H, a->x, a->ids, a->weights,
+                                                                a->plan.slot_rows, a->rows_y, a->out);
+        break;
+    case DYNMOE_BF16:
+        dm_combine_kernel<DYNMOE_BF16><<<grid, threads, 0, st>>>(E, Z, identity, S, H, a->x, a->ids, a->weights,
+                                                                 a->plan.slot_rows, a->rows_y, a->out);
+        break;
+    default:
+        return dm_fail(DYNMOE_ERR_INTERNAL, "cuda combine: unknown dtype %d", (int)a->experts.dtype);
+    }
     return dm_cuda_check_launch("cuda combine: dm_combine_kernel");
 }
 
 extern "C" dynmoe_status dm_cuda_combine_load(void) {
     cudaFuncAttributes fa;
-    return dm_cuda_check(cudaFuncGetAttributes(&fa, dm_combine_kernel), "cuda combine: loading dm_combine_kernel");
+    dynmoe_status s = dm_cuda_check(cudaFuncGetAttributes(&fa, dm_combine_kernel<DYNMOE_F32>), "cuda combine: loading");
+    if (s == DYNMOE_OK) s = dm_cuda_check(cudaFuncGetAttributes(&fa, dm_combine_kernel<DYNMOE_F16>), "cuda combine: loading");
+    if (s == DYNMOE_OK) s = dm_cuda_check(cudaFuncGetAttributes(&fa, dm_combine_kernel<DYNMOE_BF16>), "cuda combine: loading");
+    return s;
 }

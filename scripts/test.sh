@@ -13,6 +13,6 @@ cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release ${CMAKE_ARGS:-}
 cmake --build "$build" -j"$jobs"
 ctest --test-dir "$build" --output-on-failure -j"$jobs"
 
-if [ -f python_ext/pyproject.toml ] && [ -d tests/python ]; then
+if [ -f pyproject.toml ] && [ -d tests/python ]; then
   bash scripts/test-python.sh
 fi

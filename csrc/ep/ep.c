@@ -130,15 +130,18 @@ dynmoe_status dm_ep_placement(struct dynmoe_ep *ep, const dynmoe_ep_config *c, c
 static dynmoe_status create(dynmoe_ep **out, const void *comm, const dynmoe_ep_config *config,
                             dm_ep_transport transport, const char *fn) {
     dm_clear_error();
-    if (out == NULL) return INVALID("%s: ep is NULL", fn);
-    *out = NULL;
+    if (out != NULL) *out = NULL;
+    /* Without a communicator this rank cannot take part in anything. */
     if (comm == NULL) return INVALID("%s: the communicator pointer is NULL", fn);
-    TRY(check_config(fn, config));
+    dynmoe_status st = out == NULL ? INVALID("%s: ep is NULL", fn) : check_config(fn, config);
+    if (transport == DM_EP_NCCL && st != DYNMOE_OK) return st; /* not collective */
     struct dynmoe_ep *ep = calloc(1, sizeof *ep);
     if (ep == NULL) return dm_fail(DYNMOE_ERR_OUT_OF_MEMORY, "%s: out of host memory", fn);
     ep->transport = transport;
-    dynmoe_status st = transport == DM_EP_MPI ? dm_ep_mpi_create(ep, comm, config)
-                                              : dm_ep_nccl_create(ep, comm, config);
+    /* MPI: collective even when this rank's arguments are bad, so that every
+     * rank returns the same error instead of the others blocking. */
+    st = transport == DM_EP_MPI ? dm_ep_mpi_create(ep, comm, st == DYNMOE_OK ? config : NULL, st)
+                                : dm_ep_nccl_create(ep, comm, config);
     if (st != DYNMOE_OK) {
         dm_ep_free_tables(ep);
         free(ep);
@@ -186,6 +189,87 @@ dynmoe_status dynmoe_ep_last_times(const dynmoe_ep *ep, double seconds[4]) {
     if (ep == NULL || seconds == NULL) return INVALID("dynmoe_ep_last_times: ep or seconds is NULL");
     memcpy(seconds, ep->times, sizeof ep->times);
     return DYNMOE_OK;
+}
+
+/* ------------------------------------------------------------ agreement */
+
+const char *const dm_ep_key_names[DM_EP_KEY_COUNT] = {
+    "mode", "local_experts.hidden", "local_experts.inter", "local_experts.dtype",
+    "local_experts.act, gate_up or weight_format (act + 16 gate_up + 256 weight_format)",
+    "router (some field of it)", "config (num_experts, expert_rank, max_tokens, capacity or max_recv_rows)"};
+
+/* FNV-1a over 32-bit words, kept to 63 bits so that its negation fits. */
+static uint64_t fnv_words(uint64_t h, const uint32_t *w, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        h ^= w[i];
+        h *= 1099511628211ull;
+    }
+    return h;
+}
+#define DM_FNV_SEED 1469598103934665603ull
+
+long long dm_ep_config_hash(const struct dynmoe_ep *ep) {
+    const uint32_t head[6] = {(uint32_t)ep->num_experts, (uint32_t)ep->replicas, (uint32_t)ep->max_tokens,
+                              (uint32_t)(ep->max_tokens >> 32), (uint32_t)ep->capacity, ep->max_recv_rows > 0};
+    uint64_t h = fnv_words(DM_FNV_SEED, head, 6);
+    h = fnv_words(h, (const uint32_t *)ep->copy_rank, (size_t)ep->num_experts * (size_t)ep->replicas);
+    return (long long)(h >> 1);
+}
+
+static uint32_t float_bits(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+}
+
+void dm_ep_forward_key(const struct dynmoe_ep *ep, const dynmoe_router *r, const dynmoe_experts *x,
+                       dynmoe_ep_mode mode, int ok, long long key[DM_EP_KEY_COUNT]) {
+    memset(key, 0, DM_EP_KEY_COUNT * sizeof key[0]);
+    if (!ok) return;
+    const uint32_t rw[15] = {(uint32_t)r->num_experts, (uint32_t)r->num_zero_experts, (uint32_t)r->zero_kind,
+                             (uint32_t)r->top_k, (uint32_t)r->score, (uint32_t)r->select, float_bits(r->top_p),
+                             float_bits(r->threshold), (uint32_t)r->num_groups, (uint32_t)r->topk_groups,
+                             (uint32_t)r->norm, float_bits(r->scale), (uint32_t)r->num_tasks,
+                             (uint32_t)r->top_tasks, (uint32_t)(r->expert_scale != NULL)};
+    key[DM_EP_KEY_MODE] = mode;
+    key[DM_EP_KEY_HIDDEN] = x->hidden;
+    key[DM_EP_KEY_INTER] = x->inter;
+    key[DM_EP_KEY_DTYPE] = x->dtype;
+    key[DM_EP_KEY_ACT] = x->act + 16 * (long long)x->gate_up + 256 * (long long)x->weight_format;
+    key[DM_EP_KEY_ROUTER] = (long long)(fnv_words(DM_FNV_SEED, rw, 15) >> 1);
+    key[DM_EP_KEY_CONFIG] = dm_ep_config_hash(ep);
+}
+
+void dm_ep_agree_words(const struct dynmoe_ep *ep, int failed, const long long *key, int n, long long *words) {
+    words[0] = failed ? ep->num_ranks - ep->rank : 0;
+    words[1] = failed ? ep->rank + 1 : 0;
+    for (int i = 0; i < n; i++) words[2 + i] = failed ? 0 : key[i];
+}
+
+int32_t dm_ep_agree_failed_rank(const struct dynmoe_ep *ep, const long long *max, int32_t *last) {
+    if (max[0] == 0) return -1;
+    *last = (int32_t)(max[1] - 1);
+    return (int32_t)(ep->num_ranks - max[0]);
+}
+
+dynmoe_status dm_ep_agree_key(const char *fn, const long long *max, const long long *negmax, int n,
+                              int first_hash, const char *const *names) {
+    for (int i = 0; i < n; i++) {
+        if (max[i] == -negmax[i]) continue;
+        char range[64] = " (its fingerprint differs)";
+        if (i < first_hash) snprintf(range, sizeof range, " (from %lld to %lld)", -negmax[i], max[i]);
+        return INVALID("%s: the ranks pass different %s%s; every rank must pass the same config, router, mode "
+                       "and expert shapes", fn, names[i], range);
+    }
+    return DYNMOE_OK;
+}
+
+dynmoe_status dm_ep_agree_fail(const struct dynmoe_ep *ep, int32_t first, int32_t last, int status,
+                               const char *detail) {
+    if (status <= DYNMOE_OK || status >= DYNMOE_STATUS_COUNT) status = DYNMOE_ERR_INTERNAL;
+    char more[64] = "";
+    if (last != first) snprintf(more, sizeof more, " (the lowest failing rank; the highest is %d)", (int)last);
+    return dm_fail((dynmoe_status)status, "rank %d of %d%s: %s", (int)first, (int)ep->num_ranks, more, detail);
 }
 
 /* --------------------------------------------------------------- layout */
@@ -275,19 +359,19 @@ size_t dynmoe_ep_workspace_size(const dynmoe_ep *ep, const dynmoe_router *router
     if (ep == NULL) return (void)INVALID("%s: ep is NULL", fn), 0;
     if (check_router(fn, ep, router) || check_local_experts(fn, ep, local_experts)) return 0;
     if ((unsigned)mode >= DYNMOE_EP_MODE_COUNT) return (void)INVALID("%s: unknown mode %d", fn, (int)mode), 0;
-    if (!dm_ep_layout_of(ep, router, local_experts, mode, &l))
+    const dynmoe_router rt = dm_router_full(router); /* an older caller's struct may be shorter */
+    const dynmoe_experts xt = dm_experts_full(local_experts);
+    if (!dm_ep_layout_of(ep, &rt, &xt, mode, &l))
         return (void)INVALID("%s: workspace size overflows", fn), 0;
     return l.total + DM_WORKSPACE_ALIGN;
 }
 
-dynmoe_status dynmoe_ep_moe_forward(dynmoe_ep *ep, dynmoe_ctx *ctx, const dynmoe_router *router,
-                                    const dynmoe_experts *local_experts, int64_t T, const void *x,
-                                    const void *logits, dynmoe_dtype logits_dtype, const float *bias,
-                                    const void *mask_logits, void *out, void *workspace,
-                                    size_t workspace_bytes, dynmoe_ep_mode mode, void *stream) {
-    static const char fn[] = "dynmoe_ep_moe_forward";
-    dm_clear_error();
-    if (ep == NULL) return INVALID("%s: ep is NULL", fn);
+/* Every check of a forward, on this rank only; fills `f` when they pass. */
+static dynmoe_status check_forward(const char *fn, dynmoe_ep *ep, dynmoe_ctx *ctx, const dynmoe_router *router,
+                                   const dynmoe_experts *local_experts, int64_t T, const void *x,
+                                   const void *logits, dynmoe_dtype logits_dtype, const float *bias,
+                                   const void *mask_logits, void *out, void *workspace, size_t workspace_bytes,
+                                   dynmoe_ep_mode mode, dm_ep_fwd *f) {
     if (ctx == NULL || ctx->ops == NULL) return INVALID("%s: ctx is NULL", fn);
     const dynmoe_backend want = ep->transport == DM_EP_MPI ? DYNMOE_BACKEND_CPU : DYNMOE_BACKEND_CUDA;
     if (ctx->backend != want)
@@ -295,6 +379,14 @@ dynmoe_status dynmoe_ep_moe_forward(dynmoe_ep *ep, dynmoe_ctx *ctx, const dynmoe
                        ep->transport == DM_EP_MPI ? "MPI" : "NCCL", want == DYNMOE_BACKEND_CPU ? "CPU" : "CUDA");
     TRY(check_router(fn, ep, router));
     TRY(check_local_experts(fn, ep, local_experts));
+    /* full copies: an older caller's structs may be shorter */
+    f->router = dm_router_full(router);
+    f->local_experts = dm_experts_full(local_experts);
+    router = &f->router;
+    local_experts = &f->local_experts;
+    if (router->weight_on_input)
+        return dm_fail(DYNMOE_ERR_UNSUPPORTED, "%s: router.weight_on_input is not supported with expert parallelism",
+                       fn);
     if ((unsigned)mode >= DYNMOE_EP_MODE_COUNT) return INVALID("%s: unknown mode %d", fn, (int)mode);
     if (T < 0 || T > ep->max_tokens)
         return INVALID("%s: T = %lld must be in [0, config.max_tokens = %lld]", fn, (long long)T,
@@ -306,26 +398,49 @@ dynmoe_status dynmoe_ep_moe_forward(dynmoe_ep *ep, dynmoe_ctx *ctx, const dynmoe
     TRY(dm_check_tensor(fn, "mask_logits", mask_logits, 0));
     TRY(dm_check_tensor(fn, "out", out, T));
     if (T > 0 && out == x) return INVALID("%s: out aliases x", fn);
-    dm_ep_fwd f;
-    if (!dm_ep_layout_of(ep, router, local_experts, mode, &f.l)) return INVALID("%s: workspace size overflows", fn);
-    const size_t need = f.l.total + DM_WORKSPACE_ALIGN;
+    if (!dm_ep_layout_of(ep, router, local_experts, mode, &f->l)) return INVALID("%s: workspace size overflows", fn);
+    const size_t need = f->l.total + DM_WORKSPACE_ALIGN;
     /* Every rank communicates, even with T == 0: the workspace is always needed. */
     if (workspace == NULL) return INVALID("%s: workspace is NULL", fn);
     if (workspace_bytes < need)
         return dm_fail(DYNMOE_ERR_WORKSPACE_TOO_SMALL, "%s: workspace has %zu bytes, needs %zu", fn,
                        workspace_bytes, need);
     uintptr_t b = ((uintptr_t)workspace + DM_WORKSPACE_ALIGN - 1) & ~(uintptr_t)(DM_WORKSPACE_ALIGN - 1);
-    f.router = *router;
-    f.local_experts = *local_experts;
-    f.T = T;
-    f.x = x;
-    f.logits = logits;
-    f.mask_logits = mask_logits;
-    f.logits_dtype = logits_dtype;
-    f.bias = bias;
-    f.out = out;
-    f.base = (char *)b;
-    f.mode = mode;
-    if (ep->transport == DM_EP_MPI) return dm_ep_mpi_forward(ep, ctx, &f);
+    f->T = T;
+    f->x = x;
+    f->logits = logits;
+    f->mask_logits = mask_logits;
+    f->logits_dtype = logits_dtype;
+    f->bias = bias;
+    f->out = out;
+    f->base = (char *)b;
+    f->mode = mode;
+    return DYNMOE_OK;
+}
+
+dynmoe_status dynmoe_ep_moe_forward(dynmoe_ep *ep, dynmoe_ctx *ctx, const dynmoe_router *router,
+                                    const dynmoe_experts *local_experts, int64_t T, const void *x,
+                                    const void *logits, dynmoe_dtype logits_dtype, const float *bias,
+                                    const void *mask_logits, void *out, void *workspace,
+                                    size_t workspace_bytes, dynmoe_ep_mode mode, void *stream) {
+    static const char fn[] = "dynmoe_ep_moe_forward";
+    dm_clear_error();
+    if (ep == NULL) return INVALID("%s: ep is NULL", fn); /* no communicator: cannot take part */
+    dm_ep_fwd f;
+    dynmoe_status st = check_forward(fn, ep, ctx, router, local_experts, T, x, logits, logits_dtype, bias,
+                                     mask_logits, out, workspace, workspace_bytes, mode, &f);
+    long long key[DM_EP_KEY_COUNT];
+    dm_ep_forward_key(ep, &f.router, &f.local_experts, mode, st == DYNMOE_OK, key);
+    if (ep->transport == DM_EP_MPI) {
+        TRY(dm_ep_mpi_agree(ep, fn, st, key));
+        return dm_ep_mpi_forward(ep, ctx, &f);
+    }
+    /* NCCL: exact mode agrees (it syncs anyway); capacity mode, sync-free and
+     * graph-capturable, keeps its checks local. A rank whose mode is not even
+     * valid cannot know which protocol the others run. */
+    if (mode == DYNMOE_EP_EXACT)
+        TRY(dm_ep_nccl_agree(ep, ctx, fn, st, key, stream));
+    else
+        TRY(st);
     return dm_ep_nccl_forward(ep, ctx, &f, stream);
 }

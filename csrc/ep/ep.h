@@ -89,6 +89,53 @@ double dm_ep_now(void);
 dynmoe_status dm_ep_placement(struct dynmoe_ep *ep, const dynmoe_ep_config *config, const char *fn);
 void dm_ep_free_tables(struct dynmoe_ep *ep);
 
+/* ---- agreement: what every rank of a collective call must pass alike ----
+ * Before any data moves, the ranks compare, in one small all-reduce, whether
+ * each passed its own argument checks and the values below; every rank then
+ * returns the same status and message (naming the lowest rank that failed).
+ * MPI: at create and at every forward. NCCL: at every exact-mode forward
+ * (it syncs the stream anyway); capacity mode stays sync-free, its checks
+ * are local (docs/expert_parallel.md). */
+enum {
+    DM_EP_KEY_MODE = 0,   /* forward: the mode */
+    DM_EP_KEY_HIDDEN,     /* local_experts.hidden */
+    DM_EP_KEY_INTER,      /* local_experts.inter */
+    DM_EP_KEY_DTYPE,      /* local_experts.dtype */
+    DM_EP_KEY_ACT,        /* local_experts.act + 16 gate_up + 256 weight_format */
+    DM_EP_KEY_ROUTER,     /* a fingerprint of every router field */
+    DM_EP_KEY_CONFIG,     /* a fingerprint of the ep's config and placement */
+    DM_EP_KEY_COUNT
+};
+/* The names of the key's entries, for messages. */
+extern const char *const dm_ep_key_names[DM_EP_KEY_COUNT];
+/* The key of a forward; all zeros when `ok` is 0 (the arguments failed their checks). */
+void dm_ep_forward_key(const struct dynmoe_ep *ep, const dynmoe_router *router, const dynmoe_experts *local_experts,
+                       dynmoe_ep_mode mode, int ok, long long key[DM_EP_KEY_COUNT]);
+/* The fingerprint of the config the placement was built from (FNV-1a, 63 bits). */
+long long dm_ep_config_hash(const struct dynmoe_ep *ep);
+/* words [2 + n] of one rank for the all-reduce (MAX over words and their
+ * negations): [0] R - rank when `failed` (MAX: the lowest failing rank), [1]
+ * rank + 1 when failed (the highest), then the key. */
+void dm_ep_agree_words(const struct dynmoe_ep *ep, int failed, const long long *key, int n, long long *words);
+/* After the all-reduce: max[i] and negmax[i] = max over ranks of -words[i].
+ * Returns -1 when no rank failed, else the lowest failing rank (and its
+ * highest in *last). */
+int32_t dm_ep_agree_failed_rank(const struct dynmoe_ep *ep, const long long *max, int32_t *last);
+/* DYNMOE_OK when every rank passed the same key, else fails with a message
+ * naming the first entry that differs (entries from first_hash on are
+ * fingerprints: their values are not printed). */
+dynmoe_status dm_ep_agree_key(const char *fn, const long long *max, const long long *negmax, int n,
+                              int first_hash, const char *const *names);
+/* The message every rank returns when rank `first` (.. `last`) failed with
+ * (status, detail): dm_fail's. */
+dynmoe_status dm_ep_agree_fail(const struct dynmoe_ep *ep, int32_t first, int32_t last, int status,
+                               const char *detail);
+/* The failing rank's status and message, broadcast to every rank. */
+typedef struct dm_ep_failure {
+    int32_t status;
+    char detail[508];
+} dm_ep_failure;
+
 /* Transports: validated arguments, base = aligned workspace. */
 typedef struct dm_ep_fwd {
     dynmoe_router router;
@@ -103,12 +150,23 @@ typedef struct dm_ep_fwd {
     dynmoe_ep_mode mode;
 } dm_ep_fwd;
 
-dynmoe_status dm_ep_mpi_create(struct dynmoe_ep *ep, const void *mpi_comm, const dynmoe_ep_config *c);
+/* Collective on every rank that got a communicator: `st` is this rank's own
+ * check result (config is NULL unless it is OK); returns the agreed status. */
+dynmoe_status dm_ep_mpi_create(struct dynmoe_ep *ep, const void *mpi_comm, const dynmoe_ep_config *c,
+                               dynmoe_status st);
 void dm_ep_mpi_destroy(struct dynmoe_ep *ep);
+/* The agreement of a forward (collective): `st` this rank's check result. */
+dynmoe_status dm_ep_mpi_agree(struct dynmoe_ep *ep, const char *fn, dynmoe_status st,
+                              const long long key[DM_EP_KEY_COUNT]);
 dynmoe_status dm_ep_mpi_forward(struct dynmoe_ep *ep, dynmoe_ctx *ctx, const dm_ep_fwd *f);
 
 dynmoe_status dm_ep_nccl_create(struct dynmoe_ep *ep, const void *nccl_comm, const dynmoe_ep_config *c);
 void dm_ep_nccl_destroy(struct dynmoe_ep *ep);
+/* Exact mode's agreement: the first collective of the call, then one stream
+ * sync (exact mode syncs anyway). `st` this rank's check result, to which it
+ * adds the check that ctx (may be NULL) is on the communicator's device. */
+dynmoe_status dm_ep_nccl_agree(struct dynmoe_ep *ep, const dynmoe_ctx *ctx, const char *fn, dynmoe_status st,
+                               const long long key[DM_EP_KEY_COUNT], void *stream);
 dynmoe_status dm_ep_nccl_forward(struct dynmoe_ep *ep, dynmoe_ctx *ctx, const dm_ep_fwd *f, void *stream);
 
 #ifdef __cplusplus

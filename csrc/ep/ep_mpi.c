@@ -11,6 +11,7 @@
 
 #ifdef DYNMOE_EP_HAVE_MPI
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -39,18 +40,36 @@ static dynmoe_status mpi_fail(int rc, const char *what) {
         if (st != DYNMOE_OK) goto done; \
     } while (0)
 
-/* A 64-bit FNV-1a of the placement, to check that all ranks agree on it. */
-static long long placement_hash(const struct dynmoe_ep *ep) {
-    uint64_t h = 1469598103934665603ull;
-    const int64_t n = (int64_t)ep->num_experts * ep->replicas;
-    for (int64_t i = 0; i < n; i++) {
-        h ^= (uint32_t)ep->copy_rank[i];
-        h *= 1099511628211ull;
-    }
-    return (long long)(h >> 1);
+/* One MPI_Allreduce (MAX over the words and their negations) of this rank's
+ * check result `st` and its key; then, if a rank failed, one MPI_Bcast of
+ * that rank's status and message. Every rank returns the same status. */
+static dynmoe_status agree(struct dynmoe_ep *ep, MPI_Comm comm, const char *fn, dynmoe_status st,
+                           const long long *key, int n, int first_hash, const char *const *names) {
+    enum { MAXW = 2 + 16 };
+    long long in[2 * MAXW], mx[2 * MAXW];
+    const int w = 2 + n;
+    dm_ep_failure mine = {(int32_t)st, ""};
+    if (st != DYNMOE_OK) snprintf(mine.detail, sizeof mine.detail, "%s", dynmoe_last_error());
+    dm_ep_agree_words(ep, st != DYNMOE_OK, key, n, in);
+    for (int i = 0; i < w; i++) in[w + i] = -in[i];
+    int rc = MPI_Allreduce(in, mx, 2 * w, MPI_LONG_LONG, MPI_MAX, comm);
+    if (rc != MPI_SUCCESS) return mpi_fail(rc, "MPI_Allreduce (the ranks' agreement)");
+    int32_t last = 0;
+    const int32_t first = dm_ep_agree_failed_rank(ep, mx, &last);
+    if (first < 0) return dm_ep_agree_key(fn, mx + 2, mx + w + 2, n, first_hash, names);
+    rc = MPI_Bcast(&mine, (int)sizeof mine, MPI_BYTE, first, comm);
+    if (rc != MPI_SUCCESS) return mpi_fail(rc, "MPI_Bcast (the failing rank's message)");
+    mine.detail[sizeof mine.detail - 1] = '\0';
+    return dm_ep_agree_fail(ep, first, last, mine.status, mine.detail);
 }
 
-dynmoe_status dm_ep_mpi_create(struct dynmoe_ep *ep, const void *mpi_comm, const dynmoe_ep_config *c) {
+dynmoe_status dm_ep_mpi_agree(struct dynmoe_ep *ep, const char *fn, dynmoe_status st,
+                              const long long key[DM_EP_KEY_COUNT]) {
+    return agree(ep, *(MPI_Comm *)ep->comm, fn, st, key, DM_EP_KEY_COUNT, DM_EP_KEY_ROUTER, dm_ep_key_names);
+}
+
+dynmoe_status dm_ep_mpi_create(struct dynmoe_ep *ep, const void *mpi_comm, const dynmoe_ep_config *c,
+                               dynmoe_status st) {
     static const char fn[] = "dynmoe_ep_create_mpi";
     int init = 0, fin = 0;
     MPI_Initialized(&init);
@@ -70,30 +89,12 @@ dynmoe_status dm_ep_mpi_create(struct dynmoe_ep *ep, const void *mpi_comm, const
     ep->rank = rank;
     ep->num_ranks = size;
     ep->comm = comm;
-    dynmoe_status st = dm_ep_placement(ep, c, fn);
     /* Every rank takes part in the check, so that a bad config fails everywhere
-     * instead of leaving the other ranks blocked in the first forward. */
-    long long v[7] = {st != DYNMOE_OK, c->num_experts, ep->replicas, (long long)c->max_tokens, c->capacity,
-                      st == DYNMOE_OK ? placement_hash(ep) : 0, c->max_recv_rows > 0};
-    long long mx[14], in[14];
-    for (int i = 0; i < 7; i++) {
-        in[i] = v[i];
-        in[7 + i] = -v[i];
-    }
-    rc = MPI_Allreduce(in, mx, 14, MPI_LONG_LONG, MPI_MAX, *comm);
-    if (rc != MPI_SUCCESS) {
-        st = mpi_fail(rc, "MPI_Allreduce");
-    } else if (st == DYNMOE_OK && mx[0] != 0) {
-        st = dm_fail(DYNMOE_ERR_INVALID_ARGUMENT, "%s: the config is invalid on another rank", fn);
-    } else if (st == DYNMOE_OK) {
-        for (int i = 1; i < 7; i++)
-            if (mx[i] != -mx[7 + i]) {
-                st = dm_fail(DYNMOE_ERR_INVALID_ARGUMENT,
-                             "%s: the config differs between ranks (num_experts, expert_rank, max_tokens, "
-                             "capacity and whether max_recv_rows is set must be the same on every rank)", fn);
-                break;
-            }
-    }
+     * (with the failing rank's message) instead of leaving the other ranks
+     * blocked in the first forward. */
+    if (st == DYNMOE_OK) st = dm_ep_placement(ep, c, fn);
+    long long key = st == DYNMOE_OK ? dm_ep_config_hash(ep) : 0;
+    st = agree(ep, *comm, fn, st, &key, 1, 0, &dm_ep_key_names[DM_EP_KEY_CONFIG]);
     if (st != DYNMOE_OK) {
         MPI_Comm_free(comm);
         free(comm);
@@ -282,15 +283,25 @@ done:
 
 #else /* built without MPI */
 
-dynmoe_status dm_ep_mpi_create(struct dynmoe_ep *ep, const void *mpi_comm, const dynmoe_ep_config *c) {
+dynmoe_status dm_ep_mpi_create(struct dynmoe_ep *ep, const void *mpi_comm, const dynmoe_ep_config *c,
+                               dynmoe_status st) {
     (void)ep;
     (void)mpi_comm;
     (void)c;
+    (void)st;
     return dm_fail(DYNMOE_ERR_UNSUPPORTED,
                    "dynmoe_ep_create_mpi: dynmoe was built without MPI (DYNMOE_MPI=OFF or MPI not found)");
 }
 
 void dm_ep_mpi_destroy(struct dynmoe_ep *ep) { (void)ep; }
+
+dynmoe_status dm_ep_mpi_agree(struct dynmoe_ep *ep, const char *fn, dynmoe_status st,
+                              const long long key[DM_EP_KEY_COUNT]) {
+    (void)ep;
+    (void)fn;
+    (void)key;
+    return st;
+}
 
 dynmoe_status dm_ep_mpi_forward(struct dynmoe_ep *ep, dynmoe_ctx *ctx, const dm_ep_fwd *f) {
     (void)ep;

@@ -14,6 +14,7 @@
 
 #ifdef DYNMOE_EP_HAVE_NCCL
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -22,10 +23,17 @@
 
 #include "ep_cuda.h"
 
+enum { AGREE_WORDS = 2 + DM_EP_KEY_COUNT };
+
 typedef struct nccl_state {
     ncclComm_t comm;
     int device;      /* the communicator's CUDA device */
     int32_t *tables; /* device: copies [E], self_copy [E], copy_rank [E*P], copy_local [E*P] */
+    /* exact mode's agreement (dm_ep_nccl_agree): device words and the
+     * failing rank's message, and their host copies */
+    long long *agree_dev;     /* [2 * AGREE_WORDS], then a dm_ep_failure */
+    long long agree_host[2 * AGREE_WORDS];
+    dm_ep_failure failure_host;
 } nccl_state;
 
 static dynmoe_status cuda_fail(int err, const char *what) {
@@ -87,8 +95,11 @@ dynmoe_status dm_ep_nccl_create(struct dynmoe_ep *ep, const void *nccl_comm, con
         err = cudaMemcpy(s->tables, host, words * sizeof(int32_t), cudaMemcpyHostToDevice);
     }
     free(host);
+    if (err == cudaSuccess)
+        err = cudaMalloc((void **)&s->agree_dev, sizeof s->agree_host + sizeof s->failure_host);
     if (err != cudaSuccess) {
         if (s->tables) cudaFree(s->tables);
+        if (s->agree_dev) cudaFree(s->agree_dev);
         free(s);
         return err == cudaErrorMemoryAllocation
                    ? dm_fail(DYNMOE_ERR_OUT_OF_MEMORY, "%s: out of device memory", fn)
@@ -104,8 +115,53 @@ void dm_ep_nccl_destroy(struct dynmoe_ep *ep) {
     nccl_state *s = (nccl_state *)ep->comm;
     if (s == NULL) return;
     cudaFree(s->tables);
+    cudaFree(s->agree_dev);
     free(s);
     ep->comm = NULL;
+}
+
+/* One ncclAllReduce (MAX over the words and their negations) of this rank's
+ * check result and key, enqueued before any other collective of the call,
+ * and one stream sync; if a rank failed, one ncclBroadcast of its status and
+ * message and a second sync. Every rank returns the same status. Only exact
+ * mode calls it: it syncs the stream (so does exact mode's counts exchange). */
+dynmoe_status dm_ep_nccl_agree(struct dynmoe_ep *ep, const dynmoe_ctx *ctx, const char *fn, dynmoe_status st,
+                               const long long key[DM_EP_KEY_COUNT], void *stream) {
+    nccl_state *s = (nccl_state *)ep->comm;
+    cudaStream_t cs = (cudaStream_t)stream;
+    dm_ep_failure *mine = &s->failure_host;
+    mine->status = (int32_t)st;
+    mine->detail[0] = '\0';
+    if (st != DYNMOE_OK) snprintf(mine->detail, sizeof mine->detail, "%s", dynmoe_last_error());
+    int current = -1;
+    CUDA_TRY(cudaGetDevice(&current));
+    if (current != s->device) /* the stream and the buffers would be on another device */
+        return dm_fail(DYNMOE_ERR_INVALID_ARGUMENT, "%s: the current CUDA device is %d, the NCCL communicator's %d",
+                       fn, current, s->device);
+    if (st == DYNMOE_OK && ctx->device != s->device) {
+        st = dm_fail(DYNMOE_ERR_INVALID_ARGUMENT, "%s: ctx is on CUDA device %d, the NCCL communicator on device %d",
+                     fn, ctx->device, s->device);
+        mine->status = (int32_t)st;
+        snprintf(mine->detail, sizeof mine->detail, "%s", dynmoe_last_error());
+    }
+    long long *h = s->agree_host;
+    dm_ep_agree_words(ep, st != DYNMOE_OK, key, DM_EP_KEY_COUNT, h);
+    for (int i = 0; i < AGREE_WORDS; i++) h[AGREE_WORDS + i] = -h[i];
+    CUDA_TRY(cudaMemcpyAsync(s->agree_dev, h, sizeof s->agree_host, cudaMemcpyHostToDevice, cs));
+    NCCL_TRY(ncclAllReduce(s->agree_dev, s->agree_dev, 2 * AGREE_WORDS, ncclInt64, ncclMax, s->comm, cs));
+    CUDA_TRY(cudaMemcpyAsync(h, s->agree_dev, sizeof s->agree_host, cudaMemcpyDeviceToHost, cs));
+    CUDA_TRY(cudaStreamSynchronize(cs));
+    int32_t last = 0;
+    const int32_t first = dm_ep_agree_failed_rank(ep, h, &last);
+    if (first < 0) return dm_ep_agree_key(fn, h + 2, h + AGREE_WORDS + 2, DM_EP_KEY_COUNT, DM_EP_KEY_ROUTER,
+                                          dm_ep_key_names);
+    char *fdev = (char *)(s->agree_dev + 2 * AGREE_WORDS);
+    CUDA_TRY(cudaMemcpyAsync(fdev, mine, sizeof *mine, cudaMemcpyHostToDevice, cs));
+    NCCL_TRY(ncclBroadcast(fdev, fdev, sizeof *mine, ncclUint8, first, s->comm, cs));
+    CUDA_TRY(cudaMemcpyAsync(mine, fdev, sizeof *mine, cudaMemcpyDeviceToHost, cs));
+    CUDA_TRY(cudaStreamSynchronize(cs));
+    mine->detail[sizeof mine->detail - 1] = '\0';
+    return dm_ep_agree_fail(ep, first, last, mine->status, mine->detail);
 }
 
 /* ncclSend/ncclRecv of `count` elements of `bytes` each, to/from every peer,
@@ -250,14 +306,14 @@ dynmoe_status dm_ep_nccl_forward(struct dynmoe_ep *ep, dynmoe_ctx *ctx, const dm
                               pa.plan, lbase + ll->rows_h, lbase + ll->rows_y, lbase + ll->scratch,
                               ll->scratch_bytes, back_send};
         TRY(ctx->ops->experts(ctx, &ea, stream));
-        ea.experts.dtype = DYNMOE_F32; /* the gather: one slot of weight 1, fp32 out */
+        /* the gather: one slot of weight 1; rows travel back in the experts' dtype, as the CUDA
+         * backend's expert rows are (exact: a bf16/f16 value times 1) */
         TRY(ctx->ops->combine(ctx, &ea, stream));
     }
     double t3 = dm_ep_now();
 
     /* ---- results back */
-    TRY(all_to_all_v(ns->comm, R, (const char *)back_send, rcnt, rdsp, (char *)back_recv, scnt, sdsp,
-                     (size_t)H * sizeof(float), cs));
+    TRY(all_to_all_v(ns->comm, R, (const char *)back_send, rcnt, rdsp, (char *)back_recv, scnt, sdsp, rowb, cs));
     double t4 = dm_ep_now();
 
     /* ---- combine */
@@ -290,6 +346,16 @@ dynmoe_status dm_ep_nccl_create(struct dynmoe_ep *ep, const void *nccl_comm, con
 }
 
 void dm_ep_nccl_destroy(struct dynmoe_ep *ep) { (void)ep; }
+
+dynmoe_status dm_ep_nccl_agree(struct dynmoe_ep *ep, const dynmoe_ctx *ctx, const char *fn, dynmoe_status st,
+                               const long long key[DM_EP_KEY_COUNT], void *stream) {
+    (void)ep;
+    (void)ctx;
+    (void)fn;
+    (void)key;
+    (void)stream;
+    return st;
+}
 
 dynmoe_status dm_ep_nccl_forward(struct dynmoe_ep *ep, dynmoe_ctx *ctx, const dm_ep_fwd *f, void *stream) {
     (void)ep;

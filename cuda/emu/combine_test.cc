@@ -20,6 +20,8 @@ int main() {
         for (auto &v : xf) v = I(-100, 100) / 16.0f;
         std::vector<uint16_t> xh(xf.size()), oh(T * H, 0xdead); std::vector<float> of(T * H, -999);
         for (size_t i = 0; i < xf.size(); i++) xh[i] = dt == DYNMOE_BF16 ? dm_f32_to_bf16(xf[i]) : dm_f32_to_f16(xf[i]);
+        std::vector<uint16_t> yh(y.size()); /* rows_y in experts.dtype, as cuda/experts.cu writes it */
+        for (size_t i = 0; i < y.size(); i++) yh[i] = dt == DYNMOE_BF16 ? dm_f32_to_bf16(y[i]) : dm_f32_to_f16(y[i]);
         const void *xp = dt == DYNMOE_F32 ? (const void *)xf.data() : xh.data();
         void *op = dt == DYNMOE_F32 ? (void *)of.data() : oh.data();
         dm_experts_args a{};
@@ -27,7 +29,7 @@ int main() {
         a.router.zero_kind = identity ? DYNMOE_ZERO_IDENTITY : DYNMOE_ZERO_OUTPUT;
         a.experts = DYNMOE_EXPERTS_INIT; a.experts.hidden = H; a.experts.dtype = dt;
         a.T = T; a.x = xp; a.ids = ids.data(); a.weights = w.data(); a.slots = S; a.plan.slot_rows = slot_rows.data();
-        a.rows_y = y.data(); a.out = op;
+        a.rows_y = dt == DYNMOE_F32 ? (void *)y.data() : (void *)yh.data(); a.out = op;
         dm_cuda_combine(nullptr, &a, nullptr);
         int nb = 0;
         for (int64_t t = 0; t < T; t++) for (int h = 0; h < H; h++) { /* csrc/cpu/combine.c */
@@ -35,7 +37,9 @@ int main() {
             for (int k = 0; k < S; k++) { int64_t s = t * S + k; int id = ids[s];
                 if (id >= 0 && id < E) acc += w[s] * y[(int64_t)slot_rows[s] * H + h];
                 else if (identity && id >= E && id < E + Z) acc += w[s] * dm_load(xp, dt, t * H + h); }
-            float want = dt == DYNMOE_F32 ? acc : dm_load(&(const uint16_t &)(uint16_t){dt == DYNMOE_BF16 ? dm_f32_to_bf16(acc) : dm_f32_to_f16(acc)}, dt, 0);
+            const float want = dt == DYNMOE_F32    ? acc
+                               : dt == DYNMOE_BF16 ? dm_bf16_to_f32(dm_f32_to_bf16(acc))
+                                                   : dm_f16_to_f32(dm_f32_to_f16(acc));
             float got = dm_load(op, dt, t * H + h);
             if (got != want) nb++;
         }
@@ -43,5 +47,5 @@ int main() {
         if (nb) printf("trial %d H %d dt %d: %d mismatches\n", trial, H, dt, nb);
     }
     printf("combine emulation: %d bad trials\n", bad);
-    return (bad) || g_emu_launch_errors;
+    return (bad) || emu::launch_errors;
 }

@@ -1,7 +1,6 @@
 #include <cuda_runtime.h>
 #include <cstdio>
 #include <random>
-alignas(16) int32_t dm_plan_count_smem[1 << 14], dm_plan_scatter_smem[1 << 14], dm_plan_small_smem[1 << 14];
 #include "plan.emu.inc"
 extern "C" dynmoe_status dm_fail(dynmoe_status s, const char *f, ...) { printf("dm_fail: %s\n", f); return s; }
 static std::mt19937_64 rng(99);
@@ -40,5 +39,5 @@ int main() {
         bad += !ok;
     }
     printf("plan emulation: %d mismatches\n", bad);
-    return (bad) || g_emu_launch_errors;
+    return (bad) || emu::launch_errors;
 }

@@ -3,7 +3,6 @@
 #include <cstdlib>
 #include <random>
 #include <cstdarg>
-alignas(16) unsigned char dm_route_dyn_smem[1 << 16];
 #include "route.emu.inc"
 extern "C" dynmoe_status dm_fail(dynmoe_status s, const char *, ...) { return s; }
 
@@ -68,5 +67,5 @@ int main() {
         }
     }
     printf("route emulation: %d slots, %d id mismatches, %d weight mismatches, %d stats mismatches\n", cases, bad_ids, bad_w, bad_stats);
-    return (bad_ids || bad_w || bad_stats) || g_emu_launch_errors;
+    return (bad_ids || bad_w || bad_stats) || emu::launch_errors;
 }

@@ -1,7 +1,6 @@
 #include <cuda_runtime.h>
 #include <cstdio>
 #include <random>
-alignas(16) unsigned char dm_route_dyn_smem[1 << 16];
 #include "route.emu.inc"
 extern "C" dynmoe_status dm_fail(dynmoe_status s, const char *, ...) { return s; }
 static std::mt19937_64 rng(777);
@@ -53,5 +52,5 @@ int main() {
         if (st.nonfinite_rows != nonfinite || st.tokens != T) { bad_stats++; printf("stats %ld vs %ld\n", (long)st.nonfinite_rows, (long)nonfinite); }
     }
     printf("route_tasks emulation: %d slots, %d mismatches, %d stats mismatches\n", n, bad, bad_stats);
-    return (bad || bad_stats) || g_emu_launch_errors;
+    return (bad || bad_stats) || emu::launch_errors;
 }

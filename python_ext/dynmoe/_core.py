@@ -87,6 +87,28 @@ def _name_of(table, code):
     raise ValueError(code)
 
 
+_I32_MIN, _I32_MAX = -(2 ** 31), 2 ** 31 - 1
+_ROUTER_INTS = ("num_experts", "top_k", "num_zero_experts", "num_groups", "topk_groups", "num_tasks",
+                "top_tasks")
+
+
+def _tensor_shape(t, name, fn, ndim, desc, compute=True):
+    """The shape of tensor argument `name` of `fn`, checked before any use:
+    TypeError when it is not a tensor (a list, a scalar), ValueError when it
+    has the wrong number of dimensions (a 0-d tensor) or, when `fn` computes
+    on it now, lives on torch's meta device (shapes only, no data)."""
+    shape = getattr(t, "shape", None)
+    if shape is None or not (hasattr(t, "__dlpack__") or hasattr(t, "__dlpack_device__")):
+        raise TypeError(f"{fn}: {name} must be a tensor that supports DLPack (torch, numpy >= 1.22, "
+                        f"cupy), got {type(t).__name__}")
+    shape = tuple(shape)
+    if len(shape) != ndim:
+        raise ValueError(f"{fn}: {name} must be {ndim}-D {desc}, got shape {shape}")
+    if compute and getattr(t, "is_meta", False) is True:
+        raise ValueError(f"{fn}: {name} is on the meta device (no data); dynmoe takes CPU or CUDA tensors")
+    return shape
+
+
 class Router:
     """A router description: the fields of the C struct dynmoe_router.
 
@@ -119,6 +141,10 @@ class Router:
         self.scale = float(scale)
         self.num_tasks = int(num_tasks)
         self.top_tasks = int(top_tasks)
+        for name in _ROUTER_INTS:  # the C struct's fields are int32
+            v = getattr(self, name)
+            if not _I32_MIN <= v <= _I32_MAX:
+                raise ValueError(f"dynmoe.Router: {name} = {v} does not fit the C library's int32")
         self._c = (
             self.num_experts, self.num_zero_experts, _enum(_ZERO, zero_kind, "zero_kind"), self.top_k,
             _enum(_SCORE, score, "score"), _enum(_SELECT, select, "select"), self.top_p,
@@ -178,8 +204,10 @@ class Experts:
     __slots__ = ("w13", "w2", "act", "num_experts", "hidden", "inter", "_act")
 
     def __init__(self, w13, w2, act="swiglu"):
-        s13, s2 = tuple(w13.shape), tuple(w2.shape)
-        if len(s13) != 3 or s13[1] % 2 != 0:
+        # kept by reference: meta weights are refused when a forward uses them
+        s13 = _tensor_shape(w13, "w13", "dynmoe.Experts", 3, "[E, 2*I, H]", compute=False)
+        s2 = _tensor_shape(w2, "w2", "dynmoe.Experts", 3, "[E, H, I]", compute=False)
+        if s13[1] % 2 != 0:
             raise ValueError(f"dynmoe.Experts: w13 must be [E, 2*I, H], got shape {s13}")
         e, i, h = s13[0], s13[1] // 2, s13[2]
         if s2 != (e, h, i):
@@ -306,7 +334,7 @@ def route(logits, router, bias=None, mask_logits=None, *, ids=None, weights=None
 
 def _route(logits, router, bias=None, mask_logits=None, *, ids=None, weights=None, stats=False,
            stream=None):
-    t = logits.shape[0]
+    t = _tensor_shape(logits, "logits", "dynmoe.route", 2, "[T, E+Z]")[0]
     if ids is None:
         ids = _empty(logits, (t, router.top_k), "int32")
     if weights is None:
@@ -330,7 +358,7 @@ def route_tasks(x, task_logits, task_weights, router, bias=None, *, ids=None, we
 
 def _route_tasks(x, task_logits, task_weights, router, bias=None, *, ids=None, weights=None,
                  stats=False, stream=None):
-    t = x.shape[0]
+    t = _tensor_shape(x, "x", "dynmoe.route_tasks", 2, "[T, H]")[0]
     s = router.slots
     if ids is None:
         ids = _empty(x, (t, s), "int32")
@@ -365,7 +393,9 @@ def plan(ids, router, *, workspace=None, stats=False, stream=None):
 
 
 def _plan(ids, router, *, workspace=None, stats=False, stream=None):
-    t, s = ids.shape[0], ids.shape[1]
+    t, s = _tensor_shape(ids, "ids", "dynmoe.plan", 2, "[T, S]")
+    if s < 1:
+        raise ValueError(f"dynmoe.plan: ids has shape {(t, s)}: a routing table needs S >= 1 slots per token")
     e = router.num_experts
     n = t * s
     st = _stats_buf(ids, stats)
@@ -426,8 +456,10 @@ def experts_forward(x, ids, weights, router, experts, *, out=None, workspace=Non
 
 def _experts_forward(x, ids, weights, router, experts, *, out=None, workspace=None, stats=False,
                      stream=None):
+    shape = _tensor_shape(x, "x", "dynmoe.experts_forward", 2, "[T, H]")
+    _tensor_shape(ids, "ids", "dynmoe.experts_forward", 2, "[T, S]")
     if out is None:
-        out = _empty(x, tuple(x.shape), _dtype_name(x))
+        out = _empty(x, shape, _dtype_name(x))
     ws = _workspace(x, router, experts, workspace)
     st = _stats_buf(x, stats)
     _C.experts_forward(router._c, experts.w13, experts.w2, experts._act, x, ids, weights, out, ws,
@@ -450,8 +482,9 @@ def moe_forward(x, logits, router, experts, bias=None, mask_logits=None, *, out=
 
 def _moe_forward(x, logits, router, experts, bias=None, mask_logits=None, *, out=None, workspace=None,
                  stats=False, stream=None):
+    shape = _tensor_shape(x, "x", "dynmoe.moe_forward", 2, "[T, H]")
     if out is None:
-        out = _empty(x, tuple(x.shape), _dtype_name(x))
+        out = _empty(x, shape, _dtype_name(x))
     ws = _workspace(x, router, experts, workspace)
     st = _stats_buf(x, stats)
     _C.moe_forward(router._c, experts.w13, experts.w2, experts._act, x, logits, bias, mask_logits, out,

@@ -1,5 +1,6 @@
 """torch.library custom ops: torch.ops.dynmoe.{route, route_tasks, plan,
-experts_forward, moe_forward}, registered when torch (>= 2.4) is importable.
+experts_forward, moe_forward} and the in-place {route_out, experts_forward_out,
+moe_forward_out}, registered when torch (>= 2.4) is importable.
 
 Each op has a fake (meta) implementation that only computes output shapes,
 so the ops trace under torch.compile (no graph break) and can be captured in
@@ -29,6 +30,7 @@ if _custom_op is not None:
     from typing import List, Optional, Tuple
 
     import functools
+    import threading
 
     from . import _C, _core
 
@@ -45,6 +47,30 @@ if _custom_op is not None:
 
     def _experts(w13, w2, act):
         return _core.Experts(w13, w2, act)
+
+    # One workspace per (device, stream) -- per thread on the CPU, where calls
+    # run on the calling thread -- grown by powers of two: a layer of any T
+    # reuses it, and two calls never share scratch unless the stream orders
+    # them. On CUDA the first call on a stream allocates it (from torch's
+    # caching allocator); make that call before capturing a graph, as the
+    # usual warm-up does.
+    _workspaces = {}
+
+    def cached_workspace(like, nbytes):
+        """A 1-D uint8 tensor of >= nbytes on like's device, reused across calls."""
+        dev = like.device
+        if dev.type == "cuda":
+            key = (dev.type, dev.index, torch.cuda.current_stream(dev).cuda_stream)
+        else:
+            key = (dev.type, dev.index, threading.get_ident())
+        ws = _workspaces.get(key)
+        if ws is None or ws.numel() < nbytes:
+            size = 4096
+            while size < nbytes:
+                size *= 2
+            ws = torch.empty(size, dtype=torch.uint8, device=dev)
+            _workspaces[key] = ws
+        return ws
 
     @_custom_op("dynmoe::route", mutates_args=())
     def route(logits: Tensor, router_ints: List[int], router_floats: List[float],
@@ -108,12 +134,64 @@ if _custom_op is not None:
     def _(x, logits, w13, w2, router_ints, router_floats, act="swiglu", bias=None, mask_logits=None):
         return torch.empty_like(x, memory_format=torch.contiguous_format)
 
+    # ------------------------------------------------ ops that write in place
+    #
+    # The *_out ops write into the caller's tensors (vLLM's preallocated
+    # `output`, a routing table it owns) and return nothing, so a compiled
+    # graph holds one opaque node that neither allocates its result nor copies
+    # it. `workspace` is the caller's scratch (>= workspace_size bytes, any
+    # dtype, 1-D); None takes the cached one of this device and stream
+    # (cached_workspace), which is what the integrations pass: the real
+    # implementation runs eagerly even inside a compiled graph, so a graph
+    # neither allocates a workspace per call nor needs one as an input.
+
+    @_custom_op("dynmoe::route_out", mutates_args=("ids", "weights"))
+    def route_out(logits: Tensor, router_ints: List[int], router_floats: List[float],
+                  bias: Optional[Tensor], mask_logits: Optional[Tensor], ids: Tensor,
+                  weights: Tensor) -> None:
+        _core._route(logits, _router(router_ints, router_floats), bias, mask_logits, ids=ids,
+                     weights=weights)
+
+    @route_out.register_fake
+    def _(logits, router_ints, router_floats, bias, mask_logits, ids, weights):
+        return None
+
+    @_custom_op("dynmoe::experts_forward_out", mutates_args=("out", "workspace"))
+    def experts_forward_out(x: Tensor, ids: Tensor, weights: Tensor, w13: Tensor, w2: Tensor,
+                            router_ints: List[int], router_floats: List[float], act: str, out: Tensor,
+                            workspace: Optional[Tensor] = None) -> None:
+        r, e = _router(router_ints, router_floats), _experts(w13, w2, act)
+        if workspace is None:
+            workspace = cached_workspace(x, _core.workspace_size(r, e, x.shape[0]))
+        _core._experts_forward(x, ids, weights, r, e, out=out, workspace=workspace)
+
+    @experts_forward_out.register_fake
+    def _(x, ids, weights, w13, w2, router_ints, router_floats, act, out, workspace=None):
+        return None
+
+    @_custom_op("dynmoe::moe_forward_out", mutates_args=("out", "workspace"))
+    def moe_forward_out(x: Tensor, logits: Tensor, w13: Tensor, w2: Tensor, router_ints: List[int],
+                        router_floats: List[float], act: str, bias: Optional[Tensor],
+                        mask_logits: Optional[Tensor], out: Tensor,
+                        workspace: Optional[Tensor] = None) -> None:
+        r, e = _router(router_ints, router_floats), _experts(w13, w2, act)
+        if workspace is None:
+            workspace = cached_workspace(x, _core.workspace_size(r, e, x.shape[0]))
+        _core._moe_forward(x, logits, r, e, bias, mask_logits, out=out, workspace=workspace)
+
+    @moe_forward_out.register_fake
+    def _(x, logits, w13, w2, router_ints, router_floats, act, bias, mask_logits, out, workspace=None):
+        return None
+
     class _Ops:
         route = staticmethod(route)
         route_tasks = staticmethod(route_tasks)
         plan = staticmethod(plan)
         experts_forward = staticmethod(experts_forward)
         moe_forward = staticmethod(moe_forward)
+        route_out = staticmethod(route_out)
+        experts_forward_out = staticmethod(experts_forward_out)
+        moe_forward_out = staticmethod(moe_forward_out)
 
     _plain = (torch.Tensor, torch.nn.Parameter)
     _is_compiling = getattr(torch.compiler, "is_compiling", lambda: False)

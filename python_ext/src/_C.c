@@ -179,14 +179,15 @@ done:
     return res;
 }
 
-/* obj.requires_grad is True (a torch tensor that DLPack will not export);
- * never raises. */
-static int requires_grad(PyObject *obj) {
+/* obj.<attr> is True, e.g. "requires_grad" (a torch tensor that DLPack will
+ * not export) or "is_meta" (a torch tensor on the meta device: shapes, no
+ * data); never raises, keeps a pending exception. */
+static int attr_is_true(PyObject *obj, const char *attr) {
     PyObject *type, *value, *tb;
     PyErr_Fetch(&type, &value, &tb);
-    PyObject *rg = PyObject_GetAttrString(obj, "requires_grad");
-    int yes = rg != NULL && rg == Py_True;
-    Py_XDECREF(rg);
+    PyObject *v = PyObject_GetAttrString(obj, attr);
+    int yes = v != NULL && v == Py_True;
+    Py_XDECREF(v);
     PyErr_Clear();
     PyErr_Restore(type, value, tb);
     return yes;
@@ -204,6 +205,14 @@ static int tensor_import(const char *fn, const char *name, PyObject *obj, PyObje
                (a->cap = PyObject_CallOneArg(g_torch_to_dlpack, obj)) != NULL) {
         /* exported */
     } else {
+        /* torch failed to export it: a meta tensor is the one case whose
+         * message (torch's) would not name the argument */
+        if (PyErr_Occurred() && attr_is_true(obj, "is_meta")) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_ValueError,
+                         "%s: %s is on the meta device (no data); dynmoe takes CPU or CUDA tensors", fn, name);
+            return -1;
+        }
         PyErr_Clear();
         PyObject *method = PyObject_GetAttrString(obj, "__dlpack__");
         if (method == NULL) {
@@ -235,7 +244,7 @@ static int tensor_import(const char *fn, const char *name, PyObject *obj, PyObje
         }
         a->cap = call_dlpack(method, use_stream);
         Py_DECREF(method);
-        if (a->cap == NULL && requires_grad(obj)) {
+        if (a->cap == NULL && attr_is_true(obj, "requires_grad")) {
             /* torch refuses to export a tensor that requires grad; dynmoe only
              * reads it (the custom ops have no autograd), so export a detached view. */
             PyObject *type, *value, *tb;

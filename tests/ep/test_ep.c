@@ -11,10 +11,13 @@
  * agrees on each verdict (MPI_Allreduce); rank 0 prints one line per case and
  * "N passed, M failed" last. The NCCL path has no device here: it skips with
  * a message. */
+#define _POSIX_C_SOURCE 200809L /* alarm, write */
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <mpi.h>
 
@@ -420,6 +423,22 @@ static void run_case(dynmoe_ctx *ctx, const ep_case *c) {
 
 /* ------------------------------------------------------ argument checks */
 
+/* The layer of the argument-check cases: E = 8, K = 2, H = I = 16, this
+ * rank's L experts on the weights w (at least 8 * 2 * 16 * 16 floats). */
+static void small_layer(int32_t L, const float *w, dynmoe_router *router, dynmoe_experts *lx) {
+    const dynmoe_router r = DYNMOE_ROUTER_INIT;
+    const dynmoe_experts x = DYNMOE_EXPERTS_INIT;
+    *router = r;
+    router->num_experts = 8;
+    router->top_k = 2;
+    *lx = x;
+    lx->num_experts = L;
+    lx->hidden = 16;
+    lx->inter = 16;
+    lx->w13 = w;
+    lx->w2 = w;
+}
+
 static void run_checks(dynmoe_ctx *ctx) {
     MPI_Comm world = MPI_COMM_WORLD;
     dynmoe_ep_config cfg = DYNMOE_EP_CONFIG_INIT;
@@ -457,16 +476,10 @@ static void run_checks(dynmoe_ctx *ctx) {
     snprintf(d, sizeof d, "rank %d of %d holds %d experts", rank, size, L);
     verdict("info", rank == g_rank && size == g_size && L == 8 / g_size, d);
 
-    dynmoe_router router = DYNMOE_ROUTER_INIT;
-    router.num_experts = 8;
-    router.top_k = 2;
-    dynmoe_experts lx = DYNMOE_EXPERTS_INIT;
-    lx.num_experts = L;
-    lx.hidden = 16;
-    lx.inter = 16;
     float *w = xalloc(sizeof(float) * 8 * 2 * 16 * 16);
-    lx.w13 = w;
-    lx.w2 = w;
+    dynmoe_router router;
+    dynmoe_experts lx;
+    small_layer(L, w, &router, &lx);
     size_t wsb = dynmoe_ep_workspace_size(ep, &router, &lx, DYNMOE_EP_EXACT);
     verdict("workspace size", wsb > 0, dynmoe_last_error());
     void *ws = xalloc(wsb);
@@ -543,7 +556,142 @@ static void run_checks(dynmoe_ctx *ctx) {
         printf("[SKIP] nccl multi-GPU forward: no CUDA device here (test_ep_nccl runs it where there is one)\n");
 }
 
+/* ------------------------------------------- agreement between the ranks */
+
+/* One rank's arguments fail its own checks, or the ranks pass different
+ * values: every rank must return the same status, with a message naming the
+ * failing rank, and none may block (a hang here is caught by the watchdog in
+ * main and by the ctest TIMEOUT). */
+static int names_rank(const char *msg, int rank) {
+    char want[32];
+    snprintf(want, sizeof want, "rank %d of %d", rank, g_size);
+    return strstr(msg, want) != NULL;
+}
+
+/* st == want on every rank, the message names `rank` (-1: the message names
+ * `what` instead), and every rank has the same message. */
+static void agreed(const char *name, dynmoe_status st, dynmoe_status want, int rank, const char *what) {
+    const char *msg = dynmoe_last_error();
+    char d[320];
+    int ok = st == want && (rank >= 0 ? names_rank(msg, rank) : strstr(msg, what) != NULL);
+    /* the same message on every rank: compare with rank 0's */
+    char m0[512];
+    snprintf(m0, sizeof m0, "%s", msg);
+    MPI_Bcast(m0, sizeof m0, MPI_CHAR, 0, MPI_COMM_WORLD);
+    if (strcmp(m0, msg) != 0) ok = 0;
+    snprintf(d, sizeof d, "rank %d: %s: %.240s", g_rank, dynmoe_status_name(st), msg);
+    verdict(name, ok, d);
+}
+
+static void run_agreement(dynmoe_ctx *ctx) {
+    MPI_Comm world = MPI_COMM_WORLD;
+    const int last = g_size - 1; /* the rank that misbehaves */
+    dynmoe_ep_config cfg = DYNMOE_EP_CONFIG_INIT;
+    cfg.num_experts = 8;
+    cfg.max_tokens = 4;
+    cfg.capacity = 8;
+    dynmoe_ep *ep = NULL;
+
+    /* ---- create */
+    dynmoe_ep_config bad = cfg;
+    if (g_rank == last) bad.max_tokens = 0;
+    dynmoe_status st = dynmoe_ep_create_mpi(&ep, &world, &bad);
+    agreed("agree create: one rank's max_tokens 0", st, DYNMOE_ERR_INVALID_ARGUMENT, last, NULL);
+    if (ep) dynmoe_ep_destroy(ep), ep = NULL;
+    st = dynmoe_ep_create_mpi(&ep, &world, g_rank == last ? NULL : &cfg);
+    agreed("agree create: one rank's config NULL", st, DYNMOE_ERR_INVALID_ARGUMENT, last, NULL);
+    if (ep) dynmoe_ep_destroy(ep), ep = NULL;
+    int32_t map[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    bad = cfg;
+    if (g_rank == last) {
+        map[3] = g_size + 2; /* not a rank */
+        bad.expert_rank = map;
+    }
+    st = dynmoe_ep_create_mpi(&ep, &world, &bad);
+    agreed("agree create: one rank's expert_rank invalid", st, DYNMOE_ERR_INVALID_ARGUMENT, last, NULL);
+    if (ep) dynmoe_ep_destroy(ep), ep = NULL;
+
+    st = dynmoe_ep_create_mpi(&ep, &world, &cfg);
+    verdict("agree: create", st == DYNMOE_OK, dynmoe_last_error());
+    if (st != DYNMOE_OK) return;
+    int32_t L = 0;
+    dynmoe_ep_info(ep, NULL, NULL, &L);
+    float *w = xalloc(sizeof(float) * 8 * 2 * 32 * 32); /* room for hidden 32 */
+    for (int i = 0; i < 8 * 2 * 32 * 32; i++) w[i] = 0.01f;
+    dynmoe_router router;
+    dynmoe_experts lx;
+    small_layer(L, w, &router, &lx);
+    size_t wsb = dynmoe_ep_workspace_size(ep, &router, &lx, DYNMOE_EP_EXACT);
+    size_t wcap = dynmoe_ep_workspace_size(ep, &router, &lx, DYNMOE_EP_CAPACITY);
+    dynmoe_experts wide = lx;
+    wide.hidden = 32;
+    size_t wwide = dynmoe_ep_workspace_size(ep, &router, &wide, DYNMOE_EP_EXACT);
+    size_t wmax = wsb > wcap ? wsb : wcap;
+    if (wwide > wmax) wmax = wwide;
+    void *ws = xalloc(wmax);
+    float *x = xalloc(sizeof(float) * 4 * 32), *lg = xalloc(sizeof(float) * 4 * 8), *out = xalloc(sizeof(float) * 4 * 32);
+    for (int i = 0; i < 4 * 32; i++) x[i] = 0.5f;
+    for (int i = 0; i < 4 * 8; i++) lg[i] = (float)(i % 8) * 0.1f;
+    const dynmoe_ep_mode EX = DYNMOE_EP_EXACT;
+#define FWD(rp, xp, T_, wsbytes, mode_) \
+    dynmoe_ep_moe_forward(ep, ctx, rp, xp, T_, x, lg, DYNMOE_F32, NULL, NULL, out, ws, wsbytes, mode_, NULL)
+
+    st = FWD(&router, &lx, g_rank == last ? 5 : 4, wsb, EX);
+    agreed("agree forward: one rank's T > max_tokens", st, DYNMOE_ERR_INVALID_ARGUMENT, last, NULL);
+    st = FWD(&router, &lx, 4, g_rank == last ? wsb - 1 : wsb, EX);
+    agreed("agree forward: one rank's workspace too small", st, DYNMOE_ERR_WORKSPACE_TOO_SMALL, last, NULL);
+    st = FWD(g_rank == last ? NULL : &router, &lx, 4, wsb, EX);
+    agreed("agree forward: one rank's router NULL", st, DYNMOE_ERR_INVALID_ARGUMENT, last, NULL);
+    st = dynmoe_ep_moe_forward(ep, g_rank == last ? NULL : ctx, &router, &lx, 4, x, lg, DYNMOE_F32, NULL, NULL,
+                               out, ws, wsb, EX, NULL);
+    agreed("agree forward: one rank's ctx NULL", st, DYNMOE_ERR_INVALID_ARGUMENT, last, NULL);
+    st = FWD(&router, &lx, 4, wsb, g_rank == last ? (dynmoe_ep_mode)9 : EX);
+    agreed("agree forward: one rank's mode unknown", st, DYNMOE_ERR_INVALID_ARGUMENT, last, NULL);
+    if (g_size > 1) {
+        st = FWD(&router, &lx, 4, wmax, g_rank == last ? DYNMOE_EP_CAPACITY : EX);
+        agreed("agree forward: ranks in different modes", st, DYNMOE_ERR_INVALID_ARGUMENT, -1, "different mode");
+        st = FWD(&router, g_rank == last ? &wide : &lx, 4, wmax, EX);
+        agreed("agree forward: ranks with different hidden", st, DYNMOE_ERR_INVALID_ARGUMENT, -1,
+               "different local_experts.hidden (from 16 to 32)");
+        dynmoe_router other = router;
+        other.scale = 2.0f;
+        st = FWD(g_rank == last ? &other : &router, &lx, 4, wsb, EX);
+        agreed("agree forward: ranks with different routers", st, DYNMOE_ERR_INVALID_ARGUMENT, -1,
+               "different router");
+    }
+    if (g_size > 2) { /* two ranks fail: the lowest is named, and the range */
+        const int fail2 = g_rank == 1 || g_rank == last;
+        st = FWD(&router, &lx, fail2 ? 5 : 4, wsb, EX);
+        char what[96];
+        snprintf(what, sizeof what, "rank 1 of %d (the lowest failing rank; the highest is %d)", g_size, last);
+        agreed("agree forward: two ranks fail", st, DYNMOE_ERR_INVALID_ARGUMENT, -1, what);
+    }
+    /* after all that, the handle still works */
+    st = FWD(&router, &lx, 4, wsb, EX);
+    verdict("agree forward: a good call after the bad ones", st == DYNMOE_OK, dynmoe_last_error());
+    st = FWD(&router, &lx, 4, wcap, DYNMOE_EP_CAPACITY);
+    verdict("agree forward: a good capacity call", st == DYNMOE_OK, dynmoe_last_error());
+#undef FWD
+    dynmoe_ep_destroy(ep);
+    free(w);
+    free(ws);
+    free(x);
+    free(lg);
+    free(out);
+}
+
+/* A hang (a rank left waiting in MPI) must fail the test, not block CI. */
+static void on_alarm(int sig) {
+    (void)sig;
+    static const char msg[] = "test_ep: still running after the watchdog's limit: a rank is blocked in MPI\n";
+    if (write(2, msg, sizeof msg - 1) < 0) _exit(3);
+    _exit(3);
+}
+
 int main(int argc, char **argv) {
+    /* ctest's TIMEOUT backs this up; 120 s is 4x a 4-rank run on 2 cores */
+    signal(SIGALRM, on_alarm);
+    alarm(argc > 1 ? (unsigned)atoi(argv[1]) : 120u);
     MPI_Init(&argc, &argv);
     MPI_Comm_rank(MPI_COMM_WORLD, &g_rank);
     MPI_Comm_size(MPI_COMM_WORLD, &g_size);
@@ -554,6 +702,7 @@ int main(int argc, char **argv) {
         MPI_Abort(MPI_COMM_WORLD, 1);
     }
     run_checks(ctx);
+    run_agreement(ctx);
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) run_case(ctx, &cases[i]);
     dynmoe_ctx_destroy(ctx);
     if (g_rank == 0) printf("%d passed, %d failed\n", g_pass, g_fail);

@@ -33,17 +33,19 @@ typedef struct nc_case {
     int bias, mask, skew, starve, empty_rank;
     dynmoe_ep_mode mode;
     int capacity;
+    int agree; /* the last rank passes T > max_tokens: every rank must get its error */
 } nc_case;
 
 static const nc_case cases[] = {
-    {"topk exact", 16, 0, DYNMOE_ZERO_OUTPUT, 4, DYNMOE_SCORE_SOFTMAX, DYNMOE_NORM_SELECTED, 0, 0, 1.0f, 0, 0, 0, 0, 0, DYNMOE_EP_EXACT, 0},
-    {"topk skewed + starved, T=0 rank", 16, 0, DYNMOE_ZERO_OUTPUT, 4, DYNMOE_SCORE_SOFTMAX, DYNMOE_NORM_SELECTED, 0, 0, 1.0f, 0, 0, 1, 1, 1, DYNMOE_EP_EXACT, 0},
-    {"deepseek grouped exact", 16, 0, DYNMOE_ZERO_OUTPUT, 4, DYNMOE_SCORE_SIGMOID, DYNMOE_NORM_SELECTED, 4, 2, 2.5f, 1, 0, 0, 0, 0, DYNMOE_EP_EXACT, 0},
-    {"beam mask exact", 16, 0, DYNMOE_ZERO_OUTPUT, 4, DYNMOE_SCORE_SOFTMAX, DYNMOE_NORM_SELECTED, 0, 0, 1.0f, 0, 1, 0, 0, 0, DYNMOE_EP_EXACT, 0},
-    {"longcat identity zero exact", 16, 8, DYNMOE_ZERO_IDENTITY, 6, DYNMOE_SCORE_SOFTMAX, DYNMOE_NORM_NONE, 0, 0, 1.0f, 1, 0, 0, 0, 0, DYNMOE_EP_EXACT, 0},
-    {"topk capacity lossless", 16, 0, DYNMOE_ZERO_OUTPUT, 4, DYNMOE_SCORE_SOFTMAX, DYNMOE_NORM_SELECTED, 0, 0, 1.0f, 0, 0, 1, 0, 0, DYNMOE_EP_CAPACITY, 0},
-    {"topk capacity overflow", 16, 0, DYNMOE_ZERO_OUTPUT, 4, DYNMOE_SCORE_SOFTMAX, DYNMOE_NORM_SELECTED, 0, 0, 1.0f, 0, 0, 1, 1, 0, DYNMOE_EP_CAPACITY, 5},
-    {"longcat capacity overflow", 16, 8, DYNMOE_ZERO_IDENTITY, 6, DYNMOE_SCORE_SOFTMAX, DYNMOE_NORM_NONE, 0, 0, 1.0f, 1, 0, 1, 0, 0, DYNMOE_EP_CAPACITY, 4},
+    {"topk exact", 16, 0, DYNMOE_ZERO_OUTPUT, 4, DYNMOE_SCORE_SOFTMAX, DYNMOE_NORM_SELECTED, 0, 0, 1.0f, 0, 0, 0, 0, 0, DYNMOE_EP_EXACT, 0, 0},
+    {"topk skewed + starved, T=0 rank", 16, 0, DYNMOE_ZERO_OUTPUT, 4, DYNMOE_SCORE_SOFTMAX, DYNMOE_NORM_SELECTED, 0, 0, 1.0f, 0, 0, 1, 1, 1, DYNMOE_EP_EXACT, 0, 0},
+    {"deepseek grouped exact", 16, 0, DYNMOE_ZERO_OUTPUT, 4, DYNMOE_SCORE_SIGMOID, DYNMOE_NORM_SELECTED, 4, 2, 2.5f, 1, 0, 0, 0, 0, DYNMOE_EP_EXACT, 0, 0},
+    {"beam mask exact", 16, 0, DYNMOE_ZERO_OUTPUT, 4, DYNMOE_SCORE_SOFTMAX, DYNMOE_NORM_SELECTED, 0, 0, 1.0f, 0, 1, 0, 0, 0, DYNMOE_EP_EXACT, 0, 0},
+    {"longcat identity zero exact", 16, 8, DYNMOE_ZERO_IDENTITY, 6, DYNMOE_SCORE_SOFTMAX, DYNMOE_NORM_NONE, 0, 0, 1.0f, 1, 0, 0, 0, 0, DYNMOE_EP_EXACT, 0, 0},
+    {"topk capacity lossless", 16, 0, DYNMOE_ZERO_OUTPUT, 4, DYNMOE_SCORE_SOFTMAX, DYNMOE_NORM_SELECTED, 0, 0, 1.0f, 0, 0, 1, 0, 0, DYNMOE_EP_CAPACITY, 0, 0},
+    {"topk capacity overflow", 16, 0, DYNMOE_ZERO_OUTPUT, 4, DYNMOE_SCORE_SOFTMAX, DYNMOE_NORM_SELECTED, 0, 0, 1.0f, 0, 0, 1, 1, 0, DYNMOE_EP_CAPACITY, 5, 0},
+    {"longcat capacity overflow", 16, 8, DYNMOE_ZERO_IDENTITY, 6, DYNMOE_SCORE_SOFTMAX, DYNMOE_NORM_NONE, 0, 0, 1.0f, 1, 0, 1, 0, 0, DYNMOE_EP_CAPACITY, 4, 0},
+    {"agree: last rank's T > max_tokens", 16, 0, DYNMOE_ZERO_OUTPUT, 4, DYNMOE_SCORE_SOFTMAX, DYNMOE_NORM_SELECTED, 0, 0, 1.0f, 0, 0, 0, 0, 0, DYNMOE_EP_EXACT, 0, 1},
 };
 
 static int ndev;
@@ -205,6 +207,15 @@ sync:
             ok_of[rank] = 0;
             goto out;
         }
+    if (c->agree) { /* exact mode agrees: every rank returns the last rank's error */
+        st = dynmoe_ep_moe_forward(ep, ctx, &router, &lx, rank == R - 1 ? maxT + 1 : T, d_x, d_lg, DYNMOE_F32, bp,
+                                   mp, d_out, d_ws, wsb, c->mode, stream);
+        char want[32];
+        snprintf(want, sizeof want, "rank %d of %d", R - 1, R);
+        if (st != DYNMOE_ERR_INVALID_ARGUMENT || !strstr(dynmoe_last_error(), want))
+            FAIL("agree: %s %s (wanted %s)", dynmoe_status_name(st), dynmoe_last_error(), want);
+        goto out;
+    }
     st = dynmoe_ep_moe_forward(ep, ctx, &router, &lx, T, d_x, d_lg, DYNMOE_F32, bp, mp, d_out, d_ws, wsb, c->mode,
                                stream);
     dynmoe_ctx_set_stats(ctx, NULL);

@@ -1,5 +1,5 @@
 """pytest setup for dynmoe's Python tests: they test the installed package
-(pip install ./python_ext), never the source folder."""
+(pip install . or the wheel of scripts/build-wheel.sh), never the source folder."""
 import pathlib
 import sys
 
@@ -14,7 +14,7 @@ def pytest_report_header(config):
     try:
         import dynmoe
     except ImportError as e:
-        raise pytest.UsageError(f"dynmoe is not installed ({e}): run pip install ./python_ext first")
+        raise pytest.UsageError(f"dynmoe is not installed ({e}): run pip install . (repository root) first")
     lines = [f"dynmoe {dynmoe.__version__} from {pathlib.Path(dynmoe.__file__).parent} "
              f"(lib {dynmoe.version()}, cuda {dynmoe.cuda_available()}, torch ops {dynmoe.torch_ops_registered})"]
     return lines

@@ -209,3 +209,82 @@ def test_cuda_tensors_without_cuda(layer):
     with pytest.raises(dynmoe.DynmoeError) as e:
         dynmoe._C.route(router._c, lg, None, None, ids, w, 0, None)
     assert e.value.status_name in ("DYNMOE_ERR_UNSUPPORTED", "DYNMOE_ERR_DEVICE")
+
+
+# ---- issue 12.5: the exception types the README promises, naming the argument ----
+
+def test_lists_and_scalars_are_type_errors(layer):
+    router, x, logits, experts = layer
+    with pytest.raises(TypeError, match=r"dynmoe.route: logits must be a tensor .* got list"):
+        dynmoe.route(logits.tolist(), router)
+    with pytest.raises(TypeError, match=r"dynmoe.moe_forward: x must be a tensor .* got list"):
+        dynmoe.moe_forward(x.tolist(), logits, router, experts)
+    with pytest.raises(TypeError, match=r"dynmoe.moe_forward: logits must be a tensor .* got list"):
+        dynmoe.moe_forward(x, logits.tolist(), router, experts)
+    with pytest.raises(TypeError, match=r"dynmoe.Experts: w13 must be a tensor .* got list"):
+        dynmoe.Experts(experts.w13.tolist(), experts.w2)
+    with pytest.raises(TypeError, match=r"dynmoe.Experts: w2 must be a tensor .* got float"):
+        dynmoe.Experts(experts.w13, 1.0)
+    ids, w = dynmoe.route(logits, router)
+    with pytest.raises(TypeError, match=r"dynmoe.plan: ids must be a tensor .* got list"):
+        dynmoe.plan(ids.tolist(), router)
+    with pytest.raises(TypeError, match=r"dynmoe.experts_forward: ids must be a tensor .* got list"):
+        dynmoe.experts_forward(x, ids.tolist(), w, router, experts)
+    with pytest.raises(TypeError, match=r"weights must be a tensor .* got list"):
+        dynmoe.experts_forward(x, ids, w.tolist(), router, experts)
+
+
+def test_zero_d_tensors_are_value_errors(layer):
+    router, x, logits, experts = layer
+    scalar = np.array(1.0, np.float32)
+    with pytest.raises(ValueError, match=r"dynmoe.route: logits must be 2-D \[T, E\+Z\], got shape \(\)"):
+        dynmoe.route(scalar, router)
+    with pytest.raises(ValueError, match=r"dynmoe.moe_forward: x must be 2-D \[T, H\], got shape \(\)"):
+        dynmoe.moe_forward(scalar, logits, router, experts)
+    with pytest.raises(ValueError, match=r"dynmoe.experts_forward: x must be 2-D"):
+        dynmoe.experts_forward(scalar, np.zeros((T, K), np.int32), np.zeros((T, K), np.float32), router, experts)
+    with pytest.raises(ValueError, match=r"dynmoe.plan: ids must be 2-D \[T, S\], got shape \(\)"):
+        dynmoe.plan(np.array(3, np.int32), router)
+    with pytest.raises(ValueError, match=r"dynmoe.Experts: w13 must be 3-D \[E, 2\*I, H\], got shape \(\)"):
+        dynmoe.Experts(scalar, experts.w2)
+    task_router = dynmoe.Router(num_experts=E, top_k=K, num_tasks=2, top_tasks=1)
+    with pytest.raises(ValueError, match=r"dynmoe.route_tasks: x must be 2-D \[T, H\], got shape \(\)"):
+        dynmoe.route_tasks(scalar, np.zeros((T, 2), np.float32), np.zeros((2, E, H), np.float32), task_router)
+
+
+@pytest.mark.parametrize("field", ["num_experts", "top_k", "num_zero_experts", "num_groups", "topk_groups",
+                                   "num_tasks", "top_tasks"])
+@pytest.mark.parametrize("value", [2 ** 40, 2 ** 31, -(2 ** 31) - 1])
+def test_router_int_overflow_is_value_error(field, value):
+    kw = dict(num_experts=8, top_k=2)
+    kw[field] = value
+    with pytest.raises(ValueError, match=rf"dynmoe.Router: {field} = {value} does not fit"):
+        dynmoe.Router(**kw)
+
+
+def test_plan_with_zero_slots_is_value_error(layer):
+    router, x, logits, experts = layer
+    with pytest.raises(ValueError, match=r"dynmoe.plan: ids has shape \(5, 0\): .* S >= 1"):
+        dynmoe.plan(np.zeros((T, 0), np.int32), router)
+
+
+def test_meta_tensors_name_the_argument(layer):
+    torch = pytest.importorskip("torch")
+    router, x, logits, experts = layer
+    tx, tl = torch.from_numpy(x), torch.from_numpy(logits)
+    texp = dynmoe.Experts(torch.from_numpy(experts.w13), torch.from_numpy(experts.w2))
+    meta = torch.empty((T, E), device="meta")
+    with pytest.raises(ValueError, match=r"dynmoe.route: logits is on the meta device"):
+        dynmoe.route(meta, router)
+    with pytest.raises(ValueError, match=r"dynmoe.moe_forward: x is on the meta device"):
+        dynmoe.moe_forward(tx.to("meta"), tl, router, texp)
+    # a meta tensor that is not the first argument: the C extension names it
+    with pytest.raises(ValueError, match=r"dynmoe.route: bias is on the meta device"):
+        dynmoe.route(tl, router, bias=torch.zeros(E, device="meta"))
+    with pytest.raises(ValueError, match=r"dynmoe\.(moe_forward|workspace_size): w13 is on the meta device"):
+        dynmoe.moe_forward(tx, tl, router, dynmoe.Experts(texp.w13.to("meta"), texp.w2))
+    ids, w = dynmoe.route(tl, router)
+    with pytest.raises(ValueError, match=r"dynmoe.experts_forward: weights is on the meta device"):
+        dynmoe.experts_forward(tx, ids, w.to("meta"), router, texp)
+    with pytest.raises(ValueError, match=r"dynmoe.plan: ids is on the meta device"):
+        dynmoe.plan(ids.to("meta"), router)

@@ -1,0 +1,289 @@
+/*
+ * experts_test.cc — cuda/experts.cu (both paths) and cuda/combine.cu, their own sources run
+ * under the emulation, against the independent fp64 reference (tests/reference/).
+ *
+ * Each case fixes the rows of every expert exactly (a table is built that routes that many
+ * slots to each expert, with empty slots between), plans it with the reference's plan, and runs
+ * dm_cuda_experts on poisoned outputs, forced to one path (DYNMOE_EXPERTS_PATH). Checks:
+ *  - every plan row of rows_y against the reference FFN of its token, with h rounded to the
+ *    dtype as the kernels store it: ||y - ref|| / ||ref|| and the largest element error per row;
+ *  - rows_y rows past the plan's R rows and every buffer's slack are untouched;
+ *  - combine's output against dmref::experts_forward (unrounded fp64), DESIGN.md's tolerance.
+ * The cases: experts of 1, 7, 127, 128, 129 and 300 rows; H and I multiples of the tile, of 8
+ * only, even but not of 8, and odd (each load variant and K tail); a hot expert; E = 300; GEGLU; a persistent grid of a few CTAs (an
+ * emulated device of 1-2 SMs) and a grid of one CTA per tile.
+ */
+#include <cuda_runtime.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdarg>
+#include <cstdio>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "combine.emu.inc"
+#include "experts.emu.inc"
+#include "reference.h"
+
+extern "C" dynmoe_status dm_fail(dynmoe_status s, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    printf("dm_fail: ");
+    vprintf(fmt, ap);
+    printf("\n");
+    va_end(ap);
+    return s;
+}
+
+namespace {
+
+struct Case {
+    std::string name;
+    dynmoe_dtype dt;
+    const char *path; /* "prefill" | "decode" */
+    int32_t H, I, S;
+    std::vector<int32_t> rows; /* rows of each expert (E = size) */
+    int sms = 2;               /* the emulated device's SM count: the persistent grid's size */
+    dynmoe_act act = DYNMOE_ACT_SWIGLU;
+};
+
+/* Device buffer of the emulation (guarded, poisoned) holding a host vector's bytes. */
+template <class T>
+T *upload(const std::vector<T> &v) {
+    T *p = (T *)emu::dalloc(v.size() * sizeof(T) + (v.empty() ? 1 : 0));
+    if (!v.empty()) memcpy(p, v.data(), v.size() * sizeof(T));
+    return p;
+}
+
+uint16_t to16(double v, dynmoe_dtype dt) {
+    return dt == DYNMOE_BF16 ? dmref::f32_to_bf16((float)v) : dmref::f32_to_f16((float)v);
+}
+double round_to(double v, dynmoe_dtype dt) {
+    return dt == DYNMOE_F32 ? (double)(float)v : dmref::load(std::vector<uint16_t>{to16(v, dt)}.data(), dt, 0);
+}
+
+/* What the CUDA backend stores in rows_y: the weights' dtype. */
+constexpr dynmoe_dtype kRowsYDtype(dynmoe_dtype dt) { return dt; }
+
+struct Result {
+    double worst_row = 0, worst_elem = 0, out_err = 0;
+    bool ok = true;
+};
+
+Result run_case(const Case &c, uint64_t seed) {
+    std::mt19937_64 rng(seed);
+    std::uniform_real_distribution<double> u(-1, 1);
+    const int32_t E = (int32_t)c.rows.size(), H = c.H, I = c.I, S = c.S;
+    const dynmoe_dtype dt = c.dt;
+    const size_t es = dmref::dtype_size(dt);
+    Result res;
+
+    /* a table with exactly rows[e] slots of expert e, a third as many empty slots between */
+    std::vector<int32_t> ids;
+    for (int32_t e = 0; e < E; e++) ids.insert(ids.end(), (size_t)c.rows[e], e);
+    const size_t R = ids.size();
+    ids.insert(ids.end(), R / 3 + 1, -1);
+    while (ids.size() % (size_t)S) ids.push_back(-1);
+    std::shuffle(ids.begin(), ids.end(), rng);
+    const int64_t T = (int64_t)ids.size() / S;
+    std::vector<float> wts(ids.size());
+    for (auto &w : wts) w = (float)u(rng);
+    const dmref::Plan pl = dmref::plan(E, T, S, ids);
+
+    /* inputs, stored in dt, and their exact values for the reference */
+    dmref::Experts ex;
+    ex.E = E, ex.H = H, ex.I = I, ex.act = c.act;
+    ex.w13.resize((size_t)E * 2 * I * H);
+    ex.w2.resize((size_t)E * H * I);
+    std::vector<double> x((size_t)T * H);
+    std::vector<uint8_t> xb(x.size() * es), w13b(ex.w13.size() * es), w2b(ex.w2.size() * es);
+    auto fill = [&](std::vector<double> &v, std::vector<uint8_t> &b, double scale) {
+        for (size_t i = 0; i < v.size(); i++) {
+            const double r = u(rng) * scale;
+            if (dt == DYNMOE_F32) {
+                const float f = (float)r;
+                memcpy(&b[i * 4], &f, 4);
+                v[i] = f;
+            } else {
+                const uint16_t h = to16(r, dt);
+                memcpy(&b[i * 2], &h, 2);
+                v[i] = dmref::load(&h, dt, 0);
+            }
+        }
+    };
+    fill(x, xb, 1.0);
+    fill(ex.w13, w13b, std::sqrt(3.0 / H) * 2);
+    fill(ex.w2, w2b, std::sqrt(3.0 / I) * 2);
+
+    /* device side */
+    const size_t nslots = ids.size();
+    void *dx = upload(xb), *dw13 = upload(w13b), *dw2 = upload(w2b);
+    int32_t *dids = upload(ids);
+    float *dw = upload(wts);
+    std::vector<int32_t> sorted(pl.sorted_slots), active(pl.active), counts(pl.counts);
+    sorted.resize(nslots, -7);
+    active.resize((size_t)E, -7);
+    int32_t *dcounts = upload(counts), *doffsets = upload(pl.offsets), *dsorted = upload(sorted);
+    int32_t *dslot_rows = upload(pl.slot_rows), *dactive = upload(active);
+    int32_t *dnum_active = upload(std::vector<int32_t>{(int32_t)pl.active.size()});
+    const size_t rows_h_bytes = nslots * 2 * I * sizeof(float), rows_y_bytes = nslots * H * sizeof(float);
+    unsigned char *rows_h = (unsigned char *)emu::dalloc(rows_h_bytes);
+    unsigned char *rows_y = (unsigned char *)emu::dalloc(rows_y_bytes);
+    void *out = emu::dalloc((size_t)T * H * es);
+
+    dm_cuda_impl impl{};
+    impl.sm_count = c.sms;
+    dynmoe_ctx ctx{};
+    ctx.backend = DYNMOE_BACKEND_CUDA;
+    ctx.impl = &impl;
+    dm_experts_args a{};
+    a.router = DYNMOE_ROUTER_INIT;
+    a.router.num_experts = E;
+    a.router.top_k = S;
+    a.experts = DYNMOE_EXPERTS_INIT;
+    a.experts.num_experts = E, a.experts.hidden = H, a.experts.inter = I, a.experts.dtype = dt;
+    a.experts.act = c.act, a.experts.w13 = dw13, a.experts.w2 = dw2;
+    a.T = T, a.x = dx, a.ids = dids, a.weights = dw, a.slots = S;
+    a.plan = dynmoe_plan{E, (int64_t)nslots, dcounts, doffsets, dsorted, dslot_rows, dactive, dnum_active};
+    a.rows_h = rows_h, a.rows_y = rows_y, a.out = out;
+
+    memset(rows_h, 0xff, rows_h_bytes);
+    memset(rows_y, 0xff, rows_y_bytes);
+    memset(out, 0xff, (size_t)T * H * es);
+    setenv("DYNMOE_EXPERTS_PATH", c.path, 1);
+    dynmoe_status st = dm_cuda_experts(&ctx, &a, nullptr);
+    if (st == DYNMOE_OK) st = dm_cuda_combine(&ctx, &a, nullptr);
+    emu::check_slack();
+    if (st != DYNMOE_OK || emu::launch_errors) {
+        printf("  %s: status %d, %d launch errors\n", c.name.c_str(), (int)st, emu::launch_errors);
+        res.ok = false;
+        return res;
+    }
+
+    /* rows_y against the reference with h rounded to the dtype as rows_h holds it */
+    const dynmoe_dtype ydt = kRowsYDtype(dt);
+    const size_t yes = dmref::dtype_size(ydt);
+    const double row_tol = dt == DYNMOE_F32 ? 2e-6 : dt == DYNMOE_BF16 ? 6e-3 : 1.5e-3;
+    int bad_rows = 0;
+    std::vector<double> h((size_t)I), y((size_t)H);
+    for (int32_t e = 0; e < E; e++) {
+        const double *w13 = &ex.w13[(size_t)e * 2 * I * H], *w2 = &ex.w2[(size_t)e * H * I];
+        for (int32_t r = pl.offsets[e]; r < pl.offsets[e + 1]; r++) {
+            const double *xt = &x[(size_t)(pl.sorted_slots[r] / S) * H];
+            for (int32_t j = 0; j < I; j++) {
+                double g = 0, up = 0;
+                for (int32_t k = 0; k < H; k++) g += w13[(size_t)j * H + k] * xt[k], up += w13[(size_t)(I + j) * H + k] * xt[k];
+                h[j] = round_to((c.act == DYNMOE_ACT_GEGLU ? dmref::gelu_erf(g) : dmref::silu(g)) * up, dt);
+            }
+            double num = 0, den = 0, worst = 0;
+            for (int32_t n = 0; n < H; n++) {
+                double s = 0;
+                for (int32_t j = 0; j < I; j++) s += w2[(size_t)n * I + j] * h[j];
+                const double got = dmref::load(rows_y + (size_t)r * H * yes, ydt, n);
+                const double d = std::isfinite(got) ? got - s : INFINITY;
+                num += d * d, den += s * s;
+                worst = std::max(worst, std::fabs(d));
+            }
+            const double rel = std::sqrt(num / std::max(den, 1e-300)), elem = worst / std::sqrt(den / H);
+            res.worst_row = std::max(res.worst_row, rel);
+            res.worst_elem = std::max(res.worst_elem, elem);
+            if (!(rel <= row_tol && elem <= 6 * row_tol)) {
+                if (bad_rows++ < 3)
+                    printf("  %s: expert %d row %d (tile row %d): error %.3g (largest element %.3g rms)\n", c.name.c_str(),
+                           e, r, r - pl.offsets[e], rel, elem);
+            }
+        }
+    }
+    /* nothing written past the R plan rows */
+    for (size_t i = R * H * yes; i < rows_y_bytes; i++)
+        if (rows_y[i] != 0xff) {
+            printf("  %s: rows_y written past the plan's %zu rows (byte %zu)\n", c.name.c_str(), R, i);
+            bad_rows++;
+            break;
+        }
+
+    /* combine's output against the unrounded fp64 reference */
+    dmref::Table tab;
+    tab.T = T, tab.S = S, tab.ids = ids;
+    tab.weights.assign(wts.begin(), wts.end());
+    std::vector<double> ref;
+    dmref::experts_forward(ex, 0, DYNMOE_ZERO_OUTPUT, T, x, tab, ref);
+    double num = 0, den = 0;
+    bool finite = true;
+    for (size_t i = 0; i < ref.size(); i++) {
+        const double got = dmref::load(out, dt, (int64_t)i);
+        finite &= std::isfinite(got);
+        num += (got - ref[i]) * (got - ref[i]), den += ref[i] * ref[i];
+    }
+    res.out_err = finite ? std::sqrt(num / std::max(den, 1e-300)) : INFINITY;
+    const double out_tol = dt == DYNMOE_F32 ? 1e-5 : 1e-2;
+    if (!(res.out_err < out_tol)) {
+        printf("  %s: combine output error %.3g (tolerance %g)%s\n", c.name.c_str(), res.out_err, out_tol,
+               finite ? "" : ", non-finite values");
+        bad_rows++;
+    }
+    res.ok = bad_rows == 0;
+
+    for (void *p : {dx, dw13, dw2, (void *)dids, (void *)dw, (void *)dcounts, (void *)doffsets, (void *)dsorted,
+                    (void *)dslot_rows, (void *)dactive, (void *)dnum_active, (void *)rows_h, (void *)rows_y, out})
+        emu::dfree(p);
+    return res;
+}
+
+std::vector<int32_t> ragged() { return {1, 7, 127, 128, 129, 300}; }
+
+std::vector<Case> cases() {
+    std::vector<Case> v;
+    /* name, dtype, path, H, I, S, rows per expert, SMs */
+    for (dynmoe_dtype dt : {DYNMOE_BF16, DYNMOE_F16}) {
+        const std::string d = dt == DYNMOE_BF16 ? "bf16" : "f16";
+        v.push_back({"prefill " + d + " ragged, H I of the tile", dt, "prefill", 256, 128, 4, ragged(), 2});
+        v.push_back({"prefill " + d + " ragged, H I of 8 only", dt, "prefill", 136, 72, 4, ragged(), 1});
+        v.push_back({"prefill " + d + " ragged, H I of neither", dt, "prefill", 203, 77, 4, ragged(), 2});
+        v.push_back({"decode " + d + " ragged, H I of 8", dt, "decode", 136, 72, 4, ragged(), 2});
+        v.push_back({"decode " + d + " ragged, H I of neither", dt, "decode", 203, 77, 4, ragged(), 1});
+        v.push_back({"prefill " + d + " ragged, H I even, not of 8", dt, "prefill", 100, 38, 4, ragged(), 2});
+    }
+    v.push_back({"prefill bf16 ragged, H of 8, I odd", DYNMOE_BF16, "prefill", 64, 45, 2, ragged(), 132});
+    v.push_back({"prefill f16 H odd, I of the tile, GEGLU", DYNMOE_F16, "prefill", 67, 64, 2, {5, 0, 130, 64}, 2,
+                 DYNMOE_ACT_GEGLU});
+    v.push_back({"decode f32 ragged, H I of 8", DYNMOE_F32, "decode", 136, 72, 4, ragged(), 2});
+    v.push_back({"decode f32 H I odd", DYNMOE_F32, "decode", 67, 37, 3, {1, 9, 0, 17}, 1});
+    v.push_back({"decode bf16 H I even, not of 8", DYNMOE_BF16, "decode", 102, 38, 3, {1, 9, 0, 17, 130}, 1});
+    v.push_back({"decode f32 H I even, not of 4", DYNMOE_F32, "decode", 102, 38, 3, {1, 9, 0, 17, 130}, 1});
+    {
+        std::vector<int32_t> hot(16, 3);
+        hot[5] = 1100;
+        hot[9] = 0;
+        v.push_back({"prefill bf16 hot expert (1100 of 1145 rows)", DYNMOE_BF16, "prefill", 96, 40, 8, hot, 2});
+        v.push_back({"decode bf16 hot expert", DYNMOE_BF16, "decode", 96, 40, 8, hot, 2});
+    }
+    {
+        std::mt19937 r(3);
+        std::vector<int32_t> many(300);
+        for (auto &n : many) n = (int32_t)(r() % 4 == 0 ? 0 : r() % 9);
+        many[299] = 70;
+        v.push_back({"prefill bf16 E = 300", DYNMOE_BF16, "prefill", 40, 24, 8, many, 2});
+        v.push_back({"decode f16 E = 300", DYNMOE_F16, "decode", 40, 24, 8, many, 2});
+    }
+    return v;
+}
+
+} // namespace
+
+int main(int argc, char **argv) {
+    const uint64_t seed = argc > 1 ? strtoull(argv[1], nullptr, 10) : 20240601;
+    int bad = 0, n = 0;
+    for (const Case &c : cases()) {
+        const auto t0 = std::chrono::steady_clock::now();
+        const Result r = run_case(c, seed + (uint64_t)n++);
+        const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        printf("%-4s %-48s E %3zu H %3d I %3d: row error %.2e (element %.2e), output %.2e  [%.1fs]\n",
+               r.ok ? "ok" : "FAIL", c.name.c_str(), c.rows.size(), c.H, c.I, r.worst_row, r.worst_elem, r.out_err, s);
+        bad += !r.ok;
+    }
+    printf("experts emulation (seed %llu): %d of %d cases failed\n", (unsigned long long)seed, bad, n);
+    return bad != 0;
+}

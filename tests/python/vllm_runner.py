@@ -1,0 +1,84 @@
+"""Runs a tiny model through vLLM's LLM(...).generate several times in one
+process, with the dynmoe plugin on and off, and prints one JSON line per run:
+greedy tokens and top-5 logprobs of each prompt. test_vllm.py starts it with
+the vLLM venv's python; the engine runs in this process
+(VLLM_ENABLE_V1_MULTIPROCESSING=0), so the dynmoe and the vLLM runs are
+compared within one process.
+
+    python vllm_runner.py MODEL_DIR --runs on,off,on@c [--compiled] [--tp 2 --ep]
+
+A run is `on` (the plugin, modular mode), `mono` (monolithic mode) or `off`
+(DYNMOE_VLLM=0 for the layers built in it: vLLM's own kernel; the plugin is
+registered once, at the first LLM, so the first run must not be `off`),
+`@c` appended for a compiled engine (vLLM's default compilation; eager
+otherwise, or all compiled with --compiled), and
+`+perturb` appended for the negative control: dynmoe's experts then see
+w2 scaled by 1.5 (a copy made inside the dynmoe call only), which must
+change the output with the plugin on and nothing with it off.
+"""
+import argparse
+import gc
+import json
+import os
+import sys
+
+PROMPTS = [[3, 17, 99, 5, 42, 7, 120, 64], [11, 200, 13], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]]
+
+
+def perturb_dynmoe():
+    """Scales the experts' w2 by 1.5 in what dynmoe's experts read -- a copy
+    made inside dynmoe's calls, so only dynmoe's path sees it. Returns the
+    undo."""
+    import dynmoe._core as core
+
+    saved = core._experts_forward, core._moe_forward
+
+    def altered(e):
+        return core.Experts(e.w13, e.w2 * 1.5, e.act)
+
+    core._experts_forward = lambda x, ids, w, r, e, **kw: saved[0](x, ids, w, r, altered(e), **kw)
+    core._moe_forward = lambda x, lg, r, e, *a, **kw: saved[1](x, lg, r, altered(e), *a, **kw)
+    return lambda: (setattr(core, "_experts_forward", saved[0]), setattr(core, "_moe_forward", saved[1]))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("model")
+    ap.add_argument("--runs", default="on,off")
+    ap.add_argument("--compiled", action="store_true")
+    ap.add_argument("--tp", type=int, default=1)
+    ap.add_argument("--ep", action="store_true")
+    ap.add_argument("--max-tokens", type=int, default=8)
+    a = ap.parse_args()
+
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    from vllm import LLM, SamplingParams
+
+    sp = SamplingParams(max_tokens=a.max_tokens, temperature=0.0, logprobs=5, detokenize=False)
+    prompts = [{"prompt_token_ids": p} for p in PROMPTS]
+    for run in a.runs.split(","):
+        spec, _, extra = run.partition("+")
+        plugin, _, how = spec.partition("@")
+        compiled = a.compiled or how == "c"
+        os.environ["DYNMOE_VLLM"] = "0" if plugin == "off" else "1"
+        os.environ["DYNMOE_VLLM_MODE"] = "monolithic" if plugin == "mono" else "modular"
+        undo = perturb_dynmoe() if extra == "perturb" else None
+        llm = LLM(model=a.model, skip_tokenizer_init=True, dtype="float32", enforce_eager=not compiled,
+                  max_model_len=128, max_num_seqs=4, seed=0, tensor_parallel_size=a.tp,
+                  enable_expert_parallel=a.ep, distributed_executor_backend="mp" if a.tp > 1 else None)
+        outs = llm.generate(prompts, sp, use_tqdm=False)
+        res = []
+        for o in outs:
+            c = o.outputs[0]
+            res.append({"tokens": list(c.token_ids),
+                        "logprobs": [{str(k): v.logprob for k, v in lp.items()} for lp in c.logprobs]})
+        print("RESULT " + json.dumps({"run": run, "out": res}), flush=True)
+        if undo is not None:
+            undo()
+        del llm
+        gc.collect()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
