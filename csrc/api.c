@@ -230,7 +230,8 @@ size_t dynmoe_experts_workspace_size(const dynmoe_router *router, const dynmoe_e
 }
 
 size_t dynmoe_workspace_size(const dynmoe_router *router, const dynmoe_experts *experts, int64_t T) {
-    if (router == NULL || router->struct_size != sizeof(dynmoe_router)) return 0;
+    /* The router first: its slots (top_k * top_tasks) mean nothing before. */
+    if (dm_check_router("dynmoe_workspace_size", router)) return 0;
     return dynmoe_experts_workspace_size(router, experts, T, dm_router_slots(router));
 }
 

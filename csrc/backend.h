@@ -163,7 +163,8 @@ typedef struct dm_layout_cursor {
 /* Byte offset of a new region of count * elem bytes. */
 size_t dm_layout_region(dm_layout_cursor *c, size_t count, size_t elem);
 
-/* Slots per token of a router: K, or K * top_tasks with task routers. */
+/* Slots per token of a router: K, or K * top_tasks with task routers
+ * (computed in 64 bits and clamped to int32; meaningful on a checked router). */
 int32_t dm_router_slots(const dynmoe_router *r);
 /* Lays out the workspace. experts == NULL lays out only the plan (from offset 0).
  * Returns 0 on size overflow. */

@@ -27,7 +27,9 @@ size_t dm_layout_region(dm_layout_cursor *c, size_t count, size_t elem) {
 }
 
 int32_t dm_router_slots(const dynmoe_router *r) {
-    return r->num_tasks > 0 ? r->top_k * r->top_tasks : r->top_k;
+    /* In 64 bits: on a router not yet checked the product may pass 2^31. */
+    const int64_t s = r->num_tasks > 0 ? (int64_t)r->top_k * r->top_tasks : r->top_k;
+    return s > INT32_MAX ? INT32_MAX : s < INT32_MIN ? INT32_MIN : (int32_t)s;
 }
 
 int dm_workspace_layout_of(const dynmoe_router *r, const dynmoe_experts *experts, int64_t T,
