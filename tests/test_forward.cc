@@ -577,6 +577,47 @@ TEST_P(Forward, WorkspaceSizedBeforeThreadChange) {
     }
 }
 
+/* DYNMOE_CPU_ISA lowers the CPU path and never raises it; a name that is no
+ * path makes dynmoe_cpu_isa() NULL and a CPU forward fail with a message. */
+TEST(CpuIsa, EnvironmentLowersThePath) {
+    unsetenv("DYNMOE_CPU_ISA");
+    const char *best_c = dynmoe_cpu_isa();
+    ASSERT_NE(best_c, nullptr);
+    const std::string best = best_c;
+    EXPECT_TRUE(best == "scalar" || best == "avx2") << best;
+    setenv("DYNMOE_CPU_ISA", "scalar", 1);
+    EXPECT_STREQ(dynmoe_cpu_isa(), "scalar");
+    setenv("DYNMOE_CPU_ISA", "avx2", 1);
+    EXPECT_STREQ(dynmoe_cpu_isa(), best == "avx2" ? "avx2" : "scalar");
+    setenv("DYNMOE_CPU_ISA", "", 1);
+    EXPECT_EQ(std::string(dynmoe_cpu_isa()), best);
+    setenv("DYNMOE_CPU_ISA", "avx1024", 1);
+    EXPECT_EQ(dynmoe_cpu_isa(), nullptr);
+    dynmoe_ctx *ctx = nullptr;
+    ASSERT_EQ(dynmoe_ctx_create(&ctx, DYNMOE_BACKEND_CPU, 0), DYNMOE_OK);
+    Rng rng(seed_of(52, 0));
+    const dynmoe_router r = make_router(4, 1);
+    ExpertWeights w = make_experts(4, 16, 8, DYNMOE_ACT_SWIGLU, DYNMOE_F32, rng);
+    Buffer w13 = make_buffer(DYNMOE_BACKEND_CPU, w.w13.bytes), w2 = make_buffer(DYNMOE_BACKEND_CPU, w.w2.bytes);
+    const dynmoe_experts ex = make_experts_desc(r, 16, 8, DYNMOE_F32, DYNMOE_ACT_SWIGLU, w13.get(), w2.get());
+    Packed x = random_x(2, 16, DYNMOE_F32, rng);
+    Buffer xb = make_buffer(DYNMOE_BACKEND_CPU, x.bytes), ids = make_buffer(DYNMOE_BACKEND_CPU, std::vector<int32_t>{1, 2});
+    Buffer wt = make_buffer(DYNMOE_BACKEND_CPU, std::vector<float>{1, 1}), out(DYNMOE_BACKEND_CPU, 2 * 16 * 4);
+    const size_t ws_bytes = dynmoe_experts_workspace_size(&r, &ex, 2, 1);
+    Buffer ws(DYNMOE_BACKEND_CPU, ws_bytes);
+    EXPECT_EQ(dynmoe_experts_forward(ctx, &r, &ex, 2, xb.get(), ids.as<int32_t>(), wt.as<float>(), 1, out.get(),
+                                     ws.get(), ws_bytes, nullptr),
+              DYNMOE_ERR_INVALID_ARGUMENT);
+    EXPECT_NE(std::string(dynmoe_last_error()).find("DYNMOE_CPU_ISA=avx1024"), std::string::npos)
+        << dynmoe_last_error();
+    unsetenv("DYNMOE_CPU_ISA");
+    EXPECT_EQ(dynmoe_experts_forward(ctx, &r, &ex, 2, xb.get(), ids.as<int32_t>(), wt.as<float>(), 1, out.get(),
+                                     ws.get(), ws_bytes, nullptr),
+              DYNMOE_OK)
+        << dynmoe_last_error();
+    dynmoe_ctx_destroy(ctx);
+}
+
 /* Reference self-checks: SwiGLU and GEGLU of a hand-computed case. */
 TEST(ForwardReference, HandComputed) {
     dmref::Experts ex;
