@@ -5,7 +5,9 @@
 
 #include "bench_dev.h"
 
+#ifdef DYNMOE_HAVE_BLAS
 #include <cblas.h> /* includes <complex.h>: `I` is a macro here */
+#endif
 #include <omp.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -141,7 +143,12 @@ int bdev_init(bdev *d, int cuda, char *err, size_t errlen) {
     cpu_model(d->host_cpu, sizeof d->host_cpu);
     if (!cuda) {
         cpu_model(d->name, sizeof d->name);
-        char *cfg = openblas_get_config();
+#ifdef DYNMOE_HAVE_BLAS
+        const char *cfg = openblas_get_config();
+        d->has_dense = 1;
+#else
+        const char *cfg = "no BLAS: no dense baseline";
+#endif
         snprintf(d->detail, sizeof d->detail, "%d OpenMP threads, %d cores, %s", omp_get_max_threads(),
                  (int)sysconf(_SC_NPROCESSORS_ONLN), cfg ? cfg : "OpenBLAS");
         long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
@@ -170,6 +177,7 @@ int bdev_init(bdev *d, int cuda, char *err, size_t errlen) {
     }
     d->stream = s;
     d->blas = h;
+    d->has_dense = 1;
     snprintf(d->name, sizeof d->name, "%s", p.name);
     int rt = 0, drv = 0;
     cudaRuntimeGetVersion(&rt);
@@ -392,6 +400,7 @@ static int fill_random(bdev *d, void *dst, size_t n, dynmoe_dtype t, float a, ui
 }
 
 int bdev_dense_setup(bdev *d, dynmoe_dtype dtype, int64_t max_rows, int32_t hidden, int32_t inter) {
+    if (!d->has_dense) return 0; /* nothing to set up: bdev_dense_run fails */
     if (!d->cuda) dtype = DYNMOE_F32; /* cblas_sgemm */
     if (max_rows < 1) max_rows = 1;
     size_t es = dtype_size(dtype), M = (size_t)max_rows, H = (size_t)hidden, In = (size_t)inter;
@@ -415,13 +424,18 @@ int bdev_dense_setup(bdev *d, dynmoe_dtype dtype, int64_t max_rows, int32_t hidd
 
 int bdev_dense_run(bdev *d, int64_t rows) {
     if (rows <= 0) return 0;
+    if (!d->has_dense) return fail("dense GEMM: dynmoe-bench was built without BLAS (DYNMOE_BLAS)");
     if (rows > d->dense_rows) return fail("dense GEMM: %lld rows > %lld set up", (long long)rows, (long long)d->dense_rows);
     int M = (int)rows, H = d->dense_hidden, In = d->dense_inter;
     if (!d->cuda) {
+#ifdef DYNMOE_HAVE_BLAS
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, 2 * In, H, 1.0f, d->dA, H, d->dW13, H, 0.0f,
                     d->dC1, 2 * In);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, H, In, 1.0f, d->dH, In, d->dW2, In, 0.0f, d->dC2,
                     H);
+#else
+        (void)M, (void)H, (void)In; /* unreachable: has_dense is 0 */
+#endif
         return 0;
     }
 #ifdef DYNMOE_HAVE_CUDA

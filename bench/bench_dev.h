@@ -17,6 +17,7 @@ typedef struct bdev {
     int cuda;           /* 0: host memory + CPU clock; 1: device memory + CUDA events */
     void *stream;       /* cudaStream_t the layer runs on (NULL on the CPU) */
     void *blas;         /* cublasHandle_t (NULL on the CPU) */
+    int has_dense;      /* a dense GEMM baseline exists: cuBLAS, or a BLAS on the CPU (DYNMOE_BLAS) */
     char name[256];     /* CPU model or GPU name */
     char detail[256];   /* threads / SMs, BLAS build */
     char host_cpu[256]; /* the CPU model, also on CUDA runs */
@@ -63,7 +64,8 @@ int bdev_time(bdev *d, bench_fn fn, void *arg, int warmup, int iters, double *sa
 /* Dense ceiling: the two GEMMs of an FFN on M rows, with no gather, no
  * activation and no combine: C1[M,2I] = A[M,H]·W13[2I,H]^T and
  * C2[M,H] = Hm[M,I]·W2[H,I]^T (the x·W^T layout the experts use).
- * CPU: cblas_sgemm (fp32, the CPU backend computes in fp32 whatever the storage).
+ * CPU: cblas_sgemm (fp32, the CPU backend computes in fp32 whatever the storage);
+ * without a BLAS (has_dense = 0) setup does nothing and run fails.
  * CUDA: cublasGemmEx in `dtype` with fp32 accumulation. */
 int bdev_dense_setup(bdev *d, dynmoe_dtype dtype, int64_t max_rows, int32_t hidden, int32_t inter);
 int bdev_dense_run(bdev *d, int64_t rows);

@@ -624,7 +624,7 @@ static sizes size_of(const bench *b, dynmoe_dtype dt, size_t copy_bytes) {
     size_t w1 = dynmoe_workspace_size(&b->router, &ex, b->Tmax), w2 = dynmoe_workspace_size(&b->router_id, &ex, b->Tmax);
     z.ws = w1 > w2 ? w1 : w2;
     size_t des = b->dev.cuda ? es : 4;
-    z.dense = (M * H + 2 * I * H + M * 2 * I + M * I + H * I + M * H) * des;
+    z.dense = b->dev.has_dense ? (M * H + 2 * I * H + M * 2 * I + M * I + H * I + M * H) * des : 0;
     z.copy = 2 * copy_bytes;
     z.total = z.weights + (size_t)b->nrot * z.per_set + z.out + z.ws + z.dense + z.copy;
     if (!b->dev.cuda) z.total += T * N * 4 + T * E * 4 + T * K * 4 + N * 4; /* host staging */
@@ -754,7 +754,7 @@ static int measure_config(bench *b, result *res, double copy_bw, double peak_flo
     progress(b, res, at, total, "combine");
     if (measure(b, RUN_COMBINE, b->o.rounds, &res->s_combine, &res->combine)) goto fail;
     b->dense_rows = (int64_t)llround(res->rows);
-    if (b->dense_rows > 0) {
+    if (b->dense_rows > 0 && b->dev.has_dense) {
         progress(b, res, at, total, "dense");
         if (measure(b, RUN_DENSE, b->o.rounds, &res->s_dense, &res->dense)) goto fail;
     }
@@ -810,6 +810,12 @@ typedef struct runinfo {
     int warmup;
 } runinfo;
 
+/* The CPU backend's instruction path (isa.c), as the banner and JSON print it. */
+static const char *cpu_isa_name(void) {
+    const char *isa = dynmoe_cpu_isa();
+    return isa ? isa : "none: DYNMOE_CPU_ISA names no path";
+}
+
 static void json_line(FILE *f, const bench *b, const runinfo *ri, const result *res) {
     const dynmoe_router *r = &b->router;
     fputc('{', f);
@@ -825,6 +831,11 @@ static void json_line(FILE *f, const bench *b, const runinfo *ri, const result *
     fputc(',', f);
     json_str(f, "host_cpu", b->dev.host_cpu);
     fputc(',', f);
+    if (!b->dev.cuda) {
+        json_str(f, "cpu_isa", cpu_isa_name());
+        fputc(',', f);
+    }
+    fprintf(f, "\"dense_available\":%s,", b->dev.has_dense ? "true" : "false");
     fprintf(f, "\"load_avg_start\":%.2f,\"load_avg_end\":%.2f,\"cores\":%d,", ri->load_start, ri->load_end,
             ri->cores);
     json_str(f, "backend", b->dev.cuda ? "cuda" : "cpu");
@@ -897,7 +908,8 @@ static void table_row(const bench *b, const result *res) {
     double t = res->layer.med, fscale = b->dev.cuda ? 1e12 : 1e9;
     char spread[64], dense[16], copy[16], xs[16];
     snprintf(spread, sizeof spread, "[%.3f, %.3f]", 1e3 * res->layer.min, 1e3 * res->layer.max);
-    snprintf(dense, sizeof dense, "%.0f%%", 100 * res->dense.med / t);
+    if (b->dev.has_dense) snprintf(dense, sizeof dense, "%.0f%%", 100 * res->dense.med / t);
+    else snprintf(dense, sizeof dense, "n/a");
     snprintf(copy, sizeof copy, "%.0f%% %c", 100 * res->frac, res->bound_kind);
     snprintf(xs, sizeof xs, "%.2fx", res->speedup);
     printf("%-14.14s %-4s %-4s %6lld %5.2f %5.2f | %9.3f %-21s %8.2f | %8.1f %7.1f | %7s %7s | %6s %5.2f %5.2f | "
@@ -1075,12 +1087,18 @@ static void print_banner(const bench *b, const runinfo *ri) {
     if (r->num_groups) printf(" groups %d/%d", r->topk_groups, r->num_groups);
     printf(" norm %s scale %g  dtype %s  weights %.2f GB\n", norm_name(r->norm), r->scale, dtype_name(b->ex.dtype),
            wbytes / 1e9);
-    if (ri->copy_bw > 0)
+    if (!b->dev.cuda) printf("# cpu path: %s (DYNMOE_CPU_ISA lowers it: scalar | avx2)\n", cpu_isa_name());
+    if (ri->copy_bw > 0 && b->dev.has_dense)
         printf("# ceilings (best of N): copy %.1f GB/s (%s of %zu MiB, 2 x bytes / time); dense GEMM peak %.1f %s "
                "(%s, M %lld)\n",
                ri->copy_bw / 1e9, b->dev.cuda ? "cudaMemcpyAsync D2D" : "memcpy on every thread", ri->copy_bytes >> 20,
                ri->peak_flops / (b->dev.cuda ? 1e12 : 1e9), b->dev.cuda ? "TFLOP/s" : "GFLOP/s",
                b->dev.cuda ? "cublasGemmEx, fp32 accumulate" : "cblas_sgemm", (long long)ri->peak_rows);
+    else if (ri->copy_bw > 0)
+        printf("# ceilings (best of N): copy %.1f GB/s (memcpy on every thread of %zu MiB, 2 x bytes / time); dense\n"
+               "#   GEMM: unavailable, built without BLAS (DYNMOE_BLAS=OFF or none found): dense%% is n/a and roof%%\n"
+               "#   counts the copy bound only\n",
+               ri->copy_bw / 1e9, ri->copy_bytes >> 20);
     printf("# timing: median [min, max] of timed calls after %d warm-up, %d rotated input sets, %s; the rows of one T\n"
            "#   measured round-robin %d times, samples pooled\n",
            ri->warmup, b->nrot, b->dev.cuda ? "CUDA events, L2 flushed before each call" : "wall clock", b->o.rounds);
@@ -1177,7 +1195,7 @@ int main(int argc, char **argv) {
     ri.copy_bw = 2.0 * (double)b->dev.cpy_bytes / cp.min;
     /* the peak dense rate, once: the GEMM pair at the largest M of the run
      * (static top-K rows at the largest T, at least PEAK_MIN_ROWS) */
-    {
+    if (b->dev.has_dense) {
         tstat pk;
         samples pks = {0};
         b->dense_rows = b->Tmax * b->router.top_k > PEAK_MIN_ROWS ? b->Tmax * b->router.top_k : PEAK_MIN_ROWS;
@@ -1267,6 +1285,8 @@ int main(int argc, char **argv) {
     if (jf) fclose(jf);
     if (!b->dev.cuda && ri.load_end >= 0)
         printf("# load average %.1f at the end on %d cores (the bench's own threads count)\n", ri.load_end, ri.cores);
+    if (!b->dev.has_dense)
+        printf("# dense%%: n/a, built without BLAS (-DDYNMOE_BLAS=OFF or none found): no dense GEMM was timed.\n");
     printf("# dense%%: dense GEMM time at the same FLOPs / time (the comparison; > 100%% = faster than dense BLAS).\n"
            "# roof%%: roofline bound / time, bound = max(FLOPs / peak dense rate, active weight bytes / copy bandwidth);\n"
            "#   F = FLOP-bound, M = memory-bound.\n"

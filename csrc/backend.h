@@ -129,24 +129,28 @@ dynmoe_experts dm_experts_full(const dynmoe_experts *x);
 /* ---- workspace layout (one for every backend) ---- */
 
 #define DM_WORKSPACE_ALIGN 256
-/* Rows of a weight tile the CPU converts from bf16/f16 at a time. */
-#define DM_CPU_TILE_ROWS 128
 /* The most expert rows cpu/ffn_panels.c packs at once (one weight pass each). */
 #define DM_CPU_PANEL_ROWS 256
-/* Rows ffn_panels.c packs at once for a call of `rows` = T * S slots:
+/* Rows the CPU panel kernels pack at once for a call of `rows` = T * S slots:
  * min(rows, PANEL_ROWS) rounded up to a whole 8-row panel. */
 static inline size_t dm_cpu_panel_capacity(size_t rows) {
     return ((rows < DM_CPU_PANEL_ROWS ? rows : DM_CPU_PANEL_ROWS) + 7) / 8 * 8;
 }
-/* CPU scratch floats per thread for hidden, inter and `rows` = T * S:
+/* Floats of one CPU scratch slice for hidden, inter and `rows` = T * S:
  * packed rows (capacity x H), packed activations (capacity x I) and 12
- * widened weight rows, or a TILE_ROWS x max(H, I) weight tile, whichever is
- * larger (so a decode-sized call needs no more than the tile). Rounded to 64. */
+ * widened weight rows (cpu.h: DM_CPU_WBUF_ROWS). Rounded to 64. */
 static inline size_t dm_cpu_scratch_floats(size_t hidden, size_t inter, size_t rows) {
     const size_t mx = hidden > inter ? hidden : inter;
-    const size_t panels = dm_cpu_panel_capacity(rows) * (hidden + inter) + 12 * mx, tile = DM_CPU_TILE_ROWS * mx;
-    return ((panels > tile ? panels : tile) + 63) / 64 * 64;
+    return (dm_cpu_panel_capacity(rows) * (hidden + inter) + 12 * mx + 63) / 64 * 64;
 }
+/* Slices in a CPU scratch: the machine's cores (omp_get_num_procs() at the
+ * first call, then fixed for the process), never the OpenMP thread count, so
+ * that a workspace stays valid when the thread count changes; a call uses at
+ * most this many threads. */
+int dm_cpu_scratch_slices(void);
+/* Floats at the head of a CPU scratch: the work-item table of cpu/experts.c
+ * (first item of each active expert, E + 1 int32). Rounded to 64. */
+static inline size_t dm_cpu_item_table_floats(size_t num_experts) { return (num_experts + 1 + 63) / 64 * 64; }
 
 typedef struct dm_workspace_layout {
     /* byte offsets from the workspace base */
@@ -170,7 +174,8 @@ typedef struct dm_layout_cursor {
 /* Byte offset of a new region of count * elem bytes. */
 size_t dm_layout_region(dm_layout_cursor *c, size_t count, size_t elem);
 
-/* Slots per token of a router: K, or K * top_tasks with task routers. */
+/* Slots per token of a router: K, or K * top_tasks with task routers
+ * (computed in 64 bits and clamped to int32; meaningful on a checked router). */
 int32_t dm_router_slots(const dynmoe_router *r);
 /* Lays out the workspace. experts == NULL lays out only the plan (from offset 0).
  * Returns 0 on size overflow. */

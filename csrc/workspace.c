@@ -4,6 +4,7 @@
  *   [counts E][offsets E+1][sorted_slots T*S][slot_rows T*S][active E][num_active 1]
  *   [plan_temp]                                           device sort/scan temporaries
  *   [rows_h T*S x 2I f32][rows_y T*S x H f32][scratch]    expert rows (forward only)
+ *   scratch (CPU): [item table E+1 i32][one slice per core: packed rows]
  *
  * Everything is sized by T*S + E (no padding rows); each region is 256-byte
  * aligned so that any backend can use vector loads on it. */
@@ -26,8 +27,23 @@ size_t dm_layout_region(dm_layout_cursor *c, size_t count, size_t elem) {
     return start;
 }
 
+int dm_cpu_scratch_slices(void) {
+    /* Counted once: omp_get_num_procs() follows the calling thread's affinity,
+     * and the size of a workspace must not change between calls. */
+    static int slices; /* 0 until the first call */
+    int s = __atomic_load_n(&slices, __ATOMIC_ACQUIRE);
+    if (s == 0) {
+        int procs = omp_get_num_procs(), none = 0;
+        __atomic_compare_exchange_n(&slices, &none, procs > 0 ? procs : 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+        s = __atomic_load_n(&slices, __ATOMIC_ACQUIRE);
+    }
+    return s;
+}
+
 int32_t dm_router_slots(const dynmoe_router *r) {
-    return r->num_tasks > 0 ? r->top_k * r->top_tasks : r->top_k;
+    /* In 64 bits: on a router not yet checked the product may pass 2^31. */
+    const int64_t s = r->num_tasks > 0 ? (int64_t)r->top_k * r->top_tasks : r->top_k;
+    return s > INT32_MAX ? INT32_MAX : s < INT32_MIN ? INT32_MIN : (int32_t)s;
 }
 
 int dm_workspace_layout_of(const dynmoe_router *r, const dynmoe_experts *experts, int64_t T,
@@ -56,8 +72,11 @@ int dm_workspace_layout_of(const dynmoe_router *r, const dynmoe_experts *experts
         if (__builtin_mul_overflow(n, 2 * I, &hn) || __builtin_mul_overflow(n, H, &yn)) return 0;
         l->rows_h = dm_layout_region(&c, hn, sizeof(float));
         l->rows_y = dm_layout_region(&c, yn, sizeof(float));
-        /* CPU: packed rows and a weight tile per thread. */
-        l->scratch = dm_layout_region(&c, dm_cpu_scratch_floats(H, I, n) * (size_t)omp_get_max_threads(), sizeof(float));
+        /* CPU: the item table, then a slice of packed rows per core (not per
+         * thread: the size must not change with the thread count). */
+        const size_t scratch = dm_cpu_item_table_floats(E) +
+                               dm_cpu_scratch_floats(H, I, n) * (size_t)dm_cpu_scratch_slices();
+        l->scratch = dm_layout_region(&c, scratch, sizeof(float));
         l->scratch_bytes = c.at - l->scratch;
     }
     l->total = c.at;

@@ -93,6 +93,12 @@ DYNMOE_API void dynmoe_ctx_destroy(dynmoe_ctx *ctx);
 DYNMOE_API dynmoe_backend dynmoe_ctx_backend(const dynmoe_ctx *ctx);
 /* 1 when this build has the CUDA backend and a CUDA device is visible. */
 DYNMOE_API int dynmoe_cuda_available(void);
+/* The instruction path the CPU backend's expert kernels take now: "avx2"
+ * (AVX2 + FMA + F16C) or "scalar" (plain C), the best this CPU has, lowered
+ * by the environment variable DYNMOE_CPU_ISA (read at every call). NULL when
+ * DYNMOE_CPU_ISA names no path; CPU forwards then fail with
+ * DYNMOE_ERR_INVALID_ARGUMENT. */
+DYNMOE_API const char *dynmoe_cpu_isa(void);
 
 /* ------------------------------------------------------------------------ */
 /* Router description (DESIGN.md section 2 is the specification)            */
@@ -347,7 +353,11 @@ DYNMOE_API dynmoe_status dynmoe_plan_build(dynmoe_ctx *ctx, const dynmoe_router 
 
 /* Workspace bytes for dynmoe_experts_forward and dynmoe_moe_forward with up to
  * T tokens (valid for every backend). Slots per token: router.top_k, times
- * router.top_tasks when task routers are used. 0 on invalid arguments. */
+ * router.top_tasks when task routers are used. 0 on invalid arguments.
+ * The size depends on the router, the experts' shapes and T only: it stays
+ * valid whatever the OpenMP thread count is at call time (omp_set_num_threads,
+ * torch.set_num_threads); the CPU backend sizes its scratch for the machine's
+ * cores, counted once per process, and uses at most that many threads. */
 DYNMOE_API size_t dynmoe_workspace_size(const dynmoe_router *router, const dynmoe_experts *experts,
                                         int64_t T);
 

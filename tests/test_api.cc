@@ -647,6 +647,17 @@ TEST_P(ApiErrors, Forward) {
               dynmoe_workspace_size(&router_, &experts_, T));
     EXPECT_GT(dynmoe_experts_workspace_size(&router_, &experts_, T, 2 * router_.top_k),
               dynmoe_workspace_size(&router_, &experts_, T));
+    /* The router is checked before its slots are counted: top_k * top_tasks
+     * = 2^16 * 2^16 overflows int32 (UBSan stopped here before the check came
+     * first); the size is 0 and the message names the bad field. */
+    for (int32_t top_tasks : {1 << 16, INT32_MAX}) {
+        dynmoe_router huge = router_;
+        huge.top_k = 1 << 16;
+        huge.num_tasks = INT32_MAX;
+        huge.top_tasks = top_tasks;
+        EXPECT_EQ(dynmoe_workspace_size(&huge, &experts_, T), 0u) << "top_tasks " << top_tasks;
+        EXPECT_NE(std::string(dynmoe_last_error()).find("top_k"), std::string::npos) << dynmoe_last_error();
+    }
 }
 
 /* A later failure replaces the message; another thread's failure does not

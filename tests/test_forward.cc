@@ -2,12 +2,16 @@
  * test_forward.cc — dynmoe_moe_forward and dynmoe_experts_forward against the
  * reference (route -> experts FFN -> combine in double): model-shaped layers
  * with reduced H and I in f32, bf16 and f16, caller tables, task-router
- * tables and the edge cases of DESIGN.md section 6.
+ * tables and the edge cases of DESIGN.md section 6. On the CPU every test runs
+ * once per instruction path (DYNMOE_CPU_ISA); a path this CPU lacks skips.
  */
 #include <climits>
 #include <cmath>
+#include <cstdlib>
 #include <limits>
 #include <thread>
+
+#include <omp.h>
 
 #include "cases.h"
 #include "run.h"
@@ -37,8 +41,36 @@ ModelCase small_case(const char *name, int32_t E, int32_t Z, dynmoe_zero_kind zk
 
 } // namespace
 
-class Forward : public BackendTest {
+/* A backend and, on the CPU, the instruction path forced with DYNMOE_CPU_ISA. */
+struct ForwardPath {
+    dynmoe_backend backend;
+    const char *isa; /* NULL on CUDA */
+};
+
+void PrintTo(const ForwardPath &p, std::ostream *os) { *os << backend_name(p.backend) << (p.isa ? " " : "") << (p.isa ? p.isa : ""); }
+
+class Forward : public ::testing::TestWithParam<ForwardPath> {
   protected:
+    void SetUp() override {
+        if (backend() == DYNMOE_BACKEND_CUDA && !dynmoe_cuda_available()) GTEST_SKIP() << "no CUDA device";
+        if (const char *isa = GetParam().isa) {
+            setenv("DYNMOE_CPU_ISA", isa, 1);
+            const char *got = dynmoe_cpu_isa();
+            if (got == nullptr || std::string(got) != isa) {
+                unsetenv("DYNMOE_CPU_ISA");
+                GTEST_SKIP() << "this CPU has no " << isa << " path (its best is " << dynmoe_cpu_isa() << ")";
+            }
+        }
+        ASSERT_EQ(dynmoe_ctx_create(&ctx_, backend(), 0), DYNMOE_OK) << dynmoe_last_error();
+    }
+    void TearDown() override {
+        dynmoe_ctx_destroy(ctx_);
+        ctx_ = nullptr;
+        unsetenv("DYNMOE_CPU_ISA");
+    }
+    dynmoe_backend backend() const { return GetParam().backend; }
+    dynmoe_ctx *ctx_ = nullptr;
+
     /* moe_forward of case c with T tokens vs reference route + FFN + combine. */
     void check_moe(const ModelCase &c, int64_t T, dynmoe_dtype dt, uint64_t seed, unsigned required = ST_TOKENS) {
         SCOPED_TRACE(c.name + " " + dtype_name(dt) + " T=" + std::to_string(T) + " H=" + std::to_string(c.H) +
@@ -52,7 +84,15 @@ class Forward : public BackendTest {
         check_experts_vs_reference(ctx_, backend(), r, H, I, act, dt, table, rng, required, "experts_forward");
     }
 };
-DYNMOE_INSTANTIATE_BACKENDS(Forward);
+/* Names end in /CUDA for the CUDA runs (scripts/gpu-check.sh filters on it). */
+INSTANTIATE_TEST_SUITE_P(Backends, Forward,
+                         ::testing::Values(ForwardPath{DYNMOE_BACKEND_CPU, "scalar"},
+                                           ForwardPath{DYNMOE_BACKEND_CPU, "avx2"},
+                                           ForwardPath{DYNMOE_BACKEND_CUDA, nullptr}),
+                         [](const ::testing::TestParamInfo<ForwardPath> &info) {
+                             std::string n = backend_name(info.param.backend);
+                             return info.param.isa ? n + "_" + info.param.isa : n;
+                         });
 
 /* The whole layer for every model-shaped router, every dtype. */
 TEST_P(Forward, MoeModelConfigs) {
@@ -389,6 +429,193 @@ TEST_P(Forward, ConcurrentContexts) {
     }
     dynmoe_ctx_destroy(ca);
     dynmoe_ctx_destroy(cb);
+}
+
+/* Tables that take each schedule of cpu/experts.c: few items cut into column
+ * blocks over the team, many items one per thread, experts cut into
+ * 256-row chunks, the skinny kernel (< 8 rows) beside the panels. */
+struct ScheduleCase {
+    std::string name;
+    int32_t E;
+    dmref::Table table;
+};
+
+std::vector<ScheduleCase> schedule_cases(Rng &rng) {
+    std::vector<ScheduleCase> cases;
+    auto add = [&](const std::string &name, int32_t E, int32_t S, const std::vector<int32_t> &ids) {
+        ScheduleCase c{name, E, {}};
+        c.table.T = (int64_t)ids.size() / S;
+        c.table.S = S;
+        c.table.ids = ids;
+        for (size_t q = 0; q < ids.size(); q++) c.table.weights.push_back(rng.uniform(0.1, 1));
+        cases.push_back(c);
+    };
+    /* decode: T tokens with 8 distinct experts of 64 each */
+    for (int64_t T : {1, 4}) {
+        std::vector<int32_t> ids;
+        for (int64_t t = 0; t < T; t++)
+            for (int32_t k = 0; k < 8; k++) ids.push_back((int32_t)((t * 5 + k * 7) % 64));
+        add("decode T=" + std::to_string(T), 64, 8, ids);
+    }
+    { /* three experts with ~100 rows each (Mixtral-like: fewer items than 2 per thread) */
+        std::vector<int32_t> ids;
+        const int32_t pick[3] = {1, 4, 6};
+        for (int64_t t = 0; t < 150; t++) {
+            const int64_t a = rng.integer(0, 2), b = (a + rng.integer(1, 2)) % 3;
+            ids.push_back(pick[a]), ids.push_back(pick[b]);
+        }
+        add("three experts", 8, 2, ids);
+    }
+    { /* one expert with 5 rows (skinny on avx2), one with 300 (two chunks) */
+        std::vector<int32_t> ids(300, 5);
+        ids.insert(ids.end(), 5, 3);
+        for (size_t i = ids.size(); i > 1; i--) std::swap(ids[i - 1], ids[(size_t)rng.integer(0, (int64_t)i - 1)]);
+        add("5 + 300 rows", 8, 1, ids);
+    }
+    { /* a hot expert of 600 rows (three chunks) among 100 rows on 47 others */
+        std::vector<int32_t> ids(600, 2);
+        for (int i = 0; i < 100; i++) ids.push_back((int32_t)(3 + rng.integer(0, 44)));
+        for (size_t i = ids.size(); i > 1; i--) std::swap(ids[i - 1], ids[(size_t)rng.integer(0, (int64_t)i - 1)]);
+        add("hot expert", 48, 1, ids);
+    }
+    { /* prefill: 40 experts with ~20 rows each */
+        std::vector<int32_t> ids;
+        for (int64_t t = 0; t < 400; t++) {
+            const int32_t a = (int32_t)rng.integer(0, 39);
+            ids.push_back(a), ids.push_back((a + (int32_t)rng.integer(1, 39)) % 40);
+        }
+        add("prefill", 40, 2, ids);
+    }
+    return cases;
+}
+
+/* Restores OpenMP's thread count when a test ends. */
+struct ThreadCountGuard {
+    int saved = omp_get_max_threads();
+    ~ThreadCountGuard() { omp_set_num_threads(saved); }
+};
+
+/* Every output element is computed by one thread in a fixed order, so the
+ * result is bitwise the same for any thread count (1 thread up to more than
+ * the cores, where the CPU backend caps at the cores), and right. */
+TEST_P(Forward, ThreadCounts) {
+    if (backend() != DYNMOE_BACKEND_CPU) GTEST_SKIP() << "OpenMP thread counts are the CPU backend's";
+    ThreadCountGuard guard;
+    const int procs = omp_get_num_procs();
+    Rng rng(seed_of(50, 0));
+    const std::vector<ScheduleCase> cases = schedule_cases(rng);
+    /* H and I no multiple of the kernels' 12- and 6-row weight blocks */
+    const int32_t H = 52, I = 30;
+    for (const ScheduleCase &c : cases) {
+        for (dynmoe_dtype dt : kDtypes) {
+            SCOPED_TRACE(c.name + " " + dtype_name(dt));
+            const dynmoe_router r = make_router(c.E, c.table.S);
+            ExpertWeights w = make_experts(c.E, H, I, DYNMOE_ACT_SWIGLU, dt, rng);
+            Packed x = random_x(c.table.T, H, dt, rng);
+            const std::vector<float> wf = to_float(c.table.weights);
+            omp_set_num_threads(1);
+            ForwardOut one = run_experts_forward(ctx_, backend(), r, w, dt, c.table.T, x, c.table.ids, wf, c.table.S);
+            ASSERT_EQ(one.status, DYNMOE_OK);
+            dmref::Table tf = c.table;
+            tf.weights = to_double(wf);
+            std::vector<double> ref;
+            dmref::experts_forward(w.ref, 0, DYNMOE_ZERO_OUTPUT, c.table.T, x.values, tf, ref);
+            expect_close(one.out, ref, dt, "1 thread");
+            for (int threads : {2, 3, 4, procs, procs + 3}) {
+                omp_set_num_threads(threads);
+                ForwardOut o = run_experts_forward(ctx_, backend(), r, w, dt, c.table.T, x, c.table.ids, wf,
+                                                   c.table.S);
+                EXPECT_EQ(o.status, DYNMOE_OK);
+                EXPECT_TRUE(o.out_bytes == one.out_bytes) << threads << " threads differ from 1 thread";
+            }
+        }
+    }
+}
+
+/* A workspace sized at one thread count stays valid when the count changes
+ * before the call (omp_set_num_threads, torch.set_num_threads): raised past
+ * the cores, then lowered, the same workspace gives OK and the same bits. */
+TEST_P(Forward, WorkspaceSizedBeforeThreadChange) {
+    if (backend() != DYNMOE_BACKEND_CPU) GTEST_SKIP() << "OpenMP thread counts are the CPU backend's";
+    ThreadCountGuard guard;
+    const int procs = omp_get_num_procs();
+    ModelCase c = find_case("qwen3_30b_a3b");
+    c.H = 48;
+    c.I = 40;
+    ASSERT_FALSE(c.bias || c.mask) << "the call below passes no bias and no mask";
+    const int64_t T = 100;
+    for (dynmoe_dtype dt : kDtypes) {
+        SCOPED_TRACE(dtype_name(dt));
+        Rng rng(seed_of(51, (int)dt));
+        RouteInputs in = make_route_inputs(c, T, DYNMOE_F32, rng);
+        ExpertWeights w = make_experts(c.router.num_experts, c.H, c.I, c.act, dt, rng);
+        Packed x = random_x(T, c.H, dt, rng);
+        Buffer w13 = make_buffer(backend(), w.w13.bytes), w2 = make_buffer(backend(), w.w2.bytes);
+        dynmoe_experts ex = make_experts_desc(c.router, c.H, c.I, dt, c.act, w13.get(), w2.get());
+        Buffer xb = make_buffer(backend(), x.bytes), logits = make_buffer(backend(), in.logits.bytes);
+        omp_set_num_threads(1);
+        const size_t ws_bytes = dynmoe_workspace_size(&c.router, &ex, T);
+        ASSERT_GT(ws_bytes, 0u) << dynmoe_last_error();
+        Buffer ws(backend(), ws_bytes), out(backend(), (size_t)(T * c.H) * dmref::dtype_size(dt));
+        std::vector<uint8_t> first;
+        for (int threads : {1, 2 * procs + 1, procs, 1}) {
+            omp_set_num_threads(threads);
+            EXPECT_EQ(dynmoe_workspace_size(&c.router, &ex, T), ws_bytes) << threads << " threads";
+            out.fill(kPoisonFloat);
+            ws.fill(kPoisonFloat);
+            ASSERT_EQ(dynmoe_moe_forward(ctx_, &c.router, &ex, T, xb.get(), logits.get(), DYNMOE_F32, nullptr, nullptr,
+                                         out.get(), ws.get(), ws_bytes, nullptr),
+                      DYNMOE_OK)
+                << threads << " threads: " << dynmoe_last_error();
+            if (first.empty()) {
+                first = out.bytes_vector();
+                expect_close(unpack(first, dt, (size_t)(T * c.H)), moe_reference_out(c, w, T, x, in), dt, "1 thread");
+            } else {
+                EXPECT_TRUE(out.bytes_vector() == first) << threads << " threads differ from 1 thread";
+            }
+        }
+    }
+}
+
+/* DYNMOE_CPU_ISA lowers the CPU path and never raises it; a name that is no
+ * path makes dynmoe_cpu_isa() NULL and a CPU forward fail with a message. */
+TEST(CpuIsa, EnvironmentLowersThePath) {
+    unsetenv("DYNMOE_CPU_ISA");
+    const char *best_c = dynmoe_cpu_isa();
+    ASSERT_NE(best_c, nullptr);
+    const std::string best = best_c;
+    EXPECT_TRUE(best == "scalar" || best == "avx2") << best;
+    setenv("DYNMOE_CPU_ISA", "scalar", 1);
+    EXPECT_STREQ(dynmoe_cpu_isa(), "scalar");
+    setenv("DYNMOE_CPU_ISA", "avx2", 1);
+    EXPECT_STREQ(dynmoe_cpu_isa(), best == "avx2" ? "avx2" : "scalar");
+    setenv("DYNMOE_CPU_ISA", "", 1);
+    EXPECT_EQ(std::string(dynmoe_cpu_isa()), best);
+    setenv("DYNMOE_CPU_ISA", "avx1024", 1);
+    EXPECT_EQ(dynmoe_cpu_isa(), nullptr);
+    dynmoe_ctx *ctx = nullptr;
+    ASSERT_EQ(dynmoe_ctx_create(&ctx, DYNMOE_BACKEND_CPU, 0), DYNMOE_OK);
+    Rng rng(seed_of(52, 0));
+    const dynmoe_router r = make_router(4, 1);
+    ExpertWeights w = make_experts(4, 16, 8, DYNMOE_ACT_SWIGLU, DYNMOE_F32, rng);
+    Buffer w13 = make_buffer(DYNMOE_BACKEND_CPU, w.w13.bytes), w2 = make_buffer(DYNMOE_BACKEND_CPU, w.w2.bytes);
+    const dynmoe_experts ex = make_experts_desc(r, 16, 8, DYNMOE_F32, DYNMOE_ACT_SWIGLU, w13.get(), w2.get());
+    Packed x = random_x(2, 16, DYNMOE_F32, rng);
+    Buffer xb = make_buffer(DYNMOE_BACKEND_CPU, x.bytes), ids = make_buffer(DYNMOE_BACKEND_CPU, std::vector<int32_t>{1, 2});
+    Buffer wt = make_buffer(DYNMOE_BACKEND_CPU, std::vector<float>{1, 1}), out(DYNMOE_BACKEND_CPU, 2 * 16 * 4);
+    const size_t ws_bytes = dynmoe_experts_workspace_size(&r, &ex, 2, 1);
+    Buffer ws(DYNMOE_BACKEND_CPU, ws_bytes);
+    EXPECT_EQ(dynmoe_experts_forward(ctx, &r, &ex, 2, xb.get(), ids.as<int32_t>(), wt.as<float>(), 1, out.get(),
+                                     ws.get(), ws_bytes, nullptr),
+              DYNMOE_ERR_INVALID_ARGUMENT);
+    EXPECT_NE(std::string(dynmoe_last_error()).find("DYNMOE_CPU_ISA=avx1024"), std::string::npos)
+        << dynmoe_last_error();
+    unsetenv("DYNMOE_CPU_ISA");
+    EXPECT_EQ(dynmoe_experts_forward(ctx, &r, &ex, 2, xb.get(), ids.as<int32_t>(), wt.as<float>(), 1, out.get(),
+                                     ws.get(), ws_bytes, nullptr),
+              DYNMOE_OK)
+        << dynmoe_last_error();
+    dynmoe_ctx_destroy(ctx);
 }
 
 /* Reference self-checks: SwiGLU and GEGLU of a hand-computed case. */

@@ -6,15 +6,14 @@
 
 #define COMBINE_COLS 256
 
-dynmoe_status dm_cpu_combine(dynmoe_ctx *ctx, const dm_experts_args *a, void *stream) {
-    (void)ctx;
-    (void)stream;
+static void combine_body(void *arg) {
+    const dm_experts_args *a = (const dm_experts_args *)arg;
     const int32_t E = a->router.num_experts, Z = a->router.num_zero_experts, S = a->slots;
     const int32_t H = a->experts.hidden;
     const int identity = a->router.zero_kind == DYNMOE_ZERO_IDENTITY;
     const dynmoe_dtype dt = a->experts.dtype;
     const float *y = (const float *)a->rows_y;
-#pragma omp parallel for schedule(static)
+#pragma omp for schedule(static)
     for (int64_t t = 0; t < a->T; t++) {
         for (int32_t h0 = 0; h0 < H; h0 += COMBINE_COLS) {
             const int32_t nh = H - h0 < COMBINE_COLS ? H - h0 : COMBINE_COLS;
@@ -34,5 +33,11 @@ dynmoe_status dm_cpu_combine(dynmoe_ctx *ctx, const dm_experts_args *a, void *st
             for (int32_t j = 0; j < nh; j++) dm_store(a->out, dt, t * H + h0 + j, acc[j]);
         }
     }
+}
+
+dynmoe_status dm_cpu_combine(dynmoe_ctx *ctx, const dm_experts_args *a, void *stream) {
+    (void)ctx;
+    (void)stream;
+    dm_cpu_parallel(dm_cpu_threads(), combine_body, (void *)a);
     return DYNMOE_OK;
 }

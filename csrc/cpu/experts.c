@@ -1,125 +1,219 @@
-/* cpu/experts.c — the expert FFNs on the CPU, active experts only.
+/* cpu/experts.c — the expert FFNs on the CPU, active experts only, on
+ * dynmoe's own kernels (no BLAS).
  *
- * Each active expert e has rows [r0, r1) of the plan (R_e = r1 - r0); its FFN
+ * Each active expert e has rows [r0, r0 + R_e) of the plan; its FFN
  *   y[r] = W2_e . act(W1_e . x[token(r)]) * (W3_e . x[token(r)])
  * lands in rows_y[r0 + r]. An expert with no rows is never visited, so it
  * reads no weights: cost follows the rows. Napkin math (Qwen3-30B-A3B,
  * T = 2048, K = 8): 16384 rows, 6 * 16384 * 768 * 2048 = 155 GFLOP and 2.4 GB
  * of fp32 weights; the bound is the machine's dense sgemm rate.
  *
- * Three paths, by how many experts are active and how many rows each has:
- *  - prefill (at least 2 active experts per thread): whole experts per OpenMP
- *    thread, no barrier between them. An expert with >= DM_PANEL_MIN_ROWS rows
- *    runs ffn_panels.c (GEMM 1 + activation + GEMM 2 on packed row panels,
- *    weights read once per 256 rows); one with fewer runs run_expert() below
- *    single-threaded.
- *  - decode (few active experts): one expert at a time through run_expert(),
- *    the threads inside each GEMM.
- *  - run_expert(): gather the rows into rows_y, GEMM 1 into rows_h (the skinny
- *    kernel up to DM_SKINNY_MAX_ROWS rows, else sgemm), activation in place,
- *    GEMM 2 back into rows_y. bf16/f16 weights go to sgemm converted a tile of
- *    DM_CPU_TILE_ROWS rows at a time, never as a whole-weight copy. */
-#include <math.h>
-
-#include <omp.h>
-
-#include <cblas.h>
-
+ * Work items: an expert is cut into chunks of up to DM_CPU_PANEL_ROWS rows
+ * (chunk_rows), one item each. The kernel of an item depends on its rows and
+ * the instruction path (isa.c) only:
+ *  - avx2, R >= 8: packed 8-row panels, GEMM 1 + activation, GEMM 2
+ *    (ffn_panels.c); avx2, R < 8: gather, skinny GEMM 1, activation, skinny
+ *    GEMM 2 (gemm_skinny.c), where a panel would be mostly padding;
+ *  - scalar: the panels of ffn_scalar.c for every R.
+ * One parallel region, two schedules:
+ *  - at least 2 items per thread (prefill): whole items per thread, dynamic;
+ *  - fewer (decode, Mixtral's 8 experts, one hot expert): the items one after
+ *    another, each one's phases (pack, GEMM 1, GEMM 2) cut into column blocks
+ *    over all threads, a barrier between phases.
+ * Every output element is computed by one thread in an order fixed by the
+ * element (cpu.h), so the bits do not depend on the schedule or the thread
+ * count. Nothing here allocates: no nested region, no BLAS, and the team has
+ * the size of every other stage's (dm_cpu_threads). */
 #include "../hd.h"
 #include "cpu.h"
 
-/* cblas.h pulls in complex.h, whose macro I forbids the usual names: In = I, Hd = H. */
-
-/* Up to this many rows the skinny kernel beats packed sgemm (measured on the
- * Zen 3 CI machine at K = 2048: 1.5-2x at 8-32 rows, even at 48). */
-#define DM_SKINNY_MAX_ROWS 40
-/* From this many rows on (one full panel), prefill experts run through
- * ffn_panels.c; below, a panel would be mostly padding. */
+/* From this many rows on, the AVX2 path packs panels; below, a panel would
+ * be mostly padding and the skinny kernel is faster (ffn_panels.c measures). */
 #define DM_PANEL_MIN_ROWS 8
+/* Columns per block of the skinny GEMMs when a team shares them. */
+#define SKINNY_COLS 24
 
-/* C[M, N] = A[M, K] . W[N, K]^T, with W of dtype dt; lda/ldc in floats. */
-static void gemm_wt(int32_t M, int32_t N, int32_t K, const float *A, int32_t lda, const void *W,
-                    dynmoe_dtype dt, float *C, int32_t ldc, float *tile, size_t tile_floats, int inner) {
-    /* Few rows: stream the weights once (gemm_skinny.c) instead of packing them. */
-    if (M <= DM_SKINNY_MAX_ROWS &&
-        dm_cpu_gemm_skinny(M, N, K, A, lda, W, dt, C, ldc, inner ? omp_get_max_threads() : 1))
-        return;
-    if (dt == DYNMOE_F32) {
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, A, lda, (const float *)W, K,
-                    0.0f, C, ldc);
-        return;
-    }
-    const int32_t rows = (int32_t)(tile_floats / (size_t)K);
-    for (int32_t n0 = 0; n0 < N; n0 += rows) {
-        const int32_t nn = N - n0 < rows ? N - n0 : rows;
-#pragma omp parallel for schedule(static) if (inner)
-        for (int64_t i = 0; i < (int64_t)nn * K; i++) tile[i] = dm_load(W, dt, (int64_t)n0 * K + i);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, nn, K, 1.0f, A, lda, tile, K, 0.0f,
-                    C + n0, ldc);
+int32_t dm_cpu_chunk_rows(int32_t R) {
+    /* Equal chunks in multiples of 16 rows: 136 rows as 128 + 8 would read
+     * the weights a second time for 8 rows (measured: 139 against 170 GFLOP/s). */
+    const int32_t chunks = (R + DM_CPU_PANEL_ROWS - 1) / DM_CPU_PANEL_ROWS;
+    const int32_t step = ((R + chunks - 1) / chunks + 15) / 16 * 16;
+    return step < DM_CPU_PANEL_ROWS ? step : DM_CPU_PANEL_ROWS;
+}
+
+static int32_t chunks_of(int32_t R) {
+    const int32_t step = dm_cpu_chunk_rows(R);
+    return (R + step - 1) / step;
+}
+
+/* [lo, hi) of [0, n): all of it for one thread, else this thread's
+ * contiguous share of the team. */
+static void share(int64_t n, int split, int32_t *lo, int32_t *hi) {
+    const int64_t t = split ? omp_get_thread_num() : 0, nt = split ? omp_get_num_threads() : 1;
+    *lo = (int32_t)(n * t / nt);
+    *hi = (int32_t)(n * (t + 1) / nt);
+}
+
+/* A team barrier between phases when the team shares an item. */
+#define PHASE_BARRIER(split)                                                                         \
+    do {                                                                                             \
+        if (split) {                                                                                 \
+            _Pragma("omp barrier")                                                                   \
+        }                                                                                            \
+    } while (0)
+
+void dm_cpu_chunk_pack(const dm_cpu_chunk *c, int32_t r_begin, int32_t r_end) {
+    const dm_experts_args *a = c->a;
+    const int32_t Hd = a->experts.hidden, S = a->slots;
+    const dynmoe_dtype dt = a->experts.dtype;
+    const int32_t *slots = a->plan.sorted_slots + c->r0;
+    float *xd = c->xp + (int64_t)c->P * 8 * Hd;
+    for (int32_t r = r_begin; r < r_end; r++) {
+        const int panel = r < 8 * c->P;
+        float *d = panel ? c->xp + (int64_t)(r / 8) * 8 * Hd + r % 8 : xd + (int64_t)(r - 8 * c->P) * Hd;
+        const int64_t step = panel ? 8 : 1;
+        if (r >= c->R) {
+            for (int32_t k = 0; k < Hd; k++) d[step * k] = 0.0f;
+            continue;
+        }
+        const int64_t x0 = (int64_t)(slots[r] / S) * Hd;
+        for (int32_t k = 0; k < Hd; k++) d[step * k] = dm_load(a->x, dt, x0 + k);
     }
 }
 
-/* One expert: gather, GEMM 1, activation, GEMM 2 over its R rows. `inner`
- * says whether the element-wise loops may fork threads (not when experts
- * already run in parallel). */
-static void run_expert(const dm_experts_args *a, int32_t e, float *tile, size_t tile_floats, int inner) {
+/* Item rows [r0, r0 + R) of expert e through the panel kernels k: packed
+ * into `panels` (xp then ap), weights widened into wbuf. */
+static void run_panels(const dm_experts_args *a, const dm_cpu_panel_kernels *k, int32_t e, int32_t r0, int32_t R,
+                       float *panels, float *wbuf, int split) {
+    const int32_t Hd = a->experts.hidden, In = a->experts.inter;
+    const int32_t nd = R % 8 <= k->max_plain_rows ? R % 8 : 0;
+    const size_t cap = dm_cpu_panel_capacity((size_t)a->plan.num_slots);
+    const dm_cpu_chunk c = {a, e, r0, R, (R - nd + 7) / 8, nd, panels, panels + cap * (size_t)Hd};
+    int32_t lo, hi;
+    share(8 * c.P + nd, split, &lo, &hi);
+    dm_cpu_chunk_pack(&c, lo, hi);
+    PHASE_BARRIER(split);
+    share((In + DM_CPU_GEMM1_BLOCK - 1) / DM_CPU_GEMM1_BLOCK, split, &lo, &hi);
+    k->gemm1(&c, lo, hi, wbuf);
+    PHASE_BARRIER(split);
+    share((Hd + DM_CPU_GEMM2_BLOCK - 1) / DM_CPU_GEMM2_BLOCK, split, &lo, &hi);
+    k->gemm2(&c, lo, hi, wbuf);
+    /* No barrier after GEMM 2: the next item writes other rows of rows_y, and
+     * its pack writes xp, not the ap this GEMM reads; its GEMM 1, which
+     * writes ap, comes after its pack's barrier. */
+}
+
+/* Item rows [r0, r0 + R) of expert e through the skinny kernels (AVX2, R < 8):
+ * gather into rows_y, GEMM 1 into rows_h, activation in place, GEMM 2 back
+ * into rows_y. */
+static void run_skinny(const dm_experts_args *a, int32_t e, int32_t r0, int32_t R, int split) {
     const dynmoe_experts *ex = &a->experts;
     const int32_t Hd = ex->hidden, In = ex->inter, S = a->slots;
     const dynmoe_dtype dt = ex->dtype;
     const size_t esz = dm_dtype_size(dt);
-    const dynmoe_plan *p = &a->plan;
-    const int32_t r0 = p->expert_offsets[e], R = p->expert_offsets[e + 1] - r0;
     float *Ye = (float *)a->rows_y + (int64_t)r0 * Hd, *He = (float *)a->rows_h + (int64_t)r0 * 2 * In;
     const char *w13 = (const char *)ex->w13 + (size_t)e * 2 * In * Hd * esz;
     const char *w2 = (const char *)ex->w2 + (size_t)e * Hd * In * esz;
-
-#pragma omp parallel for schedule(static) if (inner)
-    for (int32_t r = 0; r < R; r++) {
-        const int64_t t = p->sorted_slots[r0 + r] / S;
+    const int geglu = ex->act == DYNMOE_ACT_GEGLU;
+    int32_t lo, hi;
+    share(R, split, &lo, &hi);
+    for (int32_t r = lo; r < hi; r++) {
+        const int64_t t = a->plan.sorted_slots[r0 + r] / S;
         for (int32_t h = 0; h < Hd; h++) Ye[(int64_t)r * Hd + h] = dm_load(a->x, dt, t * Hd + h);
     }
-    gemm_wt(R, 2 * In, Hd, Ye, Hd, w13, dt, He, 2 * In, tile, tile_floats, inner);
-    const int geglu = ex->act == DYNMOE_ACT_GEGLU;
-#pragma omp parallel for schedule(static) if (inner)
-    for (int32_t r = 0; r < R; r++) {
+    PHASE_BARRIER(split);
+    share((2 * In + SKINNY_COLS - 1) / SKINNY_COLS, split, &lo, &hi);
+    dm_cpu_gemm_skinny_avx2(R, lo * SKINNY_COLS, hi * SKINNY_COLS < 2 * In ? hi * SKINNY_COLS : 2 * In, Hd, Ye, Hd,
+                            w13, dt, He, 2 * In);
+    PHASE_BARRIER(split);
+    share(R, split, &lo, &hi);
+    for (int32_t r = lo; r < hi; r++) {
         float *hr = He + (int64_t)r * 2 * In;
         for (int32_t i = 0; i < In; i++) hr[i] = dm_cpu_act(hr[i], hr[In + i], geglu);
     }
-    gemm_wt(R, Hd, In, He, 2 * In, w2, dt, Ye, Hd, tile, tile_floats, inner);
+    PHASE_BARRIER(split);
+    share((Hd + SKINNY_COLS - 1) / SKINNY_COLS, split, &lo, &hi);
+    dm_cpu_gemm_skinny_avx2(R, lo * SKINNY_COLS, hi * SKINNY_COLS < Hd ? hi * SKINNY_COLS : Hd, In, He, 2 * In, w2,
+                            dt, Ye, Hd);
+    /* No barrier: the next item touches other rows (see run_panels). */
+}
+
+/* Work item i: chunk i - first[ai] of active expert ai, where first[ai] <= i < first[ai + 1]. */
+static void run_item(const dm_experts_args *a, dm_cpu_isa isa, const int32_t *first, int32_t num_active, int32_t i,
+                     float *panels, float *wbuf, int split) {
+    int32_t lo = 0, hi = num_active; /* first[lo] <= i < first[hi] */
+    while (hi - lo > 1) {
+        const int32_t mid = (lo + hi) / 2;
+        if (first[mid] <= i) lo = mid;
+        else hi = mid;
+    }
+    const int32_t e = a->plan.active_experts[lo], off = a->plan.expert_offsets[e];
+    const int32_t R = a->plan.expert_offsets[e + 1] - off, step = dm_cpu_chunk_rows(R);
+    const int32_t c0 = (i - first[lo]) * step, rows = R - c0 < step ? R - c0 : step;
+    if (isa == DM_CPU_ISA_AVX2 && R < DM_PANEL_MIN_ROWS)
+        run_skinny(a, e, off + c0, rows, split);
+    else
+        run_panels(a, isa == DM_CPU_ISA_AVX2 ? &dm_cpu_panels_avx2 : &dm_cpu_panels_scalar, e, off + c0, rows, panels,
+                   wbuf, split);
+}
+
+/* What the team of one call shares. */
+typedef struct experts_job {
+    const dm_experts_args *a;
+    dm_cpu_isa isa;
+    const int32_t *first; /* [num_active + 1] first item of each active expert */
+    int32_t num_active, items;
+    float *slices; /* one slice of `slice` floats per thread */
+    size_t slice, cap;
+    int split;    /* fewer items than 2 per thread: each one over the whole team */
+    int32_t next; /* the next item a thread takes (whole items) */
+} experts_job;
+
+static void experts_body(void *arg) {
+    experts_job *j = (experts_job *)arg;
+    const dm_experts_args *a = j->a;
+    float *own = j->slices + (size_t)omp_get_thread_num() * j->slice;
+    float *wbuf = own + j->cap * (size_t)(a->experts.hidden + a->experts.inter);
+    if (j->split) {
+        /* packed into the first slice, shared by the team */
+        for (int32_t i = 0; i < j->items; i++) run_item(a, j->isa, j->first, j->num_active, i, j->slices, wbuf, 1);
+    } else {
+        /* Dynamic schedule by hand: libgomp's allocates a work share when
+         * the loop runs outside a parallel region (one thread). */
+        for (int32_t i; (i = __atomic_fetch_add(&j->next, 1, __ATOMIC_RELAXED)) < j->items;)
+            run_item(a, j->isa, j->first, j->num_active, i, own, wbuf, 0);
+    }
 }
 
 dynmoe_status dm_cpu_experts(dynmoe_ctx *ctx, const dm_experts_args *a, void *stream) {
     (void)ctx;
     (void)stream;
+    dm_cpu_isa isa;
+    const dynmoe_status st = dm_cpu_isa_current(&isa);
+    if (st != DYNMOE_OK) return st;
     const dynmoe_plan *p = &a->plan;
     const int32_t num_active = *p->num_active;
     const int32_t Hd = a->experts.hidden, In = a->experts.inter;
-    const size_t tile_floats = (size_t)DM_CPU_TILE_ROWS * (size_t)(Hd > In ? Hd : In);
-    const size_t scratch_floats = dm_cpu_scratch_floats((size_t)Hd, (size_t)In, (size_t)p->num_slots);
-    /* The workspace holds one scratch per thread it was sized for. */
-    int threads = omp_get_max_threads();
-    const size_t tiles = a->scratch_bytes / (scratch_floats * sizeof(float));
-    if ((size_t)threads > tiles) threads = (int)tiles;
-    if (threads < 1) return dm_fail(DYNMOE_ERR_INTERNAL, "dynmoe: workspace scratch holds no weight tile");
+    /* The scratch: the item table, then one slice of packed rows per core. */
+    int32_t *first = (int32_t *)a->scratch;
+    const size_t table = dm_cpu_item_table_floats((size_t)p->num_experts);
+    const size_t slice = dm_cpu_scratch_floats((size_t)Hd, (size_t)In, (size_t)p->num_slots);
+    const size_t bytes = a->scratch_bytes / sizeof(float) > table ? a->scratch_bytes / sizeof(float) - table : 0;
+    int threads = dm_cpu_threads();
+    if ((size_t)threads > bytes / slice) threads = (int)(bytes / slice);
+    if (threads < 1) return dm_fail(DYNMOE_ERR_INTERNAL, "dynmoe: the workspace's CPU scratch holds no slice");
+    float *slices = (float *)a->scratch + table;
+    const size_t cap = dm_cpu_panel_capacity((size_t)p->num_slots);
 
-    if (num_active >= 2 * threads) {
-        /* Prefill: whole experts per thread (a sgemm inside runs serially: the
-         * OpenMP build of OpenBLAS does not fork inside a parallel region). */
-#pragma omp parallel num_threads(threads)
-        {
-            float *scratch = (float *)a->scratch + (size_t)omp_get_thread_num() * scratch_floats;
-#pragma omp for schedule(dynamic, 1)
-            for (int32_t ai = 0; ai < num_active; ai++) {
-                const int32_t e = p->active_experts[ai];
-                const int32_t R = p->expert_offsets[e + 1] - p->expert_offsets[e];
-                if (R < DM_PANEL_MIN_ROWS || !dm_cpu_ffn_panels(a, e, scratch))
-                    run_expert(a, e, scratch, tile_floats, 0);
-            }
-        }
-    } else {
-        /* Decode or few experts: one expert at a time, threads inside the GEMMs. */
-        for (int32_t ai = 0; ai < num_active; ai++)
-            run_expert(a, p->active_experts[ai], (float *)a->scratch, tile_floats, 1);
+    int32_t items = 0;
+    for (int32_t ai = 0; ai < num_active; ai++) {
+        const int32_t e = p->active_experts[ai];
+        first[ai] = items;
+        items += chunks_of(p->expert_offsets[e + 1] - p->expert_offsets[e]);
     }
+    first[num_active] = items;
+    if (items == 0) return DYNMOE_OK; /* nothing routed to a real expert */
+    experts_job j = {a, isa, first, num_active, items, slices, slice, cap, items < 2 * threads, 0};
+    dm_cpu_parallel(threads, experts_body, &j);
     return DYNMOE_OK;
 }

@@ -1,5 +1,8 @@
-/* cpu/ffn_panels.c — one expert's whole FFN (GEMM 1, activation, GEMM 2) for
- * prefill row counts, with the weights read in place (f32) instead of packed.
+/* cpu/ffn_panels.c — the AVX2 kernels of an expert's FFN for 8 rows and more:
+ * GEMM 1 + activation and GEMM 2 of one chunk (up to DM_CPU_PANEL_ROWS rows of
+ * one expert, packed by dm_cpu_chunk_pack), each over a range of weight-row
+ * blocks so that experts.c can give a chunk's blocks to several threads. The
+ * weights are read in place (f32) instead of packed.
  *
  * Why not sgemm: OpenBLAS packs (copies) each weight panel before it uses it
  * R times; at the 19-128 rows an expert gets in prefill that copy and the
@@ -198,38 +201,22 @@ DM_AVX2 static const float *weight_row(const void *W, dynmoe_dtype dt, int64_t n
     return buf;
 }
 
-/* Rows [c0, c0 + R) of expert e, R <= dm_cpu_panel_capacity(T * S). */
-DM_AVX2 static void ffn_chunk(const dm_experts_args *a, int32_t e, int32_t c0, int32_t R, float *scratch) {
-    const dynmoe_experts *ex = &a->experts;
-    const int32_t Hd = ex->hidden, In = ex->inter, S = a->slots;
-    /* P panels (the last one padded), or full panels and nd rows for dot_2x6 */
-    const int32_t nd = R % 8 <= DOT_MAX_ROWS ? R % 8 : 0, P = (R - nd + 7) / 8;
+/* GEMM 1 + activation, blocks [b_begin, b_end) of gate rows n0..n0+5 and
+ * their up rows In+n0..In+n0+5, n0 = 6b (past the edge: the last row again,
+ * results dropped). A tile of nw rows takes nw/2 gate rows with their up rows. */
+DM_AVX2 static void gemm1_avx2(const dm_cpu_chunk *c, int32_t b_begin, int32_t b_end, float *wbuf) {
+    const dynmoe_experts *ex = &c->a->experts;
+    const int32_t Hd = ex->hidden, In = ex->inter, P = c->P, nd = c->nd;
     const dynmoe_dtype dt = ex->dtype;
     const size_t esz = dm_dtype_size(dt);
-    const int32_t r0 = a->plan.expert_offsets[e] + c0;
-    const int32_t *slots = a->plan.sorted_slots + r0;
-    const char *w13 = (const char *)ex->w13 + (size_t)e * 2 * In * Hd * esz;
-    const char *w2 = (const char *)ex->w2 + (size_t)e * Hd * In * esz;
-    float *y = (float *)a->rows_y + (int64_t)r0 * Hd;
-    const size_t cap = dm_cpu_panel_capacity((size_t)a->plan.num_slots);
-    float *xp = scratch, *ap = xp + cap * (size_t)Hd, *wbuf = ap + cap * (size_t)In;
+    const char *w13 = (const char *)ex->w13 + (size_t)c->e * 2 * In * Hd * esz;
+    const float *xp = c->xp, *xd = xp + (int64_t)P * 8 * Hd;
+    float *ap = c->ap, *ad = ap + (int64_t)P * 8 * In;
     const int geglu = ex->act == DYNMOE_ACT_GEGLU;
     panel_group groups[DM_CPU_PANEL_ROWS / 16 + 2];
     const int ng = P ? panel_groups(P, groups) : 0;
 
-    /* rows 0..8P-1 into panels, the nd rows after them as plain rows */
-    float *xd = xp + (int64_t)P * 8 * Hd, *ad = ap + (int64_t)P * 8 * In;
-    for (int32_t r = 0; r < 8 * P + nd; r++) {
-        const int panel = r < 8 * P;
-        float *d = panel ? xp + (int64_t)(r / 8) * 8 * Hd + r % 8 : xd + (int64_t)(r - 8 * P) * Hd;
-        const int64_t step = panel ? 8 : 1, x0 = r < R ? (int64_t)(slots[r] / S) * Hd : 0;
-        for (int32_t k = 0; k < Hd; k++) d[step * k] = r < R ? dm_load(a->x, dt, x0 + k) : 0.0f;
-    }
-
-    /* GEMM 1 + activation, a block of gate rows n0..n0+5 and their up rows
-     * In+n0..In+n0+5 (past the edge: the last row again, results dropped).
-     * A tile of nw rows takes nw/2 gate rows with their up rows. */
-    for (int32_t n0 = 0; n0 < In; n0 += WB / 2) {
+    for (int32_t n0 = b_begin * (WB / 2); n0 < In && n0 < b_end * (WB / 2); n0 += WB / 2) {
         const float *gate[WB / 2], *up[WB / 2];
         const char *pf_gate[WB / 2], *pf_up[WB / 2];
         for (int i = 0; i < WB / 2; i++) {
@@ -276,9 +263,22 @@ DM_AVX2 static void ffn_chunk(const dm_experts_args *a, int32_t e, int32_t c0, i
                     ad[(int64_t)(r + j) * In + n0 + i] = dm_cpu_act(g[j][i], u[j][i], geglu);
         }
     }
+}
 
-    /* GEMM 2: a block of WB rows of W2, results transposed back into y rows. */
-    for (int32_t n0 = 0; n0 < Hd; n0 += WB) {
+/* GEMM 2, blocks [b_begin, b_end) of WB rows of W2 (n0 = 12b), results
+ * transposed back into y rows. */
+DM_AVX2 static void gemm2_avx2(const dm_cpu_chunk *c, int32_t b_begin, int32_t b_end, float *wbuf) {
+    const dynmoe_experts *ex = &c->a->experts;
+    const int32_t Hd = ex->hidden, In = ex->inter, P = c->P, nd = c->nd, R = c->R;
+    const dynmoe_dtype dt = ex->dtype;
+    const size_t esz = dm_dtype_size(dt);
+    const char *w2 = (const char *)ex->w2 + (size_t)c->e * Hd * In * esz;
+    const float *ap = c->ap, *ad = ap + (int64_t)P * 8 * In;
+    float *y = (float *)c->a->rows_y + (int64_t)c->r0 * Hd;
+    panel_group groups[DM_CPU_PANEL_ROWS / 16 + 2];
+    const int ng = P ? panel_groups(P, groups) : 0;
+
+    for (int32_t n0 = b_begin * WB; n0 < Hd && n0 < b_end * WB; n0 += WB) {
         const float *wrow[WB];
         const char *pf_row[WB];
         for (int i = 0; i < WB; i++) {
@@ -315,23 +315,12 @@ DM_AVX2 static void ffn_chunk(const dm_experts_args *a, int32_t e, int32_t c0, i
     }
 }
 
-int dm_cpu_ffn_panels(const dm_experts_args *a, int32_t e, float *scratch) {
-    if (!dm_cpu_simd_ok(a->experts.dtype)) return 0;
-    const int32_t R = a->plan.expert_offsets[e + 1] - a->plan.expert_offsets[e];
-    /* Equal chunks in multiples of 16 rows: 136 rows as 128 + 8 would read
-     * the weights a second time for 8 rows (measured: 139 against 170 GFLOP/s). */
-    const int32_t chunks = (R + DM_CPU_PANEL_ROWS - 1) / DM_CPU_PANEL_ROWS;
-    int32_t step = ((R + chunks - 1) / chunks + 15) / 16 * 16;
-    if (step > DM_CPU_PANEL_ROWS) step = DM_CPU_PANEL_ROWS;
-    for (int32_t c0 = 0; c0 < R; c0 += step) ffn_chunk(a, e, c0, R - c0 < step ? R - c0 : step, scratch);
-    return 1;
-}
+_Static_assert(WB / 2 == DM_CPU_GEMM1_BLOCK && WB == DM_CPU_GEMM2_BLOCK && WB == DM_CPU_WBUF_ROWS,
+               "ffn_panels.c blocks are the ones experts.c schedules");
+const dm_cpu_panel_kernels dm_cpu_panels_avx2 = {gemm1_avx2, gemm2_avx2, DOT_MAX_ROWS};
 
 #else
 
-int dm_cpu_ffn_panels(const dm_experts_args *a, int32_t e, float *scratch) {
-    (void)a, (void)e, (void)scratch;
-    return 0;
-}
+const dm_cpu_panel_kernels dm_cpu_panels_avx2 = {NULL, NULL, 0};
 
 #endif

@@ -12,8 +12,9 @@
  * a 4x3 register block does 12 FMAs of 8 lanes per 7 vector loads. Weights may be fp32, bf16 or f16; the
  * 16-bit ones are widened in registers (no tile copy at all).
  *
- * x86-64 with AVX2+FMA(+F16C) only, chosen at run time; elsewhere the caller
- * falls back to BLAS. */
+ * The AVX2 path (isa.c) for experts with fewer than 8 rows; experts.c gives
+ * ranges of columns to threads. Each C element is one dot product in a fixed
+ * order (8 lanes over k, their sum, then the tail), wherever its block is. */
 #include "../hd.h"
 #include "cpu.h"
 #include "simd.h"
@@ -52,12 +53,11 @@ DEFINE_BLOCK(block_f32, dm_load8_f32, DYNMOE_F32)
 DEFINE_BLOCK(block_bf16, dm_load8_bf16, DYNMOE_BF16)
 DEFINE_BLOCK(block_f16, dm_load8_f16, DYNMOE_F16)
 
-DM_AVX2 static void skinny_avx2(int32_t M, int32_t N, int32_t K, const float *A, int32_t lda,
-                                  const void *W, dynmoe_dtype dt, float *C, int32_t ldc, int threads) {
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
-    for (int32_t n0 = 0; n0 < N; n0 += NR) {
+DM_AVX2 void dm_cpu_gemm_skinny_avx2(int32_t M, int32_t n_begin, int32_t n_end, int32_t K, const float *A,
+                                     int32_t lda, const void *W, dynmoe_dtype dt, float *C, int32_t ldc) {
+    for (int32_t n0 = n_begin; n0 < n_end; n0 += NR) {
         int64_t wrow[NR];
-        for (int i = 0; i < NR; i++) wrow[i] = (int64_t)(n0 + i < N ? n0 + i : N - 1) * K;
+        for (int i = 0; i < NR; i++) wrow[i] = (int64_t)(n0 + i < n_end ? n0 + i : n_end - 1) * K;
         for (int32_t m0 = 0; m0 < M; m0 += MR) {
             const float *a[MR];
             for (int j = 0; j < MR; j++) a[j] = A + (int64_t)(m0 + j < M ? m0 + j : M - 1) * lda;
@@ -66,24 +66,16 @@ DM_AVX2 static void skinny_avx2(int32_t M, int32_t N, int32_t K, const float *A,
             else if (dt == DYNMOE_F16) block_f16(K, a, W, wrow, out);
             else block_f32(K, a, W, wrow, out);
             for (int j = 0; j < MR && m0 + j < M; j++)
-                for (int i = 0; i < NR && n0 + i < N; i++) C[(int64_t)(m0 + j) * ldc + n0 + i] = out[j][i];
+                for (int i = 0; i < NR && n0 + i < n_end; i++) C[(int64_t)(m0 + j) * ldc + n0 + i] = out[j][i];
         }
     }
 }
 
-int dm_cpu_gemm_skinny(int32_t M, int32_t N, int32_t K, const float *A, int32_t lda, const void *W,
-                       dynmoe_dtype dt, float *C, int32_t ldc, int threads) {
-    if (!dm_cpu_simd_ok(dt)) return 0;
-    skinny_avx2(M, N, K, A, lda, W, dt, C, ldc, threads);
-    return 1;
-}
-
 #else
 
-int dm_cpu_gemm_skinny(int32_t M, int32_t N, int32_t K, const float *A, int32_t lda, const void *W,
-                       dynmoe_dtype dt, float *C, int32_t ldc, int threads) {
-    (void)M, (void)N, (void)K, (void)A, (void)lda, (void)W, (void)dt, (void)C, (void)ldc, (void)threads;
-    return 0;
+void dm_cpu_gemm_skinny_avx2(int32_t M, int32_t n_begin, int32_t n_end, int32_t K, const float *A, int32_t lda,
+                             const void *W, dynmoe_dtype dt, float *C, int32_t ldc) {
+    (void)M, (void)n_begin, (void)n_end, (void)K, (void)A, (void)lda, (void)W, (void)dt, (void)C, (void)ldc;
 }
 
 #endif

@@ -30,44 +30,63 @@ static void route_stats(dynmoe_stats *s, int64_t T, int64_t nonfinite, int64_t e
     s->invalid_ids = 0;
 }
 
-dynmoe_status dm_cpu_route(dynmoe_ctx *ctx, const dm_route_args *a, void *stream) {
-    (void)ctx;
-    (void)stream;
+/* What the threads of a routing call share: the arguments and the counts
+ * for the stats (each thread adds its own once). */
+typedef struct route_job {
+    const void *args; /* dm_route_args or dm_route_tasks_args */
+    int64_t nonfinite, empty, zero;
+} route_job;
+
+static void add_counts(route_job *j, int64_t nonfinite, int64_t empty, int64_t zero) {
+#pragma omp atomic
+    j->nonfinite += nonfinite;
+#pragma omp atomic
+    j->empty += empty;
+#pragma omp atomic
+    j->zero += zero;
+}
+
+static void route_body(void *arg) {
+    route_job *j = (route_job *)arg;
+    const dm_route_args *a = (const dm_route_args *)j->args;
     const dynmoe_router *r = &a->router;
     const int32_t E = r->num_experts, N = E + r->num_zero_experts, K = r->top_k;
     int64_t nonfinite = 0, empty = 0, zero = 0;
     /* Per-thread scratch lives on the stack (16 KiB): the forward path allocates nothing. */
-#pragma omp parallel reduction(+ : nonfinite, empty, zero)
-    {
-        dm_token_scratch scratch;
-        float lbuf[2 * DYNMOE_MAX_EXPERTS];
-#pragma omp for schedule(static)
-        for (int64_t t = 0; t < a->T; t++) {
-            const float *logits = row_f32(a->logits, a->logits_dtype, t, N, lbuf);
-            const float *mask = a->mask_logits ? row_f32(a->mask_logits, a->logits_dtype, t, E, lbuf + N) : NULL;
-            nonfinite += dm_route_token_serial(r, logits, a->bias, mask, &scratch, a->ids + t * K,
-                                               a->weights + t * K);
-            count_slots(a->ids + t * K, K, E, &empty, &zero);
-        }
+    dm_token_scratch scratch;
+    float lbuf[2 * DYNMOE_MAX_EXPERTS];
+#pragma omp for schedule(static) nowait
+    for (int64_t t = 0; t < a->T; t++) {
+        const float *logits = row_f32(a->logits, a->logits_dtype, t, N, lbuf);
+        const float *mask = a->mask_logits ? row_f32(a->mask_logits, a->logits_dtype, t, E, lbuf + N) : NULL;
+        nonfinite += dm_route_token_serial(r, logits, a->bias, mask, &scratch, a->ids + t * K, a->weights + t * K);
+        count_slots(a->ids + t * K, K, E, &empty, &zero);
     }
-    route_stats(a->stats, a->T, nonfinite, empty, zero);
+    add_counts(j, nonfinite, empty, zero);
+}
+
+dynmoe_status dm_cpu_route(dynmoe_ctx *ctx, const dm_route_args *a, void *stream) {
+    (void)ctx;
+    (void)stream;
+    route_job j = {a, 0, 0, 0};
+    dm_cpu_parallel(dm_cpu_threads(), route_body, &j);
+    route_stats(a->stats, a->T, j.nonfinite, j.empty, j.zero);
     return DYNMOE_OK;
 }
 
 /* CaRE: for each picked task, expert logits W_r x then the usual route. */
-dynmoe_status dm_cpu_route_tasks(dynmoe_ctx *ctx, const dm_route_tasks_args *a, void *stream) {
-    (void)ctx;
-    (void)stream;
+static void route_tasks_body(void *arg) {
+    route_job *j = (route_job *)arg;
+    const dm_route_tasks_args *a = (const dm_route_tasks_args *)j->args;
     const dynmoe_router *r = &a->router;
     const int32_t N = r->num_experts + r->num_zero_experts, K = r->top_k, H = a->hidden;
     const int32_t R = r->num_tasks, P = r->top_tasks, S = K * P;
     int64_t nonfinite = 0, empty = 0, zero = 0;
-#pragma omp parallel reduction(+ : nonfinite, empty, zero)
     {
         dm_token_scratch scratch;
         float logits[DYNMOE_MAX_EXPERTS];
         {
-#pragma omp for schedule(static)
+#pragma omp for schedule(static) nowait
             for (int64_t t = 0; t < a->T; t++) {
                 float task_c[DYNMOE_MAX_TOP_K];
                 int32_t task_id[DYNMOE_MAX_TOP_K];
@@ -101,6 +120,14 @@ dynmoe_status dm_cpu_route_tasks(dynmoe_ctx *ctx, const dm_route_tasks_args *a, 
             }
         }
     }
-    route_stats(a->stats, a->T, nonfinite, empty, zero);
+    add_counts(j, nonfinite, empty, zero);
+}
+
+dynmoe_status dm_cpu_route_tasks(dynmoe_ctx *ctx, const dm_route_tasks_args *a, void *stream) {
+    (void)ctx;
+    (void)stream;
+    route_job j = {a, 0, 0, 0};
+    dm_cpu_parallel(dm_cpu_threads(), route_tasks_body, &j);
+    route_stats(a->stats, a->T, j.nonfinite, j.empty, j.zero);
     return DYNMOE_OK;
 }

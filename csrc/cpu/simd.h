@@ -1,6 +1,6 @@
 /* cpu/simd.h — what the hand-written AVX2 kernels share (gemm_skinny.c,
- * ffn_panels.c): the target attribute, 8-wide loaders per dtype and the run
- * time check. Include only under DM_CPU_X86. */
+ * ffn_panels.c): the target attribute and 8-wide loaders per dtype (the run
+ * time check is dm_cpu_isa_best() in isa.c). Defines DM_CPU_X86 on x86-64. */
 #ifndef DYNMOE_CPU_SIMD_H
 #define DYNMOE_CPU_SIMD_H
 
@@ -32,13 +32,6 @@ DM_AVX2 static inline float dm_hsum8(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-/* AVX2 + FMA, and F16C when dt is f16 (CPUID leaf 1, ECX bit 29: clang's
- * __builtin_cpu_supports lacks "f16c"). */
-static inline int dm_cpu_simd_ok(dynmoe_dtype dt) {
-    unsigned eax, ebx, ecx = 0, edx;
-    int f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & (1u << 29));
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && (dt != DYNMOE_F16 || f16c);
-}
 #endif
 
 #endif

@@ -1,0 +1,53 @@
+/* cpu/isa.c — which instruction path the CPU expert kernels take, chosen at
+ * run time: the best one this CPU has, lowered by DYNMOE_CPU_ISA (a path
+ * name), which is read at every call so that a test can run every path in
+ * one process. The choice is one pure function (dm_cpu_isa_select); the rest
+ * reads the CPU and the environment.
+ *
+ *   scalar  plain C (ffn_scalar.c): any CPU, and the last resort
+ *   avx2    AVX2 + FMA + F16C (ffn_panels.c, gemm_skinny.c); F16C is part of
+ *           the path for every dtype, so the path never depends on the dtype
+ *           (every AVX2 CPU so far has it) */
+#include <stdlib.h>
+#include <string.h>
+
+#include "cpu.h"
+#include "simd.h"
+
+static const char *const isa_names[DM_CPU_ISA_COUNT] = {"scalar", "avx2"};
+
+const char *dm_cpu_isa_name(dm_cpu_isa isa) {
+    return (unsigned)isa < DM_CPU_ISA_COUNT ? isa_names[isa] : "unknown";
+}
+
+int dm_cpu_isa_select(const char *request, dm_cpu_isa best) {
+    if (request == NULL || request[0] == '\0') return (int)best;
+    for (int i = 0; i < DM_CPU_ISA_COUNT; i++)
+        if (strcmp(request, isa_names[i]) == 0) return i < (int)best ? i : (int)best;
+    return -1;
+}
+
+dm_cpu_isa dm_cpu_isa_best(void) {
+#ifdef DM_CPU_X86
+    /* F16C: CPUID leaf 1, ECX bit 29 (clang's __builtin_cpu_supports lacks "f16c"). */
+    unsigned eax, ebx, ecx = 0, edx;
+    const int f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & (1u << 29));
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c) return DM_CPU_ISA_AVX2;
+#endif
+    return DM_CPU_ISA_SCALAR;
+}
+
+dynmoe_status dm_cpu_isa_current(dm_cpu_isa *isa) {
+    const char *request = getenv("DYNMOE_CPU_ISA");
+    const int i = dm_cpu_isa_select(request, dm_cpu_isa_best());
+    if (i < 0)
+        return dm_fail(DYNMOE_ERR_INVALID_ARGUMENT, "dynmoe: DYNMOE_CPU_ISA=%s names no CPU path (scalar, avx2)",
+                       request);
+    *isa = (dm_cpu_isa)i;
+    return DYNMOE_OK;
+}
+
+const char *dynmoe_cpu_isa(void) {
+    dm_cpu_isa isa = DM_CPU_ISA_SCALAR;
+    return dm_cpu_isa_current(&isa) == DYNMOE_OK ? dm_cpu_isa_name(isa) : NULL;
+}
