@@ -178,20 +178,9 @@ dynmoe_status dm_check_experts(const char *fn, const char *name, const dynmoe_ex
     return check_weight_format(fn, name, x, need > 0);
 }
 
-/* Declared options whose expert kernels are not written yet (issue 15 in
- * progress): refused with DYNMOE_ERR_UNSUPPORTED before anything runs. */
-dynmoe_status dm_check_implemented(const char *fn, const dynmoe_router *r, const dynmoe_experts *x) {
-    if (x->act != DYNMOE_ACT_SWIGLU && x->act != DYNMOE_ACT_GEGLU)
-        return dm_fail(DYNMOE_ERR_UNSUPPORTED, "%s: experts.act %d is not implemented yet", fn, (int)x->act);
-    if (x->b13 != NULL || x->b2 != NULL)
-        return dm_fail(DYNMOE_ERR_UNSUPPORTED, "%s: expert biases are not implemented yet", fn);
-    if (x->gate_up != DYNMOE_GATE_UP_BLOCKED)
-        return dm_fail(DYNMOE_ERR_UNSUPPORTED, "%s: interleaved gate/up rows are not implemented yet", fn);
-    if (r->weight_on_input)
-        return dm_fail(DYNMOE_ERR_UNSUPPORTED, "%s: router.weight_on_input is not implemented yet", fn);
-    if (x->weight_format != DYNMOE_WEIGHTS_PLAIN)
-        return dm_fail(DYNMOE_ERR_UNSUPPORTED, "%s: quantized weights are not implemented yet", fn);
-    return DYNMOE_OK;
+dynmoe_status dm_check_implemented(const char *fn, const dynmoe_ctx *ctx, const dynmoe_router *r,
+                                   const dynmoe_experts *x) {
+    return ctx->ops->supports(fn, r, x);
 }
 
 /* The experts of the router's layer. */
@@ -367,7 +356,7 @@ dynmoe_status dynmoe_experts_forward(dynmoe_ctx *ctx, const dynmoe_router *route
     const dynmoe_experts xt = dm_experts_full(experts);
     router = &rt;
     experts = &xt;
-    TRY(dm_check_implemented(fn, router, experts));
+    TRY(dm_check_implemented(fn, ctx, router, experts));
     TRY(check_tokens(fn, T, slots));
     TRY(dm_check_tensor(fn, "x", x, T));
     TRY(dm_check_tensor(fn, "ids", ids, T));
@@ -397,7 +386,7 @@ dynmoe_status dynmoe_moe_forward(dynmoe_ctx *ctx, const dynmoe_router *router,
     const dynmoe_experts xt = dm_experts_full(experts);
     router = &rt;
     experts = &xt;
-    TRY(dm_check_implemented(fn, router, experts));
+    TRY(dm_check_implemented(fn, ctx, router, experts));
     TRY(check_tokens(fn, T, router->top_k));
     TRY(check_dtype(fn, "logits", logits_dtype));
     TRY(dm_check_tensor(fn, "x", x, T));

@@ -91,6 +91,9 @@ typedef struct dm_backend_ops {
     dynmoe_status (*experts)(dynmoe_ctx *ctx, const dm_experts_args *a, void *stream);
     /* out[t] = sum over slots of w * (rows_y[row] | x[t] for identity zero experts) */
     dynmoe_status (*combine)(dynmoe_ctx *ctx, const dm_experts_args *a, void *stream);
+    /* DYNMOE_OK when this backend's expert kernels implement every option of
+     * (r, x), else DYNMOE_ERR_UNSUPPORTED with a message naming fn and the option */
+    dynmoe_status (*supports)(const char *fn, const dynmoe_router *r, const dynmoe_experts *x);
     void (*destroy)(dynmoe_ctx *ctx); /* frees ctx->impl */
 } dm_backend_ops;
 
@@ -119,8 +122,10 @@ dynmoe_status dm_check_tensor(const char *fn, const char *name, const void *p, i
  * weights may be NULL only when T == 0 or num_experts == 0. */
 dynmoe_status dm_check_experts(const char *fn, const char *name, const dynmoe_experts *x,
                                int32_t num_experts, int64_t T);
-/* DYNMOE_ERR_UNSUPPORTED for declared options the expert kernels lack. */
-dynmoe_status dm_check_implemented(const char *fn, const dynmoe_router *r, const dynmoe_experts *x);
+/* DYNMOE_ERR_UNSUPPORTED for declared options ctx's expert kernels lack
+ * (ctx->ops->supports; full structs). */
+dynmoe_status dm_check_implemented(const char *fn, const dynmoe_ctx *ctx, const dynmoe_router *r,
+                                   const dynmoe_experts *x);
 /* A checked struct as this release knows it: a shorter (older) one with the
  * newer fields at their initializer defaults. */
 dynmoe_router dm_router_full(const dynmoe_router *r);

@@ -43,8 +43,26 @@ static void op_destroy(dynmoe_ctx *ctx) {
     ctx->impl = NULL;
 }
 
+/* What the CUDA expert kernels do not implement yet (issues 15, 16). */
+static dynmoe_status op_supports(const char *fn, const dynmoe_router *r, const dynmoe_experts *x) {
+    if (x->act != DYNMOE_ACT_SWIGLU && x->act != DYNMOE_ACT_GEGLU)
+        return dm_fail(DYNMOE_ERR_UNSUPPORTED, "%s: experts.act %d is not implemented on the CUDA backend yet", fn,
+                       (int)x->act);
+    if (x->b13 != NULL || x->b2 != NULL)
+        return dm_fail(DYNMOE_ERR_UNSUPPORTED, "%s: expert biases are not implemented on the CUDA backend yet", fn);
+    if (x->gate_up != DYNMOE_GATE_UP_BLOCKED)
+        return dm_fail(DYNMOE_ERR_UNSUPPORTED, "%s: interleaved gate/up rows are not implemented on the CUDA backend yet",
+                       fn);
+    if (r->weight_on_input)
+        return dm_fail(DYNMOE_ERR_UNSUPPORTED, "%s: router.weight_on_input is not implemented on the CUDA backend yet",
+                       fn);
+    if (x->weight_format != DYNMOE_WEIGHTS_PLAIN)
+        return dm_fail(DYNMOE_ERR_UNSUPPORTED, "%s: quantized weights are not implemented on the CUDA backend yet", fn);
+    return DYNMOE_OK;
+}
+
 static const dm_backend_ops dm_cuda_ops = {
-    op_route, op_route_tasks, op_plan, op_experts, op_combine, op_destroy,
+    op_route, op_route_tasks, op_plan, op_experts, op_combine, op_supports, op_destroy,
 };
 
 extern "C" int dm_cuda_device_count(void) {

@@ -387,6 +387,7 @@ static dynmoe_status check_forward(const char *fn, dynmoe_ep *ep, dynmoe_ctx *ct
     if (router->weight_on_input)
         return dm_fail(DYNMOE_ERR_UNSUPPORTED, "%s: router.weight_on_input is not supported with expert parallelism",
                        fn);
+    TRY(dm_check_implemented(fn, ctx, router, local_experts));
     if ((unsigned)mode >= DYNMOE_EP_MODE_COUNT) return INVALID("%s: unknown mode %d", fn, (int)mode);
     if (T < 0 || T > ep->max_tokens)
         return INVALID("%s: T = %lld must be in [0, config.max_tokens = %lld]", fn, (long long)T,
