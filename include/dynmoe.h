@@ -41,7 +41,7 @@ extern "C" {
 #endif
 
 #define DYNMOE_VERSION_MAJOR 0
-#define DYNMOE_VERSION_MINOR 1
+#define DYNMOE_VERSION_MINOR 2
 #define DYNMOE_VERSION_PATCH 0
 /* MAJOR*10000 + MINOR*100 + PATCH, the value dynmoe_version() returns. */
 #define DYNMOE_VERSION \
