@@ -2,8 +2,11 @@
  * dynmoe's own kernels (no BLAS).
  *
  * Each active expert e has rows [r0, r0 + R_e) of the plan; its FFN
- *   y[r] = W2_e . act(W1_e . x[token(r)]) * (W3_e . x[token(r)])
- * lands in rows_y[r0 + r]. An expert with no rows is never visited, so it
+ *   h = s_r * (W13_e . x[token(r)]) + b13_e   (s_r: the slot weight under
+ *                                              router.weight_on_input, else 1)
+ *   y[r] = W2_e . act(h) + b2_e               (act_rules.h: gate/up rows, dm_activate)
+ * lands in rows_y[r0 + r]; W13/W2 may be quantized (dequantized a row at a
+ * time into the thread's wbuf by the kernels, cpu.h dm_cpu_weight_row). An expert with no rows is never visited, so it
  * reads no weights: cost follows the rows. Napkin math (Qwen3-30B-A3B,
  * T = 2048, K = 8): 16384 rows, 6 * 16384 * 768 * 2048 = 155 GFLOP and 2.4 GB
  * of fp32 weights; the bound is the machine's dense sgemm rate.
