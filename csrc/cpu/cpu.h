@@ -56,7 +56,7 @@ dynmoe_status dm_cpu_isa_current(dm_cpu_isa *isa);
 /* One work item of the panel kernels: plan rows [r0, r0 + R) of expert e,
  * R <= DM_CPU_PANEL_ROWS. Rows 0..8P-1 are packed k-major in P 8-row panels
  *   xp[p][k][j] = x[token of row 8p+j][k]    (rows past R are 0)
- *   ap[p][i][j] = act(gate_i . xp) * (up_i . xp)
+ *   ap[p][i][j] = activated unit i of row 8p+j (dm_cpu_unit)
  * and the nd rows after them are plain rows (xp + 8P*H, ap + 8P*I). */
 typedef struct dm_cpu_chunk {
     const dm_experts_args *a;

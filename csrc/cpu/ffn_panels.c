@@ -12,16 +12,17 @@
  * small operand, the activations, is what gets packed, in 8-row panels:
  *
  *   xp[p][k][j] = x[token of row 8p+j][k]            (rows past R are 0)
- *   ap[p][i][j] = act(gate_i . xp) * (up_i . xp)     GEMM 1 + activation
- *   y[8p+j][n]  = W2[n] . ap[p][.][j]                GEMM 2, stored as rows
+ *   ap[p][i][j] = act(s * (W13 rows of unit i . xp) + b13)   GEMM 1 + epilogue
+ *   y[8p+j][n]  = W2[n] . ap[p][.][j] + b2[n]                 GEMM 2, stored as rows
  *
  * Weights go in blocks of 12 rows (GEMM 1: 6 gate rows with their 6 up rows,
- * so the activation is applied to the accumulators and h is never stored).
+ * or 12 rows of a non-gated activation, so the epilogue is applied to the
+ * accumulators and h is never stored; s is the row's weight_on_input scale).
  * A block (<= 96 KiB at K = 2048) stays in L2 while every panel of the chunk
  * passes it through a register tile (6 x 2 or 4 x 3 rows x panels, below), so
  * a weight is read from memory once per chunk of up to DM_CPU_PANEL_ROWS rows,
- * and the next block is prefetched meanwhile. bf16/f16 weights are widened a
- * block at a time into the scratch. Napkin math (Qwen3 expert, R = 64, f32):
+ * and the next block is prefetched meanwhile. bf16/f16 weights are widened and
+ * quantized ones decoded a block at a time into the scratch (simd.h). Napkin math (Qwen3 expert, R = 64, f32):
  * 1.2 GFLOP against 18.9 MB of weights, 64 FLOP per weight byte: compute
  * bound on 2 cores at ~25 GB/s; at R = 19 the weight stream is half the time. */
 #include "../hd.h"
@@ -30,7 +31,7 @@
 
 #ifdef DM_CPU_X86
 
-/* Weight rows per block: GEMM 1 takes 6 gate rows with their 6 up rows. */
+/* Weight rows per block: GEMM 1 takes 6 gate rows with their 6 up rows (or 12 non-gated rows). */
 #define WB 12
 
 /* The three register tiles, by weight rows x panels (8 rows each):
