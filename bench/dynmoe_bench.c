@@ -17,6 +17,10 @@
  * Active FLOPs = 6*R*H*I with R = routed rows = T*K*keep*(1-zero share);
  * at T = 2048: R = 16384, 155 GFLOP — about 1.5 s on 2 AVX2 cores at
  * ~100 GFLOP/s, ~0.3 ms on an H100 at ~600 TFLOP/s.
+ * --weights stores the same experts quantized (bench_quant.c): bytes per
+ * weight 4 / 2 (f32 / bf16), 1.0002 (fp8_block), 0.53 (mxfp4: 1/2 + 1/32),
+ * 0.52 (int4, group 128: 1/2 + 3/128). Decode reads each active expert's
+ * bytes once, so its bound scales with these; prefill stays FLOP-bound.
  */
 #define _GNU_SOURCE 1 /* popen, isatty, gmtime_r */
 
