@@ -356,7 +356,7 @@ class Experts:
         self.dtype = bdt
         self.num_experts, self.hidden, self.inter = int(e), int(h), int(i)
         self._c = (w13, w2, self._act, b13, b2, gu, alpha, limit, fmt, w13_scale, w2_scale, w13_zero, w2_zero,
-                   group_size, _KIND.get(dtype, 0) if fmt else 0)
+                   group_size, _KIND.get(bdt, 0) if fmt else 0)
 
     # The options as lists and optional tensors, the form the torch ops take
     # after (w13, w2, act): see dynmoe._torch.
