@@ -200,6 +200,79 @@ TEST_P(Alloc, WarmForwardsAllocateNothing) {
 }
 
 /* The counter itself: a heap call inside the window is seen. */
+/* The expert options of issues 15 and 16 (activations, interleaved gate/up,
+ * biases, weight_on_input, quantized weights) on the decode, split and
+ * prefill schedules: still no allocation on warm forwards. */
+struct OptionCase {
+    const char *name;
+    dynmoe_act act;
+    ExpertOptions ex;
+    bool on_input;
+};
+
+std::vector<OptionCase> option_cases() {
+    std::vector<OptionCase> v;
+    ExpertOptions oss;
+    oss.gate_up = DYNMOE_GATE_UP_INTERLEAVED;
+    oss.bias = true;
+    v.push_back({"swiglu_oai interleaved bias, on input", DYNMOE_ACT_SWIGLU_OAI, oss, true});
+    ExpertOptions b;
+    b.bias = true;
+    v.push_back({"relu2 bias", DYNMOE_ACT_RELU2, b, false});
+    return v;
+}
+
+TEST_P(Alloc, WarmForwardsWithOptionsAllocateNothing) {
+    const dynmoe_backend cpu = DYNMOE_BACKEND_CPU;
+    const int32_t H = 96, I = 64;
+    const int saved_threads = omp_get_max_threads(), procs = omp_get_num_procs();
+    for (const OptionCase &oc : option_cases()) {
+        for (const Scenario &sc : {kScenarios[0], kScenarios[3], kScenarios[5]}) {
+            for (dynmoe_dtype dt : {DYNMOE_F32, DYNMOE_BF16}) {
+                Rng rng(base_seed() + 31 * (uint64_t)sc.T + (uint64_t)dt);
+                ModelCase c;
+                c.name = sc.name;
+                c.router = make_router(sc.E, sc.K);
+                c.router.norm = DYNMOE_NORM_SELECTED;
+                c.router.weight_on_input = oc.on_input ? 1 : 0;
+                c.H = H;
+                c.I = I;
+                const dynmoe_router &r = c.router;
+                RouteInputs in = make_route_inputs(c, sc.T, DYNMOE_F32, rng);
+                if (sc.hot > 0)
+                    for (int64_t t = 0; t < sc.T; t++)
+                        for (int32_t e = 0; e < sc.hot; e++) {
+                            const size_t i = (size_t)(t * sc.E + e);
+                            set_packed(in.logits, i, (float)in.logits.values[i] + 20.0f);
+                        }
+                ExpertWeights w = make_experts(sc.E, H, I, oc.act, dt, rng, oc.ex);
+                BackendExperts bx = upload_experts(cpu, r, w, dt);
+                const dynmoe_experts &ex = bx.desc;
+                Packed x = random_x(sc.T, H, dt, rng);
+                const size_t ws_bytes = dynmoe_workspace_size(&r, &ex, sc.T);
+                ASSERT_GT(ws_bytes, 0u) << dynmoe_last_error();
+                Buffer xb = make_buffer(cpu, x.bytes), logits = make_buffer(cpu, in.logits.bytes);
+                Buffer out(cpu, (size_t)(sc.T * H) * dmref::dtype_size(dt)), ws(cpu, ws_bytes);
+                dynmoe_status st = DYNMOE_ERR_INTERNAL;
+                auto moe = [&] {
+                    st = dynmoe_moe_forward(ctx_, &r, &ex, sc.T, xb.get(), logits.get(), DYNMOE_F32, nullptr, nullptr,
+                                            out.get(), ws.get(), ws_bytes, nullptr);
+                };
+                for (int threads : {1, procs}) {
+                    SCOPED_TRACE(std::string(oc.name) + ", " + sc.name + " " + dtype_name(dt) + ", " +
+                                 std::to_string(threads) + " OpenMP threads");
+                    omp_set_num_threads(threads);
+                    moe(); /* cold */
+                    ASSERT_EQ(st, DYNMOE_OK) << dynmoe_last_error();
+                    EXPECT_EQ(heap_calls(moe), 0) << "dynmoe_moe_forward";
+                    EXPECT_EQ(st, DYNMOE_OK);
+                }
+            }
+        }
+    }
+    omp_set_num_threads(saved_threads);
+}
+
 TEST(AllocCounter, SeesAnAllocation) {
     const long n = heap_calls([] {
         void *volatile p = malloc(64);

@@ -80,8 +80,9 @@ class Forward : public ::testing::TestWithParam<ForwardPath> {
 
     /* experts_forward of a given table vs reference FFN + combine. */
     void check_experts(const dynmoe_router &r, int32_t H, int32_t I, dynmoe_act act, dynmoe_dtype dt,
-                       const dmref::Table &table, Rng &rng, unsigned required = ST_PLAN) {
-        check_experts_vs_reference(ctx_, backend(), r, H, I, act, dt, table, rng, required, "experts_forward");
+                       const dmref::Table &table, Rng &rng, unsigned required = ST_PLAN,
+                       const ExpertOptions &opt = {}) {
+        check_experts_vs_reference(ctx_, backend(), r, H, I, act, dt, table, rng, required, "experts_forward", opt);
     }
 };
 /* Names end in /CUDA for the CUDA runs (scripts/gpu-check.sh filters on it). */
@@ -112,7 +113,7 @@ TEST_P(Forward, ExpertsModelConfigs) {
             SCOPED_TRACE(c.name + " " + dtype_name(dt) + " seed=" + std::to_string(seed));
             Rng rng(seed);
             RouteInputs in = make_route_inputs(c, T, DYNMOE_F32, rng);
-            check_experts(c.router, c.H, c.I, c.act, dt, in.ref.table, rng, ST_TOKENS);
+            check_experts(c.router, c.H, c.I, c.act, dt, in.ref.table, rng, ST_TOKENS, c.ex);
         }
     }
 }
@@ -527,6 +528,53 @@ TEST_P(Forward, ThreadCounts) {
                                                    c.table.S);
                 EXPECT_EQ(o.status, DYNMOE_OK);
                 EXPECT_TRUE(o.out_bytes == one.out_bytes) << threads << " threads differ from 1 thread";
+            }
+        }
+    }
+}
+
+/* Every activation, gate/up layout, bias and weight_on_input through each
+ * schedule and kernel of cpu/experts.c (decode T = 1 and 4 split over the
+ * team, the skinny kernel beside panels, 256-row chunks of a hot expert,
+ * whole items in prefill), f32 and bf16. */
+TEST_P(Forward, ExpertOptionsSchedules) {
+    struct Opt {
+        const char *name;
+        dynmoe_act act;
+        dynmoe_gate_up gate_up;
+        bool bias, on_input;
+        double alpha, limit;
+    };
+    const Opt opts[] = {
+        {"swiglu interleaved bias", DYNMOE_ACT_SWIGLU, DYNMOE_GATE_UP_INTERLEAVED, true, false, 1.702, 7.0},
+        {"geglu interleaved", DYNMOE_ACT_GEGLU, DYNMOE_GATE_UP_INTERLEAVED, false, false, 1.702, 7.0},
+        {"geglu_tanh bias", DYNMOE_ACT_GEGLU_TANH, DYNMOE_GATE_UP_BLOCKED, true, false, 1.702, 7.0},
+        {"swiglu_oai interleaved bias (gpt-oss)", DYNMOE_ACT_SWIGLU_OAI, DYNMOE_GATE_UP_INTERLEAVED, true, false, 1.702,
+         7.0},
+        {"swiglu_oai blocked limit 1.5", DYNMOE_ACT_SWIGLU_OAI, DYNMOE_GATE_UP_BLOCKED, false, false, 1.0, 1.5},
+        {"relu2 bias", DYNMOE_ACT_RELU2, DYNMOE_GATE_UP_BLOCKED, true, false, 1.702, 7.0},
+        {"silu", DYNMOE_ACT_SILU, DYNMOE_GATE_UP_BLOCKED, false, false, 1.702, 7.0},
+        {"swiglu on input", DYNMOE_ACT_SWIGLU, DYNMOE_GATE_UP_BLOCKED, false, true, 1.702, 7.0},
+        {"swiglu_oai interleaved bias on input", DYNMOE_ACT_SWIGLU_OAI, DYNMOE_GATE_UP_INTERLEAVED, true, true, 1.702,
+         7.0},
+        {"relu2 bias on input", DYNMOE_ACT_RELU2, DYNMOE_GATE_UP_BLOCKED, true, true, 1.702, 7.0},
+    };
+    Rng rng(seed_of(53, 0));
+    const std::vector<ScheduleCase> cases = schedule_cases(rng);
+    /* H and I no multiple of the kernels' 12- and 6-row weight blocks */
+    const int32_t H = 52, I = 30;
+    for (const Opt &o : opts) {
+        ExpertOptions eo;
+        eo.gate_up = o.gate_up;
+        eo.bias = o.bias;
+        eo.alpha = o.alpha;
+        eo.limit = o.limit;
+        for (const ScheduleCase &c : cases) {
+            for (dynmoe_dtype dt : {DYNMOE_F32, DYNMOE_BF16}) {
+                SCOPED_TRACE(std::string(o.name) + ", " + c.name + " " + dtype_name(dt));
+                dynmoe_router r = make_router(c.E, c.table.S);
+                r.weight_on_input = o.on_input ? 1 : 0;
+                check_experts(r, H, I, o.act, dt, c.table, rng, ST_PLAN, eo);
             }
         }
     }

@@ -1,5 +1,7 @@
 /* cpu/combine.c — out[t] = sum over t's slots, in slot order, of w * y[row]
- * (real experts) or w * x[t] (identity zero experts), in fp32. One token per
+ * (real experts) or w * x[t] (identity zero experts), in fp32. Under
+ * router.weight_on_input the experts already saw w * x (experts.c), so a
+ * real expert's row is added with weight 1. One token per
  * iteration; columns in blocks so the accumulator stays in registers/L1. */
 #include "../hd.h"
 #include "cpu.h"
@@ -10,7 +12,7 @@ static void combine_body(void *arg) {
     const dm_experts_args *a = (const dm_experts_args *)arg;
     const int32_t E = a->router.num_experts, Z = a->router.num_zero_experts, S = a->slots;
     const int32_t H = a->experts.hidden;
-    const int identity = a->router.zero_kind == DYNMOE_ZERO_IDENTITY;
+    const int identity = a->router.zero_kind == DYNMOE_ZERO_IDENTITY, on_input = a->router.weight_on_input;
     const dynmoe_dtype dt = a->experts.dtype;
     const float *y = (const float *)a->rows_y;
 #pragma omp for schedule(static)
@@ -25,7 +27,10 @@ static void combine_body(void *arg) {
                 const float w = a->weights[slot];
                 if (id >= 0 && id < E) {
                     const float *yr = y + (int64_t)a->plan.slot_rows[slot] * H + h0;
-                    for (int32_t j = 0; j < nh; j++) acc[j] += w * yr[j];
+                    if (on_input)
+                        for (int32_t j = 0; j < nh; j++) acc[j] += yr[j];
+                    else
+                        for (int32_t j = 0; j < nh; j++) acc[j] += w * yr[j];
                 } else if (identity && id >= E && id < E + Z) {
                     for (int32_t j = 0; j < nh; j++) acc[j] += w * dm_load(a->x, dt, t * H + h0 + j);
                 }

@@ -7,7 +7,9 @@
 
 #include <omp.h>
 
+#include "../act_rules.h"
 #include "../backend.h"
+#include "../quant_rules.h"
 
 dynmoe_status dm_cpu_route(dynmoe_ctx *ctx, const dm_route_args *a, void *stream);
 dynmoe_status dm_cpu_route_tasks(dynmoe_ctx *ctx, const dm_route_tasks_args *a, void *stream);
@@ -69,10 +71,12 @@ int32_t dm_cpu_chunk_rows(int32_t R);
 /* Packs rows [r_begin, r_end) of 0..8P+nd-1 of the chunk's x into xp (plain C, every path). */
 void dm_cpu_chunk_pack(const dm_cpu_chunk *c, int32_t r_begin, int32_t r_end);
 
-/* GEMM 1 + activation over blocks [b_begin, b_end) of DM_CPU_GEMM1_BLOCK
- * hidden units (gate rows with their up rows) into ap; GEMM 2 over blocks of
+/* GEMM 1 + activation over blocks [b_begin, b_end) of hidden units
+ * (dm_cpu_gemm1_units each: gate rows with their up rows, or single rows
+ * for non-gated activations) into ap; GEMM 2 over blocks of
  * DM_CPU_GEMM2_BLOCK rows of W2 into rows_y. wbuf: DM_CPU_WBUF_ROWS x max(H, I)
- * floats of this thread, for bf16/f16 weights widened a block at a time. */
+ * floats of this thread, for bf16/f16 or quantized weights widened a block
+ * at a time. */
 #define DM_CPU_GEMM1_BLOCK 6
 #define DM_CPU_GEMM2_BLOCK 12
 #define DM_CPU_WBUF_ROWS 12
@@ -84,15 +88,69 @@ typedef struct dm_cpu_panel_kernels {
 extern const dm_cpu_panel_kernels dm_cpu_panels_avx2;   /* ffn_panels.c (NULL gemms off x86) */
 extern const dm_cpu_panel_kernels dm_cpu_panels_scalar; /* ffn_scalar.c */
 
-/* AVX2 path, few rows (gemm_skinny.c): columns [n_begin, n_end) of
- * C[M, N] = A[M, K] . W[N, K]^T, W of dtype dt; lda/ldc in floats. */
-void dm_cpu_gemm_skinny_avx2(int32_t M, int32_t n_begin, int32_t n_end, int32_t K, const float *A, int32_t lda,
-                             const void *W, dynmoe_dtype dt, float *C, int32_t ldc);
-
-/* The gated activation of one hidden unit: act(gate) * up, SiLU or GELU (erf). */
-static inline float dm_cpu_act(float gate, float up, int geglu) {
-    const float a = geglu ? 0.5f * gate * (1.0f + erff(gate * 0.70710678118654752f)) : gate / (1.0f + expf(-gate));
-    return a * up;
+/* Hidden units of one GEMM 1 block: a block is 12 weight rows, 6 gate rows
+ * with their 6 up rows, or 12 rows of a non-gated activation. */
+static inline int32_t dm_cpu_gemm1_units(dynmoe_act act) {
+    return dm_act_gated(act) ? DM_CPU_GEMM1_BLOCK : 2 * DM_CPU_GEMM1_BLOCK;
 }
+
+/* ---- one expert's weight matrix [N, K] as stored (dynmoe_weight_format) ---- */
+typedef struct dm_cpu_wmat {
+    const char *w;            /* row n at w + n * row_bytes */
+    const void *scale, *zero; /* this expert's first scale / zero point (quantized) */
+    dynmoe_weight_format fmt;
+    dynmoe_dtype dt; /* PLAIN: the values' dtype */
+    int32_t K, group;
+    int64_t row_bytes, groups; /* dm_quant_row_bytes, dm_quant_groups */
+} dm_cpu_wmat;
+
+/* Expert e's w13 (which = 0: [rows13, H]) or w2 (which = 1: [H, I]). */
+static inline dm_cpu_wmat dm_cpu_wmat_of(const dynmoe_experts *ex, int which, int32_t e) {
+    const int64_t N = which ? ex->hidden : dm_w13_rows(ex->act, ex->inter);
+    const int32_t K = which ? ex->inter : ex->hidden;
+    const dynmoe_weight_format f = ex->weight_format;
+    const int32_t g = f == DYNMOE_WEIGHTS_INT4 ? ex->group_size : 0;
+    dm_cpu_wmat m = {NULL, NULL, NULL, f, ex->dtype, K, g, dm_quant_row_bytes(f, ex->dtype, K),
+                     dm_quant_groups(f, K, g)};
+    m.w = (const char *)(which ? ex->w2 : ex->w13) + (size_t)e * (size_t)N * (size_t)m.row_bytes;
+    const size_t ssz = f == DYNMOE_WEIGHTS_FP8_BLOCK ? 4 : f == DYNMOE_WEIGHTS_INT4 ? 2 : 1;
+    const void *scale = which ? ex->w2_scale : ex->w13_scale, *zero = which ? ex->w2_zero : ex->w13_zero;
+    if (f != DYNMOE_WEIGHTS_PLAIN)
+        m.scale = (const char *)scale + (size_t)e * (size_t)dm_quant_scales_per_expert(f, N, K, g) * ssz;
+    if (f == DYNMOE_WEIGHTS_INT4 && zero) m.zero = (const char *)zero + (size_t)e * (size_t)N * (size_t)m.groups;
+    return m;
+}
+
+/* Row n of m as K floats: the row itself for PLAIN f32, else widened or
+ * dequantized into buf (plain C, every path; quant_rules.h's rules with the
+ * scale hoisted per group). */
+const float *dm_cpu_weight_row(const dm_cpu_wmat *m, int64_t n, float *buf);
+
+/* ---- the per-unit epilogues (act_rules.h), every path ---- */
+
+/* Entry i of an optional bias b (b13 or b2, experts.dtype) or 0. */
+static inline float dm_cpu_bias(const void *b, dynmoe_dtype dt, int64_t i) { return b ? dm_load(b, dt, i) : 0.0f; }
+
+/* GEMM 1's factor for row r of a chunk: under router.weight_on_input the
+ * expert sees w * x, and GEMM 1 is linear (W13 (w x) = w (W13 x)), so the
+ * accumulator is scaled by the slot weight before b13 is added; else 1. Rows
+ * past R (panel padding) get 0. */
+static inline float dm_cpu_row_scale(const dm_experts_args *a, int32_t r0, int32_t R, int32_t r) {
+    if (r >= R) return 0.0f;
+    return a->router.weight_on_input ? a->weights[a->plan.sorted_slots[r0 + r]] : 1.0f;
+}
+
+/* Hidden unit j of a row whose GEMM 1 accumulators are g (its gate row) and
+ * u (its up row; unused when not gated): h = s * acc + b13, then dm_activate. */
+static inline float dm_cpu_unit(const dynmoe_experts *ex, float s, float g, float bg, float u, float bu) {
+    return dm_activate(ex->act, ex->alpha, ex->limit, s * g + bg, s * u + bu);
+}
+
+/* AVX2 path, few rows (gemm_skinny.c): columns [n_begin, n_end) of
+ * C[M, N] = A[M, K] . W[N, K]^T + bias[N] (bias of W->dt or NULL), K =
+ * W->K; lda/ldc in floats. wbuf: 3 x K floats of this thread, where
+ * quantized rows are dequantized 3 at a time. */
+void dm_cpu_gemm_skinny_avx2(int32_t M, int32_t n_begin, int32_t n_end, const float *A, int32_t lda,
+                             const dm_cpu_wmat *W, const void *bias, float *C, int32_t ldc, float *wbuf);
 
 #endif

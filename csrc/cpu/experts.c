@@ -93,7 +93,8 @@ static void run_panels(const dm_experts_args *a, const dm_cpu_panel_kernels *k, 
     share(8 * c.P + nd, split, &lo, &hi);
     dm_cpu_chunk_pack(&c, lo, hi);
     PHASE_BARRIER(split);
-    share((In + DM_CPU_GEMM1_BLOCK - 1) / DM_CPU_GEMM1_BLOCK, split, &lo, &hi);
+    const int32_t units = dm_cpu_gemm1_units(a->experts.act);
+    share((In + units - 1) / units, split, &lo, &hi);
     k->gemm1(&c, lo, hi, wbuf);
     PHASE_BARRIER(split);
     share((Hd + DM_CPU_GEMM2_BLOCK - 1) / DM_CPU_GEMM2_BLOCK, split, &lo, &hi);
@@ -104,17 +105,18 @@ static void run_panels(const dm_experts_args *a, const dm_cpu_panel_kernels *k, 
 }
 
 /* Item rows [r0, r0 + R) of expert e through the skinny kernels (AVX2, R < 8):
- * gather into rows_y, GEMM 1 into rows_h, activation in place, GEMM 2 back
- * into rows_y. */
-static void run_skinny(const dm_experts_args *a, int32_t e, int32_t r0, int32_t R, int split) {
+ * gather into rows_y, GEMM 1 into rows_h, row scale + b13 + activation in
+ * place, GEMM 2 (+ b2) back into rows_y. */
+static void run_skinny(const dm_experts_args *a, int32_t e, int32_t r0, int32_t R, float *wbuf, int split) {
     const dynmoe_experts *ex = &a->experts;
     const int32_t Hd = ex->hidden, In = ex->inter, S = a->slots;
+    const int32_t rows13 = (int32_t)dm_w13_rows(ex->act, In);
+    const int gated = dm_act_gated(ex->act);
     const dynmoe_dtype dt = ex->dtype;
-    const size_t esz = dm_dtype_size(dt);
     float *Ye = (float *)a->rows_y + (int64_t)r0 * Hd, *He = (float *)a->rows_h + (int64_t)r0 * 2 * In;
-    const char *w13 = (const char *)ex->w13 + (size_t)e * 2 * In * Hd * esz;
-    const char *w2 = (const char *)ex->w2 + (size_t)e * Hd * In * esz;
-    const int geglu = ex->act == DYNMOE_ACT_GEGLU;
+    const dm_cpu_wmat w13 = dm_cpu_wmat_of(ex, 0, e), w2 = dm_cpu_wmat_of(ex, 1, e);
+    const void *b2 = ex->b2 ? (const char *)ex->b2 + (size_t)e * Hd * dm_dtype_size(dt) : NULL;
+    const int64_t b0 = (int64_t)e * rows13; /* this expert's b13 */
     int32_t lo, hi;
     share(R, split, &lo, &hi);
     for (int32_t r = lo; r < hi; r++) {
@@ -122,19 +124,26 @@ static void run_skinny(const dm_experts_args *a, int32_t e, int32_t r0, int32_t 
         for (int32_t h = 0; h < Hd; h++) Ye[(int64_t)r * Hd + h] = dm_load(a->x, dt, t * Hd + h);
     }
     PHASE_BARRIER(split);
-    share((2 * In + SKINNY_COLS - 1) / SKINNY_COLS, split, &lo, &hi);
-    dm_cpu_gemm_skinny_avx2(R, lo * SKINNY_COLS, hi * SKINNY_COLS < 2 * In ? hi * SKINNY_COLS : 2 * In, Hd, Ye, Hd,
-                            w13, dt, He, 2 * In);
+    share((rows13 + SKINNY_COLS - 1) / SKINNY_COLS, split, &lo, &hi);
+    dm_cpu_gemm_skinny_avx2(R, lo * SKINNY_COLS, hi * SKINNY_COLS < rows13 ? hi * SKINNY_COLS : rows13, Ye, Hd, &w13,
+                            NULL, He, 2 * In, wbuf);
     PHASE_BARRIER(split);
     share(R, split, &lo, &hi);
     for (int32_t r = lo; r < hi; r++) {
+        /* in place, ascending: unit i reads rows >= i (dm_gate_row, dm_up_row) and writes i */
         float *hr = He + (int64_t)r * 2 * In;
-        for (int32_t i = 0; i < In; i++) hr[i] = dm_cpu_act(hr[i], hr[In + i], geglu);
+        const float sc = dm_cpu_row_scale(a, r0, R, r);
+        for (int32_t i = 0; i < In; i++) {
+            const int64_t g = dm_gate_row(ex->gate_up, In, i), u = dm_up_row(ex->gate_up, In, i);
+            hr[i] = gated ? dm_cpu_unit(ex, sc, hr[g], dm_cpu_bias(ex->b13, dt, b0 + g), hr[u],
+                                        dm_cpu_bias(ex->b13, dt, b0 + u))
+                          : dm_cpu_unit(ex, sc, hr[i], dm_cpu_bias(ex->b13, dt, b0 + i), 0.0f, 0.0f);
+        }
     }
     PHASE_BARRIER(split);
     share((Hd + SKINNY_COLS - 1) / SKINNY_COLS, split, &lo, &hi);
-    dm_cpu_gemm_skinny_avx2(R, lo * SKINNY_COLS, hi * SKINNY_COLS < Hd ? hi * SKINNY_COLS : Hd, In, He, 2 * In, w2,
-                            dt, Ye, Hd);
+    dm_cpu_gemm_skinny_avx2(R, lo * SKINNY_COLS, hi * SKINNY_COLS < Hd ? hi * SKINNY_COLS : Hd, He, 2 * In, &w2, b2,
+                            Ye, Hd, wbuf);
     /* No barrier: the next item touches other rows (see run_panels). */
 }
 
@@ -151,7 +160,7 @@ static void run_item(const dm_experts_args *a, dm_cpu_isa isa, const int32_t *fi
     const int32_t R = a->plan.expert_offsets[e + 1] - off, step = dm_cpu_chunk_rows(R);
     const int32_t c0 = (i - first[lo]) * step, rows = R - c0 < step ? R - c0 : step;
     if (isa == DM_CPU_ISA_AVX2 && R < DM_PANEL_MIN_ROWS)
-        run_skinny(a, e, off + c0, rows, split);
+        run_skinny(a, e, off + c0, rows, wbuf, split);
     else
         run_panels(a, isa == DM_CPU_ISA_AVX2 ? &dm_cpu_panels_avx2 : &dm_cpu_panels_scalar, e, off + c0, rows, panels,
                    wbuf, split);

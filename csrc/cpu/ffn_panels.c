@@ -70,7 +70,7 @@
         int32_t k = 0;                                                                               \
         if (pf)                                                                                      \
             for (; k + 16 <= K; k += 16) {                                                           \
-                for (int i = 0; i < NW; i++) _mm_prefetch(pf[i] + (size_t)k * esz, _MM_HINT_T0);     \
+                for (int i = 0; i < NW; i++) _mm_prefetch(pf[i] + (((size_t)k * esz2) >> 1), _MM_HINT_T0);     \
                 for (int u = 0; u < 16; u++) BODY(k + u);                                            \
             }                                                                                        \
         for (; k < K; k++) BODY(k);                                                                  \
@@ -79,19 +79,20 @@
 #define OUT(i, q) acc[i][q] = c##i##q
 
 /* acc[i][q] = sum over k of w[i][k] * b[q][8k .. 8k+7]. pf (or NULL): the
- * next block's weight rows (bytes, esz per k), fetched into cache at the pace
+ * next block's weight rows as stored (esz2 / 2 bytes per k: 4-bit formats
+ * have esz2 = 1), fetched into cache at the pace
  * this tile reads its own: +5 % at 19 rows, where the weight stream is most
  * of the time (measured). */
 typedef __m256 dm_acc[6][3];
 DM_AVX2 static void tile_6x1(int32_t K, const float *const w[], const float *const b[], const char *const pf[],
-                             size_t esz, dm_acc acc) {
+                             size_t esz2, dm_acc acc) {
     const float *w0 = w[0], *w1 = w[1], *w2 = w[2], *w3 = w[3], *w4 = w[4], *w5 = w[5], *b0 = b[0];
     ZERO(0, 0); ZERO(1, 0); ZERO(2, 0); ZERO(3, 0); ZERO(4, 0); ZERO(5, 0);
     KLOOP(BODY_6x1, 6);
     OUT(0, 0); OUT(1, 0); OUT(2, 0); OUT(3, 0); OUT(4, 0); OUT(5, 0);
 }
 DM_AVX2 static void tile_6x2(int32_t K, const float *const w[], const float *const b[], const char *const pf[],
-                             size_t esz, dm_acc acc) {
+                             size_t esz2, dm_acc acc) {
     const float *w0 = w[0], *w1 = w[1], *w2 = w[2], *w3 = w[3], *w4 = w[4], *w5 = w[5], *b0 = b[0], *b1 = b[1];
     ZERO(0, 0); ZERO(1, 0); ZERO(2, 0); ZERO(3, 0); ZERO(4, 0); ZERO(5, 0);
     ZERO(0, 1); ZERO(1, 1); ZERO(2, 1); ZERO(3, 1); ZERO(4, 1); ZERO(5, 1);
@@ -100,7 +101,7 @@ DM_AVX2 static void tile_6x2(int32_t K, const float *const w[], const float *con
     OUT(0, 1); OUT(1, 1); OUT(2, 1); OUT(3, 1); OUT(4, 1); OUT(5, 1);
 }
 DM_AVX2 static void tile_4x3(int32_t K, const float *const w[], const float *const b[], const char *const pf[],
-                             size_t esz, dm_acc acc) {
+                             size_t esz2, dm_acc acc) {
     const float *w0 = w[0], *w1 = w[1], *w2 = w[2], *w3 = w[3], *b0 = b[0], *b1 = b[1], *b2 = b[2];
     ZERO(0, 0); ZERO(1, 0); ZERO(2, 0); ZERO(3, 0);
     ZERO(0, 1); ZERO(1, 1); ZERO(2, 1); ZERO(3, 1);
@@ -128,12 +129,12 @@ static int panel_groups(int32_t P, panel_group *g) {
 
 /* One tile of group g: weight rows w[0..nw), panels of `pan` (8 * K floats each). */
 DM_AVX2 static void run_tile(const panel_group *g, int32_t K, const float *const w[], const float *pan,
-                             const char *const pf[], size_t esz, dm_acc acc) {
+                             const char *const pf[], size_t esz2, dm_acc acc) {
     const float *b[3];
     for (int q = 0; q < g->np; q++) b[q] = pan + (int64_t)(g->p + q) * 8 * K;
-    if (g->np == 3) tile_4x3(K, w, b, pf, esz, acc);
-    else if (g->np == 2) tile_6x2(K, w, b, pf, esz, acc);
-    else tile_6x1(K, w, b, pf, esz, acc);
+    if (g->np == 3) tile_4x3(K, w, b, pf, esz2, acc);
+    else if (g->np == 2) tile_6x2(K, w, b, pf, esz2, acc);
+    else tile_6x1(K, w, b, pf, esz2, acc);
 }
 
 /* The rows past the last full panel, when there are at most DOT_MAX_ROWS,
@@ -188,91 +189,120 @@ DM_AVX2 static __m256 silu8(__m256 g) {
     return _mm256_div_ps(g, _mm256_add_ps(_mm256_set1_ps(1.0f), y));
 }
 
-/* Weight row n of W [N, K] as fp32: the row itself for f32, else widened into buf. */
-DM_AVX2 static const float *weight_row(const void *W, dynmoe_dtype dt, int64_t n, int32_t K, float *buf) {
-    if (dt == DYNMOE_F32) return (const float *)W + n * K;
-    int64_t base = n * K;
-    int32_t k = 0;
-    if (dt == DYNMOE_BF16)
-        for (; k + 8 <= K; k += 8) _mm256_storeu_ps(buf + k, dm_load8_bf16(W, base + k));
-    else
-        for (; k + 8 <= K; k += 8) _mm256_storeu_ps(buf + k, dm_load8_f16(W, base + k));
-    for (; k < K; k++) buf[k] = dm_load(W, dt, base + k);
-    return buf;
+/* Twice the stored bytes of one weight (the prefetch pace of KLOOP). */
+static size_t stored_esz2(const dm_cpu_wmat *m) {
+    switch (m->fmt) {
+    case DYNMOE_WEIGHTS_FP8_BLOCK: return 2;
+    case DYNMOE_WEIGHTS_MXFP4:
+    case DYNMOE_WEIGHTS_INT4: return 1;
+    default: return 2 * dm_dtype_size(m->dt);
+    }
 }
 
-/* GEMM 1 + activation, blocks [b_begin, b_end) of gate rows n0..n0+5 and
- * their up rows In+n0..In+n0+5, n0 = 6b (past the edge: the last row again,
- * results dropped). A tile of nw rows takes nw/2 gate rows with their up rows. */
+/* GEMM 1's epilogue on 8 panel rows: h = s * acc + b13 (s: the rows' scales,
+ * cpu.h dm_cpu_row_scale), then the activation. SwiGLU and SiLU stay in
+ * vector code (silu8); the others go through dm_activate lane by lane. */
+DM_AVX2 static void unit_epilogue(const dynmoe_experts *ex, __m256 s, __m256 g, float bg, __m256 u, float bu,
+                                  float *d) {
+    g = _mm256_fmadd_ps(g, s, _mm256_set1_ps(bg));
+    u = _mm256_fmadd_ps(u, s, _mm256_set1_ps(bu));
+    if (ex->act == DYNMOE_ACT_SWIGLU) {
+        _mm256_storeu_ps(d, _mm256_mul_ps(silu8(g), u));
+    } else if (ex->act == DYNMOE_ACT_SILU) {
+        _mm256_storeu_ps(d, silu8(g));
+    } else {
+        float gv[8], uv[8];
+        _mm256_storeu_ps(gv, g), _mm256_storeu_ps(uv, u);
+        for (int j = 0; j < 8; j++) d[j] = dm_activate(ex->act, ex->alpha, ex->limit, gv[j], uv[j]);
+    }
+}
+
+/* GEMM 1 + activation, blocks [b_begin, b_end) of `units` hidden units from
+ * n0 = units * b (past the edge: the last unit again, results dropped).
+ * The block's WB weight rows wr[]: gated, the gate rows of units n0..n0+5
+ * then their up rows (dm_gate_row, dm_up_row: blocked or interleaved);
+ * non-gated, the rows of units n0..n0+11. A tile of nw rows takes nw/2
+ * units with their up rows (gated) or nw units. */
 DM_AVX2 static void gemm1_avx2(const dm_cpu_chunk *c, int32_t b_begin, int32_t b_end, float *wbuf) {
     const dynmoe_experts *ex = &c->a->experts;
     const int32_t Hd = ex->hidden, In = ex->inter, P = c->P, nd = c->nd;
-    const dynmoe_dtype dt = ex->dtype;
-    const size_t esz = dm_dtype_size(dt);
-    const char *w13 = (const char *)ex->w13 + (size_t)c->e * 2 * In * Hd * esz;
+    const int gated = dm_act_gated(ex->act);
+    const int32_t units = dm_cpu_gemm1_units(ex->act);
+    const dm_cpu_wmat m = dm_cpu_wmat_of(ex, 0, c->e);
+    const size_t esz2 = stored_esz2(&m);
+    const int64_t b0 = (int64_t)c->e * dm_w13_rows(ex->act, In); /* this expert's b13 */
     const float *xp = c->xp, *xd = xp + (int64_t)P * 8 * Hd;
     float *ap = c->ap, *ad = ap + (int64_t)P * 8 * In;
-    const int geglu = ex->act == DYNMOE_ACT_GEGLU;
     panel_group groups[DM_CPU_PANEL_ROWS / 16 + 2];
     const int ng = P ? panel_groups(P, groups) : 0;
+    float rs[DM_CPU_PANEL_ROWS + 8]; /* row scales of the chunk */
+    for (int32_t r = 0; r < 8 * P + nd; r++) rs[r] = dm_cpu_row_scale(c->a, c->r0, c->R, r);
 
-    for (int32_t n0 = b_begin * (WB / 2); n0 < In && n0 < b_end * (WB / 2); n0 += WB / 2) {
-        const float *gate[WB / 2], *up[WB / 2];
-        const char *pf_gate[WB / 2], *pf_up[WB / 2];
-        for (int i = 0; i < WB / 2; i++) {
-            const int32_t n = n0 + i < In ? n0 + i : In - 1, nn = n0 + WB / 2 + i < In ? n0 + WB / 2 + i : In - 1;
-            gate[i] = weight_row(w13, dt, n, Hd, wbuf + (size_t)i * Hd);
-            up[i] = weight_row(w13, dt, (int64_t)In + n, Hd, wbuf + (size_t)(WB / 2 + i) * Hd);
-            pf_gate[i] = w13 + (size_t)nn * Hd * esz;
-            pf_up[i] = w13 + (size_t)(In + nn) * Hd * esz;
+    for (int32_t n0 = b_begin * units; n0 < In && n0 < b_end * units; n0 += units) {
+        const float *wr[WB];
+        const char *pf_row[WB];
+        float bias[WB];
+        for (int i = 0; i < WB; i++) {
+            const int32_t j = gated ? i % (WB / 2) : i, u = n0 + j < In ? n0 + j : In - 1;
+            const int32_t un = n0 + units + j < In ? n0 + units + j : In - 1; /* next block */
+            const int up = gated && i >= WB / 2;
+            const int64_t row = up ? dm_up_row(ex->gate_up, In, u) : dm_gate_row(ex->gate_up, In, u);
+            const int64_t rown = up ? dm_up_row(ex->gate_up, In, un) : dm_gate_row(ex->gate_up, In, un);
+            wr[i] = dm_cpu_weight_row_avx2(&m, row, wbuf + (size_t)i * Hd);
+            pf_row[i] = m.w + rown * m.row_bytes;
+            bias[i] = dm_cpu_bias(ex->b13, ex->dtype, b0 + row);
         }
         for (int gi = 0; gi < ng; gi++) {
             const panel_group *g = &groups[gi];
-            const int half = g->nw / 2;
+            const int per = gated ? g->nw / 2 : g->nw; /* units per tile */
             for (int s = 0; s < WB / g->nw; s++) {
                 const float *w[6];
                 const char *pf[6];
-                for (int i = 0; i < half; i++) {
-                    w[i] = gate[s * half + i], w[half + i] = up[s * half + i];
-                    pf[i] = pf_gate[s * half + i], pf[half + i] = pf_up[s * half + i];
-                }
+                int at[6]; /* wr index of tile row i */
+                for (int i = 0; i < g->nw; i++)
+                    at[i] = gated ? (i < per ? s * per + i : WB / 2 + s * per + i - per) : s * per + i;
+                for (int i = 0; i < g->nw; i++) w[i] = wr[at[i]], pf[i] = pf_row[at[i]];
                 dm_acc acc;
-                run_tile(g, Hd, w, xp, gi ? NULL : pf, esz, acc);
+                run_tile(g, Hd, w, xp, gi ? NULL : pf, esz2, acc);
                 for (int q = 0; q < g->np; q++) {
                     float *d = ap + (int64_t)(g->p + q) * 8 * In;
-                    for (int i = 0; i < half && n0 + s * half + i < In; i++) {
-                        float *di = d + (int64_t)(n0 + s * half + i) * 8;
-                        if (!geglu) {
-                            _mm256_storeu_ps(di, _mm256_mul_ps(silu8(acc[i][q]), acc[half + i][q]));
-                            continue;
-                        }
-                        float gv[8], uv[8];
-                        _mm256_storeu_ps(gv, acc[i][q]), _mm256_storeu_ps(uv, acc[half + i][q]);
-                        for (int j = 0; j < 8; j++) di[j] = dm_cpu_act(gv[j], uv[j], 1);
+                    const __m256 sv = _mm256_loadu_ps(rs + 8 * (g->p + q));
+                    for (int i = 0; i < per && n0 + s * per + i < In; i++) {
+                        float *di = d + (int64_t)(n0 + s * per + i) * 8;
+                        if (gated)
+                            unit_epilogue(ex, sv, acc[i][q], bias[at[i]], acc[per + i][q], bias[at[per + i]], di);
+                        else
+                            unit_epilogue(ex, sv, acc[i][q], bias[at[i]], _mm256_setzero_ps(), 0.0f, di);
                     }
                 }
             }
         }
         for (int32_t r = 0; r < nd; r += 2) {
             const float *x0 = xd + (int64_t)r * Hd, *x1 = r + 1 < nd ? x0 + Hd : x0;
-            float g[2][6], u[2][6];
-            dot_2x6(Hd, x0, x1, gate, g);
-            dot_2x6(Hd, x0, x1, up, u);
-            for (int j = 0; j < 2 && r + j < nd; j++)
-                for (int i = 0; i < WB / 2 && n0 + i < In; i++)
-                    ad[(int64_t)(r + j) * In + n0 + i] = dm_cpu_act(g[j][i], u[j][i], geglu);
+            float h[2][WB]; /* h[j][i]: row r + j against wr[i] */
+            float lo[2][6], hi[2][6];
+            dot_2x6(Hd, x0, x1, wr, lo);
+            dot_2x6(Hd, x0, x1, wr + 6, hi);
+            for (int j = 0; j < 2; j++)
+                for (int i = 0; i < 6; i++) h[j][i] = lo[j][i], h[j][6 + i] = hi[j][i];
+            for (int j = 0; j < 2 && r + j < nd; j++) {
+                const float sc = rs[8 * P + r + j];
+                for (int i = 0; i < (gated ? WB / 2 : WB) && n0 + i < In; i++)
+                    ad[(int64_t)(r + j) * In + n0 + i] =
+                        gated ? dm_cpu_unit(ex, sc, h[j][i], bias[i], h[j][WB / 2 + i], bias[WB / 2 + i])
+                              : dm_cpu_unit(ex, sc, h[j][i], bias[i], 0.0f, 0.0f);
+            }
         }
     }
 }
 
 /* GEMM 2, blocks [b_begin, b_end) of WB rows of W2 (n0 = 12b), results
- * transposed back into y rows. */
+ * transposed back into y rows, + b2. */
 DM_AVX2 static void gemm2_avx2(const dm_cpu_chunk *c, int32_t b_begin, int32_t b_end, float *wbuf) {
     const dynmoe_experts *ex = &c->a->experts;
     const int32_t Hd = ex->hidden, In = ex->inter, P = c->P, nd = c->nd, R = c->R;
-    const dynmoe_dtype dt = ex->dtype;
-    const size_t esz = dm_dtype_size(dt);
-    const char *w2 = (const char *)ex->w2 + (size_t)c->e * Hd * In * esz;
+    const dm_cpu_wmat m = dm_cpu_wmat_of(ex, 1, c->e);
+    const size_t esz2 = stored_esz2(&m);
     const float *ap = c->ap, *ad = ap + (int64_t)P * 8 * In;
     float *y = (float *)c->a->rows_y + (int64_t)c->r0 * Hd;
     panel_group groups[DM_CPU_PANEL_ROWS / 16 + 2];
@@ -281,22 +311,25 @@ DM_AVX2 static void gemm2_avx2(const dm_cpu_chunk *c, int32_t b_begin, int32_t b
     for (int32_t n0 = b_begin * WB; n0 < Hd && n0 < b_end * WB; n0 += WB) {
         const float *wrow[WB];
         const char *pf_row[WB];
+        float bias[WB];
         for (int i = 0; i < WB; i++) {
-            wrow[i] = weight_row(w2, dt, n0 + i < Hd ? n0 + i : Hd - 1, In, wbuf + (size_t)i * In);
-            pf_row[i] = w2 + (size_t)(n0 + WB + i < Hd ? n0 + WB + i : Hd - 1) * In * esz;
+            const int32_t n = n0 + i < Hd ? n0 + i : Hd - 1;
+            wrow[i] = dm_cpu_weight_row_avx2(&m, n, wbuf + (size_t)i * In);
+            pf_row[i] = m.w + (int64_t)(n0 + WB + i < Hd ? n0 + WB + i : Hd - 1) * m.row_bytes;
+            bias[i] = dm_cpu_bias(ex->b2, ex->dtype, (int64_t)c->e * Hd + n);
         }
         for (int gi = 0; gi < ng; gi++) {
             const panel_group *g = &groups[gi];
             for (int s = 0; s < WB / g->nw; s++) {
                 const int32_t m0 = n0 + s * g->nw;
                 dm_acc acc;
-                run_tile(g, In, wrow + s * g->nw, ap, gi ? NULL : pf_row + s * g->nw, esz, acc);
+                run_tile(g, In, wrow + s * g->nw, ap, gi ? NULL : pf_row + s * g->nw, esz2, acc);
                 for (int q = 0; q < g->np; q++) {
                     float t[6][8];
                     for (int i = 0; i < g->nw; i++) _mm256_storeu_ps(t[i], acc[i][q]);
                     for (int j = 0; j < 8 && 8 * (g->p + q) + j < R; j++) {
                         float *yr = y + (int64_t)(8 * (g->p + q) + j) * Hd + m0;
-                        for (int i = 0; i < g->nw && m0 + i < Hd; i++) yr[i] = t[i][j];
+                        for (int i = 0; i < g->nw && m0 + i < Hd; i++) yr[i] = t[i][j] + bias[s * g->nw + i];
                     }
                 }
             }
@@ -308,7 +341,7 @@ DM_AVX2 static void gemm2_avx2(const dm_cpu_chunk *c, int32_t b_begin, int32_t b
                 dot_2x6(In, a0, a1, wrow + 6 * s, o);
                 for (int j = 0; j < 2 && r + j < nd; j++) {
                     float *yr = y + (int64_t)(8 * P + r + j) * Hd + n0 + 6 * s;
-                    for (int i = 0; i < 6 && n0 + 6 * s + i < Hd; i++) yr[i] = o[j][i];
+                    for (int i = 0; i < 6 && n0 + 6 * s + i < Hd; i++) yr[i] = o[j][i] + bias[6 * s + i];
                 }
             }
         }

@@ -53,29 +53,40 @@ DEFINE_BLOCK(block_f32, dm_load8_f32, DYNMOE_F32)
 DEFINE_BLOCK(block_bf16, dm_load8_bf16, DYNMOE_BF16)
 DEFINE_BLOCK(block_f16, dm_load8_f16, DYNMOE_F16)
 
-DM_AVX2 void dm_cpu_gemm_skinny_avx2(int32_t M, int32_t n_begin, int32_t n_end, int32_t K, const float *A,
-                                     int32_t lda, const void *W, dynmoe_dtype dt, float *C, int32_t ldc) {
+DM_AVX2 void dm_cpu_gemm_skinny_avx2(int32_t M, int32_t n_begin, int32_t n_end, const float *A, int32_t lda,
+                                     const dm_cpu_wmat *W, const void *bias, float *C, int32_t ldc, float *wbuf) {
+    const int32_t K = W->K;
+    const int plain = W->fmt == DYNMOE_WEIGHTS_PLAIN;
     for (int32_t n0 = n_begin; n0 < n_end; n0 += NR) {
         int64_t wrow[NR];
-        for (int i = 0; i < NR; i++) wrow[i] = (int64_t)(n0 + i < n_end ? n0 + i : n_end - 1) * K;
+        float b[NR];
+        for (int i = 0; i < NR; i++) {
+            const int32_t n = n0 + i < n_end ? n0 + i : n_end - 1;
+            /* quantized: rows decoded into wbuf once, used by every row block */
+            wrow[i] = plain ? (int64_t)n * K : (int64_t)i * K;
+            if (!plain) dm_cpu_weight_row_avx2(W, n, wbuf + (size_t)i * K);
+            b[i] = dm_cpu_bias(bias, W->dt, n);
+        }
+        const void *Wp = plain ? (const void *)W->w : (const void *)wbuf;
+        const dynmoe_dtype dt = plain ? W->dt : DYNMOE_F32;
         for (int32_t m0 = 0; m0 < M; m0 += MR) {
             const float *a[MR];
             for (int j = 0; j < MR; j++) a[j] = A + (int64_t)(m0 + j < M ? m0 + j : M - 1) * lda;
             float out[MR][NR];
-            if (dt == DYNMOE_BF16) block_bf16(K, a, W, wrow, out);
-            else if (dt == DYNMOE_F16) block_f16(K, a, W, wrow, out);
-            else block_f32(K, a, W, wrow, out);
+            if (dt == DYNMOE_BF16) block_bf16(K, a, Wp, wrow, out);
+            else if (dt == DYNMOE_F16) block_f16(K, a, Wp, wrow, out);
+            else block_f32(K, a, Wp, wrow, out);
             for (int j = 0; j < MR && m0 + j < M; j++)
-                for (int i = 0; i < NR && n0 + i < n_end; i++) C[(int64_t)(m0 + j) * ldc + n0 + i] = out[j][i];
+                for (int i = 0; i < NR && n0 + i < n_end; i++) C[(int64_t)(m0 + j) * ldc + n0 + i] = out[j][i] + b[i];
         }
     }
 }
 
 #else
 
-void dm_cpu_gemm_skinny_avx2(int32_t M, int32_t n_begin, int32_t n_end, int32_t K, const float *A, int32_t lda,
-                             const void *W, dynmoe_dtype dt, float *C, int32_t ldc) {
-    (void)M, (void)n_begin, (void)n_end, (void)K, (void)A, (void)lda, (void)W, (void)dt, (void)C, (void)ldc;
+void dm_cpu_gemm_skinny_avx2(int32_t M, int32_t n_begin, int32_t n_end, const float *A, int32_t lda,
+                             const dm_cpu_wmat *W, const void *bias, float *C, int32_t ldc, float *wbuf) {
+    (void)M, (void)n_begin, (void)n_end, (void)A, (void)lda, (void)W, (void)bias, (void)C, (void)ldc, (void)wbuf;
 }
 
 #endif

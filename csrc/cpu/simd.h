@@ -10,6 +10,7 @@
 #include <immintrin.h>
 
 #include "../hd.h"
+#include "cpu.h"
 
 #define DM_AVX2 __attribute__((target("avx2,fma,f16c")))
 
@@ -30,6 +31,25 @@ DM_AVX2 static inline float dm_hsum8(__m256 v) {
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
+}
+
+/* Row n of m as K floats (cpu.h, dm_cpu_weight_row), 8 at a time: the row
+ * itself for PLAIN f32, else widened into buf. */
+DM_AVX2 static inline const float *dm_cpu_weight_row_avx2(const dm_cpu_wmat *m, int64_t n, float *buf) {
+    const char *row = m->w + n * m->row_bytes;
+    const int32_t K = m->K;
+    int32_t k = 0;
+    switch (m->fmt) {
+    case DYNMOE_WEIGHTS_PLAIN:
+        if (m->dt == DYNMOE_F32) return (const float *)row;
+        if (m->dt == DYNMOE_BF16)
+            for (; k + 8 <= K; k += 8) _mm256_storeu_ps(buf + k, dm_load8_bf16(row, k));
+        else
+            for (; k + 8 <= K; k += 8) _mm256_storeu_ps(buf + k, dm_load8_f16(row, k));
+        for (; k < K; k++) buf[k] = dm_load(row, m->dt, k);
+        return buf;
+    default: return dm_cpu_weight_row(m, n, buf);
+    }
 }
 
 #endif
