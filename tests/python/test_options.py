@@ -175,3 +175,64 @@ def test_bad_expert_scale(gated):
     with pytest.raises(TypeError, match=r"expert_scale must be float32, got float16"):
         dynmoe.moe_forward(np.zeros((3, 16), np.float32), logits, router, dynmoe.Experts(w13, w2),
                            expert_scale=np.ones(4, np.float16))
+
+
+# -------------------------------------------------------------------- torch
+
+def torch_layer(act="swiglu_oai", dtype="float32"):
+    torch = pytest.importorskip("torch")
+    E, H, I, T = 8, 32, 16, 13
+    g = torch.Generator().manual_seed(11)
+    rows = I if act in ref.NON_GATED else 2 * I
+    dt = getattr(torch, dtype)
+    w13 = (torch.randn(E, rows, H, generator=g) * 3 / H ** 0.5).to(dt)
+    w2 = (torch.randn(E, H, I, generator=g) / I ** 0.5).to(dt)
+    b13 = (torch.randn(E, rows, generator=g) * 0.5).to(dt)
+    b2 = (torch.randn(E, H, generator=g) * 0.5).to(dt)
+    x = torch.randn(T, H, generator=g).to(dt)
+    logits = torch.randn(T, E, generator=g) * 2
+    es = torch.rand(E, generator=g) * 2
+    gate_up = "blocked" if act in ref.NON_GATED else "interleaved"
+    experts = dynmoe.Experts(w13, w2, act=act, b13=b13, b2=b2, gate_up=gate_up, alpha=1.3, limit=1.5)
+    f64 = (lambda t: t.double().numpy())
+    want = ref.moe(f64(x), logits.numpy(), dict(num_experts=E, top_k=2), f64(w13), f64(w2), act=act,
+                   expert_scale=es.numpy(), b13=f64(b13), b2=f64(b2), gate_up=gate_up, alpha=1.3, limit=1.5)
+    return torch, dynmoe.Router(num_experts=E, top_k=2), experts, x, logits, es, want
+
+
+@pytest.mark.parametrize("act,dtype,tol", [("swiglu_oai", "float32", 1e-5), ("relu2", "float32", 1e-5),
+                                           ("swiglu_oai", "bfloat16", 1e-2), ("geglu_tanh", "bfloat16", 1e-2)])
+def test_torch_options_eager_compiled_and_ops(act, dtype, tol):
+    torch, router, experts, x, logits, es, want = torch_layer(act, dtype)
+    got = dynmoe.moe_forward(x, logits, router, experts, expert_scale=es)
+    assert got.dtype == x.dtype and ref.rel_err(got.float().numpy(), want) < tol
+
+    @torch.compile(fullgraph=True)
+    def layer(x, logits):
+        ids, w = dynmoe.route(logits, router, expert_scale=es)
+        return dynmoe.experts_forward(x, ids, w, router, experts)
+
+    assert ref.rel_err(layer(x, logits).float().numpy(), want) < tol
+    out = torch.full_like(x, float("nan"))
+    torch.ops.dynmoe.moe_forward_out(x, logits, experts.w13, experts.w2, router.ints, router.floats, experts.act,
+                                     None, None, out, None, es, *experts.tensors, experts.ints, experts.floats)
+    assert ref.rel_err(out.float().numpy(), want) < tol
+
+
+def test_torch_options_opcheck_and_fake():
+    torch, router, experts, x, logits, es, _ = torch_layer()
+    ri, rf = router.ints, router.floats
+    ids, w = dynmoe.route(logits, router, expert_scale=es)
+    tail = (*experts.tensors, experts.ints, experts.floats)
+    cases = [
+        (torch.ops.dynmoe.moe_forward.default, (x, logits, experts.w13, experts.w2, ri, rf, experts.act, None, None,
+                                                es, *tail)),
+        (torch.ops.dynmoe.experts_forward.default, (x, ids, w, experts.w13, experts.w2, ri, rf, experts.act, *tail)),
+        (torch.ops.dynmoe.route.default, (logits, ri, rf, None, None, es)),
+        (torch.ops.dynmoe.experts_forward_out.default, (x, ids, w, experts.w13, experts.w2, ri, rf, experts.act,
+                                                        torch.empty_like(x), None, *tail)),
+    ]
+    for op, args in cases:
+        torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
+    woi = dynmoe.Router(num_experts=8, top_k=1, score="sigmoid", norm="none", weight_on_input=True)
+    assert woi.ints[-1] == 1 and dynmoe._torch._router(woi.ints, woi.floats).weight_on_input
