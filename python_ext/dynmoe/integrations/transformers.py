@@ -11,24 +11,32 @@ experts class decorated with ``@use_experts_implementation`` then runs
 ``experts_forward`` below, which takes the model's routing table
 (``top_k_index``, ``top_k_weights``) and runs dynmoe's experts and combine in
 one op (``torch.ops.dynmoe.experts_forward_out``). It honours the decorator's
-flags: ``is_concatenated`` / ``is_transposed`` weights in the layout dynmoe
-takes (``gate_up_proj [E, 2I, H]`` gate rows first, ``down_proj [E, H, I]``,
-which is transformers' default) are passed without a copy; a transposed or
-interleaved layout is re-laid once and cached per parameter (re-laid again
-only when the parameter changes). ``has_bias``, ``has_gate=False``,
-``has_post_expert_norm``, a custom ``_apply_gate`` or an activation dynmoe
-lacks raise ``NotImplementedError`` naming the class and what dynmoe lacks
-(``dynmoe.integrations.support``).
+flags: weights in the layout dynmoe takes (``gate_up_proj [E, 2I, H]``,
+``down_proj [E, H, I]``, transformers' default) are passed without a copy; a
+transposed layout is re-laid once and cached per parameter (re-laid again
+only when the parameter changes). ``has_bias`` passes ``*_proj_bias`` as
+b13/b2; ``has_gate=False`` (Nemotron-H's ``up_proj``, relu2 or silu) runs
+dynmoe's non-gated acts; the activations of ``support.ACTIVATIONS`` (SiLU,
+erf GELU, tanh GELU for Gemma-4) and the custom gates of ``CUSTOM_GATES``
+(gpt-oss's clamped SwiGLU on interleaved rows with the module's alpha and
+limit, and its blocked kin) run as they are. ``has_post_expert_norm``, another
+custom ``_apply_gate`` or an activation dynmoe lacks raise
+``NotImplementedError`` naming the class and what dynmoe lacks.
 
 **patch(model)** also hands the routing to dynmoe for the router families it
 expresses (the table ``ROUTERS``): softmax top-k (Qwen2/Qwen3-MoE, Mixtral,
-OLMoE, MiniMax, Granite), sigmoid + selection bias + groups + routed scale
-(DeepSeek-V3, GLM-4-MoE, Dots1) and softmax + bias + identity zero experts
-(LongCat-Flash). Each router computes the same
-logits and routes with ``torch.ops.dynmoe.route`` (the router module keeps
-its parameters and state_dict names; only its forward changes); shared
-experts, shared gates and everything else of the block stay the model's own. A block whose
-router is not in the table raises ``NotImplementedError`` naming its class.
+OLMoE, MiniMax, Granite, gpt-oss with its logit bias), sigmoid + selection
+bias + groups + routed scale (DeepSeek-V3, GLM-4-MoE, Dots1, Nemotron-H),
+softmax + bias + identity zero experts (LongCat-Flash) and softmax top-k
+renormalised times ``per_expert_scale`` (Gemma-4, dynmoe's expert_scale).
+Each router computes the same logits and routes with
+``torch.ops.dynmoe.route`` (the router module keeps its parameters and
+state_dict names; only its forward changes). Llama-4's block (``BLOCKS``),
+whose experts take no routing table, becomes one ``moe_forward``: sigmoid
+top-1 with the weight on the expert's input (``weight_on_input``). Shared
+experts, shared gates, latent projections and everything else of the block
+stay the model's own. A block whose router is not in the tables raises
+``NotImplementedError`` naming its class.
 """
 from __future__ import annotations
 
@@ -75,6 +83,8 @@ CUSTOM_GATES = {
     "GptOssExperts": ("swiglu_oai", "interleaved", "alpha", "limit"),
     "OpenAIPrivacyFilterExperts": ("swiglu_oai", "blocked", "alpha", "limit"),
     "MiniMaxM3VLExperts": ("swiglu_oai", "blocked", "swiglu_alpha", "swiglu_limit"),
+    # act_fn(gate) * up computed in fp32, then cast: dynmoe's default (fp32 inside)
+    "BeamExperts": (None, "blocked", None, None),
 }
 
 
@@ -93,7 +103,7 @@ def _experts_spec(module):
         custom = CUSTOM_GATES.get(type(module).__name__)
         if gate is not hf_moe._default_apply_gate and custom is None:
             return f"the custom gating function {type(module).__name__}._apply_gate"
-        if custom is not None:
+        if custom is not None and custom[0] is not None:
             act, spec["gate_up"], a, lim = custom
             spec["alpha"], spec["limit"] = float(getattr(module, a)), float(getattr(module, lim))
         else:
