@@ -9,7 +9,8 @@
  * counter. Around warm calls of dynmoe_route, dynmoe_plan_build,
  * dynmoe_experts_forward and dynmoe_moe_forward (decode, few experts with
  * many rows, prefill; f32/bf16/f16; every CPU path; with and without a stats
- * block; 1 thread, the cores, more) the count must be 0. Not built under the sanitizers, which bring
+ * block; 1 thread, the cores, more; the expert options of issues 15 and 16)
+ * the count must be 0. Not built under the sanitizers, which bring
  * their own allocator.
  */
 #include <atomic>
@@ -219,6 +220,16 @@ std::vector<OptionCase> option_cases() {
     ExpertOptions b;
     b.bias = true;
     v.push_back({"relu2 bias", DYNMOE_ACT_RELU2, b, false});
+    ExpertOptions mx = oss; /* gpt-oss as it ships */
+    mx.format = DYNMOE_WEIGHTS_MXFP4;
+    v.push_back({"mxfp4 swiglu_oai interleaved bias", DYNMOE_ACT_SWIGLU_OAI, mx, false});
+    ExpertOptions f8;
+    f8.format = DYNMOE_WEIGHTS_FP8_BLOCK;
+    v.push_back({"fp8_block swiglu", DYNMOE_ACT_SWIGLU, f8, false});
+    ExpertOptions i4;
+    i4.format = DYNMOE_WEIGHTS_INT4;
+    i4.group = 32;
+    v.push_back({"int4 g32 swiglu", DYNMOE_ACT_SWIGLU, i4, false});
     return v;
 }
 

@@ -5,6 +5,7 @@
  * tables and the edge cases of DESIGN.md section 6. On the CPU every test runs
  * once per instruction path (DYNMOE_CPU_ISA); a path this CPU lacks skips.
  */
+#include <algorithm>
 #include <climits>
 #include <cmath>
 #include <cstdlib>
@@ -576,6 +577,194 @@ TEST_P(Forward, ExpertOptionsSchedules) {
                 r.weight_on_input = o.on_input ? 1 : 0;
                 check_experts(r, H, I, o.act, dt, c.table, rng, ST_PLAN, eo);
             }
+        }
+    }
+}
+
+/* ---- quantized weights (issue 16) ---- */
+
+/* T tokens with S distinct real experts each out of E, weights in [0.1, 1]. */
+dmref::Table distinct_table(int32_t E, int32_t S, int64_t T, Rng &rng) {
+    dmref::Table t;
+    t.T = T;
+    t.S = S;
+    for (int64_t i = 0; i < T; i++) {
+        std::vector<int32_t> ids;
+        while ((int32_t)ids.size() < S) {
+            const int32_t id = (int32_t)rng.integer(0, E - 1);
+            if (std::find(ids.begin(), ids.end(), id) == ids.end()) ids.push_back(id);
+        }
+        for (int32_t id : ids) t.ids.push_back(id), t.weights.push_back(rng.uniform(0.1, 1));
+    }
+    return t;
+}
+
+/* After a test edited w.q13 / w.q2 (codes, scales): the codes the library
+ * gets and the values the reference sees (dmref::dequantize). */
+void redequantize(ExpertWeights &w) {
+    const int64_t rows = dmref::gated(w.ref.act) ? 2 * (int64_t)w.ref.I : w.ref.I;
+    w.w13.bytes = w.q13.q;
+    w.w2.bytes = w.q2.q;
+    w.ref.w13 = w.w13.values = dmref::dequantize(w.q13, w.ref.E, rows, w.ref.H);
+    w.ref.w2 = w.w2.values = dmref::dequantize(w.q2, w.ref.E, w.ref.H, w.ref.I);
+}
+
+struct QuantFormat {
+    const char *name;
+    dynmoe_weight_format format;
+    int32_t group;
+    bool zeros;
+    int32_t H, I; /* shapes that cut the format's blocks: FP8 128-blocks along N and K with tails, INT4 ragged groups */
+};
+const QuantFormat kQuantFormats[] = {
+    {"fp8_block", DYNMOE_WEIGHTS_FP8_BLOCK, 0, false, 160, 136}, /* w13 272 x 160: 3 x 2 blocks */
+    {"mxfp4", DYNMOE_WEIGHTS_MXFP4, 0, false, 96, 64},
+    {"int4 g32 zeros", DYNMOE_WEIGHTS_INT4, 32, true, 100, 72}, /* last groups of 4 and 8, K % 8 tails */
+    {"int4 g64 symmetric", DYNMOE_WEIGHTS_INT4, 64, false, 100, 72},
+    {"int4 g128 zeros", DYNMOE_WEIGHTS_INT4, 128, true, 100, 72}, /* one ragged group per row */
+};
+
+ExpertOptions quant_options(const QuantFormat &f) {
+    ExpertOptions o;
+    o.format = f.format;
+    o.group = f.group;
+    o.zeros = f.zeros;
+    return o;
+}
+
+/* Every format x f32/bf16 x decode (T = 1, 16) and prefill (T = 300, one
+ * expert with > 256 rows) x SwiGLU blocked, SwiGLU-OAI interleaved with
+ * biases (gpt-oss), ReLU^2, against the fp64 reference on the dequantized
+ * weights. */
+TEST_P(Forward, QuantizedWeights) {
+    struct Act {
+        const char *name;
+        dynmoe_act act;
+        dynmoe_gate_up gate_up;
+        bool bias;
+    };
+    const Act acts[] = {{"swiglu", DYNMOE_ACT_SWIGLU, DYNMOE_GATE_UP_BLOCKED, false},
+                        {"swiglu_oai interleaved bias", DYNMOE_ACT_SWIGLU_OAI, DYNMOE_GATE_UP_INTERLEAVED, true},
+                        {"relu2", DYNMOE_ACT_RELU2, DYNMOE_GATE_UP_BLOCKED, false}};
+    const int32_t E = 16, S = 4;
+    for (size_t fi = 0; fi < sizeof kQuantFormats / sizeof kQuantFormats[0]; fi++) {
+        const QuantFormat &f = kQuantFormats[fi];
+        for (const Act &a : acts) {
+            for (dynmoe_dtype dt : {DYNMOE_F32, DYNMOE_BF16}) {
+                for (int64_t T : {1, 16, 300}) {
+                    const uint64_t seed = seed_of(60 + fi, (int)(T + 7 * (int)dt + 31 * (int)a.act));
+                    SCOPED_TRACE(std::string(f.name) + " " + a.name + " " + dtype_name(dt) + " T=" + std::to_string(T) +
+                                 " seed=" + std::to_string(seed));
+                    Rng rng(seed);
+                    dmref::Table t = distinct_table(E, S, T, rng);
+                    if (T == 300) /* a hot expert: 300 rows, two chunks */
+                        for (int64_t i = 0; i < T; i++) t.ids[(size_t)(i * S)] = 5, t.ids[(size_t)(i * S + 1)] %= 5;
+                    ExpertOptions o = quant_options(f);
+                    o.gate_up = a.gate_up;
+                    o.bias = a.bias;
+                    check_experts(make_router(E, S), f.H, f.I, a.act, dt, t, rng, ST_PLAN, o);
+                }
+            }
+        }
+    }
+}
+
+/* One forward of weights w over table t: output against the reference on
+ * the tokens that do not use expert `bad`; the tokens that do must come out
+ * all non-finite (dynmoe.h: a NaN/Inf scale reaches exactly the tokens
+ * routed to that expert). bad = -1: every token compared. */
+void check_quant_forward(dynmoe_ctx *ctx, dynmoe_backend b, const ExpertWeights &w, dynmoe_dtype dt,
+                         const dmref::Table &t, int32_t bad, Rng &rng) {
+    const int32_t H = w.ref.H;
+    Packed x = random_x(t.T, H, dt, rng);
+    const std::vector<float> wf = to_float(t.weights);
+    dmref::Table tf = t;
+    tf.weights = to_double(wf);
+    ForwardOut o = run_experts_forward(ctx, b, make_router(w.ref.E, t.S), w, dt, t.T, x, t.ids, wf, t.S);
+    ASSERT_EQ(o.status, DYNMOE_OK) << dynmoe_last_error();
+    std::vector<int64_t> good;
+    std::vector<double> got;
+    for (int64_t i = 0; i < t.T; i++) {
+        bool hit = false;
+        for (int32_t k = 0; k < t.S; k++) hit |= t.ids[(size_t)(i * t.S + k)] == bad;
+        if (!hit) {
+            good.push_back(i);
+            continue;
+        }
+        for (int32_t h = 0; h < H; h++)
+            EXPECT_FALSE(std::isfinite(o.out[(size_t)(i * H + h)])) << "token " << i << " of expert " << bad << ", h " << h;
+    }
+    std::vector<double> ref;
+    dmref::experts_forward(w.ref, 0, DYNMOE_ZERO_OUTPUT, t.T, x.values, tf, ref, good);
+    std::vector<double> g, r;
+    for (int64_t i : good)
+        for (int32_t h = 0; h < H; h++) g.push_back(o.out[(size_t)(i * H + h)]), r.push_back(ref[(size_t)(i * H + h)]);
+    ASSERT_FALSE(good.empty());
+    expect_close(g, r, dt, "tokens not routed to the bad expert");
+}
+
+/* Scales of 0 (zero weights: the expert's output is its b2), NaN and Inf
+ * scales (non-finite outputs for exactly the tokens routed there), on the
+ * decode and the prefill schedules. */
+TEST_P(Forward, QuantizedScaleEdgeCases) {
+    const int32_t E = 8, S = 2;
+    for (size_t fi = 0; fi < sizeof kQuantFormats / sizeof kQuantFormats[0]; fi++) {
+        const QuantFormat &f = kQuantFormats[fi];
+        for (dynmoe_dtype dt : {DYNMOE_F32, DYNMOE_BF16}) {
+            for (int64_t T : {3, 200}) {
+                const uint64_t seed = seed_of(70 + fi, (int)(T + 7 * (int)dt));
+                SCOPED_TRACE(std::string(f.name) + " " + dtype_name(dt) + " T=" + std::to_string(T) +
+                             " seed=" + std::to_string(seed));
+                Rng rng(seed);
+                dmref::Table t = distinct_table(E, S, T, rng);
+                ExpertOptions o = quant_options(f);
+                o.bias = true;
+                ExpertWeights w = make_experts(E, f.H, f.I, DYNMOE_ACT_SWIGLU, dt, rng, o);
+                /* expert 2: every scale 0 (w13 and w2); expert 6: one NaN or Inf scale in w13 */
+                auto set_scale = [&](dmref::QuantMatrix &q, size_t from, size_t count, double v) {
+                    for (size_t i = from; i < from + count; i++) {
+                        if (f.format == DYNMOE_WEIGHTS_FP8_BLOCK) q.scale_f32[i] = (float)v;
+                        else if (f.format == DYNMOE_WEIGHTS_MXFP4) q.scale_u8[i] = std::isnan(v) ? 0xff : 0; /* 0: 2^-127 */
+                        else q.scale_f16[i] = dmref::f32_to_f16((float)v);
+                    }
+                };
+                const size_t per13 = w.q13.scale_f32.size() + w.q13.scale_u8.size() + w.q13.scale_f16.size();
+                const size_t per2 = w.q2.scale_f32.size() + w.q2.scale_u8.size() + w.q2.scale_f16.size();
+                if (f.format != DYNMOE_WEIGHTS_MXFP4) { /* ue8m0 has no 0: its smallest, 2^-127, stands in */
+                    set_scale(w.q13, per13 / E * 2, per13 / E, 0.0);
+                    set_scale(w.q2, per2 / E * 2, per2 / E, 0.0);
+                }
+                const double bad = f.format == DYNMOE_WEIGHTS_INT4 ? std::numeric_limits<double>::infinity()
+                                                                   : std::numeric_limits<double>::quiet_NaN();
+                set_scale(w.q13, per13 / E * 6 + per13 / E / 2, 1, bad);
+                redequantize(w);
+                /* the expert with zero scales is in the table: its rows are b2 exactly */
+                for (int64_t i = 0; i < T; i += 3) t.ids[(size_t)(i * S + 1)] = t.ids[(size_t)(i * S)] == 2 ? 3 : 2;
+                t.ids[0] = 6; /* slot 1 of token 0 is 2 or 3 now */
+                check_quant_forward(ctx_, backend(), w, dt, t, 6, rng);
+            }
+        }
+    }
+}
+
+/* Every float8 e4m3fn code but the two NaNs, in w13 and w2, against the
+ * reference's own decoding (subnormals, the largest, both signs). */
+TEST_P(Forward, Fp8EveryCode) {
+    const QuantFormat &f = kQuantFormats[0];
+    for (dynmoe_dtype dt : {DYNMOE_F32, DYNMOE_BF16}) {
+        for (int64_t T : {2, 100}) {
+            Rng rng(seed_of(80, (int)(T + (int)dt)));
+            SCOPED_TRACE(std::string(dtype_name(dt)) + " T=" + std::to_string(T));
+            ExpertWeights w = make_experts(4, f.H, f.I, DYNMOE_ACT_SWIGLU, dt, rng, quant_options(f));
+            for (dmref::QuantMatrix *q : {&w.q13, &w.q2})
+                for (size_t i = 0; i < q->q.size(); i++) {
+                    const uint8_t c = (uint8_t)((i * 37) % 254); /* 0..253, then skip 0x7f */
+                    q->q[i] = (uint8_t)(c >= 0x7f ? c + 1 : c);
+                }
+            for (float &sc : w.q13.scale_f32) sc = 1.0f / 2048; /* |w| <= 448 / 2048 */
+            for (float &sc : w.q2.scale_f32) sc = 1.0f / 4096;
+            redequantize(w);
+            check_quant_forward(ctx_, backend(), w, dt, distinct_table(4, 2, T, rng), -1, rng);
         }
     }
 }

@@ -34,10 +34,40 @@ static void tile_4x1(int32_t K, const float *const w[TW], const float *pan, floa
 }
 
 const float *dm_cpu_weight_row(const dm_cpu_wmat *m, int64_t n, float *buf) {
-    const char *row = m->w + n * m->row_bytes;
-    if (m->dt == DYNMOE_F32) return (const float *)row;
-    for (int32_t k = 0; k < m->K; k++) buf[k] = dm_load(row, m->dt, k);
-    return buf;
+    const uint8_t *row = (const uint8_t *)m->w + n * m->row_bytes;
+    const int32_t K = m->K;
+    switch (m->fmt) {
+    case DYNMOE_WEIGHTS_FP8_BLOCK: {
+        /* one fp32 scale per 128 x 128 block (quant_rules.h, dm_dequant) */
+        const float *sc = (const float *)m->scale + (n / DM_FP8_BLOCK) * m->groups;
+        for (int32_t k0 = 0; k0 < K; k0 += DM_FP8_BLOCK) {
+            const float s = sc[k0 / DM_FP8_BLOCK];
+            for (int32_t k = k0; k < K && k < k0 + DM_FP8_BLOCK; k++) buf[k] = dm_fp8e4m3_to_f32(row[k]) * s;
+        }
+        return buf;
+    }
+    case DYNMOE_WEIGHTS_MXFP4: {
+        const uint8_t *sc = (const uint8_t *)m->scale + n * m->groups;
+        for (int32_t k0 = 0; k0 < K; k0 += DM_MXFP4_BLOCK) {
+            const float s = dm_ue8m0_to_f32(sc[k0 / DM_MXFP4_BLOCK]);
+            for (int32_t k = k0; k < k0 + DM_MXFP4_BLOCK; k++) buf[k] = dm_e2m1_to_f32(dm_nibble(row, k)) * s;
+        }
+        return buf;
+    }
+    case DYNMOE_WEIGHTS_INT4: {
+        const uint16_t *sc = (const uint16_t *)m->scale + n * m->groups;
+        const uint8_t *zr = m->zero ? (const uint8_t *)m->zero + n * m->groups : NULL;
+        for (int32_t k0 = 0, gi = 0; k0 < K; k0 += m->group, gi++) {
+            const float s = dm_f16_to_f32(sc[gi]), z = zr ? (float)zr[gi] : 8.0f;
+            for (int32_t k = k0; k < K && k < k0 + m->group; k++) buf[k] = ((float)dm_nibble(row, k) - z) * s;
+        }
+        return buf;
+    }
+    default:
+        if (m->dt == DYNMOE_F32) return (const float *)row;
+        for (int32_t k = 0; k < K; k++) buf[k] = dm_load(row, m->dt, k);
+        return buf;
+    }
 }
 
 /* GEMM 1 + activation: hidden units of blocks [b_begin, b_end), one tile of

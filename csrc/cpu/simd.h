@@ -33,14 +33,83 @@ DM_AVX2 static inline float dm_hsum8(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-/* Row n of m as K floats (cpu.h, dm_cpu_weight_row), 8 at a time: the row
- * itself for PLAIN f32, else widened into buf. */
+/* Eight float8 e4m3fn codes (quant_rules.h, dm_fp8e4m3_to_f32) as fp32:
+ * the 7 magnitude bits shifted into an fp32's exponent and mantissa with the
+ * exponent rebiased (+120), subnormals (exponent 0) as m * 2^-9 (no fp32
+ * subnormal on the way, so FTZ/DAZ cannot change them), S.1111.111 NaN. */
+DM_AVX2 static inline __m256 dm_fp8x8(const uint8_t *p) {
+    const __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p));
+    const __m256i mag = _mm256_and_si256(b, _mm256_set1_epi32(0x7f));
+    const __m256 sign = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_and_si256(b, _mm256_set1_epi32(0x80)), 24));
+    const __m256 normal =
+        _mm256_castsi256_ps(_mm256_add_epi32(_mm256_slli_epi32(mag, 20), _mm256_set1_epi32(120 << 23)));
+    const __m256 sub = _mm256_mul_ps(_mm256_cvtepi32_ps(mag), _mm256_set1_ps(0.001953125f));
+    __m256 v = _mm256_blendv_ps(normal, sub, _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(8), mag)));
+    v = _mm256_blendv_ps(v, _mm256_castsi256_ps(_mm256_set1_epi32(0x7fc00000)),
+                         _mm256_castsi256_ps(_mm256_cmpeq_epi32(mag, _mm256_set1_epi32(0x7f))));
+    return _mm256_or_ps(v, sign);
+}
+
+/* Eight 4-bit values from 4 bytes, element k in nibble k (low first), as int32 lanes. */
+DM_AVX2 static inline __m256i dm_nibbles8(const uint8_t *p) {
+    uint32_t u;
+    memcpy(&u, p, sizeof u);
+    const __m256i sh = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
+    return _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)u), sh), _mm256_set1_epi32(0xf));
+}
+
+/* Eight e2m1 nibbles (dm_e2m1_to_f32) as fp32: the 8 magnitudes by a lane
+ * permute (it reads the low 3 bits of each index), the sign from bit 3. */
+DM_AVX2 static inline __m256 dm_e2m1x8(__m256i nib) {
+    const __m256 mag = _mm256_permutevar8x32_ps(_mm256_setr_ps(0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f), nib);
+    return _mm256_or_ps(mag, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_and_si256(nib, _mm256_set1_epi32(8)), 28)));
+}
+
+/* Row n of m as K floats (cpu.h, dm_cpu_weight_row), 8 at a time, each
+ * stored byte read once: the row itself for PLAIN f32, else widened or
+ * dequantized into buf with the group's scale (and zero point) hoisted.
+ * Groups are multiples of 8 long, so a vector never straddles two; the K
+ * tail goes through quant_rules.h's scalar rules. */
 DM_AVX2 static inline const float *dm_cpu_weight_row_avx2(const dm_cpu_wmat *m, int64_t n, float *buf) {
-    const char *row = m->w + n * m->row_bytes;
+    const uint8_t *row = (const uint8_t *)m->w + n * m->row_bytes;
     const int32_t K = m->K;
     int32_t k = 0;
     switch (m->fmt) {
-    case DYNMOE_WEIGHTS_PLAIN:
+    case DYNMOE_WEIGHTS_FP8_BLOCK: {
+        const float *sc = (const float *)m->scale + (n / DM_FP8_BLOCK) * m->groups;
+        for (int32_t k0 = 0; k0 < K; k0 += DM_FP8_BLOCK) {
+            const int32_t kend = K < k0 + DM_FP8_BLOCK ? K : k0 + DM_FP8_BLOCK;
+            const float s = sc[k0 / DM_FP8_BLOCK];
+            const __m256 sv = _mm256_set1_ps(s);
+            for (k = k0; k + 8 <= kend; k += 8) _mm256_storeu_ps(buf + k, _mm256_mul_ps(dm_fp8x8(row + k), sv));
+            for (; k < kend; k++) buf[k] = dm_fp8e4m3_to_f32(row[k]) * s;
+        }
+        return buf;
+    }
+    case DYNMOE_WEIGHTS_MXFP4: {
+        const uint8_t *sc = (const uint8_t *)m->scale + n * m->groups;
+        for (int32_t k0 = 0; k0 < K; k0 += DM_MXFP4_BLOCK) { /* K % 32 == 0 */
+            const __m256 sv = _mm256_set1_ps(dm_ue8m0_to_f32(sc[k0 / DM_MXFP4_BLOCK]));
+            for (k = k0; k < k0 + DM_MXFP4_BLOCK; k += 8)
+                _mm256_storeu_ps(buf + k, _mm256_mul_ps(dm_e2m1x8(dm_nibbles8(row + k / 2)), sv));
+        }
+        return buf;
+    }
+    case DYNMOE_WEIGHTS_INT4: {
+        const uint16_t *sc = (const uint16_t *)m->scale + n * m->groups;
+        const uint8_t *zr = m->zero ? (const uint8_t *)m->zero + n * m->groups : NULL;
+        for (int32_t k0 = 0, gi = 0; k0 < K; k0 += m->group, gi++) {
+            const int32_t kend = K < k0 + m->group ? K : k0 + m->group;
+            const float s = dm_f16_to_f32(sc[gi]), z = zr ? (float)zr[gi] : 8.0f;
+            const __m256 sv = _mm256_set1_ps(s), zv = _mm256_set1_ps(z);
+            for (k = k0; k + 8 <= kend; k += 8)
+                _mm256_storeu_ps(buf + k,
+                                 _mm256_mul_ps(_mm256_sub_ps(_mm256_cvtepi32_ps(dm_nibbles8(row + k / 2)), zv), sv));
+            for (; k < kend; k++) buf[k] = ((float)dm_nibble(row, k) - z) * s;
+        }
+        return buf;
+    }
+    default:
         if (m->dt == DYNMOE_F32) return (const float *)row;
         if (m->dt == DYNMOE_BF16)
             for (; k + 8 <= K; k += 8) _mm256_storeu_ps(buf + k, dm_load8_bf16(row, k));
@@ -48,7 +117,6 @@ DM_AVX2 static inline const float *dm_cpu_weight_row_avx2(const dm_cpu_wmat *m, 
             for (; k + 8 <= K; k += 8) _mm256_storeu_ps(buf + k, dm_load8_f16(row, k));
         for (; k < K; k++) buf[k] = dm_load(row, m->dt, k);
         return buf;
-    default: return dm_cpu_weight_row(m, n, buf);
     }
 }
 
