@@ -17,6 +17,10 @@
  * Active FLOPs = 6*R*H*I with R = routed rows = T*K*keep*(1-zero share);
  * at T = 2048: R = 16384, 155 GFLOP — about 1.5 s on 2 AVX2 cores at
  * ~100 GFLOP/s, ~0.3 ms on an H100 at ~600 TFLOP/s.
+ * --weights stores the same experts quantized (bench_quant.c): bytes per
+ * weight 4 / 2 (f32 / bf16), 1.0002 (fp8_block), 0.53 (mxfp4: 1/2 + 1/32),
+ * 0.52 (int4, group 128: 1/2 + 3/128). Decode reads each active expert's
+ * bytes once, so its bound scales with these; prefill stays FLOP-bound.
  */
 #define _GNU_SOURCE 1 /* popen, isatty, gmtime_r */
 
@@ -32,10 +36,13 @@
 
 #include "bench_commit.h" /* DYNMOE_BENCH_COMMIT, regenerated on every build */
 #include "bench_dev.h"
+#include "bench_quant.h"
 #include "dynmoe.h"
 
 #define MAX_LIST 64
 #define MAX_ROT 16
+#define MAX_WEIGHTS 8
+#define W_NATIVE (-1) /* --weights native: the preset's own format */
 /* The dense peak is measured at M = max(T*K, this): small-M GEMMs are
  * memory-bound and would understate the machine's FLOP rate. */
 #define PEAK_MIN_ROWS 8192
@@ -55,21 +62,40 @@ typedef struct preset {
     int32_t groups, topk_groups;
     dynmoe_norm norm;
     float scale;
+    /* since issues 15/16 (zero = SwiGLU, blocked, no biases, weight on the output, plain) */
+    dynmoe_act act;
+    dynmoe_gate_up gate_up;
+    int biases;          /* b13 [E, 2I], b2 [E, H] (gpt-oss) */
+    int weight_on_input; /* Llama-4: the routing weight scales the expert's input */
+    dynmoe_weight_format native; /* --weights native: the format the model ships */
 } preset;
 
+/* the presets of the 0.1 bench: SwiGLU, blocked gate/up, no biases, weight on the output, plain */
+#define SWIGLU_PLAIN DYNMOE_ACT_SWIGLU, DYNMOE_GATE_UP_BLOCKED, 0, 0, DYNMOE_WEIGHTS_PLAIN
 static const preset PRESETS[] = {
     {"mixtral-8x7b", "Mixtral-8x7B", 8, 0, DYNMOE_ZERO_OUTPUT, 2, 4096, 14336, DYNMOE_SCORE_SOFTMAX, 0, 0, 0,
-     DYNMOE_NORM_SELECTED, 1.0f},
+     DYNMOE_NORM_SELECTED, 1.0f, SWIGLU_PLAIN},
     {"qwen3-30b-a3b", "Qwen3-30B-A3B", 128, 0, DYNMOE_ZERO_OUTPUT, 8, 2048, 768, DYNMOE_SCORE_SOFTMAX, 0, 0, 0,
-     DYNMOE_NORM_SELECTED, 1.0f},
+     DYNMOE_NORM_SELECTED, 1.0f, SWIGLU_PLAIN},
     {"deepseek-v3", "DeepSeek-V3", 256, 0, DYNMOE_ZERO_OUTPUT, 8, 7168, 2048, DYNMOE_SCORE_SIGMOID, 1, 8, 4,
-     DYNMOE_NORM_SELECTED, 2.5f},
+     DYNMOE_NORM_SELECTED, 2.5f, DYNMOE_ACT_SWIGLU, DYNMOE_GATE_UP_BLOCKED, 0, 0, DYNMOE_WEIGHTS_FP8_BLOCK},
     {"longcat-flash", "LongCat-Flash", 512, 256, DYNMOE_ZERO_IDENTITY, 12, 6144, 2048, DYNMOE_SCORE_SOFTMAX, 1, 0,
-     0, DYNMOE_NORM_NONE, 6.0f}, /* routed_scaling_factor 6.0 (HF config) */
+     0, DYNMOE_NORM_NONE, 6.0f, SWIGLU_PLAIN}, /* routed_scaling_factor 6.0 (HF config) */
     {"zeda-qwen3", "ZEDA-Qwen3", 128, 64, DYNMOE_ZERO_OUTPUT, 8, 2048, 768, DYNMOE_SCORE_SOFTMAX, 0, 0, 0,
-     DYNMOE_NORM_SELECTED, 1.0f},
+     DYNMOE_NORM_SELECTED, 1.0f, SWIGLU_PLAIN},
     {"olmoe", "OLMoE-1B-7B", 64, 0, DYNMOE_ZERO_OUTPUT, 8, 2048, 1024, DYNMOE_SCORE_SOFTMAX, 0, 0, 0,
-     DYNMOE_NORM_NONE, 1.0f},
+     DYNMOE_NORM_NONE, 1.0f, SWIGLU_PLAIN},
+    /* gpt-oss: softmax over the top-4 logits = softmax over all, renormalised over the selected;
+     * experts (clamp(up, +-7) + 1) * g * sigmoid(1.702 g), g = min(gate, 7), gate/up rows
+     * interleaved, biases; the checkpoints ship MXFP4 experts */
+    {"gpt-oss-20b", "gpt-oss-20b", 32, 0, DYNMOE_ZERO_OUTPUT, 4, 2880, 2880, DYNMOE_SCORE_SOFTMAX, 0, 0, 0,
+     DYNMOE_NORM_SELECTED, 1.0f, DYNMOE_ACT_SWIGLU_OAI, DYNMOE_GATE_UP_INTERLEAVED, 1, 0, DYNMOE_WEIGHTS_MXFP4},
+    {"gpt-oss-120b", "gpt-oss-120b", 128, 0, DYNMOE_ZERO_OUTPUT, 4, 2880, 2880, DYNMOE_SCORE_SOFTMAX, 0, 0, 0,
+     DYNMOE_NORM_SELECTED, 1.0f, DYNMOE_ACT_SWIGLU_OAI, DYNMOE_GATE_UP_INTERLEAVED, 1, 0, DYNMOE_WEIGHTS_MXFP4},
+    /* Llama-4 Scout: top-1 sigmoid score, the weight multiplies the expert's input (the shared
+     * expert is a dense MLP outside the routed layer, not timed here) */
+    {"llama4-scout", "Llama-4-Scout-17B-16E", 16, 0, DYNMOE_ZERO_OUTPUT, 1, 5120, 8192, DYNMOE_SCORE_SIGMOID, 0, 0,
+     0, DYNMOE_NORM_NONE, 1.0f, DYNMOE_ACT_SWIGLU, DYNMOE_GATE_UP_BLOCKED, 0, 1, DYNMOE_WEIGHTS_PLAIN},
 };
 #define NUM_PRESETS ((int)(sizeof PRESETS / sizeof PRESETS[0]))
 #define DEFAULT_PRESET 1 /* qwen3-30b-a3b */
@@ -83,6 +109,18 @@ static const char *norm_name(dynmoe_norm n) {
 static const char *select_name(dynmoe_select s) {
     return s == DYNMOE_SELECT_TOPK ? "topk" : s == DYNMOE_SELECT_TOP_P ? "top_p" : "threshold";
 }
+static const char *act_name(dynmoe_act a) {
+    switch (a) {
+    case DYNMOE_ACT_SWIGLU: return "swiglu";
+    case DYNMOE_ACT_GEGLU: return "geglu";
+    case DYNMOE_ACT_GEGLU_TANH: return "geglu_tanh";
+    case DYNMOE_ACT_SWIGLU_OAI: return "swiglu_oai";
+    case DYNMOE_ACT_RELU2: return "relu2";
+    case DYNMOE_ACT_SILU: return "silu";
+    default: return "?";
+    }
+}
+static int act_gated(dynmoe_act a) { return a != DYNMOE_ACT_RELU2 && a != DYNMOE_ACT_SILU; }
 
 /* ------------------------------------------------------------------------ */
 /* options                                                                  */
@@ -110,6 +148,9 @@ typedef struct opts {
     int rotate;
     uint64_t seed;
     int quiet;
+    int weights[MAX_WEIGHTS]; /* dynmoe_weight_format, or W_NATIVE */
+    int nweights;
+    int32_t group; /* INT4 group size */
 } opts;
 
 static void usage(FILE *f) {
@@ -130,7 +171,13 @@ static void usage(FILE *f) {
         fprintf(f, ", K %d, H %d, I %d, %s%s", p->K, p->H, p->I, score_name(p->score), p->bias ? " + bias" : "");
         if (p->groups) fprintf(f, ", %d groups keep %d", p->groups, p->topk_groups);
         if (p->scale != 1.0f) fprintf(f, ", scale %g", p->scale);
-        fprintf(f, ", norm %s\n", norm_name(p->norm));
+        fprintf(f, ", norm %s", norm_name(p->norm));
+        if (p->act != DYNMOE_ACT_SWIGLU) fprintf(f, ", %s", act_name(p->act));
+        if (p->gate_up == DYNMOE_GATE_UP_INTERLEAVED) fprintf(f, " interleaved");
+        if (p->biases) fprintf(f, " + biases");
+        if (p->weight_on_input) fprintf(f, ", weight on input");
+        if (p->native != DYNMOE_WEIGHTS_PLAIN) fprintf(f, ", native %s", bq_format_name(p->native));
+        fprintf(f, "\n");
     }
     fprintf(f,
 "  --experts E         real experts (overrides the preset)\n"
@@ -146,6 +193,15 @@ static void usage(FILE *f) {
 "  --threshold S       for --router threshold, on the score (default 0.05)\n"
 "  --dtype T           f32 | bf16 | f16: weights, x and out (default: bf16 on CUDA;\n"
 "                      on the CPU f32 when it fits in memory, else bf16). Logits are f32.\n"
+"                      With quantized --weights this is the dtype of x, out and biases.\n"
+"  --weights W[,W..]   how the expert weights are stored: plain (--dtype) | fp8_block (e4m3,\n"
+"                      fp32 scale per 128x128) | mxfp4 (e2m1, ue8m0 scale per 32 along K) |\n"
+"                      int4 (scale fp16 + zero point per --group-size along K) | native (the\n"
+"                      preset's own: deepseek-v3 fp8_block, gpt-oss-* mxfp4, others plain).\n"
+"                      Random weights are quantized by the bench's encoder. A list runs each\n"
+"                      format on the same inputs, round-robin; xw = time / time(first W).\n"
+"                      (default plain)\n"
+"  --group-size G      int4 group along K: 32, 64 or 128 (default 128)\n"
 "\n"
 "sweep (a comma list runs every combination)\n"
 "  --tokens T[,T..]    tokens per layer (default: 2048 on CUDA, 512 on the CPU)\n"
@@ -181,11 +237,13 @@ static void usage(FILE *f) {
 "\n"
 "columns: time = median [min, max] of the timed calls; us/tok = time / T;\n"
 "GFLOP/s (TFLOP/s on CUDA) = 6*R*H*I / time with R = rows routed to real experts;\n"
-"GB/s = weight bytes of the active experts / time; dense%% = dense GEMM time at the\n"
+"GB/s = weight bytes of the active experts (as stored: quantized values + scales + zero\n"
+"points) / time; dense%% = dense GEMM time at the\n"
 "same FLOPs (M = R rows) / time; roof%% = roofline bound / time, the bound being\n"
 "max(FLOPs / peak dense GEMM rate, weight bytes / copy bandwidth), F or M says which;\n"
 "xstat = time(static top-K) / time; t/t0 = time / time(static); work = R / R(static);\n"
-"rpc = (route + plan + combine) / time, each stage timed alone.\n"
+"rpc = (route + plan + combine) / time, each stage timed alone; xw = time / time(first --weights)\n"
+"at the same T, keep and zero share.\n"
 "\n"
 "example: dynmoe-bench --preset qwen3 --backend cpu --tokens 2048 --keep 1,0.5,0.15\n",
             MAX_ROT);
@@ -253,10 +311,32 @@ static int find_preset(const char *name) {
     return hits == 1 ? hit : -1;
 }
 
+/* "plain,int4,..." -> o->weights; each name once. */
+static int parse_weights(const char *s, opts *o) {
+    char buf[256];
+    if (strlen(s) >= sizeof buf) return bad("--weights: list too long");
+    strcpy(buf, s);
+    o->nweights = 0;
+    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        int w;
+        if (!strcmp(tok, "plain")) w = DYNMOE_WEIGHTS_PLAIN;
+        else if (!strcmp(tok, "fp8_block") || !strcmp(tok, "fp8")) w = DYNMOE_WEIGHTS_FP8_BLOCK;
+        else if (!strcmp(tok, "mxfp4")) w = DYNMOE_WEIGHTS_MXFP4;
+        else if (!strcmp(tok, "int4")) w = DYNMOE_WEIGHTS_INT4;
+        else if (!strcmp(tok, "native")) w = W_NATIVE;
+        else return bad("--weights: expected plain, fp8_block, mxfp4, int4 or native (a comma list), got '%s'", tok);
+        if (o->nweights == MAX_WEIGHTS) return bad("--weights: at most %d formats", MAX_WEIGHTS);
+        o->weights[o->nweights++] = w;
+    }
+    if (o->nweights == 0) return bad("--weights: empty list");
+    return 0;
+}
+
 static int parse_args(int argc, char **argv, opts *o) {
     *o = (opts){.preset = DEFAULT_PRESET, .backend = -1, .iters = 0, .warmup = -1, .dtype = -1,
                 .E = -1, .Z = -1, .K = -1, .H = -1, .I = -1, .G = -1, .GK = -1, .zero_kind = -1,
-                .select = DYNMOE_SELECT_TOPK, .top_p = 0.5f, .threshold = 0.05f, .rotate = 4, .seed = 1};
+                .select = DYNMOE_SELECT_TOPK, .top_p = 0.5f, .threshold = 0.05f, .rotate = 4, .seed = 1,
+                .group = 128};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         char flag[64];
@@ -271,7 +351,7 @@ static int parse_args(int argc, char **argv, opts *o) {
                                       "--keep", "--zero-share", "--iters", "--warmup", "--rounds", "--rotate", "--seed",
                                       "--json", "--dtype", "--experts", "--zero-experts", "--zero-kind", "--top-k",
                                       "--hidden", "--inter", "--groups", "--topk-groups", "--router", "--top-p",
-                                      "--threshold"};
+                                      "--threshold", "--weights", "--group-size"};
         int is_known = 0;
         for (size_t k = 0; k < sizeof known / sizeof known[0]; k++) is_known |= !strcmp(flag, known[k]);
         if (!is_known) return bad("unknown flag '%s'", flag);
@@ -364,6 +444,12 @@ static int parse_args(int argc, char **argv, opts *o) {
         } else if (!strcmp(flag, "--top-p")) {
             if (parse_real(flag, val, 0, 1, 1, &d)) return -1;
             o->top_p = (float)d;
+        } else if (!strcmp(flag, "--weights")) {
+            if (parse_weights(val, o)) return -1;
+        } else if (!strcmp(flag, "--group-size")) {
+            if (parse_int(flag, val, 32, 128, &v)) return -1;
+            if (v != 32 && v != 64 && v != 128) return bad("--group-size: expected 32, 64 or 128, got '%s'", val);
+            o->group = (int32_t)v;
         } else if (!strcmp(flag, "--threshold")) {
             if (parse_real(flag, val, -1e30, 1e30, 0, &d)) return -1;
             o->threshold = (float)d;
@@ -464,7 +550,15 @@ typedef struct bench {
     int modified; /* a preset with overrides: marked '*' in the table */
     int64_t Tmax;
     int nrot;
-    void *w13, *w2, *out, *ws;
+    /* --weights: one experts struct per format, on the same random weights
+     * (quantized by bench_quant.c); ex is the one being timed */
+    int nw;
+    dynmoe_weight_format wfmt[MAX_WEIGHTS];
+    dynmoe_experts exw[MAX_WEIGHTS];
+    void *wmem[MAX_WEIGHTS][6]; /* w13, w2, w13_scale, w2_scale, w13_zero, w2_zero */
+    double expert_bytes[MAX_WEIGHTS]; /* one expert's w13 + w2 as stored, scales and zeros included */
+    void *b13, *b2;
+    void *out, *ws;
     size_t ws_bytes;
     float *bias;
     void *x[MAX_ROT], *logits[MAX_ROT], *mask[MAX_ROT];
@@ -610,19 +704,48 @@ typedef struct sizes {
     size_t weights, per_set, out, ws, dense, copy, total;
 } sizes;
 
+/* The layer's experts stored as f, without pointers (b->ex holds the shape,
+ * activation and bias pointers). */
+static dynmoe_experts experts_for(const bench *b, dynmoe_weight_format f, dynmoe_dtype dt) {
+    dynmoe_experts ex = b->ex;
+    ex.dtype = dt;
+    ex.weight_format = f;
+    ex.group_size = f == DYNMOE_WEIGHTS_FP8_BLOCK ? 128 : f == DYNMOE_WEIGHTS_MXFP4 ? 32
+                    : f == DYNMOE_WEIGHTS_INT4    ? b->o.group
+                                                  : 0;
+    return ex;
+}
+
+/* One expert's w13 [N13, H] + w2 [H, I] as stored: what decode reads per active expert. */
+static double expert_bytes_of(const dynmoe_experts *ex, int32_t group) {
+    int64_t H = ex->hidden, I = ex->inter, N13 = act_gated(ex->act) ? 2 * I : I;
+    bq_bytes a = bq_matrix_bytes(ex->weight_format, ex->dtype, N13, H, group, 1);
+    bq_bytes c = bq_matrix_bytes(ex->weight_format, ex->dtype, H, I, group, 1);
+    return (double)(a.q + a.scale + a.zero + c.q + c.scale + c.zero);
+}
+
 static sizes size_of(const bench *b, dynmoe_dtype dt, size_t copy_bytes) {
     const dynmoe_router *r = &b->router;
     size_t es = dtype_size(dt), T = (size_t)b->Tmax, E = (size_t)r->num_experts, N = E + (size_t)r->num_zero_experts;
     size_t K = (size_t)r->top_k, H = (size_t)b->ex.hidden, I = (size_t)b->ex.inter, M = T * K;
     if (M < PEAK_MIN_ROWS) M = PEAK_MIN_ROWS;
-    dynmoe_experts ex = b->ex;
-    ex.dtype = dt;
     sizes z;
-    z.weights = E * 3 * I * H * es;
+    z.weights = 0;
+    z.ws = 0;
+    for (int w = 0; w < b->nw; w++) {
+        dynmoe_experts ex = experts_for(b, b->wfmt[w], dt);
+        z.weights += E * (size_t)expert_bytes_of(&ex, b->o.group);
+        size_t w1 = dynmoe_workspace_size(&b->router, &ex, b->Tmax), w2 = dynmoe_workspace_size(&b->router_id, &ex, b->Tmax);
+        if (w1 == 0 || w2 == 0) {
+            z.ws = 0; /* the library rejects this layer: setup reports it */
+            break;
+        }
+        if (w1 > z.ws) z.ws = w1;
+        if (w2 > z.ws) z.ws = w2;
+    }
+    if (PRESETS[b->o.preset].biases) z.weights += E * (act_gated(b->ex.act) ? 2 : 1) * I * es + E * H * es; /* biases */
     z.per_set = T * H * es + T * N * 4 + T * E * 4 + T * K * 12;
     z.out = T * H * es;
-    size_t w1 = dynmoe_workspace_size(&b->router, &ex, b->Tmax), w2 = dynmoe_workspace_size(&b->router_id, &ex, b->Tmax);
-    z.ws = w1 > w2 ? w1 : w2;
     size_t des = b->dev.cuda ? es : 4;
     z.dense = b->dev.has_dense ? (M * H + 2 * I * H + M * 2 * I + M * I + H * I + M * H) * des : 0;
     z.copy = 2 * copy_bytes;
@@ -655,6 +778,36 @@ static int alloc_fill(bench *b, void **p, size_t n, dynmoe_dtype t, float a, uin
     return rc ? bad("filling a buffer failed: %s", bdev_last_error()) : 0;
 }
 
+/* E experts' [N, K] matrix in format f: random values in +-a encoded by
+ * bench_quant.c on the host (in place on the CPU, staged and uploaded on
+ * CUDA); scale and zero buffers of their own (INT4 with zero points). */
+static int alloc_quant(bench *b, dynmoe_weight_format f, int32_t E, int64_t N, int64_t K, float a, uint64_t seed,
+                       void **q, void **scale, void **zero) {
+    bq_bytes by = bq_matrix_bytes(f, b->ex.dtype, N, K, b->o.group, 1);
+    size_t nq = by.q * (size_t)E, ns = by.scale * (size_t)E, nz = by.zero * (size_t)E;
+    *q = bdev_alloc(&b->dev, nq);
+    *scale = bdev_alloc(&b->dev, ns);
+    *zero = nz ? bdev_alloc(&b->dev, nz) : NULL;
+    if (!*q || !*scale || (nz && !*zero)) return bad("allocation failed: %s", bdev_last_error());
+    uint8_t *hq = *q, *hz = *zero;
+    void *hs = *scale;
+    if (b->dev.cuda) {
+        hq = malloc(nq), hs = malloc(ns), hz = nz ? malloc(nz) : NULL;
+        if (!hq || !hs || (nz && !hz)) {
+            free(hq), free(hs), free(hz);
+            return bad("out of host memory staging %s weights", bq_format_name(f));
+        }
+    }
+    bq_encode(f, E, N, K, b->o.group, a, seed, hq, hs, hz);
+    int rc = 0;
+    if (b->dev.cuda) {
+        rc = bdev_upload(&b->dev, *q, hq, nq) || bdev_upload(&b->dev, *scale, hs, ns) ||
+             (nz && bdev_upload(&b->dev, *zero, hz, nz));
+        free(hq), free(hs), free(hz);
+    }
+    return rc ? bad("uploading %s weights failed: %s", bq_format_name(f), bdev_last_error()) : 0;
+}
+
 /* ------------------------------------------------------------------------ */
 /* one configuration                                                        */
 /* ------------------------------------------------------------------------ */
@@ -670,6 +823,8 @@ typedef struct result {
     double flops, weight_bytes, mem_s, flop_s, bound_s, frac;
     char bound_kind;
     double static_s, static_rows, speedup, ratio, work, rpc_share;
+    int w;             /* index into --weights */
+    double over_first; /* time / time of the first --weights format, same T, keep, zero share (0: n/a) */
 } result;
 
 /* Untimed preparation of one configuration: fresh logits and masks for every
@@ -758,9 +913,9 @@ static int measure_config(bench *b, result *res, double copy_bw, double peak_flo
         progress(b, res, at, total, "dense");
         if (measure(b, RUN_DENSE, b->o.rounds, &res->s_dense, &res->dense)) goto fail;
     }
-    double H = ex->hidden, I = ex->inter;
-    res->flops = 6.0 * res->rows * H * I; /* [R,H]x[H,2I] + [R,I]x[I,H], 2 FLOPs per MAC */
-    res->weight_bytes = res->active * 3.0 * I * H * (double)dtype_size(ex->dtype);
+    double H = ex->hidden, I = ex->inter, N13 = act_gated(ex->act) ? 2 * I : I;
+    res->flops = 2.0 * res->rows * H * (N13 + I); /* [R,H]x[H,N13] + [R,I]x[I,H], 2 FLOPs per MAC */
+    res->weight_bytes = res->active * expert_bytes_of(ex, b->o.group); /* as stored: quantized bytes */
     /* Roofline: the layer can go no faster than its FLOPs at the best dense
      * GEMM rate of this run, nor than its weight bytes at copy bandwidth. (The
      * dense GEMM at equal FLOPs is the comparison, not the bound: at small M
@@ -848,8 +1003,15 @@ static void json_line(FILE *f, const bench *b, const runinfo *ri, const result *
     fprintf(f, ",\"experts\":%d,\"zero_experts\":%d,", r->num_experts, r->num_zero_experts);
     json_str(f, "zero_kind", r->zero_kind == DYNMOE_ZERO_IDENTITY ? "identity" : "output");
     fprintf(f, ",\"top_k\":%d,\"hidden\":%d,\"inter\":%d,", r->top_k, b->ex.hidden, b->ex.inter);
-    json_str(f, "act", "swiglu");
+    json_str(f, "act", act_name(b->ex.act));
     fputc(',', f);
+    json_str(f, "gate_up", b->ex.gate_up == DYNMOE_GATE_UP_INTERLEAVED ? "interleaved" : "blocked");
+    fprintf(f, ",\"biases\":%s,\"weight_on_input\":%s,", b->ex.b13 ? "true" : "false",
+            r->weight_on_input ? "true" : "false");
+    json_str(f, "weights", bq_format_name(b->ex.weight_format));
+    fputc(',', f);
+    json_str(f, "first_weights", bq_format_name(b->wfmt[0]));
+    fprintf(f, ",\"group_size\":%d,\"expert_bytes\":%.0f,", b->ex.group_size, b->expert_bytes[res->w]);
     json_str(f, "score", score_name(r->score));
     fputc(',', f);
     json_str(f, "router", select_name(r->select));
@@ -880,29 +1042,35 @@ static void json_line(FILE *f, const bench *b, const runinfo *ri, const result *
             ",\"frac_of_bound\":%.5g,\"static_s\":%.9g,\"static_rows\":%.2f,\"speedup_vs_static\":%.5g"
             ",\"time_over_static\":%.5g,\"work_over_static\":%.5g,\"route_plan_combine_s\":%.9g"
             ",\"route_plan_combine_share\":%.5g,\"dense_over_time\":%.5g,\"copy_bound_s\":%.9g"
-            ",\"copy_over_time\":%.5g,\"experts_vs_dense\":%.5g}\n",
+            ",\"copy_over_time\":%.5g,\"experts_vs_dense\":%.5g,\"time_over_first_weights\":%.5g}\n",
             t, 1e6 * t / (double)res->T, res->rows, res->active, res->flops, res->flops / t / 1e12,
             res->weight_bytes, res->weight_bytes / t / 1e9, res->dense.med > 0 ? res->flops / res->dense.med / 1e12 : 0,
             ri->peak_flops / 1e12, (long long)ri->peak_rows, ri->copy_bw / 1e9, ri->copy_bytes, res->flop_s,
             res->bound_s, res->bound_kind == 'F' ? "flops" : "memory", res->frac,
             res->static_s, res->static_rows, res->speedup, res->ratio, res->work,
             res->route.med + res->plan.med + res->combine.med, res->rpc_share, res->dense.med / t, res->mem_s,
-            res->mem_s / t, res->dense.med / (t - (res->route.med + res->plan.med + res->combine.med)));
+            res->mem_s / t, res->dense.med / (t - (res->route.med + res->plan.med + res->combine.med)), res->over_first);
+}
+
+/* the table's weights column */
+static const char *wts_short(dynmoe_weight_format f) {
+    return f == DYNMOE_WEIGHTS_FP8_BLOCK ? "fp8" : bq_format_name(f);
 }
 
 static void table_header(const bench *b) {
     const char *fl = b->dev.cuda ? "TFLOP/s" : "GFLOP/s";
-    printf("%-14s %-4s %-4s %6s %5s %5s | %9s %-21s %8s | %8s %7s | %7s %7s | %6s %5s %5s | %5s\n", "preset",
-           "back", "type", "T", "keep", "zero", "time ms", "[min, max]", "us/tok", fl, "GB/s", "dense%", "roof%",
-           "xstat", "t/t0", "work", "rpc");
+    printf("%-14s %-4s %-4s %-5s %6s %5s %5s | %9s %-21s %8s | %8s %7s | %7s %7s | %6s %5s %5s | %5s | %5s\n",
+           "preset", "back", "type", "wts", "T", "keep", "zero", "time ms", "[min, max]", "us/tok", fl, "GB/s",
+           "dense%", "roof%", "xstat", "t/t0", "work", "rpc", "xw");
 }
 
 static void table_row(const bench *b, const result *res) {
     char name[32];
     snprintf(name, sizeof name, "%.13s%s", PRESETS[b->o.preset].name, b->modified ? "*" : "");
+    const char *wts = wts_short(b->ex.weight_format);
     if (!res->ok) {
-        printf("%-14.14s %-4s %-4s %6lld %5.2f %5.2f | FAILED: %s\n", name, b->dev.cuda ? "cuda" : "cpu",
-               dtype_name(b->ex.dtype), (long long)res->T, res->keep, res->zero, res->error);
+        printf("%-14.14s %-4s %-4s %-5s %6lld %5.2f %5.2f | FAILED: %s\n", name, b->dev.cuda ? "cuda" : "cpu",
+               dtype_name(b->ex.dtype), wts, (long long)res->T, res->keep, res->zero, res->error);
         return;
     }
     double t = res->layer.med, fscale = b->dev.cuda ? 1e12 : 1e9;
@@ -912,11 +1080,14 @@ static void table_row(const bench *b, const result *res) {
     else snprintf(dense, sizeof dense, "n/a");
     snprintf(copy, sizeof copy, "%.0f%% %c", 100 * res->frac, res->bound_kind);
     snprintf(xs, sizeof xs, "%.2fx", res->speedup);
-    printf("%-14.14s %-4s %-4s %6lld %5.2f %5.2f | %9.3f %-21s %8.2f | %8.1f %7.1f | %7s %7s | %6s %5.2f %5.2f | "
-           "%4.1f%%\n",
-           name, b->dev.cuda ? "cuda" : "cpu", dtype_name(b->ex.dtype), (long long)res->T, res->keep, res->zero,
+    char xw[16];
+    if (res->over_first > 0) snprintf(xw, sizeof xw, "%.2f", res->over_first);
+    else snprintf(xw, sizeof xw, "n/a");
+    printf("%-14.14s %-4s %-4s %-5s %6lld %5.2f %5.2f | %9.3f %-21s %8.2f | %8.1f %7.1f | %7s %7s | %6s %5.2f %5.2f | "
+           "%4.1f%% | %5s\n",
+           name, b->dev.cuda ? "cuda" : "cpu", dtype_name(b->ex.dtype), wts, (long long)res->T, res->keep, res->zero,
            1e3 * t, spread, 1e6 * t / (double)res->T, res->flops / t / fscale, res->weight_bytes / t / 1e9, dense,
-           copy, xs, res->ratio, res->work, 100 * res->rpc_share);
+           copy, xs, res->ratio, res->work, 100 * res->rpc_share, xw);
     fflush(stdout);
 }
 
@@ -973,8 +1144,24 @@ static int setup(bench *b) {
     ex.num_experts = r.num_experts;
     ex.hidden = o->H >= 0 ? o->H : p->H;
     ex.inter = o->I >= 0 ? o->I : p->I;
-    ex.act = DYNMOE_ACT_SWIGLU;
+    ex.act = p->act;
+    ex.gate_up = p->gate_up;
     b->ex = ex;
+    b->router.weight_on_input = p->weight_on_input;
+    b->router_id.weight_on_input = p->weight_on_input;
+    b->nw = o->nweights ? o->nweights : 1;
+    for (int w = 0; w < b->nw; w++) {
+        int f = o->nweights ? o->weights[w] : DYNMOE_WEIGHTS_PLAIN;
+        b->wfmt[w] = f == W_NATIVE ? p->native : (dynmoe_weight_format)f;
+        for (int v = 0; v < w; v++)
+            if (b->wfmt[v] == b->wfmt[w])
+                return bad("--weights: %s is listed twice (native is %s for %s)", bq_format_name(b->wfmt[w]),
+                           bq_format_name(p->native), p->name);
+    }
+    for (int w = 0; w < b->nw; w++)
+        if (b->wfmt[w] == DYNMOE_WEIGHTS_MXFP4 && ((ex.hidden % 32) || (ex.inter % 32)))
+            return bad("--weights mxfp4 needs H and I divisible by 32 (blocks of 32 along K), got H %d, I %d",
+                       ex.hidden, ex.inter);
     b->Tmax = 0;
     for (int i = 0; i < o->ntokens; i++)
         if (o->tokens[i] > b->Tmax) b->Tmax = o->tokens[i];
@@ -1008,11 +1195,30 @@ static int setup(bench *b) {
      * O(1) (no overflow in f16, no denormals on the CPU) */
     size_t E = (size_t)r.num_experts, H = (size_t)b->ex.hidden, I = (size_t)b->ex.inter;
     size_t N = E + (size_t)r.num_zero_experts, K = (size_t)r.top_k, T = (size_t)b->Tmax;
-    void *w13 = NULL, *w2 = NULL;
-    if (alloc_fill(b, &w13, E * 2 * I * H, dt, 1.0f / sqrtf((float)H), o->seed + 11)) return -1;
-    if (alloc_fill(b, &w2, E * H * I, dt, 1.0f / sqrtf((float)I), o->seed + 12)) return -1;
-    b->w13 = w13, b->w2 = w2;
-    b->ex.w13 = w13, b->ex.w2 = w2;
+    size_t N13 = act_gated(b->ex.act) ? 2 * I : I;
+    if (p->biases) { /* small against the O(1) pre-activations */
+        if (alloc_fill(b, &b->b13, E * N13, dt, 0.05f, o->seed + 15)) return -1;
+        if (alloc_fill(b, &b->b2, E * H, dt, 0.05f, o->seed + 16)) return -1;
+        b->ex.b13 = b->b13, b->ex.b2 = b->b2;
+    }
+    for (int w = 0; w < b->nw; w++) {
+        dynmoe_experts ex = experts_for(b, b->wfmt[w], dt);
+        void **m = b->wmem[w];
+        if (ex.weight_format == DYNMOE_WEIGHTS_PLAIN) {
+            if (alloc_fill(b, &m[0], E * N13 * H, dt, 1.0f / sqrtf((float)H), o->seed + 11)) return -1;
+            if (alloc_fill(b, &m[1], E * H * I, dt, 1.0f / sqrtf((float)I), o->seed + 12)) return -1;
+        } else {
+            if (alloc_quant(b, ex.weight_format, (int32_t)E, (int64_t)N13, (int64_t)H, 1.0f / sqrtf((float)H),
+                            o->seed + 11, &m[0], &m[2], &m[4]) ||
+                alloc_quant(b, ex.weight_format, (int32_t)E, (int64_t)H, (int64_t)I, 1.0f / sqrtf((float)I),
+                            o->seed + 12, &m[1], &m[3], &m[5]))
+                return -1;
+        }
+        ex.w13 = m[0], ex.w2 = m[1], ex.w13_scale = m[2], ex.w2_scale = m[3], ex.w13_zero = m[4], ex.w2_zero = m[5];
+        b->exw[w] = ex;
+        b->expert_bytes[w] = expert_bytes_of(&ex, o->group);
+    }
+    b->ex = b->exw[0];
     for (int j = 0; j < b->nrot; j++) {
         if (alloc_fill(b, &b->x[j], T * H, dt, 1.0f, o->seed + 100 + (uint64_t)j)) return -1;
         b->logits[j] = bdev_alloc(&b->dev, T * N * 4);
@@ -1060,8 +1266,10 @@ static void teardown(bench *b) {
         bdev_free(d, b->ids_id[j]);
         bdev_free(d, b->wts[j]);
     }
-    bdev_free(d, b->w13);
-    bdev_free(d, b->w2);
+    for (int w = 0; w < MAX_WEIGHTS; w++)
+        for (int i = 0; i < 6; i++) bdev_free(d, b->wmem[w][i]);
+    bdev_free(d, b->b13);
+    bdev_free(d, b->b2);
     bdev_free(d, b->out);
     bdev_free(d, b->ws);
     bdev_free(d, b->bias);
@@ -1076,17 +1284,25 @@ static void teardown(bench *b) {
 
 static void print_banner(const bench *b, const runinfo *ri) {
     const dynmoe_router *r = &b->router;
-    double wbytes = (double)r->num_experts * 3.0 * b->ex.inter * b->ex.hidden * (double)dtype_size(b->ex.dtype);
+    const dynmoe_experts *ex = &b->exw[0];
     printf("# dynmoe-bench %d.%d.%d  commit %s  %s\n", DYNMOE_VERSION_MAJOR, DYNMOE_VERSION_MINOR,
            DYNMOE_VERSION_PATCH, ri->commit, ri->date);
     printf("# machine: %s (%s)  backend %s\n", b->dev.name, b->dev.detail, b->dev.cuda ? "cuda" : "cpu");
-    printf("# layer: %s%s  E %d + Z %d (%s)  K %d  H %d  I %d  swiglu  router %s %s%s", b->model,
+    printf("# layer: %s%s  E %d + Z %d (%s)  K %d  H %d  I %d  %s%s%s  router %s %s%s", b->model,
            b->modified ? " (modified: *)" : "", r->num_experts,
            r->num_zero_experts, r->zero_kind == DYNMOE_ZERO_IDENTITY ? "identity" : "zero-output", r->top_k,
-           b->ex.hidden, b->ex.inter, select_name(r->select), score_name(r->score), b->bias ? "+bias" : "");
+           ex->hidden, ex->inter, act_name(ex->act), ex->gate_up == DYNMOE_GATE_UP_INTERLEAVED ? " interleaved" : "",
+           ex->b13 ? " +biases" : "", select_name(r->select), score_name(r->score), b->bias ? "+bias" : "");
     if (r->num_groups) printf(" groups %d/%d", r->topk_groups, r->num_groups);
-    printf(" norm %s scale %g  dtype %s  weights %.2f GB\n", norm_name(r->norm), r->scale, dtype_name(b->ex.dtype),
-           wbytes / 1e9);
+    printf(" norm %s scale %g%s  dtype %s\n", norm_name(r->norm), r->scale,
+           r->weight_on_input ? "  weight on input" : "", dtype_name(ex->dtype));
+    printf("# weights (as stored: values + scales + zero points):");
+    for (int w = 0; w < b->nw; w++) {
+        printf("%s %s", w ? "," : "", bq_format_name(b->wfmt[w]));
+        if (b->wfmt[w] == DYNMOE_WEIGHTS_INT4) printf(" (group %d, zero points)", b->o.group);
+        printf(" %.2f GB (%.2f MB per expert)", b->expert_bytes[w] * r->num_experts / 1e9, b->expert_bytes[w] / 1e6);
+    }
+    printf("\n");
     if (!b->dev.cuda) printf("# cpu path: %s (DYNMOE_CPU_ISA lowers it: scalar | avx2)\n", cpu_isa_name());
     if (ri->copy_bw > 0 && b->dev.has_dense)
         printf("# ceilings (best of N): copy %.1f GB/s (%s of %zu MiB, 2 x bytes / time); dense GEMM peak %.1f %s "
@@ -1222,55 +1438,70 @@ int main(int argc, char **argv) {
     print_banner(b, &ri);
     table_header(b);
 
-    int total = o->ntokens * o->nkeep * o->nzero, at = 0, failed = 0;
-    result *res = calloc((size_t)(o->nkeep * o->nzero), sizeof *res);
-    if (!res) {
+    const int nw = b->nw, ncfg = o->nkeep * o->nzero, nres = nw * ncfg;
+    int total = o->ntokens * nres, at = 0, failed = 0;
+    result *res = calloc((size_t)nres, sizeof *res), *base = calloc((size_t)nw, sizeof *base);
+    if (!res || !base) {
         fprintf(stderr, "dynmoe-bench: out of host memory\n");
         return 1;
     }
     for (int ti = 0; ti < o->ntokens; ti++) {
-        /* static top-K of this T: a requested row if keep 1 / zero 0 is in the
-         * sweep, else measured for the speedup column only */
-        result base = {.T = o->tokens[ti], .keep = 1.0, .zero = 0.0};
+        /* static top-K of this T, per weight format: a requested row if keep 1 /
+         * zero 0 is in the sweep, else measured for the speedup column only */
         int base_requested = 0;
         for (int ki = 0; ki < o->nkeep; ki++)
             for (int zi = 0; zi < o->nzero; zi++)
                 if (o->keep[ki] == 1.0 && o->zero[zi] == 0.0) base_requested = 1;
-        const int nres = o->nkeep * o->nzero;
-        for (int zi = 0; zi < o->nzero; zi++)
-            for (int ki = 0; ki < o->nkeep; ki++)
-                res[zi * o->nkeep + ki] = (result){.T = o->tokens[ti], .keep = o->keep[ki], .zero = o->zero[zi]};
-        /* Round-robin: every configuration once per round, samples pooled. */
-        int base_ok = 1;
+        int base_ok[MAX_WEIGHTS];
+        for (int w = 0; w < nw; w++) {
+            base[w] = (result){.T = o->tokens[ti], .keep = 1.0, .zero = 0.0, .w = w};
+            base_ok[w] = 1;
+            for (int zi = 0; zi < o->nzero; zi++)
+                for (int ki = 0; ki < o->nkeep; ki++)
+                    res[w * ncfg + zi * o->nkeep + ki] =
+                        (result){.T = o->tokens[ti], .keep = o->keep[ki], .zero = o->zero[zi], .w = w};
+        }
+        /* Round-robin: every configuration of every format once per round, samples pooled. */
         for (int round = 0; round < o->rounds; round++) {
-            if (base_ok && measure_config(b, &base, ri.copy_bw, ri.peak_flops, at + 1, total, base_requested)) {
-                /* keep going: the other rows still have meaning without the column */
-                fprintf(stderr, "%sdynmoe-bench: static top-K at T=%lld: %s\n", isatty(2) && !o->quiet ? "\n" : "",
-                        (long long)base.T, base.error);
-                base_ok = 0;
+            for (int w = 0; w < nw; w++) {
+                b->ex = b->exw[w];
+                if (base_ok[w] && measure_config(b, &base[w], ri.copy_bw, ri.peak_flops, at + 1 + w * ncfg, total,
+                                                 base_requested)) {
+                    /* keep going: the other rows still have meaning without the column */
+                    fprintf(stderr, "%sdynmoe-bench: static top-K at T=%lld (%s): %s\n",
+                            isatty(2) && !o->quiet ? "\n" : "", (long long)base[w].T, bq_format_name(b->wfmt[w]),
+                            base[w].error);
+                    base_ok[w] = 0;
+                }
+                for (int i = w * ncfg; i < (w + 1) * ncfg; i++) {
+                    if (res[i].keep == 1.0 && res[i].zero == 0.0) continue; /* the same configuration as base */
+                    if (round > 0 && !res[i].ok) continue;                   /* failed in an earlier round */
+                    measure_config(b, &res[i], ri.copy_bw, ri.peak_flops, at + 1 + i, total, 1);
+                }
             }
-            for (int i = 0; i < nres; i++) {
-                if (res[i].keep == 1.0 && res[i].zero == 0.0) continue; /* the same configuration as base */
-                if (round > 0 && !res[i].ok) continue;                   /* failed in an earlier round */
-                measure_config(b, &res[i], ri.copy_bw, ri.peak_flops, at + 1 + i, total, 1);
+        }
+        for (int i = 0; i < nres; i++) {
+            result *r = &res[i], *bw = &base[r->w];
+            if (r->keep == 1.0 && r->zero == 0.0) {
+                *r = *bw; /* the same configuration: measured once per round */
+                bw->s_layer = bw->s_route = bw->s_plan = bw->s_combine = bw->s_dense = (samples){0};
             }
+            if (r->ok && bw->ok) {
+                r->static_s = bw->layer.med;
+                r->static_rows = bw->rows;
+                r->speedup = bw->layer.med / r->layer.med;
+                r->ratio = r->layer.med / bw->layer.med;
+                r->work = bw->rows > 0 ? r->rows / bw->rows : 0;
+            }
+            const result *first = &res[i % ncfg]; /* the first format's row of this configuration */
+            r->over_first = r->ok && first->ok ? r->layer.med / first->layer.med : 0;
         }
         for (int i = 0; i < nres; i++) {
             result *r = &res[i];
             at++;
-            if (r->keep == 1.0 && r->zero == 0.0) {
-                *r = base; /* the same configuration: measured once per round */
-                base.s_layer = base.s_route = base.s_plan = base.s_combine = base.s_dense = (samples){0};
-            }
-            if (r->ok && base.ok) {
-                r->static_s = base.layer.med;
-                r->static_rows = base.rows;
-                r->speedup = base.layer.med / r->layer.med;
-                r->ratio = r->layer.med / base.layer.med;
-                r->work = base.rows > 0 ? r->rows / base.rows : 0;
-            }
             if (!r->ok) failed++;
             if (!o->quiet && isatty(2)) fprintf(stderr, "\r\033[K");
+            b->ex = b->exw[r->w];
             table_row(b, r);
             if (getloadavg(&ri.load_end, 1) != 1) ri.load_end = -1;
             if (jf) {
@@ -1279,8 +1510,11 @@ int main(int argc, char **argv) {
             }
             free(r->s_layer.v), free(r->s_route.v), free(r->s_plan.v), free(r->s_combine.v), free(r->s_dense.v);
         }
-        free(base.s_layer.v), free(base.s_route.v), free(base.s_plan.v), free(base.s_combine.v), free(base.s_dense.v);
+        for (int w = 0; w < nw; w++)
+            free(base[w].s_layer.v), free(base[w].s_route.v), free(base[w].s_plan.v), free(base[w].s_combine.v),
+                free(base[w].s_dense.v);
     }
+    free(base);
     free(res);
     if (jf) fclose(jf);
     if (!b->dev.cuda && ri.load_end >= 0)

@@ -27,7 +27,7 @@ except ImportError:
     sys.exit("plot.py needs matplotlib: pip install matplotlib")
 
 LAYER_KEYS = ("commit", "date", "machine", "backend", "preset", "modified", "dtype", "experts", "zero_experts", "top_k",
-              "hidden", "inter", "router")
+              "hidden", "inter", "router", "weights", "group_size")  # weights: absent (None) in rows before 0.2
 
 
 def load(paths):
@@ -49,7 +49,8 @@ def load(paths):
 
 def layer_label(r):
     name = r["preset"] + ("*" if r.get("modified") else "")
-    return f"{name} {r['backend']} {r['dtype']}"
+    w = r.get("weights", "plain")
+    return f"{name} {r['backend']} {r['dtype']}" + ("" if w == "plain" else f" {w}")
 
 
 def title_of(rows):
