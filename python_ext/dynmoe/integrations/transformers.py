@@ -48,7 +48,8 @@ from . import support
 
 NAME = "dynmoe"
 
-__all__ = ["NAME", "register", "patch", "experts_forward", "ROUTERS", "why_not"]
+__all__ = ["NAME", "register", "patch", "experts_forward", "ROUTERS", "why_not", "attach_quantized",
+           "load_quantized"]
 
 
 # --------------------------------------------------------------- the experts
@@ -165,10 +166,74 @@ def _router_lists(num_experts, top_k, num_zero_experts, zero_kind):
     return r.ints, r.floats
 
 
+_FORMATS = {"plain": 0, "fp8_block": 1, "mxfp4": 2, "int4": 3}
+
+
 @torch._dynamo.assume_constant_result
-def _experts_lists(gate_up, alpha, limit):
+def _experts_lists(gate_up, alpha, limit, fmt="plain", group_size=0):
+    # dynmoe.Experts.ints / .floats: [gate_up, weight_format, group_size, dtype (0: x's)], [alpha, limit]
     e = {"blocked": 0, "interleaved": 1}[gate_up]
-    return [e, 0, 0, 0], [float(alpha), float(limit)]
+    return [e, _FORMATS[fmt], int(group_size) if fmt != "plain" else 0, 0], [float(alpha), float(limit)]
+
+
+# ------------------------------------------------------- quantized experts
+
+def attach_quantized(experts, w13, w2):
+    """Runs an experts module on quantized weights: w13, w2 are
+    dynmoe.quant.Quantized in dynmoe's layout (w13 [E, rows, H] in the
+    module's gate/up order, w2 [E, H, I]), e.g. from quant.from_gpt_oss_mxfp4
+    or quant.from_fp8_block. The module's float parameters are then not read
+    by dynmoe (biases still are); replace them to free their memory."""
+    if w13.fmt != w2.fmt or w13.fmt not in _FORMATS or w13.fmt == "plain":
+        raise ValueError(f"dynmoe.attach_quantized: w13 is {w13.fmt}, w2 is {w2.fmt}: one quantized format")
+    if w13.perm is not None or w2.perm is not None:
+        raise NotImplementedError("dynmoe.attach_quantized: act-order (perm) weights: fold them first "
+                                  "(dynmoe.quant.permute_rows)")
+    e = int(experts.down_proj.shape[0])
+    if w13.q.shape[0] != e or w2.q.shape[0] != e:
+        raise ValueError(f"dynmoe.attach_quantized: {type(experts).__name__} has {e} experts, the tensors "
+                         f"{w13.q.shape[0]} and {w2.q.shape[0]}")
+    experts.__dict__["_dynmoe_quant"] = (w13, w2)
+    return experts
+
+
+def load_quantized(model, tensors):
+    """Attaches the quantized expert tensors of a checkpoint (a mapping from
+    the checkpoint's names to tensors, e.g. safetensors' safe_open) to every
+    experts module of model that has them, in the layouts the checkpoints
+    ship:
+
+    * gpt-oss MXFP4: ``<experts>.gate_up_proj_blocks / _scales`` and
+      ``<experts>.down_proj_blocks / _scales``;
+    * DeepSeek-V3 fine-grained fp8: ``<experts>.<j>.{gate,up,down}_proj.weight``
+      (float8_e4m3fn) with ``.weight_scale_inv`` [128 x 128 blocks].
+
+    Returns the names of the modules it attached to. The converters are
+    dynmoe.quant's."""
+    from dynmoe import quant
+
+    done = []
+    for name, mod in model.named_modules():
+        if not (hasattr(mod, "down_proj") and isinstance(getattr(mod, "down_proj"), torch.nn.Parameter)):
+            continue
+        p = name + "."
+        if p + "gate_up_proj_blocks" in tensors:
+            w13 = quant.from_gpt_oss_mxfp4(tensors[p + "gate_up_proj_blocks"], tensors[p + "gate_up_proj_scales"])
+            w2 = quant.from_gpt_oss_mxfp4(tensors[p + "down_proj_blocks"], tensors[p + "down_proj_scales"])
+        elif p + "0.gate_proj.weight" in tensors:
+            e = int(mod.down_proj.shape[0])
+
+            def stacked(proj):
+                w = torch.stack([tensors[f"{p}{j}.{proj}.weight"] for j in range(e)])
+                s = torch.stack([tensors[f"{p}{j}.{proj}.weight_scale_inv"] for j in range(e)])
+                return quant.from_fp8_block(w, s)
+            w13 = quant.stack_fp8_gate_up(stacked("gate_proj"), stacked("up_proj"))
+            w2 = stacked("down_proj")
+        else:
+            continue
+        attach_quantized(mod, w13, w2)
+        done.append(name)
+    return done
 
 
 def experts_forward(self, hidden_states, top_k_index, top_k_weights):
@@ -179,21 +244,29 @@ def experts_forward(self, hidden_states, top_k_index, top_k_weights):
         raise NotImplementedError(f"dynmoe: {type(self).__name__} cannot run on dynmoe: dynmoe lacks {spec}")
     transposed = bool(getattr(self, "is_transposed", False))
     num_experts = self.down_proj.shape[0]
-    w13 = _relaid(self, spec["w13"], getattr(self, spec["w13"]), transposed)[:num_experts]
-    w2 = _relaid(self, "down_proj", self.down_proj, transposed)
+    quant = self.__dict__.get("_dynmoe_quant")
+    if quant is not None:  # attach_quantized(): the checkpoint's quantized tensors, not the parameters
+        q13, q2 = quant
+        w13, w2 = q13.q, q2.q
+        qt = (q13.scale, q2.scale, q13.zero, q2.zero)
+        eints, efloats = _experts_lists(spec["gate_up"], spec["alpha"], spec["limit"], q13.fmt, q13.group_size)
+    else:
+        w13 = _relaid(self, spec["w13"], getattr(self, spec["w13"]), transposed)[:num_experts]
+        w2 = _relaid(self, "down_proj", self.down_proj, transposed)
+        qt = (None, None, None, None)
+        eints, efloats = _experts_lists(spec["gate_up"], spec["alpha"], spec["limit"])
     b13 = b2 = None
     if "b13" in spec:
         b13 = getattr(self, spec["b13"])[:num_experts].contiguous()
         b2 = getattr(self, spec["b2"]).contiguous()
     zero = int(getattr(self, "zero_expert_num", 0) or 0)  # LongCat-Flash: ids E.. copy x
     ints, floats = _router_lists(int(num_experts), int(top_k_index.shape[-1]), zero, "identity")
-    eints, efloats = _experts_lists(spec["gate_up"], spec["alpha"], spec["limit"])
     x = hidden_states.contiguous()
     ids = top_k_index.to(torch.int32).contiguous()
     weights = top_k_weights.to(torch.float32).contiguous()
     out = torch.empty_like(x)
     torch.ops.dynmoe.experts_forward_out(x, ids, weights, w13, w2, ints, floats, spec["act"], out, None,
-                                         b13, b2, None, None, None, None, eints, efloats)
+                                         b13, b2, *qt, eints, efloats)
     return out
 
 
