@@ -2,7 +2,10 @@
 activation or option is one entry here. Issue 15 added the activations
 geglu_tanh, swiglu_oai, relu2 and silu, expert biases, the interleaved
 gate/up layout, weight_on_input and expert_scale; issue 16 quantized weights
-(the integrations do not pass them yet: MISSING["quantized"]).
+(transformers: integrations.transformers.load_quantized / attach_quantized
+for gpt-oss MXFP4 and DeepSeek-V3-style fp8 checkpoints; vLLM's quantized MoE
+methods are not CustomOps with an out-of-tree hook in 0.32, so quantized vLLM
+layers keep vLLM's kernels: MISSING["quantized"]).
 """
 from __future__ import annotations
 
@@ -40,7 +43,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 # Options of an experts layer that dynmoe's integrations do not pass yet, and
 # the words used to say so. An integration keeps the framework's own kernel.
 MISSING = {
-    "quantized": "quantized expert weights through this integration (issue 16)",
+    "quantized": "quantized expert weights through vLLM's quantization methods (issue 16)",
     "beta": "a SwiGLU with a beta offset (swiglu_beta)",
 }
 
