@@ -46,6 +46,7 @@ CASES = [  # (format, H, I, group_size, zeros, act)
     ("int4", 64, 48, 32, True, "swiglu"),
     ("int4", 96, 40, 64, False, "geglu"),            # zero point 8; a group straddles I's tail
     ("int4", 80, 72, 128, True, "silu"),             # one short group per row
+    ("int4", 64, 45, 32, True, "swiglu"),            # odd K of w2: rows of ceil(K/2) bytes, a pad nibble
 ]
 
 
@@ -164,3 +165,21 @@ def test_quantized_x_dtype_must_match(fp8):
     x = np.zeros((3, 32), np.float32)
     with pytest.raises(TypeError, match=r"x is \[3, 32\] float32 but the experts take \[T, 32\] float16"):
         dynmoe.moe_forward(x, np.zeros((3, 2), np.float32), router, experts)
+
+
+def test_torch_float8_weights_are_taken_as_bytes(fp8):
+    torch = pytest.importorskip("torch")
+    if not hasattr(torch, "float8_e4m3fn"):
+        pytest.skip("this torch has no float8_e4m3fn")
+    w13, w2, s13, s2 = fp8
+    t13, t2 = torch.from_numpy(w13).view(torch.float8_e4m3fn), torch.from_numpy(w2).view(torch.float8_e4m3fn)
+    experts = dynmoe.Experts(t13, t2, weight_format="fp8_block", w13_scale=torch.from_numpy(s13),
+                             w2_scale=torch.from_numpy(s2))
+    assert experts.w13.dtype == torch.uint8 and experts.w13.data_ptr() == t13.data_ptr()  # a view, no copy
+    router = dynmoe.Router(num_experts=2, top_k=1)
+    x = torch.randn(5, 32)
+    logits = torch.randn(5, 2)
+    out = dynmoe.moe_forward(x, logits, router, experts)
+    r = ref.moe(x.numpy(), logits.numpy(), dict(num_experts=2, top_k=1),
+                ref.dequantize("fp8_block", w13, s13, 32), ref.dequantize("fp8_block", w2, s2, 32))
+    assert ref.rel_err(out.numpy(), r) < 1e-5
