@@ -258,6 +258,22 @@ def test_patch_issue15_families_bf16(model_type):
     check_patch(model_type, torch.bfloat16, 1e-2, first_block=True)
 
 
+@pytest.mark.parametrize("model_type", ISSUE15)
+def test_patch_issue15_families_compiled(model_type):
+    # the new options travel as op arguments: torch.compile(fullgraph=True) traces them
+    model = family_model(model_type)
+    model.set_experts_implementation("eager")
+    prompt = torch.tensor([[3, 17, 99, 5, 42, 7, 120, 64, 9, 33]])
+    with torch.no_grad():
+        ref = model(prompt).logits
+    dmt.patch(model)
+    compiled = torch.compile(model.forward, fullgraph=True)
+    with torch.no_grad():
+        err = rel_err(compiled(prompt).logits, ref)
+    print(f"{model_type}: compiled patch(model) logits rel err {err:.1e}")
+    assert err < TOL
+
+
 def check_patch(model_type, dtype, tol, first_block=False):
     model = family_model(model_type, dtype)
     if hasattr(model, "set_experts_implementation"):
