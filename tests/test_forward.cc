@@ -618,6 +618,7 @@ struct QuantFormat {
 };
 const QuantFormat kQuantFormats[] = {
     {"fp8_block", DYNMOE_WEIGHTS_FP8_BLOCK, 0, false, 160, 136}, /* w13 272 x 160: 3 x 2 blocks */
+    {"fp8_block K % 8 tails", DYNMOE_WEIGHTS_FP8_BLOCK, 0, false, 134, 139},
     {"mxfp4", DYNMOE_WEIGHTS_MXFP4, 0, false, 96, 64},
     {"int4 g32 zeros", DYNMOE_WEIGHTS_INT4, 32, true, 100, 72}, /* last groups of 4 and 8, K % 8 tails */
     {"int4 g64 symmetric", DYNMOE_WEIGHTS_INT4, 64, false, 100, 72},
