@@ -6,7 +6,8 @@
 # its JSON lines carry the format, the preset's expert options and the stored
 # bytes of one expert (values + scales + zero points, recomputed here from
 # include/dynmoe.h's layouts), and weight_bytes = active experts x that.
-# Every row must run (the CPU kernels implement every option and format).
+# Every row must run (the CPU kernels implement every option and format; the
+# runs take --backend cpu, so a GPU machine runs them on the CPU too).
 set -euo pipefail
 bin=${1:?usage: test_bench.sh path/to/dynmoe-bench}
 tmp=$(mktemp -d)
@@ -37,7 +38,7 @@ expect_bad "unknown preset 'gpt-oss'" --preset gpt-oss   # a prefix of two prese
 
 # every new preset (and a 0.1 one) with every format, on a small layer: H 320
 # and I 96 leave partial 128-blocks (fp8) and a short last int4 group
-run=(--experts 8 --hidden 320 --inter 96 --tokens 3 --keep 1,0.5 --iters 2 --warmup 0 --rounds 1 --rotate 1 --quiet)
+run=(--backend cpu --experts 8 --hidden 320 --inter 96 --tokens 3 --keep 1,0.5 --iters 2 --warmup 0 --rounds 1 --rotate 1 --quiet)
 for p in gpt-oss-20b gpt-oss-120b llama4-scout qwen3-30b-a3b; do
   set +e
   "$bin" --preset "$p" --weights plain,fp8_block,mxfp4,int4 "${run[@]}" --json "$tmp/r.jsonl" >"$tmp/$p.txt" 2>&1
