@@ -70,7 +70,12 @@ _SCORE = {"softmax": 0, "sigmoid": 1, "none": 2}
 _SELECT = {"topk": 0, "top_p": 1, "threshold": 2}
 _NORM = {"none": 0, "selected": 1, "kept": 2, "uniform": 3}
 _ZERO = {"zero": 0, "output": 0, "identity": 1}
-_ACT = {"swiglu": 0, "geglu": 1}
+_ACT = {"swiglu": 0, "geglu": 1, "geglu_tanh": 2, "swiglu_oai": 3, "relu2": 4, "silu": 5}
+_NON_GATED = ("relu2", "silu")  # w13 holds I rows
+_GATE_UP = {"blocked": 0, "interleaved": 1}
+_FORMAT = {"plain": 0, "fp8_block": 1, "mxfp4": 2, "int4": 3}
+# The C extension's dtype kinds (DM_F32, DM_F16, DM_BF16 in src/_C.c); 0: not fixed.
+_KIND = {"float32": 1, "float16": 2, "bfloat16": 4}
 
 
 def _enum(table, value, what):
@@ -121,12 +126,12 @@ class Router:
     __slots__ = (
         "num_experts", "top_k", "score", "norm", "num_zero_experts", "zero_kind", "select",
         "top_p", "threshold", "num_groups", "topk_groups", "scale", "num_tasks", "top_tasks",
-        "_c",
+        "weight_on_input", "_c",
     )
 
     def __init__(self, num_experts, top_k, score="softmax", norm="selected", num_zero_experts=0,
                  zero_kind="zero", select="topk", top_p=1.0, threshold=0.0, num_groups=0,
-                 topk_groups=0, scale=1.0, num_tasks=0, top_tasks=0):
+                 topk_groups=0, scale=1.0, num_tasks=0, top_tasks=0, weight_on_input=False):
         self.num_experts = int(num_experts)
         self.top_k = int(top_k)
         self.score = score
@@ -141,6 +146,10 @@ class Router:
         self.scale = float(scale)
         self.num_tasks = int(num_tasks)
         self.top_tasks = int(top_tasks)
+        if not isinstance(weight_on_input, (bool, int)) or weight_on_input not in (0, 1):
+            raise TypeError(f"dynmoe.Router: weight_on_input must be a bool, got {weight_on_input!r}")
+        # Llama-4: the routing weight scales each slot's expert input, out = sum_k FFN_k(w_k x)
+        self.weight_on_input = bool(weight_on_input)
         for name in _ROUTER_INTS:  # the C struct's fields are int32
             v = getattr(self, name)
             if not _I32_MIN <= v <= _I32_MAX:
@@ -149,7 +158,7 @@ class Router:
             self.num_experts, self.num_zero_experts, _enum(_ZERO, zero_kind, "zero_kind"), self.top_k,
             _enum(_SCORE, score, "score"), _enum(_SELECT, select, "select"), self.top_p,
             self.threshold, self.num_groups, self.topk_groups, _enum(_NORM, norm, "norm"),
-            self.scale, self.num_tasks, self.top_tasks,
+            self.scale, self.num_tasks, self.top_tasks, int(self.weight_on_input),
         )
         try:  # the C library's own checks (dynmoe_plan_workspace_size validates the router)
             _C.plan_workspace_size(self._c, 1, self.slots)
@@ -166,7 +175,7 @@ class Router:
     @property
     def ints(self):
         c = self._c
-        return [c[0], c[1], c[2], c[3], c[4], c[5], c[8], c[9], c[10], c[12], c[13]]
+        return [c[0], c[1], c[2], c[3], c[4], c[5], c[8], c[9], c[10], c[12], c[13], c[14]]
 
     @property
     def floats(self):
@@ -176,12 +185,13 @@ class Router:
     @classmethod
     def from_lists(cls, ints, floats):
         """Inverse of (router.ints, router.floats)."""
-        e, z, zk, k, sc, sel, g, tg, nm, r, p = (int(v) for v in ints)
+        e, z, zk, k, sc, sel, g, tg, nm, r, p, *woi = (int(v) for v in ints)
         top_p, threshold, scale = (float(v) for v in floats)
         return cls(num_experts=e, top_k=k, score=_name_of(_SCORE, sc), norm=_name_of(_NORM, nm),
                    num_zero_experts=z, zero_kind="identity" if zk == 1 else "zero",
                    select=_name_of(_SELECT, sel), top_p=top_p, threshold=threshold, num_groups=g,
-                   topk_groups=tg, scale=scale, num_tasks=r, top_tasks=p)
+                   topk_groups=tg, scale=scale, num_tasks=r, top_tasks=p,
+                   weight_on_input=bool(woi and woi[0]))
 
     def kwargs(self):
         return {k: getattr(self, k) for k in self.__slots__ if k != "_c"}
@@ -196,30 +206,198 @@ class Router:
         return "dynmoe.Router(" + ", ".join(f"{k}={v!r}" for k, v in self.kwargs().items()) + ")"
 
 
+def _dtype_of(t):
+    """A tensor's dtype name without the framework prefix ("float32", "uint8", ...)."""
+    name = str(getattr(t, "dtype", "?"))
+    return name[len("torch."):] if name.startswith("torch.") else name
+
+
+def _as_bytes_view(t):
+    """torch float8_e4m3fn weights as their uint8 bytes (a view, no copy)."""
+    if _is_torch(t) and _dtype_of(t).startswith("float8"):
+        import torch
+        return t.view(torch.uint8)
+    return t
+
+
+def _ceil_div(a, b):
+    return -(-a // b)
+
+
 class Experts:
-    """Expert weights in vLLM's FusedMoE layout, kept by reference (no copy):
-    w13 [E, 2*I, H] (rows 0..I-1 gate, I..2I-1 up), w2 [E, H, I]; x and out
-    share their dtype. act: "swiglu" (silu(gate)*up) | "geglu"."""
+    """Expert weights in vLLM's FusedMoE layout, kept by reference (no copy).
 
-    __slots__ = ("w13", "w2", "act", "num_experts", "hidden", "inter", "_act")
+    w13 [E, 2*I, H] for the gated acts (gate_up="blocked": rows 0..I-1 gate,
+    I..2I-1 up; "interleaved": row 2j gate j, 2j+1 up j, as gpt-oss), [E, I, H]
+    for the non-gated ones; w2 [E, H, I]. act: "swiglu" (silu(gate)*up) |
+    "geglu" (erf GELU) | "geglu_tanh" | "swiglu_oai" ((clamp(up, -limit,
+    limit) + 1) * g * sigmoid(alpha * g), g = min(gate, limit)) | "relu2"
+    (relu(h)^2, non-gated) | "silu" (non-gated). b13 [E, rows of w13], b2
+    [E, H]: optional biases in the weights' dtype.
 
-    def __init__(self, w13, w2, act="swiglu"):
-        # kept by reference: meta weights are refused when a forward uses them
-        s13 = _tensor_shape(w13, "w13", "dynmoe.Experts", 3, "[E, 2*I, H]", compute=False)
-        s2 = _tensor_shape(w2, "w2", "dynmoe.Experts", 3, "[E, H, I]", compute=False)
-        if s13[1] % 2 != 0:
-            raise ValueError(f"dynmoe.Experts: w13 must be [E, 2*I, H], got shape {s13}")
-        e, i, h = s13[0], s13[1] // 2, s13[2]
-        if s2 != (e, h, i):
-            raise ValueError(f"dynmoe.Experts: w2 must be [E, H, I] = {(e, h, i)}, got {s2}")
-        self.w13, self.w2 = w13, w2
-        self.act = act
+    weight_format "fp8_block" | "mxfp4" | "int4" (include/dynmoe.h): w13/w2
+    are uint8 bytes (torch float8_e4m3fn is taken as its bytes; gpt-oss's
+    *_blocks [E, N, K/32, 16] as [E, N, K/2]), w13_scale/w2_scale the scales
+    (fp32 [E, ceil(N/128), ceil(K/128)]; uint8 ue8m0 [E, N, K/32]; fp16 [E, N,
+    ceil(K/group_size)]), w13_zero/w2_zero the int4 zero points (uint8, the
+    scales' shape) or None (8). group_size: int4 32, 64 or 128 (required);
+    fp8_block 128, mxfp4 32. x and out are then of `dtype` (default: the
+    biases' dtype, else x's at each call).
+    """
+
+    __slots__ = ("w13", "w2", "act", "b13", "b2", "alpha", "limit", "gate_up", "weight_format",
+                 "w13_scale", "w2_scale", "w13_zero", "w2_zero", "group_size", "dtype",
+                 "num_experts", "hidden", "inter", "_act", "_c")
+
+    def __init__(self, w13, w2, act="swiglu", b13=None, b2=None, alpha=1.702, limit=7.0,
+                 gate_up="blocked", weight_format="plain", w13_scale=None, w2_scale=None,
+                 w13_zero=None, w2_zero=None, group_size=None, dtype=None):
+        fn = "dynmoe.Experts"
         self._act = _enum(_ACT, act, "act")
+        gated = act.lower() not in _NON_GATED
+        fmt = _enum(_FORMAT, weight_format, "weight_format")
+        gu = _enum(_GATE_UP, gate_up, "gate_up")
+        if gu == 1 and not gated:
+            raise ValueError(f"{fn}: gate_up='interleaved' needs a gated act; {act!r} is non-gated "
+                             "(w13 holds I rows)")
+        rows = "[E, 2*I, H]" if gated else "[E, I, H] (non-gated act)"
+        if fmt == 2 and len(getattr(w13, "shape", ())) == 4:  # gpt-oss *_blocks [E, N, K/32, 16]
+            w13 = w13.reshape(w13.shape[0], w13.shape[1], -1)
+        if fmt == 2 and len(getattr(w2, "shape", ())) == 4:
+            w2 = w2.reshape(w2.shape[0], w2.shape[1], -1)
+        w13, w2 = _as_bytes_view(w13), _as_bytes_view(w2)
+        # kept by reference: meta weights are refused when a forward uses them
+        s13 = _tensor_shape(w13, "w13", fn, 3, rows, compute=False)
+        s2 = _tensor_shape(w2, "w2", fn, 3, "[E, H, I]", compute=False)
+        if gated and s13[1] % 2 != 0:
+            raise ValueError(f"{fn}: w13 must be [E, 2*I, H], got shape {s13}")
+        e, n13 = s13[0], s13[1]
+        i = n13 // 2 if gated else n13
+        h = s13[2] if fmt == 0 else s2[1]
+        packed = (lambda k: k) if fmt in (0, 1) else (lambda k: _ceil_div(k, 2))
+        if fmt == 0:
+            if s2 != (e, h, i):
+                raise ValueError(f"{fn}: w2 must be [E, H, I] = {(e, h, i)}, got {s2}")
+        else:
+            want13, want2 = (e, n13, packed(h)), (e, h, packed(i))
+            if s2[0] != e or s13[2] != packed(h) or s2[2] != packed(i):
+                raise ValueError(f"{fn}: {weight_format} w13 {s13} and w2 {s2} do not fit one layer: for H = {h}, "
+                                 f"I = {i} they are {want13} and {want2} bytes")
+            for name, t in (("w13", w13), ("w2", w2)):
+                if _dtype_of(t) != "uint8":
+                    raise TypeError(f"{fn}: {name} of weight_format {weight_format!r} must be uint8 bytes, "
+                                    f"got {_dtype_of(t)}")
+        if not (isinstance(limit, (int, float)) and isinstance(alpha, (int, float))):
+            raise TypeError(f"{fn}: alpha and limit must be numbers, got {alpha!r}, {limit!r}")
+        alpha, limit = float(alpha), float(limit)
+        if self._act == _ACT["swiglu_oai"] and not (limit > 0 and limit < float("inf")
+                                                    and abs(alpha) < float("inf")):
+            raise ValueError(f"{fn}: limit = {limit} must be finite and > 0 and alpha = {alpha} finite "
+                             "(swiglu_oai)")
+        wdtype = _dtype_of(w13) if fmt == 0 else None
+        if dtype is not None:
+            dtype = _dtype_of(dtype) if not isinstance(dtype, str) else dtype
+            if dtype not in _KIND:
+                raise TypeError(f"{fn}: dtype must be float32, float16 or bfloat16, got {dtype}")
+            if wdtype is not None and dtype != wdtype:
+                raise TypeError(f"{fn}: dtype={dtype} but the plain weights are {wdtype}")
+        bdt = dtype or wdtype
+        for name, t, want in (("b13", b13, (e, n13)), ("b2", b2, (e, h))):
+            if t is None:
+                continue
+            shape = _tensor_shape(t, name, fn, 2, f"[E, {'2*I' if gated else 'I'}]" if name == "b13" else "[E, H]",
+                                  compute=False)
+            if shape != want:
+                raise ValueError(f"{fn}: {name} must be {list(want)} (one row per expert, one value per "
+                                 f"{'row of w13' if name == 'b13' else 'output'}), got shape {shape}")
+            bdt = bdt or _dtype_of(t)
+            if _dtype_of(t) != bdt:
+                raise TypeError(f"{fn}: {name} must be {bdt} (the experts' dtype), got {_dtype_of(t)}")
+        scales = (w13_scale, w2_scale, w13_zero, w2_zero)
+        if fmt == 0:
+            if any(t is not None for t in scales) or group_size not in (None, 0):
+                raise ValueError(f"{fn}: w13_scale, w2_scale, w13_zero, w2_zero and group_size are for quantized "
+                                 "weights; weight_format is 'plain'")
+            group_size = 0
+        else:
+            default = {1: 128, 2: 32, 3: None}[fmt]
+            allowed = {1: (128,), 2: (32,), 3: (32, 64, 128)}[fmt]
+            group_size = default if group_size is None else group_size
+            if group_size is None:
+                raise ValueError(f"{fn}: weight_format 'int4' needs group_size= (32, 64 or 128)")
+            if not isinstance(group_size, int) or group_size not in allowed:
+                raise ValueError(f"{fn}: group_size = {group_size!r}: {weight_format} takes "
+                                 f"{' or '.join(map(str, allowed))}")
+            if fmt == 2 and (h % 32 or i % 32):
+                raise ValueError(f"{fn}: mxfp4 needs H = {h} and I = {i} to be multiples of 32")
+            if fmt != 3 and (w13_zero is not None or w2_zero is not None):
+                raise ValueError(f"{fn}: w13_zero / w2_zero (zero points) are only for weight_format 'int4'")
+            for name, t, n, k in (("w13_scale", w13_scale, n13, h), ("w2_scale", w2_scale, h, i),
+                                  ("w13_zero", w13_zero, n13, h), ("w2_zero", w2_zero, h, i)):
+                if t is None:
+                    if name.endswith("scale"):
+                        raise ValueError(f"{fn}: weight_format {weight_format!r} needs {name}")
+                    continue
+                if fmt == 1:
+                    want, dt = (e, _ceil_div(n, 128), _ceil_div(k, 128)), "float32"
+                elif fmt == 2:
+                    want, dt = (e, n, k // 32), "uint8"
+                else:
+                    want, dt = (e, n, _ceil_div(k, group_size)), "float16" if name.endswith("scale") else "uint8"
+                shape = _tensor_shape(t, name, fn, 3, str(list(want)), compute=False)
+                if shape != want:
+                    raise ValueError(f"{fn}: {name} must be {list(want)} for {weight_format}, got shape {shape}")
+                if _dtype_of(t) != dt:
+                    raise TypeError(f"{fn}: {name} must be {dt} for {weight_format}, got {_dtype_of(t)}")
+        self.w13, self.w2, self.b13, self.b2 = w13, w2, b13, b2
+        self.w13_scale, self.w2_scale, self.w13_zero, self.w2_zero = scales
+        self.act, self.alpha, self.limit = act.lower(), alpha, limit
+        self.gate_up, self.weight_format, self.group_size = gate_up.lower(), weight_format.lower(), group_size
+        self.dtype = bdt
         self.num_experts, self.hidden, self.inter = int(e), int(h), int(i)
+        self._c = (w13, w2, self._act, b13, b2, gu, alpha, limit, fmt, w13_scale, w2_scale, w13_zero, w2_zero,
+                   group_size, _KIND.get(bdt, 0) if fmt else 0)
+
+    # The options as lists and optional tensors, the form the torch ops take
+    # after (w13, w2, act): see dynmoe._torch.
+    @property
+    def ints(self):
+        return [self._c[5], self._c[8], self.group_size, self._c[14]]
+
+    @property
+    def floats(self):
+        return [self.alpha, self.limit]
+
+    @property
+    def tensors(self):
+        """(b13, b2, w13_scale, w2_scale, w13_zero, w2_zero)."""
+        return (self.b13, self.b2, self.w13_scale, self.w2_scale, self.w13_zero, self.w2_zero)
+
+    @property
+    def is_default(self):
+        """Plain weights, no biases, blocked layout, default alpha/limit: the
+        torch ops need nothing past (w13, w2, act)."""
+        return (self._c[8] == 0 and self._c[5] == 0 and self.b13 is None and self.b2 is None
+                and self.alpha == 1.702 and self.limit == 7.0)
+
+    @classmethod
+    def from_op(cls, w13, w2, act, tensors=None, ints=None, floats=None):
+        """Inverse of (w13, w2, act, experts.tensors, experts.ints, experts.floats)."""
+        b13, b2, s13, s2, z13, z2 = tensors or (None,) * 6
+        gu, fmt, g, kind = ints or (0, 0, 0, 0)
+        alpha, limit = floats or (1.702, 7.0)
+        dtype = next((k for k, v in _KIND.items() if v == kind), None) if kind else None
+        return cls(w13, w2, act, b13=b13, b2=b2, alpha=alpha, limit=limit, gate_up=_name_of(_GATE_UP, gu),
+                   weight_format=_name_of(_FORMAT, fmt), w13_scale=s13, w2_scale=s2, w13_zero=z13, w2_zero=z2,
+                   group_size=g if fmt else None, dtype=dtype)
 
     def __repr__(self):
+        extra = "".join(f", {k}={getattr(self, k)!r}" for k in ("gate_up", "weight_format")
+                        if getattr(self, k) not in ("blocked", "plain"))
+        if self.b13 is not None or self.b2 is not None:
+            extra += ", biases"
         return (f"dynmoe.Experts(E={self.num_experts}, H={self.hidden}, I={self.inter}, "
-                f"act={self.act!r}, dtype={getattr(self.w13, 'dtype', '?')})")
+                f"act={self.act!r}{extra}, dtype={self.dtype or '?'})")
 
 
 # ---------------------------------------------------------------- frameworks
@@ -320,27 +498,30 @@ def _torch_op(t, *extras):
     return _torch.ops
 
 
-def route(logits, router, bias=None, mask_logits=None, *, ids=None, weights=None, stats=False,
-          stream=None):
+def route(logits, router, bias=None, mask_logits=None, *, expert_scale=None, ids=None, weights=None,
+          stats=False, stream=None):
     """Routes T tokens: logits [T, E+Z] (fp32/fp16/bf16), bias [E+Z] fp32 or
     None, mask_logits [T, E] (logits' dtype) or None (BEAM: a real-expert slot
-    survives only if its mask logit is > 0). Returns (ids [T, K] int32,
-    weights [T, K] fp32), plus a stats dict when stats=True."""
+    survives only if its mask logit is > 0), expert_scale [E+Z] fp32 or None
+    (a learned per-expert scale of the routing weight, after norm and before
+    the router's scale: Gemma-4's per_expert_scale). Returns (ids [T, K]
+    int32, weights [T, K] fp32), plus a stats dict when stats=True."""
     ops = _torch_op(logits, ids, weights, stats, stream)
     if ops is not None:
-        return ops.route(logits, router.ints, router.floats, bias, mask_logits)
-    return _route(logits, router, bias, mask_logits, ids=ids, weights=weights, stats=stats, stream=stream)
+        return ops.route(logits, router.ints, router.floats, bias, mask_logits, expert_scale)
+    return _route(logits, router, bias, mask_logits, expert_scale=expert_scale, ids=ids, weights=weights,
+                  stats=stats, stream=stream)
 
 
-def _route(logits, router, bias=None, mask_logits=None, *, ids=None, weights=None, stats=False,
-           stream=None):
+def _route(logits, router, bias=None, mask_logits=None, *, expert_scale=None, ids=None, weights=None,
+           stats=False, stream=None):
     t = _tensor_shape(logits, "logits", "dynmoe.route", 2, "[T, E+Z]")[0]
     if ids is None:
         ids = _empty(logits, (t, router.top_k), "int32")
     if weights is None:
         weights = _empty(logits, (t, router.top_k), "float32")
     st = _stats_buf(logits, stats)
-    _C.route(router._c, logits, bias, mask_logits, ids, weights, _stream(logits, stream), st)
+    _C.route(router._c, logits, bias, mask_logits, expert_scale, ids, weights, _stream(logits, stream), st)
     return (ids, weights, _stats_dict(st)) if stats else (ids, weights)
 
 
@@ -365,7 +546,7 @@ def _route_tasks(x, task_logits, task_weights, router, bias=None, *, ids=None, w
     if weights is None:
         weights = _empty(x, (t, s), "float32")
     st = _stats_buf(x, stats)
-    _C.route_tasks(router._c, x, task_logits, task_weights, bias, ids, weights, _stream(x, stream), st)
+    _C.route_tasks(router._c, x, task_logits, task_weights, bias, None, ids, weights, _stream(x, stream), st)
     return (ids, weights, _stats_dict(st)) if stats else (ids, weights)
 
 
@@ -431,7 +612,7 @@ def _fill_tails(p, e):
 
 def workspace_size(router, experts, T):
     """Bytes of the workspace experts_forward/moe_forward need for up to T tokens."""
-    return _C.workspace_size(router._c, experts.w13, experts.w2, experts._act, int(T))
+    return _C.workspace_size(router._c, experts._c, int(T))
 
 
 def _workspace(x, router, experts, workspace):
@@ -449,7 +630,7 @@ def experts_forward(x, ids, weights, router, experts, *, out=None, workspace=Non
     ops = _torch_op(x, out, workspace, stats, stream)
     if ops is not None:
         return ops.experts_forward(x, ids, weights, experts.w13, experts.w2, router.ints, router.floats,
-                                   experts.act)
+                                   experts.act, *_op_experts(experts))
     return _experts_forward(x, ids, weights, router, experts, out=out, workspace=workspace,
                             stats=stats, stream=stream)
 
@@ -462,33 +643,40 @@ def _experts_forward(x, ids, weights, router, experts, *, out=None, workspace=No
         out = _empty(x, shape, _dtype_name(x))
     ws = _workspace(x, router, experts, workspace)
     st = _stats_buf(x, stats)
-    _C.experts_forward(router._c, experts.w13, experts.w2, experts._act, x, ids, weights, out, ws,
-                       _stream(x, stream), st)
+    _C.experts_forward(router._c, experts._c, x, ids, weights, out, ws, _stream(x, stream), st)
     return (out, _stats_dict(st)) if stats else out
 
 
-def moe_forward(x, logits, router, experts, bias=None, mask_logits=None, *, out=None, workspace=None,
-                stats=False, stream=None):
+def moe_forward(x, logits, router, experts, bias=None, mask_logits=None, *, expert_scale=None, out=None,
+                workspace=None, stats=False, stream=None):
     """The whole layer, route -> plan -> experts -> combine: x [T, H] (the
     experts' dtype), logits [T, E+Z], bias [E+Z] fp32 or None, mask_logits
-    [T, E] or None. Returns out [T, H], plus a stats dict when stats=True."""
+    [T, E] or None, expert_scale [E+Z] fp32 or None (see route). Returns out
+    [T, H], plus a stats dict when stats=True."""
     ops = _torch_op(x, out, workspace, stats, stream)
     if ops is not None:
         return ops.moe_forward(x, logits, experts.w13, experts.w2, router.ints, router.floats,
-                               experts.act, bias, mask_logits)
-    return _moe_forward(x, logits, router, experts, bias, mask_logits, out=out, workspace=workspace,
-                        stats=stats, stream=stream)
+                               experts.act, bias, mask_logits, expert_scale, *_op_experts(experts))
+    return _moe_forward(x, logits, router, experts, bias, mask_logits, expert_scale=expert_scale, out=out,
+                        workspace=workspace, stats=stats, stream=stream)
 
 
-def _moe_forward(x, logits, router, experts, bias=None, mask_logits=None, *, out=None, workspace=None,
-                 stats=False, stream=None):
+def _op_experts(experts):
+    """The torch ops' trailing experts arguments: none for default experts."""
+    if experts.is_default:
+        return ()
+    return (*experts.tensors, experts.ints, experts.floats)
+
+
+def _moe_forward(x, logits, router, experts, bias=None, mask_logits=None, *, expert_scale=None, out=None,
+                 workspace=None, stats=False, stream=None):
     shape = _tensor_shape(x, "x", "dynmoe.moe_forward", 2, "[T, H]")
     if out is None:
         out = _empty(x, shape, _dtype_name(x))
     ws = _workspace(x, router, experts, workspace)
     st = _stats_buf(x, stats)
-    _C.moe_forward(router._c, experts.w13, experts.w2, experts._act, x, logits, bias, mask_logits, out,
-                   ws, _stream(x, stream), st)
+    _C.moe_forward(router._c, experts._c, x, logits, bias, mask_logits, expert_scale, out, ws,
+                   _stream(x, stream), st)
     return (out, _stats_dict(st)) if stats else out
 
 

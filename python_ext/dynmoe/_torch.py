@@ -45,8 +45,12 @@ if _custom_op is not None:
     def _router(router_ints, router_floats):
         return _router_cached(tuple(router_ints), tuple(router_floats))
 
-    def _experts(w13, w2, act):
-        return _core.Experts(w13, w2, act)
+    def _experts(w13, w2, act, b13=None, b2=None, w13_scale=None, w2_scale=None, w13_zero=None, w2_zero=None,
+                 experts_ints=None, experts_floats=None):
+        # The trailing arguments are dynmoe.Experts' options (Experts.tensors,
+        # .ints = [gate_up, weight_format, group_size, dtype], .floats = [alpha, limit]).
+        return _core.Experts.from_op(w13, w2, act, (b13, b2, w13_scale, w2_scale, w13_zero, w2_zero),
+                                     experts_ints, experts_floats)
 
     # One workspace per (device, stream) -- per thread on the CPU, where calls
     # run on the calling thread -- grown by powers of two: a layer of any T
@@ -74,12 +78,13 @@ if _custom_op is not None:
 
     @_custom_op("dynmoe::route", mutates_args=())
     def route(logits: Tensor, router_ints: List[int], router_floats: List[float],
-              bias: Optional[Tensor] = None, mask_logits: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+              bias: Optional[Tensor] = None, mask_logits: Optional[Tensor] = None,
+              expert_scale: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
         r = _router(router_ints, router_floats)
-        return _core._route(logits, r, bias, mask_logits)
+        return _core._route(logits, r, bias, mask_logits, expert_scale=expert_scale)
 
     @route.register_fake
-    def _(logits, router_ints, router_floats, bias=None, mask_logits=None):
+    def _(logits, router_ints, router_floats, bias=None, mask_logits=None, expert_scale=None):
         k = router_ints[3]
         t = logits.shape[0]
         return (logits.new_empty((t, k), dtype=torch.int32), logits.new_empty((t, k), dtype=torch.float32))
@@ -115,23 +120,37 @@ if _custom_op is not None:
 
     @_custom_op("dynmoe::experts_forward", mutates_args=())
     def experts_forward(x: Tensor, ids: Tensor, weights: Tensor, w13: Tensor, w2: Tensor,
-                        router_ints: List[int], router_floats: List[float], act: str = "swiglu") -> Tensor:
+                        router_ints: List[int], router_floats: List[float], act: str = "swiglu",
+                        b13: Optional[Tensor] = None, b2: Optional[Tensor] = None,
+                        w13_scale: Optional[Tensor] = None, w2_scale: Optional[Tensor] = None,
+                        w13_zero: Optional[Tensor] = None, w2_zero: Optional[Tensor] = None,
+                        experts_ints: Optional[List[int]] = None,
+                        experts_floats: Optional[List[float]] = None) -> Tensor:
         r = _router(router_ints, router_floats)
-        return _core._experts_forward(x, ids, weights, r, _experts(w13, w2, act))
+        return _core._experts_forward(x, ids, weights, r, _experts(w13, w2, act, b13, b2, w13_scale, w2_scale, w13_zero, w2_zero, experts_ints, experts_floats))
 
     @experts_forward.register_fake
-    def _(x, ids, weights, w13, w2, router_ints, router_floats, act="swiglu"):
+    def _(x, ids, weights, w13, w2, router_ints, router_floats, act="swiglu", b13=None, b2=None, w13_scale=None, w2_scale=None, w13_zero=None,
+          w2_zero=None, experts_ints=None, experts_floats=None):
         return torch.empty_like(x, memory_format=torch.contiguous_format)
 
     @_custom_op("dynmoe::moe_forward", mutates_args=())
     def moe_forward(x: Tensor, logits: Tensor, w13: Tensor, w2: Tensor, router_ints: List[int],
                     router_floats: List[float], act: str = "swiglu", bias: Optional[Tensor] = None,
-                    mask_logits: Optional[Tensor] = None) -> Tensor:
+                    mask_logits: Optional[Tensor] = None, expert_scale: Optional[Tensor] = None,
+                    b13: Optional[Tensor] = None, b2: Optional[Tensor] = None,
+                        w13_scale: Optional[Tensor] = None, w2_scale: Optional[Tensor] = None,
+                        w13_zero: Optional[Tensor] = None, w2_zero: Optional[Tensor] = None,
+                        experts_ints: Optional[List[int]] = None,
+                        experts_floats: Optional[List[float]] = None) -> Tensor:
         r = _router(router_ints, router_floats)
-        return _core._moe_forward(x, logits, r, _experts(w13, w2, act), bias, mask_logits)
+        return _core._moe_forward(x, logits, r, _experts(w13, w2, act, b13, b2, w13_scale, w2_scale, w13_zero, w2_zero, experts_ints, experts_floats), bias, mask_logits,
+                                  expert_scale=expert_scale)
 
     @moe_forward.register_fake
-    def _(x, logits, w13, w2, router_ints, router_floats, act="swiglu", bias=None, mask_logits=None):
+    def _(x, logits, w13, w2, router_ints, router_floats, act="swiglu", bias=None, mask_logits=None,
+          expert_scale=None, b13=None, b2=None, w13_scale=None, w2_scale=None, w13_zero=None,
+          w2_zero=None, experts_ints=None, experts_floats=None):
         return torch.empty_like(x, memory_format=torch.contiguous_format)
 
     # ------------------------------------------------ ops that write in place
@@ -148,39 +167,53 @@ if _custom_op is not None:
     @_custom_op("dynmoe::route_out", mutates_args=("ids", "weights"))
     def route_out(logits: Tensor, router_ints: List[int], router_floats: List[float],
                   bias: Optional[Tensor], mask_logits: Optional[Tensor], ids: Tensor,
-                  weights: Tensor) -> None:
-        _core._route(logits, _router(router_ints, router_floats), bias, mask_logits, ids=ids,
-                     weights=weights)
+                  weights: Tensor, expert_scale: Optional[Tensor] = None) -> None:
+        _core._route(logits, _router(router_ints, router_floats), bias, mask_logits, expert_scale=expert_scale,
+                     ids=ids, weights=weights)
 
     @route_out.register_fake
-    def _(logits, router_ints, router_floats, bias, mask_logits, ids, weights):
+    def _(logits, router_ints, router_floats, bias, mask_logits, ids, weights, expert_scale=None):
         return None
 
     @_custom_op("dynmoe::experts_forward_out", mutates_args=("out", "workspace"))
     def experts_forward_out(x: Tensor, ids: Tensor, weights: Tensor, w13: Tensor, w2: Tensor,
                             router_ints: List[int], router_floats: List[float], act: str, out: Tensor,
-                            workspace: Optional[Tensor] = None) -> None:
-        r, e = _router(router_ints, router_floats), _experts(w13, w2, act)
+                            workspace: Optional[Tensor] = None,
+                            b13: Optional[Tensor] = None, b2: Optional[Tensor] = None,
+                        w13_scale: Optional[Tensor] = None, w2_scale: Optional[Tensor] = None,
+                        w13_zero: Optional[Tensor] = None, w2_zero: Optional[Tensor] = None,
+                        experts_ints: Optional[List[int]] = None,
+                        experts_floats: Optional[List[float]] = None) -> None:
+        r, e = _router(router_ints, router_floats), _experts(w13, w2, act, b13, b2, w13_scale, w2_scale, w13_zero, w2_zero, experts_ints, experts_floats)
         if workspace is None:
             workspace = cached_workspace(x, _core.workspace_size(r, e, x.shape[0]))
         _core._experts_forward(x, ids, weights, r, e, out=out, workspace=workspace)
 
     @experts_forward_out.register_fake
-    def _(x, ids, weights, w13, w2, router_ints, router_floats, act, out, workspace=None):
+    def _(x, ids, weights, w13, w2, router_ints, router_floats, act, out, workspace=None, b13=None, b2=None, w13_scale=None, w2_scale=None, w13_zero=None,
+          w2_zero=None, experts_ints=None, experts_floats=None):
         return None
 
     @_custom_op("dynmoe::moe_forward_out", mutates_args=("out", "workspace"))
     def moe_forward_out(x: Tensor, logits: Tensor, w13: Tensor, w2: Tensor, router_ints: List[int],
                         router_floats: List[float], act: str, bias: Optional[Tensor],
                         mask_logits: Optional[Tensor], out: Tensor,
-                        workspace: Optional[Tensor] = None) -> None:
-        r, e = _router(router_ints, router_floats), _experts(w13, w2, act)
+                        workspace: Optional[Tensor] = None, expert_scale: Optional[Tensor] = None,
+                        b13: Optional[Tensor] = None, b2: Optional[Tensor] = None,
+                        w13_scale: Optional[Tensor] = None, w2_scale: Optional[Tensor] = None,
+                        w13_zero: Optional[Tensor] = None, w2_zero: Optional[Tensor] = None,
+                        experts_ints: Optional[List[int]] = None,
+                        experts_floats: Optional[List[float]] = None) -> None:
+        r, e = _router(router_ints, router_floats), _experts(w13, w2, act, b13, b2, w13_scale, w2_scale, w13_zero, w2_zero, experts_ints, experts_floats)
         if workspace is None:
             workspace = cached_workspace(x, _core.workspace_size(r, e, x.shape[0]))
-        _core._moe_forward(x, logits, r, e, bias, mask_logits, out=out, workspace=workspace)
+        _core._moe_forward(x, logits, r, e, bias, mask_logits, expert_scale=expert_scale, out=out,
+                           workspace=workspace)
 
     @moe_forward_out.register_fake
-    def _(x, logits, w13, w2, router_ints, router_floats, act, bias, mask_logits, out, workspace=None):
+    def _(x, logits, w13, w2, router_ints, router_floats, act, bias, mask_logits, out, workspace=None,
+          expert_scale=None, b13=None, b2=None, w13_scale=None, w2_scale=None, w13_zero=None,
+          w2_zero=None, experts_ints=None, experts_floats=None):
         return None
 
     class _Ops:

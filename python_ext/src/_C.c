@@ -95,6 +95,7 @@ enum {
     DM_I32 = 1 << 3,
     DM_I64 = 1 << 4,
     DM_ANY = 1 << 5, /* raw bytes: any dtype (workspace) */
+    DM_U8 = 1 << 6,  /* quantized weight bytes, MXFP4 scales, INT4 zero points */
     DM_FLOAT = DM_F32 | DM_F16 | DM_BF16,
 };
 
@@ -122,13 +123,14 @@ static const char *kind_name(int kind) {
     case DM_BF16: return "bfloat16";
     case DM_I32: return "int32";
     case DM_I64: return "int64";
+    case DM_U8: return "uint8";
     default: return "another dtype";
     }
 }
 
 static void kinds_str(int mask, char *buf, size_t n) {
     buf[0] = 0;
-    static const int all[] = {DM_F32, DM_F16, DM_BF16, DM_I32, DM_I64};
+    static const int all[] = {DM_F32, DM_F16, DM_BF16, DM_I32, DM_I64, DM_U8};
     int first = 1;
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) {
         if (!(mask & all[i])) continue;
@@ -145,6 +147,7 @@ static int dtype_kind(DLDataType d) {
     if (d.code == kDLBfloat && d.bits == 16) return DM_BF16;
     if (d.code == kDLInt && d.bits == 32) return DM_I32;
     if (d.code == kDLInt && d.bits == 64) return DM_I64;
+    if (d.code == kDLUInt && d.bits == 8) return DM_U8;
     return 0;
 }
 
@@ -431,10 +434,10 @@ static int parse_router(PyObject *o, dynmoe_router *r) {
         PyErr_SetString(PyExc_TypeError, "dynmoe: router must be a dynmoe.Router");
         return -1;
     }
-    if (!PyArg_ParseTuple(o, "iiiiiiffiiifii;dynmoe: malformed router tuple", &r->num_experts,
+    if (!PyArg_ParseTuple(o, "iiiiiiffiiifiii;dynmoe: malformed router tuple", &r->num_experts,
                           &r->num_zero_experts, &zero_kind, &r->top_k, &score, &select, &r->top_p,
                           &r->threshold, &r->num_groups, &r->topk_groups, &norm, &r->scale, &r->num_tasks,
-                          &r->top_tasks))
+                          &r->top_tasks, &r->weight_on_input))
         return -1;
     r->zero_kind = (dynmoe_zero_kind)zero_kind;
     r->score = (dynmoe_score)score;
@@ -443,46 +446,169 @@ static int parse_router(PyObject *o, dynmoe_router *r) {
     return 0;
 }
 
-/* w13 [E, 2I, H] and w2 [E, H, I] of one float dtype. */
-static int parse_experts(const char *fn, const dynmoe_router *r, PyObject *w13, PyObject *w2, int act,
-                         PyObject *stream, dm_tensor *t13, dm_tensor *t2, dm_dev *dev, dynmoe_experts *x) {
+/* The tensors of one dynmoe.Experts, imported for one call. */
+typedef struct {
+    dm_tensor w13, w2, b13, b2, s13, s2, z13, z2;
+} dm_experts_t;
+
+static void experts_release(dm_experts_t *e) {
+    tensor_release(&e->w13), tensor_release(&e->w2), tensor_release(&e->b13), tensor_release(&e->b2);
+    tensor_release(&e->s13), tensor_release(&e->s2), tensor_release(&e->z13), tensor_release(&e->z2);
+}
+
+static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+/* Bytes per row of K values of a weight format (include/dynmoe.h). */
+static int64_t packed_cols(dynmoe_weight_format f, int64_t K) {
+    return f == DYNMOE_WEIGHTS_MXFP4 || f == DYNMOE_WEIGHTS_INT4 ? ceil_div(K, 2) : K;
+}
+
+/* The scale (and zero point) of an [E, N, K] matrix: dtype kind and shape. */
+static int scale_shape(dynmoe_weight_format f, int32_t g, int64_t E, int64_t N, int64_t K, int64_t *shape,
+                       const char **desc) {
+    shape[0] = E;
+    switch (f) {
+    case DYNMOE_WEIGHTS_FP8_BLOCK:
+        shape[1] = ceil_div(N, 128), shape[2] = ceil_div(K, 128), *desc = "[E, ceil(N/128), ceil(K/128)] float32";
+        return DM_F32;
+    case DYNMOE_WEIGHTS_MXFP4:
+        shape[1] = N, shape[2] = K / 32, *desc = "[E, N, K/32] uint8 (ue8m0)";
+        return DM_U8;
+    default:
+        shape[1] = N, shape[2] = ceil_div(K, g), *desc = "[E, N, ceil(K/group_size)] float16";
+        return DM_F16;
+    }
+}
+
+/* The experts tuple of dynmoe.Experts._c: (w13, w2, act, b13, b2, gate_up,
+ * alpha, limit, weight_format, w13_scale, w2_scale, w13_zero, w2_zero,
+ * group_size, dtype) with dtype a DM_* kind or 0 (quantized weights: the
+ * dtype of x, or of the biases). Checks every tensor's dtype and shape
+ * against w13/w2 (the C API checks fields and alignment only) and fills x
+ * with the full 0.2 struct. `x_kind` is x's dtype kind, 0 when no x. */
+static int parse_experts(const char *fn, const dynmoe_router *r, PyObject *eo, int x_kind, PyObject *stream,
+                         dm_experts_t *e, dm_dev *dev, dynmoe_experts *x) {
     dynmoe_experts init = DYNMOE_EXPERTS_INIT;
     *x = init;
-    int64_t s13[3] = {r->num_experts, -1, -1};
-    if (arg(fn, "w13", w13, stream, t13, DM_FLOAT, 3, s13, "[E, 2*I, H]", dev, 0, 0) < 0) return -1;
-    int64_t twoI = t13->t->shape[1], H = t13->t->shape[2];
-    if (twoI % 2 != 0 || twoI < 2 || H < 1 || twoI / 2 > INT32_MAX || H > INT32_MAX) {
-        PyErr_Format(PyExc_ValueError, "%s: w13 has %lld rows per expert and hidden %lld; expected [E, 2*I, H]",
-                     fn, (long long)twoI, (long long)H);
+    PyObject *w13, *w2, *b13, *b2, *s13, *s2, *z13, *z2;
+    int act, gate_up, fmt, group, kind;
+    float alpha, limit;
+    if (!PyArg_ParseTuple(eo, "OOiOOiffiOOOOii;dynmoe: malformed experts tuple", &w13, &w2, &act, &b13, &b2,
+                          &gate_up, &alpha, &limit, &fmt, &s13, &s2, &z13, &z2, &group, &kind))
+        return -1;
+    if (act < 0 || act >= DYNMOE_ACT_COUNT || fmt < 0 || fmt >= DYNMOE_WEIGHTS_COUNT) {
+        PyErr_Format(PyExc_ValueError, "%s: unknown act %d or weight_format %d", fn, act, fmt);
         return -1;
     }
-    int64_t s2[3] = {r->num_experts, H, twoI / 2};
-    if (arg(fn, "w2", w2, stream, t2, DM_FLOAT, 3, s2, "[E, H, I]", dev, 0, 0) < 0) return -1;
-    if (t2->kind != t13->kind) {
-        PyErr_Format(PyExc_TypeError, "%s: w2 is %s but w13 is %s", fn, kind_name(t2->kind), kind_name(t13->kind));
+    const dynmoe_weight_format f = (dynmoe_weight_format)fmt;
+    const int gated = act != DYNMOE_ACT_RELU2 && act != DYNMOE_ACT_SILU;
+    const int plain = f == DYNMOE_WEIGHTS_PLAIN;
+    const int wkind = plain ? DM_FLOAT : DM_U8;
+    const char *rows_desc = gated ? "[E, 2*I, H]" : "[E, I, H] (non-gated act)";
+    int64_t s_13[3] = {r->num_experts, -1, -1};
+    if (arg(fn, "w13", w13, stream, &e->w13, wkind, 3, s_13, rows_desc, dev, 0, 0) < 0) return -1;
+    int64_t s_2[3] = {r->num_experts, -1, -1};
+    if (arg(fn, "w2", w2, stream, &e->w2, wkind, 3, s_2, "[E, H, I]", dev, 0, 0) < 0) return -1;
+    const int64_t E = r->num_experts, N13 = e->w13.t->shape[1];
+    const int64_t H = plain ? e->w13.t->shape[2] : e->w2.t->shape[1];
+    const int64_t I = gated ? N13 / 2 : N13;
+    if ((gated && N13 % 2 != 0) || I < 1 || H < 1 || I > INT32_MAX || H > INT32_MAX) {
+        PyErr_Format(PyExc_ValueError, "%s: w13 has %lld rows per expert; expected %s", fn, (long long)N13,
+                     rows_desc);
         return -1;
+    }
+    if (!plain && (e->w13.t->shape[2] != packed_cols(f, H) || e->w2.t->shape[2] != packed_cols(f, I))) {
+        PyErr_Format(PyExc_ValueError,
+                     "%s: quantized w13 [E, %lld, %lld] and w2 [E, %lld, %lld] do not pack H = %lld, I = %lld "
+                     "(bytes per row: fp8_block K, mxfp4/int4 ceil(K/2))",
+                     fn, (long long)N13, (long long)e->w13.t->shape[2], (long long)H, (long long)e->w2.t->shape[2],
+                     (long long)H, (long long)I);
+        return -1;
+    }
+    int64_t s_w2[3] = {E, H, plain ? I : packed_cols(f, I)};
+    if (plain) {
+        if (tensor_check(fn, &e->w2, DM_FLOAT, 3, s_w2, "[E, H, I]", dev, 0) < 0) return -1;
+        if (e->w2.kind != e->w13.kind) {
+            PyErr_Format(PyExc_TypeError, "%s: w2 is %s but w13 is %s", fn, kind_name(e->w2.kind),
+                         kind_name(e->w13.kind));
+            return -1;
+        }
+        kind = e->w13.kind;
+    }
+    if (f == DYNMOE_WEIGHTS_MXFP4 && (H % 32 != 0 || I % 32 != 0)) {
+        PyErr_Format(PyExc_ValueError, "%s: mxfp4 needs H = %lld and I = %lld to be multiples of 32", fn,
+                     (long long)H, (long long)I);
+        return -1;
+    }
+    if (f == DYNMOE_WEIGHTS_INT4 && group != 32 && group != 64 && group != 128) {
+        PyErr_Format(PyExc_ValueError, "%s: group_size = %d: int4 groups are 32, 64 or 128", fn, group);
+        return -1;
+    }
+    /* The activations' dtype: the plain weights', else Experts(dtype=), else
+     * x's, else the biases' (parse_x_experts checks x against it). */
+    if (kind == 0) kind = x_kind;
+    if (kind == 0 && b13 != Py_None) {
+        if (tensor_import(fn, "b13", b13, stream, &e->b13) < 0) return -1;
+        kind = e->b13.kind & DM_FLOAT ? e->b13.kind : 0;
+        tensor_release(&e->b13);
+    }
+    if (kind == 0) kind = DM_F32; /* workspace_size of quantized experts without x nor biases */
+    int64_t s_b13[2] = {E, N13}, s_b2[2] = {E, H};
+    if (arg(fn, "b13", b13, stream, &e->b13, kind, 2, s_b13, "[E, rows of w13] (the experts' dtype)", dev, 0, 1) < 0)
+        return -1;
+    if (arg(fn, "b2", b2, stream, &e->b2, kind, 2, s_b2, "[E, H] (the experts' dtype)", dev, 0, 1) < 0) return -1;
+    if (plain) {
+        if (s13 != Py_None || s2 != Py_None || z13 != Py_None || z2 != Py_None) {
+            PyErr_Format(PyExc_ValueError, "%s: scales or zero points given but weight_format is plain", fn);
+            return -1;
+        }
+    } else {
+        int64_t sh13[3], sh2[3];
+        const char *d13, *d2;
+        int k13 = scale_shape(f, group, E, N13, H, sh13, &d13), k2 = scale_shape(f, group, E, H, I, sh2, &d2);
+        if (arg(fn, "w13_scale", s13, stream, &e->s13, k13, 3, sh13, d13, dev, 0, 0) < 0) return -1;
+        if (arg(fn, "w2_scale", s2, stream, &e->s2, k2, 3, sh2, d2, dev, 0, 0) < 0) return -1;
+        if (f != DYNMOE_WEIGHTS_INT4 && (z13 != Py_None || z2 != Py_None)) {
+            PyErr_Format(PyExc_ValueError, "%s: zero points (w13_zero, w2_zero) are only for weight_format int4", fn);
+            return -1;
+        }
+        if (arg(fn, "w13_zero", z13, stream, &e->z13, DM_U8, 3, sh13, "[E, N, ceil(K/group_size)] uint8", dev, 0, 1) <
+                0 ||
+            arg(fn, "w2_zero", z2, stream, &e->z2, DM_U8, 3, sh2, "[E, N, ceil(K/group_size)] uint8", dev, 0, 1) < 0)
+            return -1;
     }
     x->num_experts = r->num_experts;
     x->hidden = (int32_t)H;
-    x->inter = (int32_t)(twoI / 2);
-    x->dtype = to_dynmoe_dtype(t13->kind);
+    x->inter = (int32_t)I;
+    x->dtype = to_dynmoe_dtype(kind);
     x->act = (dynmoe_act)act;
-    x->w13 = t13->data;
-    x->w2 = t2->data;
+    x->w13 = e->w13.data;
+    x->w2 = e->w2.data;
+    x->b13 = e->b13.data;
+    x->b2 = e->b2.data;
+    x->gate_up = (dynmoe_gate_up)gate_up;
+    x->alpha = alpha;
+    x->limit = limit;
+    x->weight_format = f;
+    x->w13_scale = e->s13.data;
+    x->w2_scale = e->s2.data;
+    x->w13_zero = e->z13.data;
+    x->w2_zero = e->z2.data;
+    x->group_size = group;
     return 0;
 }
 
 /* x [T, H] and the experts it goes through: same dtype, H = experts.hidden. */
-static int parse_x_experts(const char *fn, const dynmoe_router *r, PyObject *xo, PyObject *w13o, PyObject *w2o,
-                           int act, PyObject *ds, dm_tensor *xt, dm_tensor *t13, dm_tensor *t2, dm_dev *dev,
-                           dynmoe_experts *x) {
+static int parse_x_experts(const char *fn, const dynmoe_router *r, PyObject *xo, PyObject *eo, PyObject *ds,
+                           dm_tensor *xt, dm_experts_t *e, dm_dev *dev, dynmoe_experts *x) {
     int64_t s_x[2] = {-1, -1};
     if (arg(fn, "x", xo, ds, xt, DM_FLOAT, 2, s_x, "[T, H]", dev, 0, 0) < 0) return -1;
-    if (parse_experts(fn, r, w13o, w2o, act, ds, t13, t2, dev, x) < 0) return -1;
-    if (xt->t->shape[1] != x->hidden || xt->kind != t13->kind) {
-        PyErr_Format(xt->kind != t13->kind ? PyExc_TypeError : PyExc_ValueError,
+    if (parse_experts(fn, r, eo, xt->kind, ds, e, dev, x) < 0) return -1;
+    const int kind = x->dtype == DYNMOE_F16 ? DM_F16 : x->dtype == DYNMOE_BF16 ? DM_BF16 : DM_F32;
+    if (xt->t->shape[1] != x->hidden || xt->kind != kind) {
+        PyErr_Format(xt->kind != kind ? PyExc_TypeError : PyExc_ValueError,
                      "%s: x is [%lld, %lld] %s but the experts take [T, %d] %s", fn, (long long)xt->t->shape[0],
-                     (long long)xt->t->shape[1], kind_name(xt->kind), x->hidden, kind_name(t13->kind));
+                     (long long)xt->t->shape[1], kind_name(xt->kind), x->hidden, kind_name(kind));
         return -1;
     }
     return 0;
@@ -542,19 +668,19 @@ static PyObject *dlpack_stream(PyObject *o) {
 
 static const int64_t k_stats_shape[1] = {DM_STATS_LEN};
 
-/* route(router, logits, bias, mask_logits, ids, weights, stream, stats) */
+/* route(router, logits, bias, mask_logits, expert_scale, ids, weights, stream, stats) */
 static PyObject *py_route(PyObject *self, PyObject *args) {
     (void)self;
     static const char fn[] = "dynmoe.route";
-    PyObject *ro, *lo, *bo, *mo, *io, *wo, *so, *sto;
-    if (!PyArg_ParseTuple(args, "OOOOOOOO", &ro, &lo, &bo, &mo, &io, &wo, &so, &sto)) return NULL;
+    PyObject *ro, *lo, *bo, *mo, *eso, *io, *wo, *so, *sto;
+    if (!PyArg_ParseTuple(args, "OOOOOOOOO", &ro, &lo, &bo, &mo, &eso, &io, &wo, &so, &sto)) return NULL;
     dynmoe_router r;
     if (parse_router(ro, &r) < 0) return NULL;
     void *stream;
     if (parse_stream(so, &stream) < 0) return NULL;
     PyObject *ds = dlpack_stream(so);
     if (ds == NULL) return NULL;
-    dm_tensor lt = {0}, bt = {0}, mt = {0}, it = {0}, wt = {0}, stt = {0};
+    dm_tensor lt = {0}, bt = {0}, mt = {0}, est = {0}, it = {0}, wt = {0}, stt = {0};
     dm_dev dev = {0};
     PyObject *ret = NULL;
     const int64_t EZ = (int64_t)r.num_experts + r.num_zero_experts;
@@ -564,6 +690,8 @@ static PyObject *py_route(PyObject *self, PyObject *args) {
     int64_t s_bias[1] = {EZ}, s_mask[2] = {T, r.num_experts}, s_ids[2] = {T, r.top_k};
     if (arg(fn, "bias", bo, ds, &bt, DM_F32, 1, s_bias, "[E+Z]", &dev, 0, 1) < 0) goto fail;
     if (arg(fn, "mask_logits", mo, ds, &mt, lt.kind, 2, s_mask, "[T, E]", &dev, 0, 1) < 0) goto fail;
+    if (arg(fn, "expert_scale", eso, ds, &est, DM_F32, 1, s_bias, "[E+Z]", &dev, 0, 1) < 0) goto fail;
+    r.expert_scale = (const float *)est.data;
     if (arg(fn, "ids", io, ds, &it, DM_I32, 2, s_ids, "[T, K]", &dev, 1, 0) < 0) goto fail;
     if (arg(fn, "weights", wo, ds, &wt, DM_F32, 2, s_ids, "[T, K]", &dev, 1, 0) < 0) goto fail;
     if (arg(fn, "stats", sto, ds, &stt, DM_I64, 1, k_stats_shape, "[9]", &dev, 1, 1) < 0) goto fail;
@@ -572,18 +700,18 @@ static PyObject *py_route(PyObject *self, PyObject *args) {
                         (int32_t *)it.data, (float *)wt.data, stream));
     ret = Py_NewRef(Py_None);
 fail:
-    tensor_release(&lt), tensor_release(&bt), tensor_release(&mt);
+    tensor_release(&lt), tensor_release(&bt), tensor_release(&mt), tensor_release(&est);
     tensor_release(&it), tensor_release(&wt), tensor_release(&stt);
     Py_DECREF(ds);
     return ret;
 }
 
-/* route_tasks(router, x, task_logits, task_weights, bias, ids, weights, stream, stats) */
+/* route_tasks(router, x, task_logits, task_weights, bias, expert_scale, ids, weights, stream, stats) */
 static PyObject *py_route_tasks(PyObject *self, PyObject *args) {
     (void)self;
     static const char fn[] = "dynmoe.route_tasks";
-    PyObject *ro, *xo, *tlo, *two, *bo, *io, *wo, *so, *sto;
-    if (!PyArg_ParseTuple(args, "OOOOOOOOO", &ro, &xo, &tlo, &two, &bo, &io, &wo, &so, &sto)) return NULL;
+    PyObject *ro, *xo, *tlo, *two, *bo, *eso, *io, *wo, *so, *sto;
+    if (!PyArg_ParseTuple(args, "OOOOOOOOOO", &ro, &xo, &tlo, &two, &bo, &eso, &io, &wo, &so, &sto)) return NULL;
     dynmoe_router r;
     if (parse_router(ro, &r) < 0) return NULL;
     if (r.num_tasks < 1) {
@@ -594,7 +722,7 @@ static PyObject *py_route_tasks(PyObject *self, PyObject *args) {
     if (parse_stream(so, &stream) < 0) return NULL;
     PyObject *ds = dlpack_stream(so);
     if (ds == NULL) return NULL;
-    dm_tensor xt = {0}, tlt = {0}, twt = {0}, bt = {0}, it = {0}, wt = {0}, stt = {0};
+    dm_tensor xt = {0}, tlt = {0}, twt = {0}, bt = {0}, est = {0}, it = {0}, wt = {0}, stt = {0};
     dm_dev dev = {0};
     PyObject *ret = NULL;
     const int64_t EZ = (int64_t)r.num_experts + r.num_zero_experts;
@@ -612,6 +740,8 @@ static PyObject *py_route_tasks(PyObject *self, PyObject *args) {
         0)
         goto fail;
     if (arg(fn, "bias", bo, ds, &bt, DM_F32, 1, s_bias, "[E+Z]", &dev, 0, 1) < 0) goto fail;
+    if (arg(fn, "expert_scale", eso, ds, &est, DM_F32, 1, s_bias, "[E+Z]", &dev, 0, 1) < 0) goto fail;
+    r.expert_scale = (const float *)est.data;
     if (arg(fn, "ids", io, ds, &it, DM_I32, 2, s_ids, "[T, top_tasks*K]", &dev, 1, 0) < 0) goto fail;
     if (arg(fn, "weights", wo, ds, &wt, DM_F32, 2, s_ids, "[T, top_tasks*K]", &dev, 1, 0) < 0) goto fail;
     if (arg(fn, "stats", sto, ds, &stt, DM_I64, 1, k_stats_shape, "[9]", &dev, 1, 1) < 0) goto fail;
@@ -621,7 +751,7 @@ static PyObject *py_route_tasks(PyObject *self, PyObject *args) {
                               (float *)wt.data, stream));
     ret = Py_NewRef(Py_None);
 fail:
-    tensor_release(&xt), tensor_release(&tlt), tensor_release(&twt), tensor_release(&bt);
+    tensor_release(&xt), tensor_release(&tlt), tensor_release(&twt), tensor_release(&bt), tensor_release(&est);
     tensor_release(&it), tensor_release(&wt), tensor_release(&stt);
     Py_DECREF(ds);
     return ret;
@@ -687,53 +817,51 @@ fail:
     return ret;
 }
 
-/* workspace_size(router, w13, w2, act, T) -> bytes */
+/* workspace_size(router, experts, T) -> bytes */
 static PyObject *py_workspace_size(PyObject *self, PyObject *args) {
     (void)self;
     static const char fn[] = "dynmoe.workspace_size";
-    PyObject *ro, *w13o, *w2o;
-    int act;
+    PyObject *ro, *eo;
     long long T;
-    if (!PyArg_ParseTuple(args, "OOOiL", &ro, &w13o, &w2o, &act, &T)) return NULL;
+    if (!PyArg_ParseTuple(args, "OOL", &ro, &eo, &T)) return NULL;
     dynmoe_router r;
     if (parse_router(ro, &r) < 0) return NULL;
     PyObject *ds = PyLong_FromLong(1);
     if (ds == NULL) return NULL;
-    dm_tensor t13 = {0}, t2 = {0};
+    dm_experts_t et = {0};
     dm_dev dev = {0};
     dynmoe_experts x;
     PyObject *ret = NULL;
-    if (parse_experts(fn, &r, w13o, w2o, act, ds, &t13, &t2, &dev, &x) < 0) goto fail;
+    if (parse_experts(fn, &r, eo, 0, ds, &et, &dev, &x) < 0) goto fail;
     size_t n = dynmoe_workspace_size(&r, &x, T);
     if (n == 0)
         raise_status(DYNMOE_ERR_INVALID_ARGUMENT, dynmoe_last_error());
     else
         ret = PyLong_FromSize_t(n);
 fail:
-    tensor_release(&t13), tensor_release(&t2);
+    experts_release(&et);
     Py_DECREF(ds);
     return ret;
 }
 
-/* experts_forward(router, w13, w2, act, x, ids, weights, out, workspace, stream, stats) */
+/* experts_forward(router, experts, x, ids, weights, out, workspace, stream, stats) */
 static PyObject *py_experts_forward(PyObject *self, PyObject *args) {
     (void)self;
     static const char fn[] = "dynmoe.experts_forward";
-    PyObject *ro, *w13o, *w2o, *xo, *io, *wo, *oo, *wso, *so, *sto;
-    int act;
-    if (!PyArg_ParseTuple(args, "OOOiOOOOOOO", &ro, &w13o, &w2o, &act, &xo, &io, &wo, &oo, &wso, &so, &sto))
-        return NULL;
+    PyObject *ro, *eo, *xo, *io, *wo, *oo, *wso, *so, *sto;
+    if (!PyArg_ParseTuple(args, "OOOOOOOOO", &ro, &eo, &xo, &io, &wo, &oo, &wso, &so, &sto)) return NULL;
     dynmoe_router r;
     if (parse_router(ro, &r) < 0) return NULL;
     void *stream;
     if (parse_stream(so, &stream) < 0) return NULL;
     PyObject *ds = dlpack_stream(so);
     if (ds == NULL) return NULL;
-    dm_tensor xt = {0}, t13 = {0}, t2 = {0}, it = {0}, wt = {0}, ot = {0}, wst = {0}, stt = {0};
+    dm_tensor xt = {0}, it = {0}, wt = {0}, ot = {0}, wst = {0}, stt = {0};
+    dm_experts_t et = {0};
     dm_dev dev = {0};
     dynmoe_experts x;
     PyObject *ret = NULL;
-    if (parse_x_experts(fn, &r, xo, w13o, w2o, act, ds, &xt, &t13, &t2, &dev, &x) < 0) goto fail;
+    if (parse_x_experts(fn, &r, xo, eo, ds, &xt, &et, &dev, &x) < 0) goto fail;
     const int64_t T = xt.t->shape[0];
     int64_t s_ids[2] = {T, -1};
     if (arg(fn, "ids", io, ds, &it, DM_I32, 2, s_ids, "[T, S]", &dev, 0, 0) < 0) goto fail;
@@ -753,20 +881,18 @@ static PyObject *py_experts_forward(PyObject *self, PyObject *args) {
                                   (int32_t)S, ot.data, wst.data, (size_t)wst.nbytes, stream));
     ret = Py_NewRef(Py_None);
 fail:
-    tensor_release(&xt), tensor_release(&t13), tensor_release(&t2), tensor_release(&it);
+    tensor_release(&xt), experts_release(&et), tensor_release(&it);
     tensor_release(&wt), tensor_release(&ot), tensor_release(&wst), tensor_release(&stt);
     Py_DECREF(ds);
     return ret;
 }
 
-/* moe_forward(router, w13, w2, act, x, logits, bias, mask_logits, out, workspace, stream, stats) */
+/* moe_forward(router, experts, x, logits, bias, mask_logits, expert_scale, out, workspace, stream, stats) */
 static PyObject *py_moe_forward(PyObject *self, PyObject *args) {
     (void)self;
     static const char fn[] = "dynmoe.moe_forward";
-    PyObject *ro, *w13o, *w2o, *xo, *lo, *bo, *mo, *oo, *wso, *so, *sto;
-    int act;
-    if (!PyArg_ParseTuple(args, "OOOiOOOOOOOO", &ro, &w13o, &w2o, &act, &xo, &lo, &bo, &mo, &oo, &wso, &so,
-                          &sto))
+    PyObject *ro, *eo, *xo, *lo, *bo, *mo, *eso, *oo, *wso, *so, *sto;
+    if (!PyArg_ParseTuple(args, "OOOOOOOOOOO", &ro, &eo, &xo, &lo, &bo, &mo, &eso, &oo, &wso, &so, &sto))
         return NULL;
     dynmoe_router r;
     if (parse_router(ro, &r) < 0) return NULL;
@@ -774,11 +900,12 @@ static PyObject *py_moe_forward(PyObject *self, PyObject *args) {
     if (parse_stream(so, &stream) < 0) return NULL;
     PyObject *ds = dlpack_stream(so);
     if (ds == NULL) return NULL;
-    dm_tensor xt = {0}, t13 = {0}, t2 = {0}, lt = {0}, bt = {0}, mt = {0}, ot = {0}, wst = {0}, stt = {0};
+    dm_tensor xt = {0}, lt = {0}, bt = {0}, mt = {0}, est = {0}, ot = {0}, wst = {0}, stt = {0};
+    dm_experts_t et = {0};
     dm_dev dev = {0};
     dynmoe_experts x;
     PyObject *ret = NULL;
-    if (parse_x_experts(fn, &r, xo, w13o, w2o, act, ds, &xt, &t13, &t2, &dev, &x) < 0) goto fail;
+    if (parse_x_experts(fn, &r, xo, eo, ds, &xt, &et, &dev, &x) < 0) goto fail;
     const int64_t T = xt.t->shape[0];
     const int64_t EZ = (int64_t)r.num_experts + r.num_zero_experts;
     int64_t s_logits[2] = {T, EZ}, s_bias[1] = {EZ}, s_mask[2] = {T, r.num_experts}, s_out[2] = {T, x.hidden};
@@ -786,6 +913,8 @@ static PyObject *py_moe_forward(PyObject *self, PyObject *args) {
     if (arg(fn, "bias", bo, ds, &bt, DM_F32, 1, s_bias, "[E+Z]", &dev, 0, 1) < 0) goto fail;
     if (arg(fn, "mask_logits", mo, ds, &mt, lt.kind, 2, s_mask, "[T, E] (dtype of logits)", &dev, 0, 1) < 0)
         goto fail;
+    if (arg(fn, "expert_scale", eso, ds, &est, DM_F32, 1, s_bias, "[E+Z]", &dev, 0, 1) < 0) goto fail;
+    r.expert_scale = (const float *)est.data;
     if (arg(fn, "out", oo, ds, &ot, xt.kind, 2, s_out, "[T, H] (dtype of x)", &dev, 1, 0) < 0) goto fail;
     if (arg(fn, "workspace", wso, ds, &wst, DM_ANY, -1, NULL, "", &dev, 1, 0) < 0) goto fail;
     if (arg(fn, "stats", sto, ds, &stt, DM_I64, 1, k_stats_shape, "[9]", &dev, 1, 1) < 0) goto fail;
@@ -794,7 +923,7 @@ static PyObject *py_moe_forward(PyObject *self, PyObject *args) {
                               mt.data, ot.data, wst.data, (size_t)wst.nbytes, stream));
     ret = Py_NewRef(Py_None);
 fail:
-    tensor_release(&xt), tensor_release(&t13), tensor_release(&t2), tensor_release(&lt), tensor_release(&bt);
+    tensor_release(&xt), experts_release(&et), tensor_release(&lt), tensor_release(&bt), tensor_release(&est);
     tensor_release(&mt), tensor_release(&ot), tensor_release(&wst), tensor_release(&stt);
     Py_DECREF(ds);
     return ret;
@@ -842,16 +971,17 @@ static PyObject *py_status_name(PyObject *self, PyObject *o) {
 }
 
 static PyMethodDef methods[] = {
-    {"route", py_route, METH_VARARGS, "route(router, logits, bias, mask_logits, ids, weights, stream, stats)"},
+    {"route", py_route, METH_VARARGS,
+     "route(router, logits, bias, mask_logits, expert_scale, ids, weights, stream, stats)"},
     {"route_tasks", py_route_tasks, METH_VARARGS,
-     "route_tasks(router, x, task_logits, task_weights, bias, ids, weights, stream, stats)"},
+     "route_tasks(router, x, task_logits, task_weights, bias, expert_scale, ids, weights, stream, stats)"},
     {"plan_workspace_size", py_plan_workspace_size, METH_VARARGS, "plan_workspace_size(router, T, slots)"},
     {"plan", py_plan, METH_VARARGS, "plan(router, ids, workspace, stream, stats) -> byte offsets"},
-    {"workspace_size", py_workspace_size, METH_VARARGS, "workspace_size(router, w13, w2, act, T)"},
+    {"workspace_size", py_workspace_size, METH_VARARGS, "workspace_size(router, experts, T)"},
     {"experts_forward", py_experts_forward, METH_VARARGS,
-     "experts_forward(router, w13, w2, act, x, ids, weights, out, workspace, stream, stats)"},
+     "experts_forward(router, experts, x, ids, weights, out, workspace, stream, stats)"},
     {"moe_forward", py_moe_forward, METH_VARARGS,
-     "moe_forward(router, w13, w2, act, x, logits, bias, mask_logits, out, workspace, stream, stats)"},
+     "moe_forward(router, experts, x, logits, bias, mask_logits, expert_scale, out, workspace, stream, stats)"},
     {"_set_error_class", py_set_error_class, METH_O, NULL},
     {"_set_torch", py_set_torch, METH_VARARGS, NULL},
     {"version", py_version, METH_NOARGS, "dynmoe_version() of the loaded libdynmoe"},

@@ -31,7 +31,7 @@ def _best_first(values, ids):
     return [i for _, i in keep]
 
 
-def route_token(logits, r, bias=None, mask=None):
+def route_token(logits, r, bias=None, mask=None, expert_scale=None):
     """One token: logits [E+Z] float64 -> (ids [K], weights [K]), nonfinite flag."""
     E, Z, K = r["num_experts"], r.get("num_zero_experts", 0), r["top_k"]
     N = E + Z
@@ -94,11 +94,13 @@ def route_token(logits, r, bias=None, mask=None):
             w[i] = 1.0 / kept
         elif div != 0 and np.isfinite(div):
             w[i] = w[i] / div
+        if expert_scale is not None:  # a learned per-expert factor, after norm, before the router's scale
+            w[i] *= float(expert_scale[ids[i]])
         w[i] *= r.get("scale", 1.0)
     return ids, w, False
 
 
-def route(logits, r, bias=None, mask=None):
+def route(logits, r, bias=None, mask=None, expert_scale=None):
     """logits [T, E+Z] -> ids [T, K] int32, weights [T, K] float64, nonfinite rows."""
     T = logits.shape[0]
     K = r["top_k"]
@@ -107,7 +109,7 @@ def route(logits, r, bias=None, mask=None):
     bad = 0
     for t in range(T):
         i, wt, nf = route_token(logits[t].astype(np.float64), r, bias,
-                                None if mask is None else mask[t].astype(np.float64))
+                                None if mask is None else mask[t].astype(np.float64), expert_scale)
         ids[t], w[t] = i, wt
         bad += nf
     return ids, w, bad
@@ -159,36 +161,136 @@ def plan(ids, E):
                 slot_rows=slot_rows, active_experts=np.array(active, np.int64), num_active=len(active))
 
 
-def _act(g, u, act):
+NON_GATED = ("relu2", "silu")
+
+
+def _sigmoid(v):
+    return 1.0 / (1.0 + np.exp(-v))
+
+
+def _act(g, u, act, alpha=1.702, limit=7.0):
+    """One expert's activation of its gate (or only) values g and up values u."""
     if act == "swiglu":
-        return g / (1.0 + np.exp(-g)) * u
-    erf = np.vectorize(math.erf)
-    return 0.5 * g * (1.0 + erf(g / math.sqrt(2.0))) * u
+        return g * _sigmoid(g) * u
+    if act == "geglu":
+        erf = np.vectorize(math.erf)
+        return 0.5 * g * (1.0 + erf(g / math.sqrt(2.0))) * u
+    if act == "geglu_tanh":
+        return 0.5 * g * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (g + 0.044715 * g ** 3))) * u
+    if act == "swiglu_oai":  # gpt-oss: gate clamped from above, up to [-limit, limit], and up + 1
+        g = np.minimum(g, limit)
+        u = np.clip(u, -limit, limit)
+        return (u + 1.0) * g * _sigmoid(alpha * g)
+    if act == "relu2":
+        return np.maximum(g, 0.0) ** 2
+    if act == "silu":
+        return g * _sigmoid(g)
+    raise ValueError(act)
 
 
-def experts(x, ids, w, w13, w2, E, Z=0, zero_kind="zero", act="swiglu"):
-    """out[t] = sum_k w[t,k] * FFN_{ids[t,k]}(x[t]) + identity zero experts' w * x."""
+def ffn(xrow, w13, w2, act="swiglu", b13=None, b2=None, gate_up="blocked", alpha=1.702, limit=7.0):
+    """One expert of one row, float64: h = w13 x + b13, a = act(h), y = w2 a + b2."""
+    h = w13 @ xrow
+    if b13 is not None:
+        h = h + b13
+    if act in NON_GATED:
+        a = _act(h, None, act)
+    elif gate_up == "interleaved":
+        a = _act(h[0::2], h[1::2], act, alpha, limit)
+    else:
+        i = h.shape[0] // 2
+        a = _act(h[:i], h[i:], act, alpha, limit)
+    y = w2 @ a
+    return y if b2 is None else y + b2
+
+
+def experts(x, ids, w, w13, w2, E, Z=0, zero_kind="zero", act="swiglu", b13=None, b2=None, gate_up="blocked",
+            alpha=1.702, limit=7.0, weight_on_input=False):
+    """out[t] = sum_k w[t,k] * FFN_{ids[t,k]}(x[t]) + identity zero experts' w * x;
+    weight_on_input: FFN_{ids[t,k]}(w[t,k] * x[t]) unweighted (identity zero
+    experts still add w * x)."""
     x = x.astype(np.float64)
-    w13 = w13.astype(np.float64)
-    w2 = w2.astype(np.float64)
-    inter = w13.shape[1] // 2
+    f64 = (lambda a: None if a is None else np.asarray(a, dtype=np.float64))
+    w13, w2, b13, b2 = f64(w13), f64(w2), f64(b13), f64(b2)
     out = np.zeros_like(x)
     for t in range(x.shape[0]):
         for k in range(ids.shape[1]):
             e = int(ids[t, k])
+            wk = float(w[t, k])
             if 0 <= e < E:
-                h = w13[e] @ x[t]
-                y = w2[e] @ _act(h[:inter], h[inter:], act)
-                out[t] += float(w[t, k]) * y
+                xin = wk * x[t] if weight_on_input else x[t]
+                y = ffn(xin, w13[e], w2[e], act, None if b13 is None else b13[e], None if b2 is None else b2[e],
+                        gate_up, alpha, limit)
+                out[t] += y if weight_on_input else wk * y
             elif E <= e < E + Z and zero_kind == "identity":
-                out[t] += float(w[t, k]) * x[t]
+                out[t] += wk * x[t]
     return out
 
 
-def moe(x, logits, r, w13, w2, bias=None, mask=None, act="swiglu"):
-    ids, w, _ = route(logits, r, bias, mask)
+def moe(x, logits, r, w13, w2, bias=None, mask=None, act="swiglu", expert_scale=None, **ffn_kw):
+    ids, w, _ = route(logits, r, bias, mask, expert_scale)
     return experts(x, ids, w, w13, w2, r["num_experts"], r.get("num_zero_experts", 0),
-                   r.get("zero_kind", "zero"), act)
+                   r.get("zero_kind", "zero"), act, weight_on_input=r.get("weight_on_input", False), **ffn_kw)
+
+
+# ------------------------------------------------------- quantized weights
+#
+# Written from the format description in include/dynmoe.h (dynmoe_weight_format),
+# not from csrc/quant_rules.h: a matrix [E, N, K] of values.
+
+def e4m3fn(code):
+    """float8 e4m3fn: sign, 4 exponent bits (bias 7), 3 mantissa bits; no
+    infinities, S.1111.111 is NaN; exponent 0 is subnormal."""
+    code = int(code)
+    sign = -1.0 if code & 0x80 else 1.0
+    ex, man = (code >> 3) & 0xF, code & 0x7
+    if ex == 0xF and man == 0x7:
+        return math.nan
+    if ex == 0:
+        return sign * (man / 8.0) * 2.0 ** -6
+    return sign * (1.0 + man / 8.0) * 2.0 ** (ex - 7)
+
+
+def e2m1(nibble):
+    """fp4 e2m1: sign, 2 exponent bits (bias 1), 1 mantissa bit: 0, .5, 1, 1.5, 2, 3, 4, 6."""
+    nibble = int(nibble)
+    sign = -1.0 if nibble & 0x8 else 1.0
+    ex, man = (nibble >> 1) & 0x3, nibble & 0x1
+    if ex == 0:
+        return sign * man * 0.5
+    return sign * (1.0 + man / 2.0) * 2.0 ** (ex - 1)
+
+
+def _nibbles(packed, K):
+    """[..., ceil(K/2)] bytes -> [..., K] 4-bit codes: element k in byte k // 2, even k in the low nibble."""
+    packed = np.asarray(packed, dtype=np.uint8)
+    out = np.empty(packed.shape[:-1] + (K,), np.int64)
+    for k in range(K):
+        b = packed[..., k // 2].astype(np.int64)
+        out[..., k] = (b & 0xF) if k % 2 == 0 else (b >> 4)
+    return out
+
+
+def dequantize(fmt, w, scale, K, zero=None, group_size=None):
+    """The float64 values [E, N, K] of quantized weights w (include/dynmoe.h)."""
+    w = np.asarray(w)
+    if fmt == "fp8_block":
+        vals = np.vectorize(e4m3fn, otypes=[np.float64])(w.astype(np.int64))
+        s = np.asarray(scale, dtype=np.float64)
+        n_idx = np.arange(w.shape[1]) // 128
+        k_idx = np.arange(K) // 128
+        return vals * s[:, n_idx][:, :, k_idx]
+    if fmt == "mxfp4":
+        vals = np.vectorize(e2m1, otypes=[np.float64])(_nibbles(w, K))
+        s = 2.0 ** (np.asarray(scale, dtype=np.float64) - 127.0)
+        return vals * s[:, :, np.arange(K) // 32]
+    if fmt == "int4":
+        q = _nibbles(w, K).astype(np.float64)
+        g = np.arange(K) // group_size
+        s = np.asarray(scale, dtype=np.float64)[:, :, g]
+        z = 8.0 if zero is None else np.asarray(zero, dtype=np.float64)[:, :, g]
+        return (q - z) * s
+    raise ValueError(fmt)
 
 
 def rel_err(a, ref):

@@ -196,8 +196,8 @@ def test_unsupported_device(layer):
     router, x, logits, experts = layer
     lg, k1 = _fake_cuda_capsule((T, E), device_type=8)  # Metal
     with pytest.raises(ValueError, match=r"DLPack device type 8; dynmoe takes CPU or CUDA tensors"):
-        dynmoe._C.route(router._c, lg, None, None, np.zeros((T, K), np.int32), np.zeros((T, K), np.float32),
-                        None, None)
+        dynmoe._C.route(router._c, lg, None, None, None, np.zeros((T, K), np.int32),
+                        np.zeros((T, K), np.float32), None, None)
 
 
 @pytest.mark.skipif(dynmoe.cuda_available(), reason="needs a build or machine without CUDA")
@@ -207,7 +207,7 @@ def test_cuda_tensors_without_cuda(layer):
     ids, k2 = _fake_cuda_capsule((T, K), code=0)
     w, k3 = _fake_cuda_capsule((T, K))
     with pytest.raises(dynmoe.DynmoeError) as e:
-        dynmoe._C.route(router._c, lg, None, None, ids, w, 0, None)
+        dynmoe._C.route(router._c, lg, None, None, None, ids, w, 0, None)
     assert e.value.status_name in ("DYNMOE_ERR_UNSUPPORTED", "DYNMOE_ERR_DEVICE")
 
 

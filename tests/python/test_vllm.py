@@ -160,9 +160,16 @@ def test_unsupported_layers_keep_vllm_kernel():
     why_not = plugin._classes()["why_not"]
     assert why_not(_moe(), False) is None and why_not(_moe(), True) is None
     assert why_not(_moe(activation=MoEActivation.GELU), False) is None
-    assert "expert biases" in why_not(_moe(has_bias=True), False)
-    assert "'swigluoai'" in why_not(_moe(activation=MoEActivation.SWIGLUOAI), False)
+    # issue 15: biases, swigluoai (gpt-oss), gelu_tanh and the non-gated acts run on dynmoe
+    assert why_not(_moe(has_bias=True), False) is None
+    assert why_not(_moe(activation=MoEActivation.SWIGLUOAI, swiglu_limit=7.0, swiglu_alpha=1.702), False) is None
+    assert why_not(_moe(activation=MoEActivation.GELU_TANH), False) is None
+    assert why_not(_moe(activation=MoEActivation.RELU2_NO_MUL, is_act_and_mul=False), False) is None
+    assert "non-gated activation 'gelu_no_mul'" in why_not(_moe(activation=MoEActivation.GELU_NO_MUL,
+                                                                 is_act_and_mul=False), False)
+    assert "'swiglustep'" in why_not(_moe(activation=MoEActivation.SWIGLUSTEP), False)
     assert "clamped" in why_not(_moe(swiglu_limit=7.0), False)
+    assert "swiglu_beta" in why_not(_moe(activation=MoEActivation.SWIGLUOAI, swiglu_beta=1.0), False)
     assert "batched" in why_not(_moe(moe_parallel_config=types.SimpleNamespace(
         use_batched_activation_format=True)), False)
     # a router dynmoe cannot express: monolithic mode falls back to vLLM's routing
@@ -189,7 +196,7 @@ def test_plugin_off_by_default(monkeypatch):
 # the paths the tiny models do not reach (expert_map in monolithic mode,
 # apply_router_weight_on_input, GEGLU).
 
-def _experts(kind, e_global, e_local, k, routing, act="silu"):
+def _experts(kind, e_global, e_local, k, routing, act="silu", quant_config=None):
     import torch
     from vllm.model_executor.layers.fused_moe.activation import MoEActivation
     from vllm.model_executor.layers.fused_moe.config import (FusedMoEConfig, FusedMoEParallelConfig,
@@ -203,7 +210,7 @@ def _experts(kind, e_global, e_local, k, routing, act="silu"):
                          routing_method=getattr(RoutingMethodType, routing),
                          moe_parallel_config=FusedMoEParallelConfig.make_no_parallel(), in_dtype=torch.float32,
                          intermediate_size_per_partition_unpadded=16, hidden_dim_unpadded=32)
-    return plugin._classes()[kind](cfg, FusedMoEQuantConfig.make())
+    return plugin._classes()[kind](cfg, quant_config or FusedMoEQuantConfig.make())
 
 
 def _layer_weights(e_local, seed=11):
@@ -311,3 +318,48 @@ def test_monolithic_beam_mask_head_against_reference():
     assert ref.rel_err(out.numpy(), r) < 1e-5
     unmasked = ref.moe(x.numpy(), logits.numpy(), kw, w13.numpy(), w2.numpy())
     assert ref.rel_err(out.numpy(), unmasked) > 1e-2  # the masks dropped slots
+
+
+def test_modular_swigluoai_with_biases_against_reference():
+    # gpt-oss in vLLM: swigluoai on interleaved w13 rows, w13_bias/w2_bias in the layer's quant config
+    import torch
+
+    import reference as ref
+    from vllm.model_executor.layers.fused_moe.activation import MoEActivation
+    from vllm.model_executor.layers.fused_moe.config import biased_moe_quant_config
+
+    e, k, t = 4, 2, 9
+    w13, w2, g = _layer_weights(e, seed=5)
+    w13 = w13 * 4  # some gate/up values pass the clamp (limit 7)
+    b13 = torch.randn(e, 32, generator=g)
+    b2 = torch.randn(e, 32, generator=g)
+    ex = _experts("modular", e, e, k, "RenormalizeNaive", "swigluoai", biased_moe_quant_config(b13, b2))
+    x = torch.randn(t, 32, generator=g)
+    ids = torch.stack([torch.randperm(e, generator=g)[:k] for _ in range(t)]).int()
+    w = torch.rand(t, k, generator=g)
+    out = torch.full((t, 32), float("nan"))
+    ex.apply(out, x, w13, w2, w, ids, MoEActivation.SWIGLUOAI, e, None, apply_router_weight_on_input=False,
+             **_ARGS)
+    r = ref.experts(x.numpy(), ids.numpy(), w.numpy(), w13.numpy(), w2.numpy(), e, act="swiglu_oai",
+                    b13=b13.numpy(), b2=b2.numpy(), gate_up="interleaved")
+    assert ref.rel_err(out.numpy(), r) < 1e-5
+
+
+def test_monolithic_weight_on_input_top2_against_reference():
+    # dynmoe's weight_on_input: sum_k FFN_k(w_k x) for any top-k (vLLM's own path is top-1 only)
+    import torch
+
+    import reference as ref
+    from vllm.model_executor.layers.fused_moe.activation import MoEActivation
+
+    e, k, t = 8, 2, 9
+    ex = _experts("monolithic", e, e, k, "Sigmoid")
+    ex.process_weights_after_loading(types.SimpleNamespace(num_expert_group=None, topk_group=None,
+                                                           routed_scaling_factor=1.0))
+    w13, w2, g = _layer_weights(e, seed=7)
+    x = torch.randn(t, 32, generator=g)
+    logits = torch.randn(t, e, generator=g)
+    out = ex.apply(x, w13, w2, logits, MoEActivation.SILU, e, None, None, True)
+    kw = dict(num_experts=e, top_k=k, score="sigmoid", norm="none", weight_on_input=True)
+    r = ref.moe(x.numpy(), logits.numpy(), kw, w13.numpy(), w2.numpy())
+    assert ref.rel_err(out.numpy(), r) < 1e-5

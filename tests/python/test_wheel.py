@@ -31,7 +31,9 @@ def test_integrations_import_without_frameworks():
     import dynmoe.integrations.vllm as plugin
 
     assert support.activation("silu") == "swiglu" and support.activation("gelu") == "geglu"
-    assert support.activation("gelu_tanh") is None
+    assert support.activation("gelu_tanh") == "geglu_tanh" and support.activation("swigluoai") == "swiglu_oai"
+    assert support.non_gated_activation("relu2_no_mul") == "relu2" and support.activation("relu2_no_mul") is None
+    assert support.activation("swiglustep") is None
     assert plugin.mode() in plugin.MODES
 
 

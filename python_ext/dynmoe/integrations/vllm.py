@@ -23,11 +23,15 @@ Two modes, chosen by ``DYNMOE_VLLM_MODE``:
 vLLM semantics honoured: ``expert_map`` (expert parallelism: ids of other
 ranks' experts become empty slots), ``apply_router_weight_on_input`` (the
 weight is already on x, so the experts get unit weights), the activations of
-``dynmoe.integrations.support.ACTIVATIONS``. A layer dynmoe cannot run
-(quantized layers never reach this method; expert biases, a clamped SwiGLU,
-other activations, non-gated experts, the batched activation format, LoRA,
-other dtypes) keeps vLLM's own kernel, and the reason is logged once for that
-layer at load time. Nothing in the forward path has a Python side effect, so
+``dynmoe.integrations.support`` (silu, gelu, gelu_tanh, swigluoai on
+interleaved rows with the layer's alpha/limit, and the non-gated relu2_no_mul
+/ silu_no_mul), expert biases (w13_bias/w2_bias from the layer's quant
+config). A layer dynmoe cannot run (quantized layers never reach this method;
+a clamped silu/gelu, a swiglu_beta, other activations, the batched activation
+format, LoRA, other dtypes) keeps vLLM's own kernel, and the reason is logged
+once for that layer at load time. (vLLM 0.32's CPU build refuses non-gated
+layers itself, in FusedMoEConfig: relu2_no_mul reaches the plugin only on
+CUDA.) Nothing in the forward path has a Python side effect, so
 it traces under ``torch.compile(fullgraph=True)`` (vLLM calls the MoE layer
 inside its compiled graph on the CPU): the dynmoe ops are opaque nodes with
 fake implementations, and their workspace is the cached one of the device
@@ -113,16 +117,32 @@ def _classes():
         RoutingMethodType.TopK: dict(score="none", norm="none"),
     }
 
+    def act_spec(moe):
+        """(dynmoe act, gate_up, alpha, limit) of a layer's activation, or a
+        str saying what dynmoe lacks. vLLM's swigluoai reads interleaved
+        gate/up rows (as gpt-oss stores them); its alpha and limit are the
+        layer's swiglu_alpha/swiglu_limit, gpt-oss's 1.702 and 7.0 when unset.
+        Expert biases (w13_bias, w2_bias) reach the experts through the
+        layer's quant config."""
+        name = moe.activation.value
+        gated = moe.is_act_and_mul
+        act = support.activation(name) if gated else support.non_gated_activation(name)
+        if act is None:
+            return support.lacks_activation(name, gated)
+        if moe.swiglu_beta is not None and moe.swiglu_beta != 0:
+            return support.MISSING["beta"]
+        if act != "swiglu_oai" and (moe.swiglu_limit is not None or moe.swiglu_alpha is not None):
+            return f"a clamped {name} (swiglu_limit/swiglu_alpha on a {name} layer)"
+        alpha = 1.702 if moe.swiglu_alpha is None else float(moe.swiglu_alpha)
+        limit = 7.0 if moe.swiglu_limit is None else float(moe.swiglu_limit)
+        gate_up = "interleaved" if name in support.INTERLEAVED else "blocked"
+        return act, gate_up, alpha, limit
+
     def why_not(moe, monolithic):
         """None when dynmoe runs this layer, else what dynmoe lacks."""
-        if moe.has_bias:
-            return support.MISSING["bias"]
-        if not moe.is_act_and_mul:
-            return support.MISSING["non_gated"]
-        if support.activation(moe.activation.value) is None:
-            return support.lacks_activation(moe.activation.value)
-        if moe.swiglu_limit is not None or moe.swiglu_alpha is not None or moe.swiglu_beta is not None:
-            return support.MISSING["clamp"]
+        spec = act_spec(moe)
+        if isinstance(spec, str):
+            return spec
         if support.dtype_name(moe.in_dtype) not in support.DTYPES:
             return f"activations of dtype {moe.in_dtype}"
         pc = moe.moe_parallel_config
@@ -151,7 +171,7 @@ def _classes():
 
         @staticmethod
         def _supports_no_act_and_mul():
-            return False
+            return True  # relu2_no_mul, silu_no_mul
 
         @staticmethod
         def _supports_quant_scheme(weight_key, activation_key):
@@ -159,18 +179,33 @@ def _classes():
 
         @staticmethod
         def _supports_activation(activation):
-            return support.activation(activation.value) is not None
+            v = activation.value
+            return (support.activation(v) or support.non_gated_activation(v)) is not None
 
         @staticmethod
         def _supports_parallel_config(moe_parallel_config):
             return not moe_parallel_config.use_batched_activation_format
 
-    class DynmoeExperts(_Supports, mk.FusedMoEExpertsModular):
+    class _ExpertArgs:
+        """The experts' options as the dynmoe ops take them after (w13, w2, act)."""
+
+        def _init_experts(self, moe_config, quant_config):
+            self.act, gate_up, alpha, limit = act_spec(moe_config)
+            self.experts_lists = ([0 if gate_up == "blocked" else 1, 0, 0, 0], [alpha, limit])
+            self.quant = quant_config
+
+        def _tail(self):
+            # the biases live in the quant config (vLLM updates them in place)
+            b13 = getattr(self.quant, "w1_bias", None)
+            b2 = getattr(self.quant, "w2_bias", None)
+            return (b13, b2, None, None, None, None, *self.experts_lists)
+
+    class DynmoeExperts(_ExpertArgs, _Supports, mk.FusedMoEExpertsModular):
         """vLLM routes; dynmoe runs the experts and the combine into `output`."""
 
         def __init__(self, moe_config, quant_config, max_num_tokens=None, num_dispatchers=None):
             super().__init__(moe_config, quant_config, max_num_tokens, num_dispatchers)
-            self.act = support.activation(moe_config.activation.value)
+            self._init_experts(moe_config, quant_config)
             r = dynmoe.Router(num_experts=moe_config.num_local_experts, top_k=moe_config.experts_per_token)
             self.router_ints, self.router_floats = r.ints, r.floats
 
@@ -192,14 +227,14 @@ def _classes():
                   expert_tokens_meta, apply_router_weight_on_input):
             ids, weights = _table(topk_ids, topk_weights, expert_map, apply_router_weight_on_input)
             ops.experts_forward_out(hidden_states, ids, weights, w1, w2, self.router_ints,
-                                    self.router_floats, self.act, output, None)
+                                    self.router_floats, self.act, output, None, *self._tail())
 
-    class DynmoeMonolithicExperts(_Supports, mk.FusedMoEExpertsMonolithic):
+    class DynmoeMonolithicExperts(_ExpertArgs, _Supports, mk.FusedMoEExpertsMonolithic):
         """dynmoe routes from router_logits, runs the experts, combines."""
 
         def __init__(self, moe_config, quant_config, max_num_tokens=None, num_dispatchers=None):
             super().__init__(moe_config, quant_config, max_num_tokens, num_dispatchers)
-            self.act = support.activation(moe_config.activation.value)
+            self._init_experts(moe_config, quant_config)
             self.route_kw = routing[moe_config.routing_method]
             self.router = None  # bound to the layer's routing fields in process_weights_after_loading
             self.mask_head = None
@@ -224,13 +259,18 @@ def _classes():
             self.mask_head = getattr(layer, "dynmoe_mask_head", None)
             glob = dynmoe.Router(**kw)
             loc = dynmoe.Router(num_experts=moe.num_local_experts, top_k=moe.experts_per_token)
+            # apply_router_weight_on_input (Llama-4): dynmoe's weight_on_input, any top-k
+            glob_in = dynmoe.Router(**kw, weight_on_input=True)
+            loc_in = dynmoe.Router(num_experts=moe.num_local_experts, top_k=moe.experts_per_token,
+                                   weight_on_input=True)
             self.router = (glob.ints, glob.floats, loc.ints, loc.floats)
+            self.router_in = (glob_in.ints, glob_in.floats, loc_in.ints, loc_in.floats)
 
         def apply(self, hidden_states, w1, w2, router_logits, activation, global_num_experts, expert_map,
                   a1q_scale, apply_router_weight_on_input, num_expert_group=None,
                   e_score_correction_bias=None, routed_scaling_factor=None, topk_group=None,
                   routing_replay_out=None):
-            gi, gf, li, lf = self.router
+            gi, gf, li, lf = self.router_in if apply_router_weight_on_input else self.router
             bias = None
             if e_score_correction_bias is not None:
                 bias = e_score_correction_bias.to(torch.float32)
@@ -239,18 +279,17 @@ def _classes():
             mask = None
             if self.mask_head is not None:
                 mask = self.mask_head(hidden_states).to(logits.dtype).contiguous()
-            if expert_map is None and not apply_router_weight_on_input:
-                ops.moe_forward_out(hidden_states, logits, w1, w2, gi, gf, self.act, bias, mask, out, None)
+            if expert_map is None:
+                ops.moe_forward_out(hidden_states, logits, w1, w2, gi, gf, self.act, bias, mask, out, None, None,
+                                    *self._tail())
                 return out
             t, k = hidden_states.shape[0], self.moe_config.experts_per_token
             ids = torch.empty((t, k), dtype=torch.int32, device=hidden_states.device)
             weights = torch.empty((t, k), dtype=torch.float32, device=hidden_states.device)
             ops.route_out(logits, gi, gf, bias, mask, ids, weights)
-            x = hidden_states
-            if apply_router_weight_on_input:  # top-1: FFN(w x) instead of w FFN(x), as vLLM does
-                x = (x * weights.to(x.dtype)).contiguous()
-            ids, weights = _table(ids, weights, expert_map, apply_router_weight_on_input)
-            ops.experts_forward_out(x, ids, weights, w1, w2, li, lf, self.act, out, None)
+            ids, weights = _table(ids, weights, expert_map, False)  # the weights scale x inside dynmoe
+            ops.experts_forward_out(hidden_states, ids, weights, w1, w2, li, lf, self.act, out, None,
+                                    *self._tail())
             return out
 
     def _table(topk_ids, topk_weights, expert_map, weight_on_input):
