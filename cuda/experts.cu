@@ -618,8 +618,10 @@ static __device__ __forceinline__ void dm_decode_step(float *acc, const uint4 *w
     }
 }
 
+/* 2 blocks (16 warps) per SM: at most 128 registers. Without the bound ptxas took 149 for GEMM2
+ * once the biases came in, i.e. 8 warps per SM for a kernel that needs loads in flight. */
 template <typename T, int MODE>
-__global__ void __launch_bounds__(DM_DEC_THREADS) dm_decode_gemm(dm_gemm_params p) {
+__global__ void __launch_bounds__(DM_DEC_THREADS, 2) dm_decode_gemm(dm_gemm_params p) {
     typedef typename T::store S;
     enum { VN = dm_vec<T>::n };
     const int lane = threadIdx.x & 31;
