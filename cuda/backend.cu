@@ -45,10 +45,11 @@ static void op_destroy(dynmoe_ctx *ctx) {
 
 /* What the CUDA expert kernels implement: every dynmoe_act, both gate/up layouts, biases b13 and
  * b2, router.weight_on_input and expert_scale (issue 15, cuda/experts.cu and cuda/combine.cu);
- * plain weights only (issue 16's formats are not in the kernels yet). */
+ * plain and FP8_BLOCK weights (FP8 at every T on the streaming kernel, no tensor-core path yet);
+ * MXFP4 and INT4 are not in the kernels. */
 static dynmoe_status op_supports(const char *fn, const dynmoe_router *r, const dynmoe_experts *x) {
     (void)r;
-    if (x->weight_format != DYNMOE_WEIGHTS_PLAIN)
+    if (x->weight_format != DYNMOE_WEIGHTS_PLAIN && x->weight_format != DYNMOE_WEIGHTS_FP8_BLOCK)
         return dm_fail(DYNMOE_ERR_UNSUPPORTED,
                        "%s: experts.weight_format %d (quantized weights) is not implemented on the CUDA backend yet",
                        fn, (int)x->weight_format);

@@ -40,7 +40,7 @@
  *    activation. MODE 1 is GEMM2. VEC: every chunk one 16-byte cp.async (rows of 16-byte
  *    multiples), else scalar loads; the launcher picks, no run-time branch per chunk.
  *  All PTX goes through ptx.cuh, which cuda/emu/ emulates: CI runs these kernels' own sources.
- *  - dm_decode_gemm<T, MODE>: few rows per expert. One warp streams 4 weight rows of one active
+ *  - dm_decode_gemm<T, MODE, Q>: few rows per expert (Q = 1: FP8_BLOCK weights, see below). One warp streams 4 weight rows of one active
  *    expert (16-byte loads, each weight read once per chunk of 8 rows) against up to 8 rows held
  *    as 16-byte vectors, reduced by a 31-shuffle transpose-reduce. Split along N only: with
  *    I = 768..2048 and H = 2048..7168, even one active expert gives hundreds of warps.
@@ -67,6 +67,7 @@
 #include <string.h>
 
 #include "act_rules.h"
+#include "quant_rules.h"
 #include "backend.h"
 #include "cuda_backend.h"
 #include "hd.h"
@@ -103,6 +104,9 @@ struct dm_gemm_params {
     int32_t act;                /* dynmoe_act */
     float alpha, limit;         /* SWIGLU_OAI */
     int32_t row_split;          /* decode: warps sharing one expert's rows */
+    const float *b_scale;       /* FP8_BLOCK: B's scales [E, ceil(N/128), ceil(K/128)] (b, ldb, b_expert in bytes) */
+    int64_t scale_expert;       /* scales between experts */
+    int32_t scale_kg;           /* scales per 128-row block: ceil(K/128) */
 };
 
 /* Element types: storage and conversion to fp32. */
@@ -597,14 +601,12 @@ static __device__ __forceinline__ void dm_reduce_step(float *acc, int lane) {
     }
 }
 
-/* acc[w * RC + i] += W row w . x row i over one 16-byte vector v of each (rows i < nr only). */
+/* acc[w * RC + i] += wf[w] . x row i over x's 16-byte vector v (rows i < nr only). */
 template <typename T>
-static __device__ __forceinline__ void dm_decode_step(float *acc, const uint4 *wv, const typename T::store *A,
-                                                      long long lda, const int *xrow, int v, int nr) {
+static __device__ __forceinline__ void dm_decode_fma(float *acc, const float (&wf)[DM_NR][dm_vec<T>::n],
+                                                     const typename T::store *A, long long lda, const int *xrow, int v,
+                                                     int nr) {
     enum { VN = dm_vec<T>::n };
-    float wf[DM_NR][VN];
-#pragma unroll
-    for (int w = 0; w < DM_NR; w++) dm_vec<T>::unpack(wv[w], wf[w]);
 #pragma unroll
     for (int i = 0; i < DM_RC; i++) {
         if (i < nr) {
@@ -618,9 +620,43 @@ static __device__ __forceinline__ void dm_decode_step(float *acc, const uint4 *w
     }
 }
 
+/* acc[w * RC + i] += W row w . x row i over one 16-byte vector v of each (rows i < nr only). */
+template <typename T>
+static __device__ __forceinline__ void dm_decode_step(float *acc, const uint4 *wv, const typename T::store *A,
+                                                      long long lda, const int *xrow, int v, int nr) {
+    float wf[DM_NR][dm_vec<T>::n];
+#pragma unroll
+    for (int w = 0; w < DM_NR; w++) dm_vec<T>::unpack(wv[w], wf[w]);
+    dm_decode_fma<T>(acc, wf, A, lda, xrow, v, nr);
+}
+
+/* FP8_BLOCK: one 16-byte vector v of each weight row = 16 e4m3 values (k = 16 v .. 16 v + 15,
+ * inside one 128-wide scale block, scale s[w]), decoded in registers by quant_rules.h and met
+ * with the 16 / VN x vectors of the same k: 1 weight byte per FMA pair instead of 2 (bf16). */
+template <typename T>
+static __device__ __forceinline__ void dm_decode_step_fp8(float *acc, const uint4 *wv, const float *s,
+                                                          const typename T::store *A, long long lda, const int *xrow,
+                                                          int v, int nr) {
+    enum { VN = dm_vec<T>::n };
+#pragma unroll
+    for (int h = 0; h < 16 / VN; h++) {
+        float wf[DM_NR][VN];
+#pragma unroll
+        for (int w = 0; w < DM_NR; w++) {
+            const uint32_t words[4] = {wv[w].x, wv[w].y, wv[w].z, wv[w].w};
+#pragma unroll
+            for (int u = 0; u < VN; u++) {
+                const int b = h * VN + u;
+                wf[w][u] = dm_fp8e4m3_to_f32((uint8_t)(words[b >> 2] >> (8 * (b & 3)))) * s[w];
+            }
+        }
+        dm_decode_fma<T>(acc, wf, A, lda, xrow, v * (16 / VN) + h, nr);
+    }
+}
+
 /* 2 blocks (16 warps) per SM: at most 128 registers. Without the bound ptxas took 149 for GEMM2
  * once the biases came in, i.e. 8 warps per SM for a kernel that needs loads in flight. */
-template <typename T, int MODE>
+template <typename T, int MODE, int Q> /* Q: 0 weights of T, 1 FP8_BLOCK */
 __global__ void __launch_bounds__(DM_DEC_THREADS, 2) dm_decode_gemm(dm_gemm_params p) {
     typedef typename T::store S;
     enum { VN = dm_vec<T>::n };
@@ -648,6 +684,8 @@ __global__ void __launch_bounds__(DM_DEC_THREADS, 2) dm_decode_gemm(dm_gemm_para
          * Paired: gate rows of columns 2g, 2g+1 (w 0, 1), then their up rows (w 2, 3). */
         const S *Be = B + (long long)e * p.b_expert;
         const S *wr[DM_NR];
+        const uint8_t *wq[DM_NR]; /* Q: the same rows as bytes, and their 128-row block's scales */
+        const float *ws[DM_NR];
 #pragma unroll
         for (int w = 0; w < DM_NR; w++) {
             long long wrow;
@@ -659,6 +697,10 @@ __global__ void __launch_bounds__(DM_DEC_THREADS, 2) dm_decode_gemm(dm_gemm_para
                 wrow = j < p.n ? j : DM_NR * grp;
             }
             wr[w] = Be + wrow * p.ldb;
+            if (Q) {
+                wq[w] = (const uint8_t *)p.b + (long long)e * p.b_expert + wrow * p.ldb;
+                ws[w] = p.b_scale + (long long)e * p.scale_expert + (wrow / DM_FP8_BLOCK) * p.scale_kg;
+            }
         }
 
         for (int c0 = rs * DM_RC; c0 < rows; c0 += p.row_split * DM_RC) {
@@ -675,7 +717,32 @@ __global__ void __launch_bounds__(DM_DEC_THREADS, 2) dm_decode_gemm(dm_gemm_para
 #pragma unroll
             for (int i = 0; i < DM_NR * DM_RC; i++) acc[i] = 0.0f;
 
-            if (vec) {
+            if (Q && vec) {
+                for (int v = lane; v < K / 16; v += 32) {
+                    uint4 wv[DM_NR];
+                    float sc[DM_NR];
+#pragma unroll
+                    for (int w = 0; w < DM_NR; w++) {
+                        wv[w] = dm_ld_stream16(wq[w] + (long long)v * 16);
+                        sc[w] = ws[w][(v * 16) / DM_FP8_BLOCK];
+                    }
+                    dm_decode_step_fp8<T>(acc, wv, sc, A, p.lda, xrow, v, nr);
+                }
+            } else if (Q) {
+                for (int k = lane; k < K; k += 32) {
+                    float wf[DM_NR];
+#pragma unroll
+                    for (int w = 0; w < DM_NR; w++) wf[w] = dm_fp8e4m3_to_f32(wq[w][k]) * ws[w][k / DM_FP8_BLOCK];
+#pragma unroll
+                    for (int i = 0; i < DM_RC; i++) {
+                        if (i < nr) {
+                            float xf = T::to_f32(A[(long long)xrow[i] * p.lda + k]);
+#pragma unroll
+                            for (int w = 0; w < DM_NR; w++) acc[w * DM_RC + i] = fmaf(wf[w], xf, acc[w * DM_RC + i]);
+                        }
+                    }
+                }
+            } else if (vec) {
                 /* two vectors per weight row in flight per lane (8 x 16 B) before the math */
                 const int nv = K / VN;
                 int v = lane;
@@ -743,9 +810,10 @@ typedef enum { DM_PATH_AUTO = 0, DM_PATH_DECODE = 1, DM_PATH_PREFILL = 2 } dm_ex
  * Decode when the average rows per expert, T*S / E, is at most 8: below that a 128-row MMA tile
  * is mostly padding and the layer is bound by weight bytes, which the streaming kernel reads once
  * per chunk of 8 rows at full width. */
-static dm_experts_path dm_choose_path(dynmoe_dtype dt, int64_t num_slots, int32_t E) {
+static dm_experts_path dm_choose_path(dynmoe_dtype dt, int quantized, int64_t num_slots, int32_t E) {
     const char *env = getenv("DYNMOE_EXPERTS_PATH");
-    if (dt == DYNMOE_F32) return DM_PATH_DECODE;
+    /* quantized weights: only the streaming kernel dequantizes (no tensor-core path yet) */
+    if (dt == DYNMOE_F32 || quantized) return DM_PATH_DECODE;
     if (env && strcmp(env, "decode") == 0) return DM_PATH_DECODE;
     if (env && strcmp(env, "prefill") == 0) return DM_PATH_PREFILL;
     return num_slots <= (int64_t)DM_RC * E ? DM_PATH_DECODE : DM_PATH_PREFILL;
@@ -830,8 +898,13 @@ static dynmoe_status dm_launch_decode(dm_gemm_params p1, dm_gemm_params p2, int6
         int64_t grid = (warps + DM_DEC_THREADS / 32 - 1) / (DM_DEC_THREADS / 32);
         if (grid > (int64_t)sms * 8) grid = (int64_t)sms * 8;
         if (grid < 1) grid = 1;
-        if (g == 0) dm_decode_gemm<T, 0><<<(unsigned)grid, DM_DEC_THREADS, 0, st>>>(p);
-        else dm_decode_gemm<T, 1><<<(unsigned)grid, DM_DEC_THREADS, 0, st>>>(p);
+        if (p.b_scale) {
+            if (g == 0) dm_decode_gemm<T, 0, 1><<<(unsigned)grid, DM_DEC_THREADS, 0, st>>>(p);
+            else dm_decode_gemm<T, 1, 1><<<(unsigned)grid, DM_DEC_THREADS, 0, st>>>(p);
+        } else {
+            if (g == 0) dm_decode_gemm<T, 0, 0><<<(unsigned)grid, DM_DEC_THREADS, 0, st>>>(p);
+            else dm_decode_gemm<T, 1, 0><<<(unsigned)grid, DM_DEC_THREADS, 0, st>>>(p);
+        }
         cudaError_t err = cudaGetLastError();
         if (err != cudaSuccess)
             return dm_fail(DYNMOE_ERR_DEVICE, "cuda experts: decode GEMM%d launch: %s", g + 1, cudaGetErrorString(err));
@@ -881,6 +954,15 @@ extern "C" dynmoe_status dm_cuda_experts(dynmoe_ctx *ctx, const dm_experts_args 
     p1.gate_up = ex->gate_up;
     p1.vec_a = (int64_t)H * es % 16 == 0 && dm_aligned16(a->x);
     p1.vec_b = (int64_t)H * es % 16 == 0 && dm_aligned16(ex->w13);
+    /* FP8_BLOCK: b, ldb and b_expert count bytes (one per value: the same numbers); 16-byte
+     * vectors of 16 values when K % 16 == 0 */
+    const int fp8 = ex->weight_format == DYNMOE_WEIGHTS_FP8_BLOCK;
+    if (fp8) {
+        p1.vec_b = H % 16 == 0 && dm_aligned16(ex->w13);
+        p1.b_scale = (const float *)ex->w13_scale;
+        p1.scale_kg = (int32_t)dm_quant_groups(DYNMOE_WEIGHTS_FP8_BLOCK, H, 0);
+        p1.scale_expert = dm_quant_scales_per_expert(DYNMOE_WEIGHTS_FP8_BLOCK, dm_w13_rows(ex->act, I), H, 0);
+    }
     p1.act = ex->act;
     p1.alpha = ex->alpha;
     p1.limit = ex->limit;
@@ -902,8 +984,14 @@ extern "C" dynmoe_status dm_cuda_experts(dynmoe_ctx *ctx, const dm_experts_args 
     p2.paired = 0;
     p2.vec_a = ldh * (int64_t)es % 16 == 0 && dm_aligned16(a->rows_h);
     p2.vec_b = (int64_t)I * es % 16 == 0 && dm_aligned16(ex->w2);
+    if (fp8) {
+        p2.vec_b = I % 16 == 0 && dm_aligned16(ex->w2);
+        p2.b_scale = (const float *)ex->w2_scale;
+        p2.scale_kg = (int32_t)dm_quant_groups(DYNMOE_WEIGHTS_FP8_BLOCK, I, 0);
+        p2.scale_expert = dm_quant_scales_per_expert(DYNMOE_WEIGHTS_FP8_BLOCK, H, I, 0);
+    }
 
-    const dm_experts_path path = dm_choose_path(dt, num_slots, E);
+    const dm_experts_path path = dm_choose_path(dt, ex->weight_format != DYNMOE_WEIGHTS_PLAIN, num_slots, E);
     switch (dt) {
     case DYNMOE_BF16:
         return path == DM_PATH_PREFILL ? dm_launch_prefill<dm_bf16_t>(p1, p2, num_slots, sms, ctx->device, st)
@@ -944,12 +1032,18 @@ extern "C" dynmoe_status dm_cuda_experts_load(void) {
     cudaError_t err = cudaGetDevice(&device);
     err = dm_load_prefill<dm_bf16_t>(err, smem);
     err = dm_load_prefill<dm_f16_t>(err, smem);
-    err = dm_load_kernel(err, dm_decode_gemm<dm_bf16_t, 0>, 0);
-    err = dm_load_kernel(err, dm_decode_gemm<dm_bf16_t, 1>, 0);
-    err = dm_load_kernel(err, dm_decode_gemm<dm_f16_t, 0>, 0);
-    err = dm_load_kernel(err, dm_decode_gemm<dm_f16_t, 1>, 0);
-    err = dm_load_kernel(err, dm_decode_gemm<dm_f32_t, 0>, 0);
-    err = dm_load_kernel(err, dm_decode_gemm<dm_f32_t, 1>, 0);
+    err = dm_load_kernel(err, dm_decode_gemm<dm_bf16_t, 0, 0>, 0);
+    err = dm_load_kernel(err, dm_decode_gemm<dm_bf16_t, 0, 1>, 0);
+    err = dm_load_kernel(err, dm_decode_gemm<dm_bf16_t, 1, 0>, 0);
+    err = dm_load_kernel(err, dm_decode_gemm<dm_bf16_t, 1, 1>, 0);
+    err = dm_load_kernel(err, dm_decode_gemm<dm_f16_t, 0, 0>, 0);
+    err = dm_load_kernel(err, dm_decode_gemm<dm_f16_t, 0, 1>, 0);
+    err = dm_load_kernel(err, dm_decode_gemm<dm_f16_t, 1, 0>, 0);
+    err = dm_load_kernel(err, dm_decode_gemm<dm_f16_t, 1, 1>, 0);
+    err = dm_load_kernel(err, dm_decode_gemm<dm_f32_t, 0, 0>, 0);
+    err = dm_load_kernel(err, dm_decode_gemm<dm_f32_t, 0, 1>, 0);
+    err = dm_load_kernel(err, dm_decode_gemm<dm_f32_t, 1, 0>, 0);
+    err = dm_load_kernel(err, dm_decode_gemm<dm_f32_t, 1, 1>, 0);
     if (err != cudaSuccess) {
         (void)cudaGetLastError();
         return dm_fail(DYNMOE_ERR_DEVICE, "cuda experts: loading kernels: %s (%s)", cudaGetErrorName(err),

@@ -56,7 +56,26 @@ struct Case {
     int32_t Z = 0;         /* identity zero experts routed to */
     float limit = 7.0f;    /* SWIGLU_OAI */
     float alpha = 1.702f;  /* SWIGLU_OAI */
+    bool fp8 = false;      /* FP8_BLOCK weights (issue 16) */
 };
+
+/* An FP8_BLOCK [E, N, K] matrix of random e4m3 codes (no NaN code; zeros and subnormals
+ * included) and random block scales around `scale`; its values come from the reference's own
+ * dequantize. */
+dmref::QuantMatrix random_fp8(std::mt19937_64 &rng, int32_t E, int64_t N, int64_t K, double scale) {
+    dmref::QuantMatrix m;
+    m.format = DYNMOE_WEIGHTS_FP8_BLOCK;
+    m.q.resize((size_t)(E * N * K));
+    for (auto &b : m.q) {
+        const uint32_t r = (uint32_t)rng();
+        const uint32_t exp = r % 16 < 2 ? 0 : 4 + (r >> 4) % 6; /* 2^-3 .. 2^2, a few subnormals */
+        b = (uint8_t)(((r >> 8) & 0x80) | (exp << 3) | ((r >> 12) & 7));
+    }
+    m.scale_f32.resize((size_t)(E * ((N + 127) / 128) * ((K + 127) / 128)));
+    std::uniform_real_distribution<double> u(0.25, 1.0);
+    for (auto &s : m.scale_f32) s = (float)(u(rng) * scale);
+    return m;
+}
 
 /* The reference's activation of one unit, through its public ffn on a 1 x 1 expert (x = 1,
  * w13 = (gate, up), w2 = 1): y = act(gate, up) exactly in fp64, no formula copied here. */
@@ -149,12 +168,20 @@ Result run_case(const Case &c, uint64_t seed) {
     fill(x, xb, 1.0);
     fill(ex.w13, w13b, std::sqrt(3.0 / H) * 2);
     fill(ex.w2, w2b, std::sqrt(3.0 / I) * 2);
+    dmref::QuantMatrix q13, q2;
+    if (c.fp8) {
+        q13 = random_fp8(rng, E, rows13, H, std::sqrt(3.0 / H));
+        q2 = random_fp8(rng, E, H, I, std::sqrt(3.0 / I));
+        ex.w13 = dmref::dequantize(q13, E, rows13, H);
+        ex.w2 = dmref::dequantize(q2, E, H, I);
+    }
     fill(ex.b13, b13b, 0.5);
     fill(ex.b2, b2b, 0.5);
 
     /* device side */
     const size_t nslots = ids.size();
-    void *dx = upload(xb), *dw13 = upload(w13b), *dw2 = upload(w2b), *db13 = upload(b13b), *db2 = upload(b2b);
+    void *dx = upload(xb), *dw13 = upload(c.fp8 ? q13.q : w13b), *dw2 = upload(c.fp8 ? q2.q : w2b);
+    void *db13 = upload(b13b), *db2 = upload(b2b), *ds13 = upload(q13.scale_f32), *ds2 = upload(q2.scale_f32);
     int32_t *dids = upload(ids);
     float *dw = upload(wts);
     std::vector<int32_t> sorted(pl.sorted_slots), active(pl.active), counts(pl.counts);
@@ -185,6 +212,10 @@ Result run_case(const Case &c, uint64_t seed) {
     a.experts.act = c.act, a.experts.w13 = dw13, a.experts.w2 = dw2;
     a.experts.gate_up = c.gate_up, a.experts.limit = c.limit, a.experts.alpha = c.alpha;
     if (c.bias) a.experts.b13 = db13, a.experts.b2 = db2;
+    if (c.fp8) {
+        a.experts.weight_format = DYNMOE_WEIGHTS_FP8_BLOCK;
+        a.experts.w13_scale = ds13, a.experts.w2_scale = ds2;
+    }
     a.T = T, a.x = dx, a.ids = dids, a.weights = dw, a.slots = S;
     a.plan = dynmoe_plan{E, (int64_t)nslots, dcounts, doffsets, dsorted, dslot_rows, dactive, dnum_active};
     a.rows_h = rows_h, a.rows_y = rows_y, a.out = out;
@@ -276,7 +307,7 @@ Result run_case(const Case &c, uint64_t seed) {
     }
     res.ok = bad_rows == 0;
 
-    for (void *p : {dx, dw13, dw2, db13, db2, (void *)dids, (void *)dw, (void *)dcounts, (void *)doffsets, (void *)dsorted,
+    for (void *p : {dx, dw13, dw2, db13, db2, ds13, ds2, (void *)dids, (void *)dw, (void *)dcounts, (void *)doffsets, (void *)dsorted,
                     (void *)dslot_rows, (void *)dactive, (void *)dnum_active, (void *)rows_h, (void *)rows_y, out})
         emu::dfree(p);
     return res;
@@ -363,6 +394,18 @@ std::vector<Case> cases() {
         true, false, 0, 7.0f);
     opt({"decode f32 GEGLU_TANH interleaved, biases", DYNMOE_F32, "decode", 102, 38, 3, {1, 9, 0, 17, 130}, 1, TANH},
         IL, true, false, 0, 7.0f);
+    /* issue 16, FP8_BLOCK: the streaming kernel at every T (several 128 x 128 scale blocks, K of
+     * 16 (vector) and not (scalar), a partial last block), with issue 15's options */
+    auto q8 = [&](Case c, dynmoe_gate_up gu, bool bias) {
+        c.gate_up = gu, c.bias = bias, c.fp8 = true;
+        v.push_back(c);
+    };
+    q8({"fp8 bf16 decode, H I of 16, 3 x 2 scale blocks", DYNMOE_BF16, "decode", 256, 144, 4, {1, 7, 0, 5}, 2}, BL,
+       false);
+    q8({"fp8 bf16 ragged (prefill sizes), OAI interleaved, biases", DYNMOE_BF16, "prefill", 160, 80, 4, ragged(), 2,
+        OAI}, IL, true);
+    q8({"fp8 f16 H I of neither (scalar), biases", DYNMOE_F16, "decode", 203, 77, 4, {1, 9, 0, 17, 130}, 1}, BL, true);
+    q8({"fp8 f32 RELU2, H I of 16", DYNMOE_F32, "decode", 144, 272, 3, {1, 9, 0, 17}, 1, RELU2}, BL, true);
     return v;
 }
 
