@@ -1,6 +1,8 @@
 /*
  * combine.cu — out[t] = sum over t's slots k, in slot order, of
  *   w[t,k] * rows_y[slot_rows[t*S+k]]   for a real expert (0 <= id < E)
+ *            rows_y[slot_rows[t*S+k]]   for a real expert with router.weight_on_input (the
+ *                                       weight already scaled the expert's input: experts.cu)
  *   w[t,k] * x[t]                       for an identity zero expert (E <= id < E+Z)
  * accumulated in fp32, stored in experts.dtype. Zero-output experts, empty
  * slots and ids outside [-1, E+Z) add nothing. The routed scale is already in
@@ -57,7 +59,7 @@ __device__ __forceinline__ void vec_set(uint32_t *w, dynmoe_dtype dt, int i, flo
  */
 template <dynmoe_dtype dt> /* a compile-time dtype: the conversions of the slot loop fold */
 __global__ void __launch_bounds__(DM_COMBINE_MAX_THREADS)
-    dm_combine_kernel(int32_t E, int32_t Z, int identity, int32_t S, int32_t H, const void *x, const int32_t *ids,
+    dm_combine_kernel(int32_t E, int32_t Z, int identity, int on_input, int32_t S, int32_t H, const void *x, const int32_t *ids,
                       const float *weights, const int32_t *slot_rows, const void *rows_y, void *out) {
     __shared__ int32_t kind[DYNMOE_MAX_TOP_K];
     __shared__ int32_t row[DYNMOE_MAX_TOP_K];
@@ -75,7 +77,7 @@ __global__ void __launch_bounds__(DM_COMBINE_MAX_THREADS)
         }
         kind[k] = kd;
         row[k] = r;
-        w[k] = weights[slot];
+        w[k] = kd == DM_SLOT_ROW && on_input ? 1.0f : weights[slot];
     }
     __syncthreads();
 
@@ -127,18 +129,19 @@ extern "C" dynmoe_status dm_cuda_combine(dynmoe_ctx *ctx, const dm_experts_args 
     const unsigned grid = (unsigned)a->T;
     const int32_t E = a->router.num_experts, Z = a->router.num_zero_experts, S = a->slots;
     const int identity = a->router.zero_kind == DYNMOE_ZERO_IDENTITY;
+    const int on_input = a->router.weight_on_input != 0;
     cudaStream_t st = (cudaStream_t)stream;
     switch (a->experts.dtype) {
     case DYNMOE_F32:
-        dm_combine_kernel<DYNMOE_F32><<<grid, threads, 0, st>>>(E, Z, identity, S, H, a->x, a->ids, a->weights,
+        dm_combine_kernel<DYNMOE_F32><<<grid, threads, 0, st>>>(E, Z, identity, on_input, S, H, a->x, a->ids, a->weights,
                                                                 a->plan.slot_rows, a->rows_y, a->out);
         break;
     case DYNMOE_F16:
-        dm_combine_kernel<DYNMOE_F16><<<grid, threads, 0, st>>>(E, Z, identity, S, H, a->x, a->ids, a->weights,
+        dm_combine_kernel<DYNMOE_F16><<<grid, threads, 0, st>>>(E, Z, identity, on_input, S, H, a->x, a->ids, a->weights,
                                                                 a->plan.slot_rows, a->rows_y, a->out);
         break;
     case DYNMOE_BF16:
-        dm_combine_kernel<DYNMOE_BF16><<<grid, threads, 0, st>>>(E, Z, identity, S, H, a->x, a->ids, a->weights,
+        dm_combine_kernel<DYNMOE_BF16><<<grid, threads, 0, st>>>(E, Z, identity, on_input, S, H, a->x, a->ids, a->weights,
                                                                  a->plan.slot_rows, a->rows_y, a->out);
         break;
     default:

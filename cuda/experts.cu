@@ -5,10 +5,17 @@
  * host), with e the expert whose segment [offsets[e], offsets[e+1]) holds r and t the token of
  * sorted_slots[r]:
  *
- *   GEMM1  h[r, j]       = act(x[t] . W13_e[j]) * (x[t] . W13_e[I + j])      j < I   (K = H)
- *   GEMM2  rows_y[r, n]  = h[r] . W2_e[n]                                      n < H   (K = I)
+ *   GEMM1  g = w * (x[t] . W13_e[gate row of j]) + b13_e[gate row of j]       j < I   (K = H)
+ *          u = w * (x[t] . W13_e[up row of j])   + b13_e[up row of j]
+ *          h[r, j]       = dm_activate(act, alpha, limit, g, u)     (act_rules.h, every dynmoe_act)
+ *   GEMM2  rows_y[r, n]  = h[r] . W2_e[n] + b2_e[n]                            n < H   (K = I)
  *
- * act = silu (SwiGLU) or gelu_erf (GEGLU). h lives in rows_h in the weights' dtype (bf16/f16, the
+ * The gate and up rows of j are dm_gate_row / dm_up_row (BLOCKED j, I + j; INTERLEAVED 2j, 2j+1);
+ * non-gated activations (RELU2, SILU: dm_act_gated false) have one row j per unit, w13 holds
+ * dm_w13_rows = I rows per expert and u is unused. Biases are optional, in the weights' dtype.
+ * w is the slot's routing weight with router.weight_on_input (W13 (w x) = w (W13 x): the
+ * accumulator is scaled, x is never rewritten; combine then adds the row unweighted), else 1.
+ * h lives in rows_h in the weights' dtype (bf16/f16, the
  * operand type of GEMM2's tensor cores) or fp32 for f32, with a row stride `ldh` = I rounded up
  * to 16 bytes when that fits in the [T*S, 2I] fp32 scratch. rows_y [T*S, H] is in the weights'
  * dtype too (half of fp32's bytes written here and read back by combine.cu; the workspace region
@@ -33,7 +40,7 @@
  *    activation. MODE 1 is GEMM2. VEC: every chunk one 16-byte cp.async (rows of 16-byte
  *    multiples), else scalar loads; the launcher picks, no run-time branch per chunk.
  *  All PTX goes through ptx.cuh, which cuda/emu/ emulates: CI runs these kernels' own sources.
- *  - dm_decode_gemm<T, MODE>: few rows per expert. One warp streams 4 weight rows of one active
+ *  - dm_decode_gemm<T, MODE, Q>: few rows per expert (Q = 1: FP8_BLOCK weights, see below). One warp streams 4 weight rows of one active
  *    expert (16-byte loads, each weight read once per chunk of 8 rows) against up to 8 rows held
  *    as 16-byte vectors, reduced by a 31-shuffle transpose-reduce. Split along N only: with
  *    I = 768..2048 and H = 2048..7168, even one active expert gives hundreds of warps.
@@ -59,6 +66,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "act_rules.h"
+#include "quant_rules.h"
 #include "backend.h"
 #include "cuda_backend.h"
 #include "hd.h"
@@ -86,10 +95,18 @@ struct dm_gemm_params {
     int64_t ldb;                /* B row stride (= k) */
     int64_t b_expert;           /* elements between experts in B */
     int64_t ldo;                /* out row stride */
-    int32_t up_rows;            /* MODE 0: I (first up row of W13_e) */
+    const void *bias;           /* MODE 0: b13 [E, w13 rows]; MODE 1: b2 [E, H]; weights' dtype; or NULL */
+    int64_t bias_expert;        /* elements between experts in bias */
+    const float *row_w;         /* MODE 0 with weight_on_input: weights [T*S] by slot; else NULL */
+    int32_t paired;             /* MODE 0 of a gated act: a gate and an up row per output column */
+    int32_t gate_up;            /* dynmoe_gate_up of w13 (paired only) */
     int32_t vec_a, vec_b;       /* 16-byte loads allowed on A / B rows */
     int32_t act;                /* dynmoe_act */
+    float alpha, limit;         /* SWIGLU_OAI */
     int32_t row_split;          /* decode: warps sharing one expert's rows */
+    const float *b_scale;       /* FP8_BLOCK: B's scales [E, ceil(N/128), ceil(K/128)] (b, ldb, b_expert in bytes) */
+    int64_t scale_expert;       /* scales between experts */
+    int32_t scale_kg;           /* scales per 128-row block: ceil(K/128) */
 };
 
 /* Element types: storage and conversion to fp32. */
@@ -119,9 +136,26 @@ struct dm_f32_t {
     static __device__ __forceinline__ float from_f32(float v) { return v; }
 };
 
-static __device__ __forceinline__ float dm_act(int act, float g) {
-    if (act == DYNMOE_ACT_GEGLU) return 0.5f * g * (1.0f + erff(g * 0.70710678118654752f));
-    return g / (1.0f + expf(-g));
+/* The w13 row of output column j (MODE 0): its gate row (paired, `up` false), its up row, or
+ * row j itself (non-gated). dm_gate_row / dm_up_row are the layout's rule (act_rules.h). */
+static __device__ __forceinline__ int64_t dm_w13_row(const dm_gemm_params &p, int64_t j, bool up) {
+    if (!p.paired) return j;
+    return up ? dm_up_row((dynmoe_gate_up)p.gate_up, p.n, j) : dm_gate_row((dynmoe_gate_up)p.gate_up, p.n, j);
+}
+
+/* Bias entry `row` of expert e in fp32, 0 without biases. */
+template <typename T>
+static __device__ __forceinline__ float dm_bias(const dm_gemm_params &p, int e, int64_t row) {
+    return p.bias ? T::to_f32(((const typename T::store *)p.bias)[(long long)e * p.bias_expert + row]) : 0.0f;
+}
+
+/* The routing weight that scales plan row r's GEMM1 accumulator (weight_on_input), else 1. */
+static __device__ __forceinline__ float dm_row_weight(const dm_gemm_params &p, int r) {
+    return p.row_w ? p.row_w[p.sorted_slots[r]] : 1.0f;
+}
+
+static __device__ __forceinline__ float dm_act1(const dm_gemm_params &p, float gate, float up) {
+    return dm_activate((dynmoe_act)p.act, p.alpha, p.limit, gate, up);
 }
 
 /* D = A(16x16, row) * B(16x8, col) + D, fp32 accumulate. Fragments (PTX ISA, m16n8k16):
@@ -168,12 +202,13 @@ struct dm_mma<dm_f16_t> {
 #define DM_STAGE_BYTES ((DM_BM + DM_BN) * DM_BK * 2)
 #define DM_LD_ROWS (DM_THREADS / 4) /* rows one pass of the loader covers (4 chunks per row) */
 
-static __host__ __device__ __forceinline__ int dm_tile_cols(int mode) { return mode == 0 ? DM_BN / 2 : DM_BN; }
+/* Output columns per tile: 64 when each column takes a gate and an up row (GEMM1 of a gated
+ * act), else 128 (GEMM2, and GEMM1 of RELU2 / SILU: no half-empty tiles). */
+static __host__ __device__ __forceinline__ int dm_tile_cols(int paired) { return paired ? DM_BN / 2 : DM_BN; }
 
-/* The output column (intermediate j in GEMM1, hidden n in GEMM2) of B tile row r: GEMM1 tiles
+/* The output column (intermediate j in GEMM1, hidden n in GEMM2) of B tile row r: paired tiles
  * hold 64 gate rows then the 64 matching up rows. */
-template <int MODE>
-static __device__ __forceinline__ int dm_b_col(int n0, int r) { return n0 + (MODE == 0 ? (r & 63) : r); }
+static __device__ __forceinline__ int dm_b_col(bool paired, int n0, int r) { return n0 + (paired ? (r & 63) : r); }
 
 static __device__ __forceinline__ uint32_t dm_swz(int row, int chunk) {
     return (uint32_t)(row * (DM_BK * 2) + ((chunk ^ ((row >> 1) & 3)) << 4));
@@ -248,8 +283,8 @@ static __device__ __forceinline__ dm_tile dm_locate(long long tile, const long l
 }
 
 /* The A and B rows this thread loads for tile t (rows ld_row + 32 i of the tile); NULL outside
- * the expert or the matrix. GEMM1's B tile: rows 0..63 gate rows n0 + r, 64..127 the matching
- * up rows I + n0 + r - 64. */
+ * the expert or the matrix. A paired B tile: rows 0..63 the gate rows of columns n0 + r,
+ * 64..127 the up rows of the same columns (dm_w13_row: the layout's rule). */
 template <int MODE>
 static __device__ __forceinline__ void dm_tile_rows(const dm_gemm_params &p, const dm_tile &t, int ld_row,
                                                     const uint16_t **a_row, const uint16_t **b_row) {
@@ -264,8 +299,9 @@ static __device__ __forceinline__ void dm_tile_rows(const dm_gemm_params &p, con
             if (MODE == 0) src = p.sorted_slots[src] / p.slots;
             a_row[i] = A + src * p.lda;
         }
-        const int j = dm_b_col<MODE>(t.n0, r);
-        b_row[i] = j < p.n ? Be + (long long)((MODE == 0 && r >= 64 ? p.up_rows : 0) + j) * p.ldb : NULL;
+        const bool paired = MODE == 0 && p.paired;
+        const int j = dm_b_col(paired, t.n0, r);
+        b_row[i] = j < p.n ? Be + (MODE == 0 ? dm_w13_row(p, j, r >= 64) : (long long)j) * p.ldb : NULL;
     }
 }
 
@@ -296,12 +332,29 @@ static __device__ __forceinline__ void dm_store_pair(typename T::store *row, int
 
 /* Epilogue straight from the accumulators: acc[mt][j][0..1] row g, [2..3] row g+8, columns 2q,
  * 2q+1 of n-tile j (j = half * 4 + n-tile); only rows of the expert and columns < n stored.
- * GEMM1 writes h = act(gate) * up to rows_h, GEMM2 y to rows_y, both in the weights' dtype. */
-template <typename T, int MODE>
-static __device__ __forceinline__ void dm_epilogue(const dm_gemm_params &p, float (&acc)[4][8][4], const dm_tile &t,
-                                                   int wm, int wn, int lane) {
+ * GEMM1 writes h = act(w acc + b13) to rows_h (paired: j < 4 the gate, j + 4 the up value of one
+ * column), GEMM2 y = acc + b2 to rows_y, both in the weights' dtype. The bias of this thread's
+ * 16 columns is read once per tile, the routing weight (weight_on_input) once per row.
+ * ACT is the layer's dynmoe_act (MODE 0) as a constant: each activation's 64 sites fold to its
+ * own code, instead of a 6-way switch at every site (5x the SASS, all of it in one I-cache). */
+template <typename T, int MODE, int ACT>
+static __device__ __forceinline__ void dm_epilogue_act(const dm_gemm_params &p, float (&acc)[4][8][4],
+                                                       const dm_tile &t, int wm, int wn, int lane) {
     const int g = lane >> 2, q = lane & 3;
     const bool even_ld = (p.ldo & 1) == 0;
+    const bool paired = MODE == 0 && dm_act_gated((dynmoe_act)ACT); /* == p.paired */
+#define DM_ACT(gate, up) dm_activate((dynmoe_act)ACT, p.alpha, p.limit, gate, up)
+    /* column of n-tile j's first value; paired tiles: both halves are the same 64 columns */
+    const int col0 = t.n0 + wn * 32 + 2 * q;
+#define DM_EPI_COL(j) (col0 + (paired ? 0 : ((j) >> 2) * 64) + ((j) & 3) * 8)
+    float bb[8][2];
+#pragma unroll
+    for (int j = 0; j < 8; j++)
+#pragma unroll
+        for (int c = 0; c < 2; c++) {
+            const int col = DM_EPI_COL(j) + c;
+            bb[j][c] = col < p.n ? dm_bias<T>(p, t.e, MODE == 0 ? dm_w13_row(p, col, j >= 4) : (long long)col) : 0.0f;
+        }
 #pragma unroll
     for (int mt = 0; mt < 4; mt++) {
 #pragma unroll
@@ -309,20 +362,41 @@ static __device__ __forceinline__ void dm_epilogue(const dm_gemm_params &p, floa
             const int m = t.m0 + wm * 64 + mt * 16 + g + half * 8;
             if (m >= t.rows) continue;
             typename T::store *out = (typename T::store *)p.out + (long long)(t.row0 + m) * p.ldo;
-            if (MODE == 0) {
+            const float rw = MODE == 0 ? dm_row_weight(p, t.row0 + m) : 1.0f;
+            if (paired) {
 #pragma unroll
                 for (int nt = 0; nt < 4; nt++) {
                     const float *gate = acc[mt][nt] + half * 2, *up = acc[mt][4 + nt] + half * 2;
-                    dm_store_pair<T>(out, t.n0 + wn * 32 + nt * 8 + 2 * q, p.n, even_ld, dm_act(p.act, gate[0]) * up[0],
-                                     dm_act(p.act, gate[1]) * up[1]);
+                    dm_store_pair<T>(out, DM_EPI_COL(nt), p.n, even_ld,
+                                     DM_ACT(gate[0] * rw + bb[nt][0], up[0] * rw + bb[4 + nt][0]),
+                                     DM_ACT(gate[1] * rw + bb[nt][1], up[1] * rw + bb[4 + nt][1]));
                 }
             } else {
 #pragma unroll
-                for (int j = 0; j < 8; j++)
-                    dm_store_pair<T>(out, t.n0 + (j >> 2) * 64 + wn * 32 + (j & 3) * 8 + 2 * q, p.n, even_ld,
-                                     acc[mt][j][half * 2], acc[mt][j][half * 2 + 1]);
+                for (int j = 0; j < 8; j++) {
+                    float v0 = acc[mt][j][half * 2] * rw + bb[j][0], v1 = acc[mt][j][half * 2 + 1] * rw + bb[j][1];
+                    if (MODE == 0) v0 = DM_ACT(v0, 0.0f), v1 = DM_ACT(v1, 0.0f);
+                    dm_store_pair<T>(out, DM_EPI_COL(j), p.n, even_ld, v0, v1);
+                }
             }
         }
+    }
+#undef DM_EPI_COL
+#undef DM_ACT
+}
+
+/* The epilogue of the layer's activation (GEMM1) or GEMM2's (no activation). */
+template <typename T, int MODE>
+static __device__ __forceinline__ void dm_epilogue(const dm_gemm_params &p, float (&acc)[4][8][4], const dm_tile &t,
+                                                   int wm, int wn, int lane) {
+    if (MODE == 1) return dm_epilogue_act<T, MODE, DYNMOE_ACT_SWIGLU>(p, acc, t, wm, wn, lane);
+    switch (p.act) {
+    case DYNMOE_ACT_GEGLU: return dm_epilogue_act<T, MODE, DYNMOE_ACT_GEGLU>(p, acc, t, wm, wn, lane);
+    case DYNMOE_ACT_GEGLU_TANH: return dm_epilogue_act<T, MODE, DYNMOE_ACT_GEGLU_TANH>(p, acc, t, wm, wn, lane);
+    case DYNMOE_ACT_SWIGLU_OAI: return dm_epilogue_act<T, MODE, DYNMOE_ACT_SWIGLU_OAI>(p, acc, t, wm, wn, lane);
+    case DYNMOE_ACT_RELU2: return dm_epilogue_act<T, MODE, DYNMOE_ACT_RELU2>(p, acc, t, wm, wn, lane);
+    case DYNMOE_ACT_SILU: return dm_epilogue_act<T, MODE, DYNMOE_ACT_SILU>(p, acc, t, wm, wn, lane);
+    default: return dm_epilogue_act<T, MODE, DYNMOE_ACT_SWIGLU>(p, acc, t, wm, wn, lane);
     }
 }
 
@@ -335,7 +409,7 @@ __global__ void __launch_bounds__(DM_THREADS, 2) dm_prefill_gemm(dm_gemm_params 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int wm = warp >> 1, wn = warp & 1;
     const int E = p.num_experts;
-    const int tile_cols = dm_tile_cols(MODE);
+    const int tile_cols = dm_tile_cols(MODE == 0 && p.paired);
     const long long tiles_n = (p.n + tile_cols - 1) / tile_cols;
 
     /* ---- tile prefix over experts: s_tile[e] = sum_{e' < e} ceil(rows_e' / BM) * tiles_n ---- */
@@ -527,14 +601,12 @@ static __device__ __forceinline__ void dm_reduce_step(float *acc, int lane) {
     }
 }
 
-/* acc[w * RC + i] += W row w . x row i over one 16-byte vector v of each (rows i < nr only). */
+/* acc[w * RC + i] += wf[w] . x row i over x's 16-byte vector v (rows i < nr only). */
 template <typename T>
-static __device__ __forceinline__ void dm_decode_step(float *acc, const uint4 *wv, const typename T::store *A,
-                                                      long long lda, const int *xrow, int v, int nr) {
+static __device__ __forceinline__ void dm_decode_fma(float *acc, const float (&wf)[DM_NR][dm_vec<T>::n],
+                                                     const typename T::store *A, long long lda, const int *xrow, int v,
+                                                     int nr) {
     enum { VN = dm_vec<T>::n };
-    float wf[DM_NR][VN];
-#pragma unroll
-    for (int w = 0; w < DM_NR; w++) dm_vec<T>::unpack(wv[w], wf[w]);
 #pragma unroll
     for (int i = 0; i < DM_RC; i++) {
         if (i < nr) {
@@ -548,14 +620,51 @@ static __device__ __forceinline__ void dm_decode_step(float *acc, const uint4 *w
     }
 }
 
-template <typename T, int MODE>
-__global__ void __launch_bounds__(DM_DEC_THREADS) dm_decode_gemm(dm_gemm_params p) {
+/* acc[w * RC + i] += W row w . x row i over one 16-byte vector v of each (rows i < nr only). */
+template <typename T>
+static __device__ __forceinline__ void dm_decode_step(float *acc, const uint4 *wv, const typename T::store *A,
+                                                      long long lda, const int *xrow, int v, int nr) {
+    float wf[DM_NR][dm_vec<T>::n];
+#pragma unroll
+    for (int w = 0; w < DM_NR; w++) dm_vec<T>::unpack(wv[w], wf[w]);
+    dm_decode_fma<T>(acc, wf, A, lda, xrow, v, nr);
+}
+
+/* FP8_BLOCK: one 16-byte vector v of each weight row = 16 e4m3 values (k = 16 v .. 16 v + 15,
+ * inside one 128-wide scale block, scale s[w]), decoded in registers by quant_rules.h and met
+ * with the 16 / VN x vectors of the same k: 1 weight byte per FMA pair instead of 2 (bf16). */
+template <typename T>
+static __device__ __forceinline__ void dm_decode_step_fp8(float *acc, const uint4 *wv, const float *s,
+                                                          const typename T::store *A, long long lda, const int *xrow,
+                                                          int v, int nr) {
+    enum { VN = dm_vec<T>::n };
+#pragma unroll
+    for (int h = 0; h < 16 / VN; h++) {
+        float wf[DM_NR][VN];
+#pragma unroll
+        for (int w = 0; w < DM_NR; w++) {
+            const uint32_t words[4] = {wv[w].x, wv[w].y, wv[w].z, wv[w].w};
+#pragma unroll
+            for (int u = 0; u < VN; u++) {
+                const int b = h * VN + u;
+                wf[w][u] = dm_fp8e4m3_to_f32((uint8_t)(words[b >> 2] >> (8 * (b & 3)))) * s[w];
+            }
+        }
+        dm_decode_fma<T>(acc, wf, A, lda, xrow, v * (16 / VN) + h, nr);
+    }
+}
+
+/* 2 blocks (16 warps) per SM: at most 128 registers. Without the bound ptxas took 149 for GEMM2
+ * once the biases came in, i.e. 8 warps per SM for a kernel that needs loads in flight. */
+template <typename T, int MODE, int Q> /* Q: 0 weights of T, 1 FP8_BLOCK */
+__global__ void __launch_bounds__(DM_DEC_THREADS, 2) dm_decode_gemm(dm_gemm_params p) {
     typedef typename T::store S;
     enum { VN = dm_vec<T>::n };
     const int lane = threadIdx.x & 31;
     const long long warp0 = ((long long)blockIdx.x * DM_DEC_THREADS + threadIdx.x) >> 5;
     const long long warps = (long long)gridDim.x * (DM_DEC_THREADS / 32);
-    const int groups = MODE == 0 ? (p.n + 1) / 2 : (p.n + DM_NR - 1) / DM_NR;
+    const bool paired = MODE == 0 && p.paired;
+    const int groups = paired ? (p.n + 1) / 2 : (p.n + DM_NR - 1) / DM_NR;
     const long long per_expert = (long long)groups * p.row_split;
     const int num_active = *p.num_active;
     const S *A = (const S *)p.a;
@@ -571,20 +680,27 @@ __global__ void __launch_bounds__(DM_DEC_THREADS) dm_decode_gemm(dm_gemm_params 
         const int row0 = p.offsets[e];
         const int rows = p.offsets[e + 1] - row0;
 
-        /* the 4 weight rows; a row past the end repeats the group's first (never stored) */
+        /* the 4 weight rows; a row past the end repeats the group's first (never stored).
+         * Paired: gate rows of columns 2g, 2g+1 (w 0, 1), then their up rows (w 2, 3). */
         const S *Be = B + (long long)e * p.b_expert;
         const S *wr[DM_NR];
+        const uint8_t *wq[DM_NR]; /* Q: the same rows as bytes, and their 128-row block's scales */
+        const float *ws[DM_NR];
 #pragma unroll
         for (int w = 0; w < DM_NR; w++) {
             long long wrow;
-            if (MODE == 0) {
+            if (paired) {
                 int j = 2 * grp + (w & 1);
-                wrow = (w < 2 ? 0 : p.up_rows) + (j < p.n ? j : 2 * grp);
+                wrow = dm_w13_row(p, j < p.n ? j : 2 * grp, w >= 2);
             } else {
                 int j = DM_NR * grp + w;
                 wrow = j < p.n ? j : DM_NR * grp;
             }
             wr[w] = Be + wrow * p.ldb;
+            if (Q) {
+                wq[w] = (const uint8_t *)p.b + (long long)e * p.b_expert + wrow * p.ldb;
+                ws[w] = p.b_scale + (long long)e * p.scale_expert + (wrow / DM_FP8_BLOCK) * p.scale_kg;
+            }
         }
 
         for (int c0 = rs * DM_RC; c0 < rows; c0 += p.row_split * DM_RC) {
@@ -601,7 +717,32 @@ __global__ void __launch_bounds__(DM_DEC_THREADS) dm_decode_gemm(dm_gemm_params 
 #pragma unroll
             for (int i = 0; i < DM_NR * DM_RC; i++) acc[i] = 0.0f;
 
-            if (vec) {
+            if (Q && vec) {
+                for (int v = lane; v < K / 16; v += 32) {
+                    uint4 wv[DM_NR];
+                    float sc[DM_NR];
+#pragma unroll
+                    for (int w = 0; w < DM_NR; w++) {
+                        wv[w] = dm_ld_stream16(wq[w] + (long long)v * 16);
+                        sc[w] = ws[w][(v * 16) / DM_FP8_BLOCK];
+                    }
+                    dm_decode_step_fp8<T>(acc, wv, sc, A, p.lda, xrow, v, nr);
+                }
+            } else if (Q) {
+                for (int k = lane; k < K; k += 32) {
+                    float wf[DM_NR];
+#pragma unroll
+                    for (int w = 0; w < DM_NR; w++) wf[w] = dm_fp8e4m3_to_f32(wq[w][k]) * ws[w][k / DM_FP8_BLOCK];
+#pragma unroll
+                    for (int i = 0; i < DM_RC; i++) {
+                        if (i < nr) {
+                            float xf = T::to_f32(A[(long long)xrow[i] * p.lda + k]);
+#pragma unroll
+                            for (int w = 0; w < DM_NR; w++) acc[w * DM_RC + i] = fmaf(wf[w], xf, acc[w * DM_RC + i]);
+                        }
+                    }
+                }
+            } else if (vec) {
                 /* two vectors per weight row in flight per lane (8 x 16 B) before the math */
                 const int nv = K / VN;
                 int v = lane;
@@ -641,18 +782,20 @@ __global__ void __launch_bounds__(DM_DEC_THREADS) dm_decode_gemm(dm_gemm_params 
             dm_reduce_step<4>(acc, lane);
             dm_reduce_step<2>(acc, lane);
             dm_reduce_step<1>(acc, lane);
-            const float v = acc[0];
-            const int w = lane / DM_RC, i = lane % DM_RC;
-            const int col = MODE == 0 ? 2 * grp + (w & 1) : DM_NR * grp + w;
-            if (MODE == 0) {
+            /* lane l now holds weight row lw = l / RC of plan row i = l % RC: its column and bias
+             * (the gate or up entry of b13, or b2), computed here, not held across the k loop */
+            const int lw = lane / DM_RC, i = lane % DM_RC;
+            const int col = paired ? 2 * grp + (lw & 1) : DM_NR * grp + lw;
+            const float bias = col < p.n ? dm_bias<T>(p, e, MODE == 0 ? dm_w13_row(p, col, lw >= 2) : (long long)col) : 0.0f;
+            const float rw = MODE == 0 && i < nr ? dm_row_weight(p, row0 + c0 + i) : 1.0f;
+            const float v = acc[0] * rw + bias;
+            S *orow = (S *)p.out + (long long)(row0 + c0 + i) * p.ldo;
+            if (paired) {
                 /* lanes 0..15 hold gate (w 0, 1), lanes 16..31 the matching up (w 2, 3) */
                 const float up = __shfl_down_sync(0xffffffffu, v, 16);
-                if (lane < 16 && i < nr && col < p.n) {
-                    S *H = (S *)p.out + (long long)(row0 + c0 + i) * p.ldo;
-                    H[col] = T::from_f32(dm_act(p.act, v) * up);
-                }
+                if (lane < 16 && i < nr && col < p.n) orow[col] = T::from_f32(dm_act1(p, v, up));
             } else {
-                if (i < nr && col < p.n) ((S *)p.out)[(long long)(row0 + c0 + i) * p.ldo + col] = T::from_f32(v);
+                if (i < nr && col < p.n) orow[col] = T::from_f32(MODE == 0 ? dm_act1(p, v, 0.0f) : v);
             }
         }
     }
@@ -667,9 +810,10 @@ typedef enum { DM_PATH_AUTO = 0, DM_PATH_DECODE = 1, DM_PATH_PREFILL = 2 } dm_ex
  * Decode when the average rows per expert, T*S / E, is at most 8: below that a 128-row MMA tile
  * is mostly padding and the layer is bound by weight bytes, which the streaming kernel reads once
  * per chunk of 8 rows at full width. */
-static dm_experts_path dm_choose_path(dynmoe_dtype dt, int64_t num_slots, int32_t E) {
+static dm_experts_path dm_choose_path(dynmoe_dtype dt, int quantized, int64_t num_slots, int32_t E) {
     const char *env = getenv("DYNMOE_EXPERTS_PATH");
-    if (dt == DYNMOE_F32) return DM_PATH_DECODE;
+    /* quantized weights: only the streaming kernel dequantizes (no tensor-core path yet) */
+    if (dt == DYNMOE_F32 || quantized) return DM_PATH_DECODE;
     if (env && strcmp(env, "decode") == 0) return DM_PATH_DECODE;
     if (env && strcmp(env, "prefill") == 0) return DM_PATH_PREFILL;
     return num_slots <= (int64_t)DM_RC * E ? DM_PATH_DECODE : DM_PATH_PREFILL;
@@ -721,7 +865,7 @@ static dynmoe_status dm_launch_prefill(const dm_gemm_params &p1, const dm_gemm_p
     const dm_gemm_params *ps[2] = {&p1, &p2};
     for (int g = 0; g < 2; g++) {
         const dm_gemm_params &p = *ps[g];
-        const int cols = dm_tile_cols(g);
+        const int cols = dm_tile_cols(p.paired);
         const int64_t tiles = row_tiles * ((p.n + cols - 1) / cols);
         int64_t grid = (int64_t)sms * 2; /* 2 CTAs per SM: registers (205-236 x 128 of 64 K) and shared memory */
         if (tiles < grid) grid = tiles;
@@ -749,13 +893,18 @@ static dynmoe_status dm_launch_decode(dm_gemm_params p1, dm_gemm_params p2, int6
     dm_gemm_params *ps[2] = {&p1, &p2};
     for (int g = 0; g < 2; g++) {
         const dm_gemm_params &p = *ps[g];
-        const int64_t groups = g == 0 ? (p.n + 1) / 2 : (p.n + DM_NR - 1) / DM_NR;
+        const int64_t groups = p.paired ? (p.n + 1) / 2 : (p.n + DM_NR - 1) / DM_NR;
         const int64_t warps = active_max * groups * split;
         int64_t grid = (warps + DM_DEC_THREADS / 32 - 1) / (DM_DEC_THREADS / 32);
         if (grid > (int64_t)sms * 8) grid = (int64_t)sms * 8;
         if (grid < 1) grid = 1;
-        if (g == 0) dm_decode_gemm<T, 0><<<(unsigned)grid, DM_DEC_THREADS, 0, st>>>(p);
-        else dm_decode_gemm<T, 1><<<(unsigned)grid, DM_DEC_THREADS, 0, st>>>(p);
+        if (p.b_scale) {
+            if (g == 0) dm_decode_gemm<T, 0, 1><<<(unsigned)grid, DM_DEC_THREADS, 0, st>>>(p);
+            else dm_decode_gemm<T, 1, 1><<<(unsigned)grid, DM_DEC_THREADS, 0, st>>>(p);
+        } else {
+            if (g == 0) dm_decode_gemm<T, 0, 0><<<(unsigned)grid, DM_DEC_THREADS, 0, st>>>(p);
+            else dm_decode_gemm<T, 1, 0><<<(unsigned)grid, DM_DEC_THREADS, 0, st>>>(p);
+        }
         cudaError_t err = cudaGetLastError();
         if (err != cudaSuccess)
             return dm_fail(DYNMOE_ERR_DEVICE, "cuda experts: decode GEMM%d launch: %s", g + 1, cudaGetErrorString(err));
@@ -796,12 +945,27 @@ extern "C" dynmoe_status dm_cuda_experts(dynmoe_ctx *ctx, const dm_experts_args 
     p1.k = H;
     p1.lda = H;
     p1.ldb = H;
-    p1.b_expert = 2 * (int64_t)I * H;
+    p1.b_expert = dm_w13_rows(ex->act, I) * H;
     p1.ldo = ldh;
-    p1.up_rows = I;
+    p1.bias = ex->b13;
+    p1.bias_expert = dm_w13_rows(ex->act, I);
+    p1.row_w = a->router.weight_on_input ? a->weights : NULL;
+    p1.paired = dm_act_gated(ex->act);
+    p1.gate_up = ex->gate_up;
     p1.vec_a = (int64_t)H * es % 16 == 0 && dm_aligned16(a->x);
     p1.vec_b = (int64_t)H * es % 16 == 0 && dm_aligned16(ex->w13);
+    /* FP8_BLOCK: b, ldb and b_expert count bytes (one per value: the same numbers); 16-byte
+     * vectors of 16 values when K % 16 == 0 */
+    const int fp8 = ex->weight_format == DYNMOE_WEIGHTS_FP8_BLOCK;
+    if (fp8) {
+        p1.vec_b = H % 16 == 0 && dm_aligned16(ex->w13);
+        p1.b_scale = (const float *)ex->w13_scale;
+        p1.scale_kg = (int32_t)dm_quant_groups(DYNMOE_WEIGHTS_FP8_BLOCK, H, 0);
+        p1.scale_expert = dm_quant_scales_per_expert(DYNMOE_WEIGHTS_FP8_BLOCK, dm_w13_rows(ex->act, I), H, 0);
+    }
     p1.act = ex->act;
+    p1.alpha = ex->alpha;
+    p1.limit = ex->limit;
     p1.row_split = 1;
 
     dm_gemm_params p2 = p1;
@@ -814,11 +978,20 @@ extern "C" dynmoe_status dm_cuda_experts(dynmoe_ctx *ctx, const dm_experts_args 
     p2.ldb = I;
     p2.b_expert = (int64_t)H * I;
     p2.ldo = H;
-    p2.up_rows = 0;
+    p2.bias = ex->b2;
+    p2.bias_expert = H;
+    p2.row_w = NULL;
+    p2.paired = 0;
     p2.vec_a = ldh * (int64_t)es % 16 == 0 && dm_aligned16(a->rows_h);
     p2.vec_b = (int64_t)I * es % 16 == 0 && dm_aligned16(ex->w2);
+    if (fp8) {
+        p2.vec_b = I % 16 == 0 && dm_aligned16(ex->w2);
+        p2.b_scale = (const float *)ex->w2_scale;
+        p2.scale_kg = (int32_t)dm_quant_groups(DYNMOE_WEIGHTS_FP8_BLOCK, I, 0);
+        p2.scale_expert = dm_quant_scales_per_expert(DYNMOE_WEIGHTS_FP8_BLOCK, H, I, 0);
+    }
 
-    const dm_experts_path path = dm_choose_path(dt, num_slots, E);
+    const dm_experts_path path = dm_choose_path(dt, ex->weight_format != DYNMOE_WEIGHTS_PLAIN, num_slots, E);
     switch (dt) {
     case DYNMOE_BF16:
         return path == DM_PATH_PREFILL ? dm_launch_prefill<dm_bf16_t>(p1, p2, num_slots, sms, ctx->device, st)
@@ -859,12 +1032,18 @@ extern "C" dynmoe_status dm_cuda_experts_load(void) {
     cudaError_t err = cudaGetDevice(&device);
     err = dm_load_prefill<dm_bf16_t>(err, smem);
     err = dm_load_prefill<dm_f16_t>(err, smem);
-    err = dm_load_kernel(err, dm_decode_gemm<dm_bf16_t, 0>, 0);
-    err = dm_load_kernel(err, dm_decode_gemm<dm_bf16_t, 1>, 0);
-    err = dm_load_kernel(err, dm_decode_gemm<dm_f16_t, 0>, 0);
-    err = dm_load_kernel(err, dm_decode_gemm<dm_f16_t, 1>, 0);
-    err = dm_load_kernel(err, dm_decode_gemm<dm_f32_t, 0>, 0);
-    err = dm_load_kernel(err, dm_decode_gemm<dm_f32_t, 1>, 0);
+    err = dm_load_kernel(err, dm_decode_gemm<dm_bf16_t, 0, 0>, 0);
+    err = dm_load_kernel(err, dm_decode_gemm<dm_bf16_t, 0, 1>, 0);
+    err = dm_load_kernel(err, dm_decode_gemm<dm_bf16_t, 1, 0>, 0);
+    err = dm_load_kernel(err, dm_decode_gemm<dm_bf16_t, 1, 1>, 0);
+    err = dm_load_kernel(err, dm_decode_gemm<dm_f16_t, 0, 0>, 0);
+    err = dm_load_kernel(err, dm_decode_gemm<dm_f16_t, 0, 1>, 0);
+    err = dm_load_kernel(err, dm_decode_gemm<dm_f16_t, 1, 0>, 0);
+    err = dm_load_kernel(err, dm_decode_gemm<dm_f16_t, 1, 1>, 0);
+    err = dm_load_kernel(err, dm_decode_gemm<dm_f32_t, 0, 0>, 0);
+    err = dm_load_kernel(err, dm_decode_gemm<dm_f32_t, 0, 1>, 0);
+    err = dm_load_kernel(err, dm_decode_gemm<dm_f32_t, 1, 0>, 0);
+    err = dm_load_kernel(err, dm_decode_gemm<dm_f32_t, 1, 1>, 0);
     if (err != cudaSuccess) {
         (void)cudaGetLastError();
         return dm_fail(DYNMOE_ERR_DEVICE, "cuda experts: loading kernels: %s (%s)", cudaGetErrorName(err),

@@ -11,7 +11,7 @@ int main() {
         int E = I(1, 20), Z = I(0, 4), S = I(1, 12), H = std::vector<int>{1, 3, 4, 8, 100, 1030, 2048}[I(0, 6)];
         int64_t T = I(1, 5);
         dynmoe_dtype dt = (dynmoe_dtype)I(0, 2);
-        int identity = I(0, 1);
+        int identity = I(0, 1), on_input = I(0, 1); /* router.weight_on_input: real rows unweighted */
         std::vector<int32_t> ids(T * S), slot_rows(T * S, -1); std::vector<float> w(T * S);
         int rows = 0;
         for (int64_t i = 0; i < T * S; i++) { ids[i] = I(-3, E + Z + 1); w[i] = I(-10, 10) / 4.0f; if (ids[i] >= 0 && ids[i] < E) slot_rows[i] = rows++; }
@@ -27,6 +27,7 @@ int main() {
         dm_experts_args a{};
         a.router = DYNMOE_ROUTER_INIT; a.router.num_experts = E; a.router.num_zero_experts = Z;
         a.router.zero_kind = identity ? DYNMOE_ZERO_IDENTITY : DYNMOE_ZERO_OUTPUT;
+        a.router.weight_on_input = on_input;
         a.experts = DYNMOE_EXPERTS_INIT; a.experts.hidden = H; a.experts.dtype = dt;
         a.T = T; a.x = xp; a.ids = ids.data(); a.weights = w.data(); a.slots = S; a.plan.slot_rows = slot_rows.data();
         a.rows_y = dt == DYNMOE_F32 ? (void *)y.data() : (void *)yh.data(); a.out = op;
@@ -35,7 +36,7 @@ int main() {
         for (int64_t t = 0; t < T; t++) for (int h = 0; h < H; h++) { /* csrc/cpu/combine.c */
             float acc = 0;
             for (int k = 0; k < S; k++) { int64_t s = t * S + k; int id = ids[s];
-                if (id >= 0 && id < E) acc += w[s] * y[(int64_t)slot_rows[s] * H + h];
+                if (id >= 0 && id < E) acc += (on_input ? 1.0f : w[s]) * y[(int64_t)slot_rows[s] * H + h];
                 else if (identity && id >= E && id < E + Z) acc += w[s] * dm_load(xp, dt, t * H + h); }
             const float want = dt == DYNMOE_F32    ? acc
                                : dt == DYNMOE_BF16 ? dm_bf16_to_f32(dm_f32_to_bf16(acc))
@@ -44,7 +45,7 @@ int main() {
             if (got != want) nb++;
         }
         bad += nb != 0;
-        if (nb) printf("trial %d H %d dt %d: %d mismatches\n", trial, H, dt, nb);
+        if (nb) printf("trial %d H %d dt %d on_input %d: %d mismatches\n", trial, H, dt, on_input, nb);
     }
     printf("combine emulation: %d bad trials\n", bad);
     return (bad) || emu::launch_errors;

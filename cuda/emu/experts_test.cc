@@ -10,8 +10,11 @@
  *  - rows_y rows past the plan's R rows and every buffer's slack are untouched;
  *  - combine's output against dmref::experts_forward (unrounded fp64), DESIGN.md's tolerance.
  * The cases: experts of 1, 7, 127, 128, 129 and 300 rows; H and I multiples of the tile, of 8
- * only, even but not of 8, and odd (each load variant and K tail); a hot expert; E = 300; GEGLU; a persistent grid of a few CTAs (an
- * emulated device of 1-2 SMs) and a grid of one CTA per tile.
+ * only, even but not of 8, and odd (each load variant and K tail); a hot expert; E = 300; a
+ * persistent grid of a few CTAs (an emulated device of 1-2 SMs) and a grid of one CTA per tile.
+ * Issue 15, on both paths: every dynmoe_act (SWIGLU_OAI with a limit that clamps), the
+ * interleaved gate/up layout, non-gated RELU2 / SILU (w13 of I rows), biases b13 and b2, and
+ * router.weight_on_input (with identity zero experts, which still add w * x).
  */
 #include <cuda_runtime.h>
 
@@ -47,6 +50,50 @@ struct Case {
     std::vector<int32_t> rows; /* rows of each expert (E = size) */
     int sms = 2;               /* the emulated device's SM count: the persistent grid's size */
     dynmoe_act act = DYNMOE_ACT_SWIGLU;
+    dynmoe_gate_up gate_up = DYNMOE_GATE_UP_BLOCKED;
+    bool bias = false;     /* b13 and b2 */
+    bool on_input = false; /* router.weight_on_input */
+    int32_t Z = 0;         /* identity zero experts routed to */
+    float limit = 7.0f;    /* SWIGLU_OAI */
+    float alpha = 1.702f;  /* SWIGLU_OAI */
+    bool fp8 = false;      /* FP8_BLOCK weights (issue 16) */
+};
+
+/* An FP8_BLOCK [E, N, K] matrix of random e4m3 codes (no NaN code; zeros and subnormals
+ * included) and random block scales around `scale`; its values come from the reference's own
+ * dequantize. */
+dmref::QuantMatrix random_fp8(std::mt19937_64 &rng, int32_t E, int64_t N, int64_t K, double scale) {
+    dmref::QuantMatrix m;
+    m.format = DYNMOE_WEIGHTS_FP8_BLOCK;
+    m.q.resize((size_t)(E * N * K));
+    for (auto &b : m.q) {
+        const uint32_t r = (uint32_t)rng();
+        const uint32_t exp = r % 16 < 2 ? 0 : 4 + (r >> 4) % 6; /* 2^-3 .. 2^2, a few subnormals */
+        b = (uint8_t)(((r >> 8) & 0x80) | (exp << 3) | ((r >> 12) & 7));
+    }
+    m.scale_f32.resize((size_t)(E * ((N + 127) / 128) * ((K + 127) / 128)));
+    std::uniform_real_distribution<double> u(0.25, 1.0);
+    for (auto &s : m.scale_f32) s = (float)(u(rng) * scale);
+    return m;
+}
+
+/* The reference's activation of one unit, through its public ffn on a 1 x 1 expert (x = 1,
+ * w13 = (gate, up), w2 = 1): y = act(gate, up) exactly in fp64, no formula copied here. */
+struct RefAct {
+    dmref::Experts probe;
+    explicit RefAct(const Case &c) {
+        probe.E = 1, probe.H = 1, probe.I = 1, probe.act = c.act, probe.limit = c.limit, probe.alpha = c.alpha;
+        probe.w13.assign(dmref::gated(c.act) ? 2 : 1, 0.0);
+        probe.w2.assign(1, 1.0);
+    }
+    double operator()(double gate, double up) {
+        probe.w13[0] = gate;
+        if (probe.w13.size() > 1) probe.w13[1] = up;
+        const double one = 1.0;
+        double y = 0;
+        dmref::ffn(probe, 0, &one, &y);
+        return y;
+    }
 };
 
 /* Device buffer of the emulation (guarded, poisoned) holding a host vector's bytes. */
@@ -85,6 +132,7 @@ Result run_case(const Case &c, uint64_t seed) {
     for (int32_t e = 0; e < E; e++) ids.insert(ids.end(), (size_t)c.rows[e], e);
     const size_t R = ids.size();
     ids.insert(ids.end(), R / 3 + 1, -1);
+    for (int32_t z = 0; z < c.Z; z++) ids.insert(ids.end(), R / 8 + 1, E + z);
     while (ids.size() % (size_t)S) ids.push_back(-1);
     std::shuffle(ids.begin(), ids.end(), rng);
     const int64_t T = (int64_t)ids.size() / S;
@@ -94,11 +142,15 @@ Result run_case(const Case &c, uint64_t seed) {
 
     /* inputs, stored in dt, and their exact values for the reference */
     dmref::Experts ex;
-    ex.E = E, ex.H = H, ex.I = I, ex.act = c.act;
-    ex.w13.resize((size_t)E * 2 * I * H);
+    const bool gated = dmref::gated(c.act);
+    const int64_t rows13 = gated ? 2 * I : I; /* w13 rows per expert */
+    ex.E = E, ex.H = H, ex.I = I, ex.act = c.act, ex.gate_up = c.gate_up, ex.limit = c.limit, ex.alpha = c.alpha;
+    ex.w13.resize((size_t)(E * rows13 * H));
     ex.w2.resize((size_t)E * H * I);
+    if (c.bias) ex.b13.resize((size_t)(E * rows13)), ex.b2.resize((size_t)E * H);
     std::vector<double> x((size_t)T * H);
     std::vector<uint8_t> xb(x.size() * es), w13b(ex.w13.size() * es), w2b(ex.w2.size() * es);
+    std::vector<uint8_t> b13b(ex.b13.size() * es), b2b(ex.b2.size() * es);
     auto fill = [&](std::vector<double> &v, std::vector<uint8_t> &b, double scale) {
         for (size_t i = 0; i < v.size(); i++) {
             const double r = u(rng) * scale;
@@ -116,10 +168,20 @@ Result run_case(const Case &c, uint64_t seed) {
     fill(x, xb, 1.0);
     fill(ex.w13, w13b, std::sqrt(3.0 / H) * 2);
     fill(ex.w2, w2b, std::sqrt(3.0 / I) * 2);
+    dmref::QuantMatrix q13, q2;
+    if (c.fp8) {
+        q13 = random_fp8(rng, E, rows13, H, std::sqrt(3.0 / H));
+        q2 = random_fp8(rng, E, H, I, std::sqrt(3.0 / I));
+        ex.w13 = dmref::dequantize(q13, E, rows13, H);
+        ex.w2 = dmref::dequantize(q2, E, H, I);
+    }
+    fill(ex.b13, b13b, 0.5);
+    fill(ex.b2, b2b, 0.5);
 
     /* device side */
     const size_t nslots = ids.size();
-    void *dx = upload(xb), *dw13 = upload(w13b), *dw2 = upload(w2b);
+    void *dx = upload(xb), *dw13 = upload(c.fp8 ? q13.q : w13b), *dw2 = upload(c.fp8 ? q2.q : w2b);
+    void *db13 = upload(b13b), *db2 = upload(b2b), *ds13 = upload(q13.scale_f32), *ds2 = upload(q2.scale_f32);
     int32_t *dids = upload(ids);
     float *dw = upload(wts);
     std::vector<int32_t> sorted(pl.sorted_slots), active(pl.active), counts(pl.counts);
@@ -142,9 +204,18 @@ Result run_case(const Case &c, uint64_t seed) {
     a.router = DYNMOE_ROUTER_INIT;
     a.router.num_experts = E;
     a.router.top_k = S;
+    a.router.num_zero_experts = c.Z;
+    a.router.zero_kind = DYNMOE_ZERO_IDENTITY;
+    a.router.weight_on_input = c.on_input;
     a.experts = DYNMOE_EXPERTS_INIT;
     a.experts.num_experts = E, a.experts.hidden = H, a.experts.inter = I, a.experts.dtype = dt;
     a.experts.act = c.act, a.experts.w13 = dw13, a.experts.w2 = dw2;
+    a.experts.gate_up = c.gate_up, a.experts.limit = c.limit, a.experts.alpha = c.alpha;
+    if (c.bias) a.experts.b13 = db13, a.experts.b2 = db2;
+    if (c.fp8) {
+        a.experts.weight_format = DYNMOE_WEIGHTS_FP8_BLOCK;
+        a.experts.w13_scale = ds13, a.experts.w2_scale = ds2;
+    }
     a.T = T, a.x = dx, a.ids = dids, a.weights = dw, a.slots = S;
     a.plan = dynmoe_plan{E, (int64_t)nslots, dcounts, doffsets, dsorted, dslot_rows, dactive, dnum_active};
     a.rows_h = rows_h, a.rows_y = rows_y, a.out = out;
@@ -167,19 +238,29 @@ Result run_case(const Case &c, uint64_t seed) {
     const size_t yes = dmref::dtype_size(ydt);
     const double row_tol = dt == DYNMOE_F32 ? 2e-6 : dt == DYNMOE_BF16 ? 6e-3 : 1.5e-3;
     int bad_rows = 0;
-    std::vector<double> h((size_t)I), y((size_t)H);
+    std::vector<double> h((size_t)I), y((size_t)H), pre((size_t)rows13);
+    RefAct act(c);
     for (int32_t e = 0; e < E; e++) {
-        const double *w13 = &ex.w13[(size_t)e * 2 * I * H], *w2 = &ex.w2[(size_t)e * H * I];
+        const double *w13 = &ex.w13[(size_t)(e * rows13 * H)], *w2 = &ex.w2[(size_t)e * H * I];
         for (int32_t r = pl.offsets[e]; r < pl.offsets[e + 1]; r++) {
-            const double *xt = &x[(size_t)(pl.sorted_slots[r] / S) * H];
+            const int32_t slot = pl.sorted_slots[r];
+            const double *xt = &x[(size_t)(slot / S) * H];
+            /* w13 . (w x) + b13 in w13's row order (w = 1 unless the weight is on the input) */
+            const double wi = c.on_input ? (double)wts[(size_t)slot] : 1.0;
+            for (int64_t n = 0; n < rows13; n++) {
+                double s = 0;
+                for (int32_t k = 0; k < H; k++) s += w13[(size_t)(n * H + k)] * (wi * xt[k]);
+                pre[(size_t)n] = s + (c.bias ? ex.b13[(size_t)(e * rows13 + n)] : 0.0);
+            }
             for (int32_t j = 0; j < I; j++) {
-                double g = 0, up = 0;
-                for (int32_t k = 0; k < H; k++) g += w13[(size_t)j * H + k] * xt[k], up += w13[(size_t)(I + j) * H + k] * xt[k];
-                h[j] = round_to((c.act == DYNMOE_ACT_GEGLU ? dmref::gelu_erf(g) : dmref::silu(g)) * up, dt);
+                const bool il = c.gate_up == DYNMOE_GATE_UP_INTERLEAVED;
+                const double g = pre[(size_t)(!gated ? j : il ? 2 * j : j)];
+                const double up = !gated ? 0.0 : pre[(size_t)(il ? 2 * j + 1 : I + j)];
+                h[j] = round_to(act(g, up), dt);
             }
             double num = 0, den = 0, worst = 0;
             for (int32_t n = 0; n < H; n++) {
-                double s = 0;
+                double s = c.bias ? ex.b2[(size_t)e * H + n] : 0.0;
                 for (int32_t j = 0; j < I; j++) s += w2[(size_t)n * I + j] * h[j];
                 const double got = dmref::load(rows_y + (size_t)r * H * yes, ydt, n);
                 const double d = std::isfinite(got) ? got - s : INFINITY;
@@ -209,7 +290,7 @@ Result run_case(const Case &c, uint64_t seed) {
     tab.T = T, tab.S = S, tab.ids = ids;
     tab.weights.assign(wts.begin(), wts.end());
     std::vector<double> ref;
-    dmref::experts_forward(ex, 0, DYNMOE_ZERO_OUTPUT, T, x, tab, ref);
+    dmref::experts_forward(ex, c.Z, DYNMOE_ZERO_IDENTITY, T, x, tab, ref, {}, c.on_input);
     double num = 0, den = 0;
     bool finite = true;
     for (size_t i = 0; i < ref.size(); i++) {
@@ -226,7 +307,7 @@ Result run_case(const Case &c, uint64_t seed) {
     }
     res.ok = bad_rows == 0;
 
-    for (void *p : {dx, dw13, dw2, (void *)dids, (void *)dw, (void *)dcounts, (void *)doffsets, (void *)dsorted,
+    for (void *p : {dx, dw13, dw2, db13, db2, ds13, ds2, (void *)dids, (void *)dw, (void *)dcounts, (void *)doffsets, (void *)dsorted,
                     (void *)dslot_rows, (void *)dactive, (void *)dnum_active, (void *)rows_h, (void *)rows_y, out})
         emu::dfree(p);
     return res;
@@ -268,6 +349,63 @@ std::vector<Case> cases() {
         v.push_back({"prefill bf16 E = 300", DYNMOE_BF16, "prefill", 40, 24, 8, many, 2});
         v.push_back({"decode f16 E = 300", DYNMOE_F16, "decode", 40, 24, 8, many, 2});
     }
+    /* issue 15: activations, layouts, biases, weight on the input; both paths on the same shapes */
+    /* limit 1 (it clamps) comes with alpha 1.3, so that a kernel taking the default 1.702 fails */
+    auto opt = [&](Case c, dynmoe_gate_up gu, bool bias, bool on_input, int32_t Z, float limit) {
+        c.gate_up = gu, c.bias = bias, c.on_input = on_input, c.Z = Z, c.limit = limit;
+        if (limit < 7.0f) c.alpha = 1.3f;
+        v.push_back(c);
+    };
+    const auto IL = DYNMOE_GATE_UP_INTERLEAVED, BL = DYNMOE_GATE_UP_BLOCKED;
+    const auto OAI = DYNMOE_ACT_SWIGLU_OAI, TANH = DYNMOE_ACT_GEGLU_TANH, RELU2 = DYNMOE_ACT_RELU2,
+               SILU = DYNMOE_ACT_SILU, SWIGLU = DYNMOE_ACT_SWIGLU;
+    for (const char *path : {"prefill", "decode"}) {
+        const std::string pa = path;
+        /* gpt-oss: SWIGLU_OAI, interleaved, biases; limit 1 clamps about a third of the units */
+        opt({pa + " bf16 SWIGLU_OAI interleaved, biases, H I of neither", DYNMOE_BF16, path, 203, 77, 4, ragged(), 2,
+             OAI}, IL, true, false, 0, 1.0f);
+        opt({pa + " f16 SWIGLU_OAI interleaved, biases, H I of the tile", DYNMOE_F16, path, 256, 128, 4,
+             {1, 129, 0, 40}, 2, OAI}, IL, true, false, 0, 7.0f);
+        /* Gemma-4: GELU tanh, blocked, biases */
+        opt({pa + " f16 GEGLU_TANH, biases, H I of 8", DYNMOE_F16, path, 136, 72, 4, ragged(), 1, TANH}, BL, true,
+            false, 0, 7.0f);
+        opt({pa + " bf16 SWIGLU interleaved, no biases, H odd", DYNMOE_BF16, path, 67, 64, 2, {5, 0, 130, 64}, 2,
+             SWIGLU}, IL, false, false, 0, 7.0f);
+        /* Nemotron-H: non-gated RELU2 (w13 of I rows: 128-column tiles, 2 of them at I = 256) */
+        opt({pa + " bf16 RELU2, biases, I of 2 tiles", DYNMOE_BF16, path, 96, 256, 4, ragged(), 2, RELU2}, BL, true,
+            false, 0, 7.0f);
+        opt({pa + " f16 RELU2, H I odd", DYNMOE_F16, path, 67, 45, 3, {1, 9, 0, 17, 130}, 1, RELU2}, BL, false,
+            false, 0, 7.0f);
+        opt({pa + " bf16 SILU non-gated, biases, H I of 8", DYNMOE_BF16, path, 136, 72, 4, ragged(), 2, SILU}, BL,
+            true, false, 0, 7.0f);
+        /* Llama-4: weight on the input, top-1 and several slots, identity zero experts beside */
+        opt({pa + " bf16 weight on input, top-1, zero experts", DYNMOE_BF16, path, 136, 72, 1, ragged(), 2, SWIGLU}, BL,
+            false, true, 2, 7.0f);
+        opt({pa + " f16 weight on input, 4 slots, biases, OAI interleaved", DYNMOE_F16, path, 100, 38, 4, ragged(), 2,
+             OAI}, IL, true, true, 1, 1.0f);
+        opt({pa + " bf16 weight on input, RELU2, biases", DYNMOE_BF16, path, 203, 77, 4, {1, 9, 0, 17, 130}, 1,
+             RELU2}, BL, true, true, 0, 7.0f);
+    }
+    opt({"decode f32 SWIGLU_OAI interleaved, biases, weight on input", DYNMOE_F32, "decode", 67, 37, 3, {1, 9, 0, 17},
+         1, OAI}, IL, true, true, 1, 1.0f);
+    opt({"decode f32 RELU2, biases, H I of 8", DYNMOE_F32, "decode", 136, 72, 4, ragged(), 2, RELU2}, BL, true, false,
+        0, 7.0f);
+    opt({"decode f32 SILU, biases, H I even", DYNMOE_F32, "decode", 102, 38, 3, {1, 9, 0, 17, 130}, 1, SILU}, BL,
+        true, false, 0, 7.0f);
+    opt({"decode f32 GEGLU_TANH interleaved, biases", DYNMOE_F32, "decode", 102, 38, 3, {1, 9, 0, 17, 130}, 1, TANH},
+        IL, true, false, 0, 7.0f);
+    /* issue 16, FP8_BLOCK: the streaming kernel at every T (several 128 x 128 scale blocks, K of
+     * 16 (vector) and not (scalar), a partial last block), with issue 15's options */
+    auto q8 = [&](Case c, dynmoe_gate_up gu, bool bias) {
+        c.gate_up = gu, c.bias = bias, c.fp8 = true;
+        v.push_back(c);
+    };
+    q8({"fp8 bf16 decode, H I of 16, 3 x 2 scale blocks", DYNMOE_BF16, "decode", 256, 144, 4, {1, 7, 0, 5}, 2}, BL,
+       false);
+    q8({"fp8 bf16 ragged (prefill sizes), OAI interleaved, biases", DYNMOE_BF16, "prefill", 160, 80, 4, ragged(), 2,
+        OAI}, IL, true);
+    q8({"fp8 f16 H I of neither (scalar), biases", DYNMOE_F16, "decode", 203, 77, 4, {1, 9, 0, 17, 130}, 1}, BL, true);
+    q8({"fp8 f32 RELU2, H I of 16", DYNMOE_F32, "decode", 144, 272, 3, {1, 9, 0, 17}, 1, RELU2}, BL, true);
     return v;
 }
 
