@@ -45,13 +45,12 @@ static void op_destroy(dynmoe_ctx *ctx) {
 
 /* What the CUDA expert kernels implement: every dynmoe_act, both gate/up layouts, biases b13 and
  * b2, router.weight_on_input and expert_scale (issue 15, cuda/experts.cu and cuda/combine.cu);
- * plain and FP8_BLOCK weights (FP8 at every T on the streaming kernel, no tensor-core path yet);
- * MXFP4 and INT4 are not in the kernels. */
+ * every weight format: plain, and FP8_BLOCK, MXFP4, INT4 decoded in registers by the streaming
+ * kernel, which a quantized layer takes at every T (no tensor-core path for them yet). */
 static dynmoe_status op_supports(const char *fn, const dynmoe_router *r, const dynmoe_experts *x) {
     (void)r;
-    if (x->weight_format != DYNMOE_WEIGHTS_PLAIN && x->weight_format != DYNMOE_WEIGHTS_FP8_BLOCK)
-        return dm_fail(DYNMOE_ERR_UNSUPPORTED,
-                       "%s: experts.weight_format %d (quantized weights) is not implemented on the CUDA backend yet",
+    if (x->weight_format < DYNMOE_WEIGHTS_PLAIN || x->weight_format >= DYNMOE_WEIGHTS_COUNT)
+        return dm_fail(DYNMOE_ERR_UNSUPPORTED, "%s: experts.weight_format %d is not implemented on the CUDA backend",
                        fn, (int)x->weight_format);
     return DYNMOE_OK;
 }

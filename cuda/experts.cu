@@ -40,7 +40,7 @@
  *    activation. MODE 1 is GEMM2. VEC: every chunk one 16-byte cp.async (rows of 16-byte
  *    multiples), else scalar loads; the launcher picks, no run-time branch per chunk.
  *  All PTX goes through ptx.cuh, which cuda/emu/ emulates: CI runs these kernels' own sources.
- *  - dm_decode_gemm<T, MODE, Q>: few rows per expert (Q = 1: FP8_BLOCK weights, see below). One warp streams 4 weight rows of one active
+ *  - dm_decode_gemm<T, MODE, Q>: few rows per expert (Q = 1, 2, 3: FP8_BLOCK, MXFP4, INT4 weights, see below). One warp streams 4 weight rows of one active
  *    expert (16-byte loads, each weight read once per chunk of 8 rows) against up to 8 rows held
  *    as 16-byte vectors, reduced by a 31-shuffle transpose-reduce. Split along N only: with
  *    I = 768..2048 and H = 2048..7168, even one active expert gives hundreds of warps.
@@ -104,9 +104,13 @@ struct dm_gemm_params {
     int32_t act;                /* dynmoe_act */
     float alpha, limit;         /* SWIGLU_OAI */
     int32_t row_split;          /* decode: warps sharing one expert's rows */
-    const float *b_scale;       /* FP8_BLOCK: B's scales [E, ceil(N/128), ceil(K/128)] (b, ldb, b_expert in bytes) */
+    const void *b_scale;        /* quantized B (b, ldb, b_expert in bytes): FP8_BLOCK fp32 [E, ceil(N/128),
+                                   ceil(K/128)], MXFP4 ue8m0 [E, N, K/32], INT4 fp16 [E, N, ceil(K/g)] */
+    const uint8_t *b_zero;      /* INT4 zero points as b_scale, or NULL (8) */
     int64_t scale_expert;       /* scales between experts */
-    int32_t scale_kg;           /* scales per 128-row block: ceil(K/128) */
+    int32_t scale_kg;           /* scales per 128-row block (FP8) or per row (MXFP4, INT4) */
+    int32_t group;              /* INT4 group size along K (MXFP4: 32) */
+    int32_t wfmt;               /* dynmoe_weight_format: the decode kernel's Q */
 };
 
 /* Element types: storage and conversion to fp32. */
@@ -654,9 +658,45 @@ static __device__ __forceinline__ void dm_decode_step_fp8(float *acc, const uint
     }
 }
 
+/* MXFP4 (Q 2) and INT4 (Q 3): one 16-byte vector v of each weight row = 32 nibbles, k = 32 v ..
+ * 32 v + 31, low nibble first (nibble b of a word at bits 4b), inside one scale group (MXFP4's
+ * 32; INT4's 32, 64 or 128 start at multiples of 32): scale s[w], zero z[w] (INT4). Decoded in
+ * registers by quant_rules.h, met with the 32 / VN x vectors of the same k. */
+template <typename T, int Q>
+static __device__ __forceinline__ void dm_decode_step_nib(float *acc, const uint4 *wv, const float *s,
+                                                          const float *z, const typename T::store *A, long long lda,
+                                                          const int *xrow, int v, int nr) {
+    enum { VN = dm_vec<T>::n };
+#pragma unroll
+    for (int h = 0; h < 32 / VN; h++) {
+        float wf[DM_NR][VN];
+#pragma unroll
+        for (int w = 0; w < DM_NR; w++) {
+            const uint32_t words[4] = {wv[w].x, wv[w].y, wv[w].z, wv[w].w};
+#pragma unroll
+            for (int u = 0; u < VN; u++) {
+                const int b = h * VN + u;
+                const uint32_t q = (words[b >> 3] >> (4 * (b & 7))) & 0xfu;
+                wf[w][u] = Q == 2 ? dm_e2m1_to_f32(q) * s[w] : ((float)q - z[w]) * s[w];
+            }
+        }
+        dm_decode_fma<T>(acc, wf, A, lda, xrow, v * (32 / VN) + h, nr);
+    }
+}
+
+/* MXFP4 / INT4 scale (and zero) of entry gi of the scale arrays. */
+template <int Q>
+static __device__ __forceinline__ float dm_nib_scale(const dm_gemm_params &p, long long gi) {
+    return Q == 2 ? dm_ue8m0_to_f32(((const uint8_t *)p.b_scale)[gi])
+                  : dm_f16_to_f32(((const uint16_t *)p.b_scale)[gi]);
+}
+static __device__ __forceinline__ float dm_nib_zero(const dm_gemm_params &p, long long gi) {
+    return p.b_zero ? (float)p.b_zero[gi] : 8.0f;
+}
+
 /* 2 blocks (16 warps) per SM: at most 128 registers. Without the bound ptxas took 149 for GEMM2
  * once the biases came in, i.e. 8 warps per SM for a kernel that needs loads in flight. */
-template <typename T, int MODE, int Q> /* Q: 0 weights of T, 1 FP8_BLOCK */
+template <typename T, int MODE, int Q> /* Q: 0 weights of T, else dynmoe_weight_format */
 __global__ void __launch_bounds__(DM_DEC_THREADS, 2) dm_decode_gemm(dm_gemm_params p) {
     typedef typename T::store S;
     enum { VN = dm_vec<T>::n };
@@ -686,6 +726,7 @@ __global__ void __launch_bounds__(DM_DEC_THREADS, 2) dm_decode_gemm(dm_gemm_para
         const S *wr[DM_NR];
         const uint8_t *wq[DM_NR]; /* Q: the same rows as bytes, and their 128-row block's scales */
         const float *ws[DM_NR];
+        long long si[DM_NR]; /* Q >= 2: the row's first scale (and zero) entry */
 #pragma unroll
         for (int w = 0; w < DM_NR; w++) {
             long long wrow;
@@ -697,10 +738,9 @@ __global__ void __launch_bounds__(DM_DEC_THREADS, 2) dm_decode_gemm(dm_gemm_para
                 wrow = j < p.n ? j : DM_NR * grp;
             }
             wr[w] = Be + wrow * p.ldb;
-            if (Q) {
-                wq[w] = (const uint8_t *)p.b + (long long)e * p.b_expert + wrow * p.ldb;
-                ws[w] = p.b_scale + (long long)e * p.scale_expert + (wrow / DM_FP8_BLOCK) * p.scale_kg;
-            }
+            if (Q) wq[w] = (const uint8_t *)p.b + (long long)e * p.b_expert + wrow * p.ldb;
+            if (Q == 1) ws[w] = (const float *)p.b_scale + (long long)e * p.scale_expert + (wrow / DM_FP8_BLOCK) * p.scale_kg;
+            if (Q >= 2) si[w] = (long long)e * p.scale_expert + wrow * p.scale_kg;
         }
 
         for (int c0 = rs * DM_RC; c0 < rows; c0 += p.row_split * DM_RC) {
@@ -717,7 +757,39 @@ __global__ void __launch_bounds__(DM_DEC_THREADS, 2) dm_decode_gemm(dm_gemm_para
 #pragma unroll
             for (int i = 0; i < DM_NR * DM_RC; i++) acc[i] = 0.0f;
 
-            if (Q && vec) {
+            if (Q >= 2 && vec) {
+                for (int v = lane; v < K / 32; v += 32) {
+                    uint4 wv[DM_NR];
+                    float sc[DM_NR], zp[DM_NR];
+                    const int g = Q == 2 ? v : (v * 32) / p.group;
+#pragma unroll
+                    for (int w = 0; w < DM_NR; w++) {
+                        wv[w] = dm_ld_stream16(wq[w] + (long long)v * 16);
+                        sc[w] = dm_nib_scale<Q>(p, si[w] + g);
+                        zp[w] = Q == 3 ? dm_nib_zero(p, si[w] + g) : 0.0f;
+                    }
+                    dm_decode_step_nib<T, Q>(acc, wv, sc, zp, A, p.lda, xrow, v, nr);
+                }
+            } else if (Q >= 2) {
+                for (int k = lane; k < K; k += 32) {
+                    float wf[DM_NR];
+                    const int g = k / p.group;
+#pragma unroll
+                    for (int w = 0; w < DM_NR; w++) {
+                        const uint32_t q = dm_nibble(wq[w], k);
+                        const float s = dm_nib_scale<Q>(p, si[w] + g);
+                        wf[w] = Q == 2 ? dm_e2m1_to_f32(q) * s : ((float)q - dm_nib_zero(p, si[w] + g)) * s;
+                    }
+#pragma unroll
+                    for (int i = 0; i < DM_RC; i++) {
+                        if (i < nr) {
+                            float xf = T::to_f32(A[(long long)xrow[i] * p.lda + k]);
+#pragma unroll
+                            for (int w = 0; w < DM_NR; w++) acc[w * DM_RC + i] = fmaf(wf[w], xf, acc[w * DM_RC + i]);
+                        }
+                    }
+                }
+            } else if (Q && vec) {
                 for (int v = lane; v < K / 16; v += 32) {
                     uint4 wv[DM_NR];
                     float sc[DM_NR];
@@ -898,9 +970,15 @@ static dynmoe_status dm_launch_decode(dm_gemm_params p1, dm_gemm_params p2, int6
         int64_t grid = (warps + DM_DEC_THREADS / 32 - 1) / (DM_DEC_THREADS / 32);
         if (grid > (int64_t)sms * 8) grid = (int64_t)sms * 8;
         if (grid < 1) grid = 1;
-        if (p.b_scale) {
+        if (p.wfmt == DYNMOE_WEIGHTS_FP8_BLOCK) {
             if (g == 0) dm_decode_gemm<T, 0, 1><<<(unsigned)grid, DM_DEC_THREADS, 0, st>>>(p);
             else dm_decode_gemm<T, 1, 1><<<(unsigned)grid, DM_DEC_THREADS, 0, st>>>(p);
+        } else if (p.wfmt == DYNMOE_WEIGHTS_MXFP4) {
+            if (g == 0) dm_decode_gemm<T, 0, 2><<<(unsigned)grid, DM_DEC_THREADS, 0, st>>>(p);
+            else dm_decode_gemm<T, 1, 2><<<(unsigned)grid, DM_DEC_THREADS, 0, st>>>(p);
+        } else if (p.wfmt == DYNMOE_WEIGHTS_INT4) {
+            if (g == 0) dm_decode_gemm<T, 0, 3><<<(unsigned)grid, DM_DEC_THREADS, 0, st>>>(p);
+            else dm_decode_gemm<T, 1, 3><<<(unsigned)grid, DM_DEC_THREADS, 0, st>>>(p);
         } else {
             if (g == 0) dm_decode_gemm<T, 0, 0><<<(unsigned)grid, DM_DEC_THREADS, 0, st>>>(p);
             else dm_decode_gemm<T, 1, 0><<<(unsigned)grid, DM_DEC_THREADS, 0, st>>>(p);
@@ -959,9 +1037,24 @@ extern "C" dynmoe_status dm_cuda_experts(dynmoe_ctx *ctx, const dm_experts_args 
     const int fp8 = ex->weight_format == DYNMOE_WEIGHTS_FP8_BLOCK;
     if (fp8) {
         p1.vec_b = H % 16 == 0 && dm_aligned16(ex->w13);
-        p1.b_scale = (const float *)ex->w13_scale;
+        p1.b_scale = ex->w13_scale;
         p1.scale_kg = (int32_t)dm_quant_groups(DYNMOE_WEIGHTS_FP8_BLOCK, H, 0);
         p1.scale_expert = dm_quant_scales_per_expert(DYNMOE_WEIGHTS_FP8_BLOCK, dm_w13_rows(ex->act, I), H, 0);
+    }
+    /* MXFP4 / INT4: rows of ceil(K/2) bytes; 16-byte vectors of 32 nibbles when K % 32 == 0
+     * (then every row starts 16-byte aligned and no vector holds the pad nibble) */
+    const int nib = ex->weight_format == DYNMOE_WEIGHTS_MXFP4 || ex->weight_format == DYNMOE_WEIGHTS_INT4;
+    const int32_t group = ex->weight_format == DYNMOE_WEIGHTS_MXFP4 ? DM_MXFP4_BLOCK : ex->group_size;
+    p1.wfmt = ex->weight_format;
+    if (nib) {
+        p1.ldb = (H + 1) / 2;
+        p1.b_expert = dm_w13_rows(ex->act, I) * p1.ldb;
+        p1.vec_b = H % 32 == 0 && dm_aligned16(ex->w13);
+        p1.b_scale = ex->w13_scale;
+        p1.b_zero = (const uint8_t *)ex->w13_zero;
+        p1.group = group;
+        p1.scale_kg = (int32_t)dm_quant_groups(ex->weight_format, H, group);
+        p1.scale_expert = dm_quant_scales_per_expert(ex->weight_format, dm_w13_rows(ex->act, I), H, group);
     }
     p1.act = ex->act;
     p1.alpha = ex->alpha;
@@ -986,9 +1079,18 @@ extern "C" dynmoe_status dm_cuda_experts(dynmoe_ctx *ctx, const dm_experts_args 
     p2.vec_b = (int64_t)I * es % 16 == 0 && dm_aligned16(ex->w2);
     if (fp8) {
         p2.vec_b = I % 16 == 0 && dm_aligned16(ex->w2);
-        p2.b_scale = (const float *)ex->w2_scale;
+        p2.b_scale = ex->w2_scale;
         p2.scale_kg = (int32_t)dm_quant_groups(DYNMOE_WEIGHTS_FP8_BLOCK, I, 0);
         p2.scale_expert = dm_quant_scales_per_expert(DYNMOE_WEIGHTS_FP8_BLOCK, H, I, 0);
+    }
+    if (nib) {
+        p2.ldb = (I + 1) / 2;
+        p2.b_expert = (int64_t)H * p2.ldb;
+        p2.vec_b = I % 32 == 0 && dm_aligned16(ex->w2);
+        p2.b_scale = ex->w2_scale;
+        p2.b_zero = (const uint8_t *)ex->w2_zero;
+        p2.scale_kg = (int32_t)dm_quant_groups(ex->weight_format, I, group);
+        p2.scale_expert = dm_quant_scales_per_expert(ex->weight_format, H, I, group);
     }
 
     const dm_experts_path path = dm_choose_path(dt, ex->weight_format != DYNMOE_WEIGHTS_PLAIN, num_slots, E);
@@ -1034,16 +1136,28 @@ extern "C" dynmoe_status dm_cuda_experts_load(void) {
     err = dm_load_prefill<dm_f16_t>(err, smem);
     err = dm_load_kernel(err, dm_decode_gemm<dm_bf16_t, 0, 0>, 0);
     err = dm_load_kernel(err, dm_decode_gemm<dm_bf16_t, 0, 1>, 0);
+    err = dm_load_kernel(err, dm_decode_gemm<dm_bf16_t, 0, 2>, 0);
+    err = dm_load_kernel(err, dm_decode_gemm<dm_bf16_t, 0, 3>, 0);
     err = dm_load_kernel(err, dm_decode_gemm<dm_bf16_t, 1, 0>, 0);
     err = dm_load_kernel(err, dm_decode_gemm<dm_bf16_t, 1, 1>, 0);
+    err = dm_load_kernel(err, dm_decode_gemm<dm_bf16_t, 1, 2>, 0);
+    err = dm_load_kernel(err, dm_decode_gemm<dm_bf16_t, 1, 3>, 0);
     err = dm_load_kernel(err, dm_decode_gemm<dm_f16_t, 0, 0>, 0);
     err = dm_load_kernel(err, dm_decode_gemm<dm_f16_t, 0, 1>, 0);
+    err = dm_load_kernel(err, dm_decode_gemm<dm_f16_t, 0, 2>, 0);
+    err = dm_load_kernel(err, dm_decode_gemm<dm_f16_t, 0, 3>, 0);
     err = dm_load_kernel(err, dm_decode_gemm<dm_f16_t, 1, 0>, 0);
     err = dm_load_kernel(err, dm_decode_gemm<dm_f16_t, 1, 1>, 0);
+    err = dm_load_kernel(err, dm_decode_gemm<dm_f16_t, 1, 2>, 0);
+    err = dm_load_kernel(err, dm_decode_gemm<dm_f16_t, 1, 3>, 0);
     err = dm_load_kernel(err, dm_decode_gemm<dm_f32_t, 0, 0>, 0);
     err = dm_load_kernel(err, dm_decode_gemm<dm_f32_t, 0, 1>, 0);
+    err = dm_load_kernel(err, dm_decode_gemm<dm_f32_t, 0, 2>, 0);
+    err = dm_load_kernel(err, dm_decode_gemm<dm_f32_t, 0, 3>, 0);
     err = dm_load_kernel(err, dm_decode_gemm<dm_f32_t, 1, 0>, 0);
     err = dm_load_kernel(err, dm_decode_gemm<dm_f32_t, 1, 1>, 0);
+    err = dm_load_kernel(err, dm_decode_gemm<dm_f32_t, 1, 2>, 0);
+    err = dm_load_kernel(err, dm_decode_gemm<dm_f32_t, 1, 3>, 0);
     if (err != cudaSuccess) {
         (void)cudaGetLastError();
         return dm_fail(DYNMOE_ERR_DEVICE, "cuda experts: loading kernels: %s (%s)", cudaGetErrorName(err),

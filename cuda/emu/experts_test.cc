@@ -57,6 +57,9 @@ struct Case {
     float limit = 7.0f;    /* SWIGLU_OAI */
     float alpha = 1.702f;  /* SWIGLU_OAI */
     bool fp8 = false;      /* FP8_BLOCK weights (issue 16) */
+    dynmoe_weight_format nib = DYNMOE_WEIGHTS_PLAIN; /* MXFP4 or INT4 weights (issue 16) */
+    int32_t group = 0;     /* INT4 group size */
+    bool zeros = false;    /* INT4 zero points given (else NULL: 8) */
 };
 
 /* An FP8_BLOCK [E, N, K] matrix of random e4m3 codes (no NaN code; zeros and subnormals
@@ -74,6 +77,34 @@ dmref::QuantMatrix random_fp8(std::mt19937_64 &rng, int32_t E, int64_t N, int64_
     m.scale_f32.resize((size_t)(E * ((N + 127) / 128) * ((K + 127) / 128)));
     std::uniform_real_distribution<double> u(0.25, 1.0);
     for (auto &s : m.scale_f32) s = (float)(u(rng) * scale);
+    return m;
+}
+
+/* An MXFP4 or INT4 [E, N, K] matrix of random codes (every nibble, odd K's pad nibble random
+ * too), random per-group scales around `scale` (MXFP4: powers of two) and, for INT4 with zeros,
+ * random zero points 0..15; its values come from the reference's own dequantize. */
+dmref::QuantMatrix random_nib(std::mt19937_64 &rng, dynmoe_weight_format f, int32_t E, int64_t N, int64_t K,
+                              int32_t group, bool zeros, double scale) {
+    dmref::QuantMatrix m;
+    m.format = f;
+    m.group = f == DYNMOE_WEIGHTS_INT4 ? group : 0;
+    m.q.resize((size_t)(E * N * ((K + 1) / 2)));
+    for (auto &b : m.q) b = (uint8_t)rng();
+    const int64_t kg = f == DYNMOE_WEIGHTS_MXFP4 ? K / 32 : (K + group - 1) / group;
+    std::uniform_real_distribution<double> u(0.5, 1.0);
+    if (f == DYNMOE_WEIGHTS_MXFP4) {
+        /* e2m1 magnitudes average ~2.3: 2^-2 .. 2^0 of scale / 2 */
+        const int base = 127 + (int)std::floor(std::log2(scale / 2));
+        m.scale_u8.resize((size_t)(E * N * kg));
+        for (auto &sc : m.scale_u8) sc = (uint8_t)(base - (int)(rng() % 3));
+    } else {
+        m.scale_f16.resize((size_t)(E * N * kg));
+        for (auto &sc : m.scale_f16) sc = dmref::f32_to_f16((float)(u(rng) * scale / 6));
+        if (zeros) {
+            m.zero.resize((size_t)(E * N * kg));
+            for (auto &z : m.zero) z = (uint8_t)(rng() % 16);
+        }
+    }
     return m;
 }
 
@@ -175,13 +206,23 @@ Result run_case(const Case &c, uint64_t seed) {
         ex.w13 = dmref::dequantize(q13, E, rows13, H);
         ex.w2 = dmref::dequantize(q2, E, H, I);
     }
+    if (c.nib != DYNMOE_WEIGHTS_PLAIN) {
+        q13 = random_nib(rng, c.nib, E, rows13, H, c.group, c.zeros, std::sqrt(3.0 / H));
+        q2 = random_nib(rng, c.nib, E, H, I, c.group, c.zeros, std::sqrt(3.0 / I));
+        ex.w13 = dmref::dequantize(q13, E, rows13, H);
+        ex.w2 = dmref::dequantize(q2, E, H, I);
+    }
+    const bool quant = c.fp8 || c.nib != DYNMOE_WEIGHTS_PLAIN;
     fill(ex.b13, b13b, 0.5);
     fill(ex.b2, b2b, 0.5);
 
     /* device side */
     const size_t nslots = ids.size();
-    void *dx = upload(xb), *dw13 = upload(c.fp8 ? q13.q : w13b), *dw2 = upload(c.fp8 ? q2.q : w2b);
+    void *dx = upload(xb), *dw13 = upload(quant ? q13.q : w13b), *dw2 = upload(quant ? q2.q : w2b);
     void *db13 = upload(b13b), *db2 = upload(b2b), *ds13 = upload(q13.scale_f32), *ds2 = upload(q2.scale_f32);
+    if (c.nib == DYNMOE_WEIGHTS_MXFP4) ds13 = upload(q13.scale_u8), ds2 = upload(q2.scale_u8);
+    if (c.nib == DYNMOE_WEIGHTS_INT4) ds13 = upload(q13.scale_f16), ds2 = upload(q2.scale_f16);
+    void *dz13 = c.zeros ? upload(q13.zero) : nullptr, *dz2 = c.zeros ? upload(q2.zero) : nullptr;
     int32_t *dids = upload(ids);
     float *dw = upload(wts);
     std::vector<int32_t> sorted(pl.sorted_slots), active(pl.active), counts(pl.counts);
@@ -215,6 +256,12 @@ Result run_case(const Case &c, uint64_t seed) {
     if (c.fp8) {
         a.experts.weight_format = DYNMOE_WEIGHTS_FP8_BLOCK;
         a.experts.w13_scale = ds13, a.experts.w2_scale = ds2;
+    }
+    if (c.nib != DYNMOE_WEIGHTS_PLAIN) {
+        a.experts.weight_format = c.nib;
+        a.experts.w13_scale = ds13, a.experts.w2_scale = ds2;
+        a.experts.w13_zero = dz13, a.experts.w2_zero = dz2;
+        a.experts.group_size = c.nib == DYNMOE_WEIGHTS_INT4 ? c.group : 32;
     }
     a.T = T, a.x = dx, a.ids = dids, a.weights = dw, a.slots = S;
     a.plan = dynmoe_plan{E, (int64_t)nslots, dcounts, doffsets, dsorted, dslot_rows, dactive, dnum_active};
@@ -406,6 +453,36 @@ std::vector<Case> cases() {
         OAI}, IL, true);
     q8({"fp8 f16 H I of neither (scalar), biases", DYNMOE_F16, "decode", 203, 77, 4, {1, 9, 0, 17, 130}, 1}, BL, true);
     q8({"fp8 f32 RELU2, H I of 16", DYNMOE_F32, "decode", 144, 272, 3, {1, 9, 0, 17}, 1, RELU2}, BL, true);
+    /* issue 16, MXFP4 and INT4: the streaming kernel at every T, nibbles decoded in registers
+     * (vector loop when K % 32 == 0, else the scalar loop: INT4 odd K and K of 8) */
+    auto q4 = [&](Case c, dynmoe_weight_format f, int32_t g, bool zeros, dynmoe_gate_up gu, bool bias) {
+        c.nib = f, c.group = g, c.zeros = zeros, c.gate_up = gu, c.bias = bias;
+        v.push_back(c);
+    };
+    const dynmoe_weight_format MX = DYNMOE_WEIGHTS_MXFP4, I4 = DYNMOE_WEIGHTS_INT4;
+    /* gpt-oss: MXFP4, SWIGLU_OAI interleaved with biases */
+    q4({"mxfp4 bf16 decode, gpt-oss OAI interleaved, biases", DYNMOE_BF16, "decode", 256, 160, 4, {1, 7, 0, 5}, 2,
+        OAI}, MX, 32, false, IL, true);
+    q4({"mxfp4 f16 ragged (prefill sizes), OAI interleaved, biases", DYNMOE_F16, "prefill", 192, 96, 4, ragged(), 2,
+        OAI}, MX, 32, false, IL, true);
+    q4({"mxfp4 bf16 SWIGLU blocked", DYNMOE_BF16, "decode", 96, 64, 3, {1, 9, 0, 17}, 1}, MX, 32, false, BL, false);
+    q4({"mxfp4 f32 RELU2", DYNMOE_F32, "decode", 128, 224, 3, {1, 9, 0, 17}, 1, RELU2}, MX, 32, false, BL, true);
+    /* INT4 (AWQ / GPTQ style), zero points given and NULL, groups 32 / 64 / 128, ragged last
+     * groups, K tails (odd K: the pad nibble) */
+    q4({"int4 bf16 g128 zeros, H I of 32, ragged last group", DYNMOE_BF16, "decode", 320, 96, 4, {1, 7, 0, 5}, 2},
+       I4, 128, true, BL, false);
+    q4({"int4 f16 g64 no zeros, OAI interleaved, biases", DYNMOE_F16, "decode", 192, 160, 4, {1, 9, 0, 17, 130}, 2,
+        OAI}, I4, 64, false, IL, true);
+    q4({"int4 bf16 g32 zeros, ragged (prefill sizes)", DYNMOE_BF16, "prefill", 160, 96, 4, ragged(), 2}, I4, 32,
+       true, BL, true);
+    q4({"int4 f16 g64 zeros, H I odd (scalar, pad nibble)", DYNMOE_F16, "decode", 203, 77, 4, {1, 9, 0, 17, 130}, 1},
+       I4, 64, true, BL, true);
+    q4({"int4 bf16 g128 no zeros, H I of 8 not 32 (scalar)", DYNMOE_BF16, "decode", 136, 72, 3, {1, 9, 0, 17}, 1},
+       I4, 128, false, BL, false);
+    q4({"int4 bf16 g32 zeros, H I of 16 not 32 (scalar)", DYNMOE_BF16, "decode", 144, 80, 4, {1, 7, 0, 5}, 2}, I4,
+       32, true, BL, true);
+    q4({"int4 f32 g32 zeros, RELU2", DYNMOE_F32, "decode", 96, 160, 3, {1, 9, 0, 17}, 1, RELU2}, I4, 32, true, BL,
+       true);
     return v;
 }
 
