@@ -363,3 +363,75 @@ def test_monolithic_weight_on_input_top2_against_reference():
     kw = dict(num_experts=e, top_k=k, score="sigmoid", norm="none", weight_on_input=True)
     r = ref.moe(x.numpy(), logits.numpy(), kw, w13.numpy(), w2.numpy())
     assert ref.rel_err(out.numpy(), r) < 1e-5
+
+
+def test_zero_experts_monolithic_runs_modular_against_reference(monkeypatch):
+    # LongCat-Flash: E real experts and Z identity zero experts, routed by vLLM's
+    # ZeroExpertRouter. vLLM 0.32 gives the MoE method neither their count nor
+    # their kind, and its runner skips the router for a monolithic kernel, so
+    # monolithic mode names the reason and runs modular: vLLM's router (zero ids
+    # become expert 0 with weight 0; the runner adds the identity output), dynmoe's
+    # experts. The router's two kernels are missing from the CPU build
+    # (_moe_C.topk_sigmoid, Triton's GPU backend): torch stand-ins replace them;
+    # the check is the reference's routing with num_zero_experts, zero_kind=identity.
+    import torch
+
+    import reference as ref
+    from vllm.config import VllmConfig, get_current_vllm_config, set_current_vllm_config
+    from vllm.model_executor.layers.fused_moe.activation import MoEActivation
+    from vllm.model_executor.layers.fused_moe.router import zero_expert_router as zr
+
+    from dynmoe.integrations import vllm as plugin
+
+    def topk_bias(hidden_states, gating_output, e_score_correction_bias, topk, renormalize, scoring_func,
+                  indices_type):
+        assert scoring_func == "sigmoid" and not renormalize
+        s = gating_output.float().sigmoid()
+        ids = torch.topk(s + e_score_correction_bias, topk, dim=-1).indices
+        return s.gather(1, ids), ids.to(indices_type)
+
+    def identity_output(expert_indices, expert_scales, num_experts, zero_expert_type, hidden_states):
+        assert zero_expert_type == "identity"
+        return torch.where(expert_indices >= num_experts, expert_scales, 0.0).sum(-1, keepdim=True) * hidden_states
+
+    monkeypatch.setattr(zr, "fused_topk_bias", topk_bias)
+    monkeypatch.setattr(zr, "zero_experts_compute_triton", identity_output)
+    monkeypatch.setenv("DYNMOE_VLLM", "1")
+    monkeypatch.setenv("DYNMOE_VLLM_MODE", "monolithic")
+
+    e, z, k, t, scale = 8, 2, 3, 12, 2.0
+    w13, w2, g = _layer_weights(e, seed=13)
+    bias = torch.randn(e + z, generator=g) * 0.3
+    bias[e:] += 0.5  # the zero experts get picked
+    router = zr.ZeroExpertRouter(top_k=k, global_num_experts=e, e_score_correction_bias=bias, num_logical_experts=e,
+                                 zero_expert_type="identity", scoring_func="sigmoid", renormalize=False,
+                                 routed_scaling_factor=scale)
+    x = torch.randn(t, 32, generator=g)
+    logits = torch.randn(t, e + z, generator=g)
+    ex = _experts("modular", e, e, k, "Unspecified")
+    layer = types.SimpleNamespace(layer_name="model.layers.0.mlp.experts")
+    zero_experts = plugin._classes()["zero_experts"]
+    with set_current_vllm_config(VllmConfig()):
+        get_current_vllm_config().compilation_config.static_forward_context[layer.layer_name] = \
+            types.SimpleNamespace(router=router)  # what vLLM's runner registers under the layer's name
+        assert zero_experts(layer) == (z, "identity")
+        method = plugin._classes()["method"](ex.moe_config)
+        assert method.dynmoe_mode == "modular" and "routing method Unspecified" in method.dynmoe_reason
+        method.note_zero_experts(layer)
+    assert method.dynmoe_mode == "modular" and method.experts_cls is plugin._classes()["modular"]
+    assert method.dynmoe_reason.startswith("2 zero experts ('identity', vLLM's ZeroExpertRouter) in monolithic")
+    assert method.dynmoe_reason.endswith("dynmoe runs the experts, vLLM routes")
+    assert zero_experts(layer) is None  # outside a vLLM config
+
+    w, ids = router._compute_routing(x, logits, torch.int32)
+    out = torch.full((t, 32), float("nan"))
+    ex.apply(out, x, w13, w2, w, ids, MoEActivation.SILU, e, None, apply_router_weight_on_input=False, **_ARGS)
+    routed = out.numpy().copy()
+    out = out + router.zero_expert_output  # what vLLM's runner adds
+    kw = dict(num_experts=e, top_k=k, score="sigmoid", norm="none", num_zero_experts=z, zero_kind="identity",
+              scale=scale)
+    rids, _, _ = ref.route(logits.numpy(), kw, bias.numpy())
+    assert (rids >= e).any() and (rids < e).any()
+    r = ref.moe(x.numpy(), logits.numpy(), kw, w13.numpy(), w2.numpy(), bias=bias.numpy())
+    assert ref.rel_err(out.numpy(), r) < 1e-5
+    assert ref.rel_err(routed, r) > 1e-2  # the zero experts' identity output matters here

