@@ -9,7 +9,7 @@
 #
 # The wheel is built from the sdist, so a broken sdist fails here. auditwheel
 # then copies the libraries that are not part of the manylinux baseline --
-# OpenBLAS, libgfortran, libquadmath, libgomp -- into dynmoe.libs/ (renamed,
+# libgomp only: the library links no BLAS -- into dynmoe.libs/ (renamed,
 # found through RPATH) and tags the wheel manylinux_2_X of this machine's
 # glibc. A CUDA build links the CUDA runtime statically and needs no cuBLAS
 # symbol, so it needs only the driver at run time; cuBLAS and the driver are
