@@ -104,6 +104,25 @@ const Scenario kScenarios[] = {{"decode T=1", 64, 8, 1, 0},
                                {"prefill", 64, 8, 300, 0}};
 const dynmoe_dtype kDtypes[] = {DYNMOE_F32, DYNMOE_BF16, DYNMOE_F16};
 
+/* The model case of scenario sc (H, I; weight_on_input as asked) and its
+ * routing inputs, the first sc.hot experts made hot (+20 on their logits). */
+static ModelCase scenario_case(const Scenario &sc, int32_t H, int32_t I, bool on_input, Rng &rng, RouteInputs *in) {
+    ModelCase c;
+    c.name = sc.name;
+    c.router = make_router(sc.E, sc.K);
+    c.router.norm = DYNMOE_NORM_SELECTED;
+    c.router.weight_on_input = on_input ? 1 : 0;
+    c.H = H;
+    c.I = I;
+    *in = make_route_inputs(c, sc.T, DYNMOE_F32, rng);
+    for (int64_t t = 0; t < sc.T; t++)
+        for (int32_t e = 0; e < sc.hot; e++) {
+            const size_t i = (size_t)(t * sc.E + e);
+            set_packed(in->logits, i, (float)in->logits.values[i] + 20.0f);
+        }
+    return c;
+}
+
 class Alloc : public ::testing::TestWithParam<const char *> {
   protected:
     void SetUp() override {
@@ -129,20 +148,9 @@ TEST_P(Alloc, WarmForwardsAllocateNothing) {
     for (const Scenario &sc : kScenarios) {
         for (dynmoe_dtype dt : kDtypes) {
             Rng rng(base_seed() + 977 * (uint64_t)sc.T + (uint64_t)dt);
-            ModelCase c;
-            c.name = sc.name;
-            c.router = make_router(sc.E, sc.K);
-            c.router.norm = DYNMOE_NORM_SELECTED;
-            c.H = H;
-            c.I = I;
+            RouteInputs in;
+            const ModelCase c = scenario_case(sc, H, I, false, rng, &in);
             const dynmoe_router &r = c.router;
-            RouteInputs in = make_route_inputs(c, sc.T, DYNMOE_F32, rng);
-            if (sc.hot > 0)
-                for (int64_t t = 0; t < sc.T; t++)
-                    for (int32_t e = 0; e < sc.hot; e++) {
-                        const size_t i = (size_t)(t * sc.E + e);
-                        set_packed(in.logits, i, (float)in.logits.values[i] + 20.0f);
-                    }
             ExpertWeights w = make_experts(sc.E, H, I, c.act, dt, rng);
             Packed x = random_x(sc.T, H, dt, rng);
             Buffer w13 = make_buffer(cpu, w.w13.bytes), w2 = make_buffer(cpu, w.w2.bytes);
@@ -241,21 +249,9 @@ TEST_P(Alloc, WarmForwardsWithOptionsAllocateNothing) {
         for (const Scenario &sc : {kScenarios[0], kScenarios[3], kScenarios[5]}) {
             for (dynmoe_dtype dt : {DYNMOE_F32, DYNMOE_BF16}) {
                 Rng rng(base_seed() + 31 * (uint64_t)sc.T + (uint64_t)dt);
-                ModelCase c;
-                c.name = sc.name;
-                c.router = make_router(sc.E, sc.K);
-                c.router.norm = DYNMOE_NORM_SELECTED;
-                c.router.weight_on_input = oc.on_input ? 1 : 0;
-                c.H = H;
-                c.I = I;
+                RouteInputs in;
+                const ModelCase c = scenario_case(sc, H, I, oc.on_input, rng, &in);
                 const dynmoe_router &r = c.router;
-                RouteInputs in = make_route_inputs(c, sc.T, DYNMOE_F32, rng);
-                if (sc.hot > 0)
-                    for (int64_t t = 0; t < sc.T; t++)
-                        for (int32_t e = 0; e < sc.hot; e++) {
-                            const size_t i = (size_t)(t * sc.E + e);
-                            set_packed(in.logits, i, (float)in.logits.values[i] + 20.0f);
-                        }
                 ExpertWeights w = make_experts(sc.E, H, I, oc.act, dt, rng, oc.ex);
                 BackendExperts bx = upload_experts(cpu, r, w, dt);
                 const dynmoe_experts &ex = bx.desc;
