@@ -321,3 +321,35 @@ TEST(PackCuda, CudaRefusesPackedExperts) {
     dynmoe_ctx_destroy(cpu);
     dynmoe_ctx_destroy(gpu);
 }
+
+/* Both builds: with oneDNN packing works; without it dynmoe_experts_pack is
+ * DYNMOE_ERR_UNSUPPORTED with a message and a forward given any packed
+ * pointer fails with DYNMOE_ERR_INVALID_ARGUMENT (nothing can have made it). */
+TEST(PackBuild, PackReportsWhetherTheBuildHasOnednn) {
+    setenv("DYNMOE_CPU_ISA", "onednn", 1);
+    const bool have = dynmoe_cpu_isa() != nullptr && std::string(dynmoe_cpu_isa()) == "onednn";
+    unsetenv("DYNMOE_CPU_ISA");
+    dynmoe_ctx *ctx = nullptr;
+    ASSERT_EQ(dynmoe_ctx_create(&ctx, DYNMOE_BACKEND_CPU, 0), DYNMOE_OK);
+    Rng rng(seed_of(906, 0));
+    const dynmoe_router r = make_router(4, 2);
+    ExpertWeights w = make_experts(4, 32, 16, DYNMOE_ACT_SWIGLU, DYNMOE_F32, rng);
+    BackendExperts bx = upload_experts(DYNMOE_BACKEND_CPU, r, w, DYNMOE_F32);
+    dynmoe_packed_experts *pk = nullptr;
+    const dynmoe_status st = dynmoe_experts_pack(ctx, &bx.desc, &pk);
+    if (have) {
+        EXPECT_EQ(st, DYNMOE_OK) << dynmoe_last_error();
+        EXPECT_NE(pk, nullptr);
+    } else {
+        EXPECT_EQ(st, DYNMOE_ERR_UNSUPPORTED);
+        EXPECT_EQ(pk, nullptr);
+        EXPECT_NE(std::string(dynmoe_last_error()).find("no oneDNN"), std::string::npos) << dynmoe_last_error();
+        alignas(64) static char junk[256] = {1};
+        dynmoe_experts ex = bx.desc;
+        ex.packed = reinterpret_cast<const dynmoe_packed_experts *>(junk);
+        EXPECT_EQ(dynmoe_experts_workspace_size(&r, &ex, 8, 2), 0u);
+        EXPECT_NE(std::string(dynmoe_last_error()).find("no oneDNN"), std::string::npos) << dynmoe_last_error();
+    }
+    dynmoe_packed_experts_destroy(pk);
+    dynmoe_ctx_destroy(ctx);
+}
