@@ -113,3 +113,30 @@ def test_packed_mismatch_is_refused(onednn):
     w = rng.random((T, 2)).astype(np.float32)
     with pytest.raises(dynmoe.DynmoeError, match="w13 or w2 differs"):
         dynmoe.experts_forward(x, ids, w, dynmoe.Router(num_experts=E, top_k=2), other)
+
+
+def test_dynmoe_pack_env_in_torch_ops(onednn, monkeypatch):
+    # DYNMOE_PACK=1: the torch ops (which the vLLM and transformers integrations
+    # call) pack CPU experts at their first forward and repack when the weights change
+    torch = pytest.importorskip("torch")
+    if not dynmoe.torch_ops_registered:
+        pytest.skip("torch ops not registered")
+    from dynmoe import _torch
+    monkeypatch.setenv("DYNMOE_PACK", "1")
+    E, H, I, T, S = 4, 32, 16, 96, 2
+    rng = rng_for("packenv")
+    w13n, w2n, _, _ = layer(rng, E, H, I, "swiglu", np.float32)
+    x = torch.from_numpy(rng.standard_normal((T, H)).astype(np.float32))
+    ids = torch.from_numpy(rng.integers(0, E, (T, S)).astype(np.int32))
+    w = torch.from_numpy(rng.random((T, S)).astype(np.float32))
+    w13, w2 = torch.from_numpy(w13n), torch.from_numpy(w2n)
+    router = dynmoe.Router(num_experts=E, top_k=S)
+    for step in range(2):
+        out = torch.full((T, H), float("nan"))
+        torch.ops.dynmoe.experts_forward_out(x, ids, w, w13, w2, router.ints, router.floats, "swiglu", out)
+        r = ref.experts(x.numpy(), ids.numpy(), w.numpy(), w13.numpy(), w2.numpy(), E)
+        assert ref.rel_err(out.numpy(), r) < 1e-5, step
+        if _torch._pack_warned:
+            pytest.skip("packing unsupported in this build")
+        assert any(v[0]() is w13 for v in _torch._packs.values())
+        w13.mul_(0.5)  # in place: the version counter changes, so the next call packs again
