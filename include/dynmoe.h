@@ -268,7 +268,7 @@ typedef struct dynmoe_experts {
 
 /* ---- pre-packed CPU experts (since 0.3; docs/cpu.md "Packed experts and oneDNN") ----
  * dynmoe_experts_pack copies PLAIN f32/bf16/f16 expert weights once, at load
- * time, into the blocked layout of oneDNN's matmul (reordered once; bf16/f16
+ * time, into the layout oneDNN's matmul asks for (reordered once; bf16/f16
  * weights are widened to f32 where this CPU's oneDNN has no bf16/f16 matmul).
  * Pass the result as experts.packed with the same experts description: a
  * description that differs from the packed one (shapes, dtype, act, gate_up,
@@ -276,14 +276,16 @@ typedef struct dynmoe_experts {
  * forwards on the "onednn" path (dynmoe_cpu_isa) run experts with at least
  * DYNMOE_PACKED_MIN_ROWS rows on the packed weights (oneDNN's own threads)
  * and everything else on dynmoe's kernels over w13/w2. One forward at a time
- * may use a packed object (it keeps per-shape oneDNN handles). CUDA contexts
- * refuse it with DYNMOE_ERR_UNSUPPORTED. Without oneDNN in the build,
- * dynmoe_experts_pack returns DYNMOE_ERR_UNSUPPORTED. */
+ * may use a packed object (it keeps per-shape oneDNN handles). An exception
+ * to "forward calls allocate nothing": oneDNN's matmul executions allocate
+ * (a few heap calls each, docs/cpu.md); dynmoe's own part does not. CUDA
+ * contexts refuse packed experts with DYNMOE_ERR_UNSUPPORTED. Without oneDNN
+ * in the build, dynmoe_experts_pack returns DYNMOE_ERR_UNSUPPORTED. */
 typedef struct dynmoe_packed_experts dynmoe_packed_experts;
 #define DYNMOE_PACKED_MIN_ROWS 16
 
-/* Allocates *out (load time only; the forwards allocate nothing). ctx must
- * be a CPU context; experts as for dynmoe_experts_forward (weights present). */
+/* Allocates *out (load time). ctx must be a CPU context; experts as for
+ * dynmoe_experts_forward (weights present), experts->packed NULL. */
 DYNMOE_API dynmoe_status dynmoe_experts_pack(dynmoe_ctx *ctx, const dynmoe_experts *experts,
                                              dynmoe_packed_experts **out);
 /* NULL is allowed. */
