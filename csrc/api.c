@@ -13,6 +13,7 @@
 
 #include "act_rules.h"
 #include "backend.h"
+#include "cpu/onednn.h"
 #include "nvtx.h"
 
 #define INVALID(...) dm_fail(DYNMOE_ERR_INVALID_ARGUMENT, __VA_ARGS__)
@@ -39,6 +40,7 @@ static dynmoe_status check_dtype(const char *fn, const char *name, dynmoe_dtype 
  * since then take their initializer defaults (dm_router_full, dm_experts_full). */
 #define DM_ROUTER_SIZE_0_1 offsetof(dynmoe_router, weight_on_input)
 #define DM_EXPERTS_SIZE_0_1 offsetof(dynmoe_experts, b13)
+#define DM_EXPERTS_SIZE_0_2 offsetof(dynmoe_experts, packed)
 
 dynmoe_router dm_router_full(const dynmoe_router *r) {
     dynmoe_router full = DYNMOE_ROUTER_INIT;
@@ -149,7 +151,8 @@ static dynmoe_status check_weight_format(const char *fn, const char *name, const
 dynmoe_status dm_check_experts(const char *fn, const char *name, const dynmoe_experts *in,
                                int32_t num_experts, int64_t T) {
     if (in == NULL) return INVALID("%s: %s is NULL", fn, name);
-    if (in->struct_size != sizeof(dynmoe_experts) && in->struct_size != DM_EXPERTS_SIZE_0_1)
+    if (in->struct_size != sizeof(dynmoe_experts) && in->struct_size != DM_EXPERTS_SIZE_0_1 &&
+        in->struct_size != DM_EXPERTS_SIZE_0_2)
         return INVALID("%s: %s.struct_size is %zu, expected %zu (initialise with DYNMOE_EXPERTS_INIT)",
                        fn, name, in->struct_size, sizeof(dynmoe_experts));
     const dynmoe_experts full = dm_experts_full(in), *x = &full;
@@ -175,11 +178,15 @@ dynmoe_status dm_check_experts(const char *fn, const char *name, const dynmoe_ex
     if (x->w2 == NULL && need > 0) return INVALID("%s: %s.w2 is NULL", fn, name);
     if (!aligned16(x->w13) || !aligned16(x->w2)) return INVALID("%s: %s weights are not 16-byte aligned", fn, name);
     if (!aligned16(x->b13) || !aligned16(x->b2)) return INVALID("%s: %s biases are not 16-byte aligned", fn, name);
-    return check_weight_format(fn, name, x, need > 0);
+    const dynmoe_status st = check_weight_format(fn, name, x, need > 0);
+    if (st != DYNMOE_OK || x->packed == NULL) return st;
+    return dm_packed_check(fn, x->packed, x);
 }
 
 dynmoe_status dm_check_implemented(const char *fn, const dynmoe_ctx *ctx, const dynmoe_router *r,
                                    const dynmoe_experts *x) {
+    if (x->packed && ctx->backend != DYNMOE_BACKEND_CPU)
+        return dm_fail(DYNMOE_ERR_UNSUPPORTED, "%s: packed experts (experts.packed) are for the CPU backend only", fn);
     return ctx->ops->supports(fn, r, x);
 }
 

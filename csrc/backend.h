@@ -157,6 +157,10 @@ int dm_cpu_scratch_slices(void);
  * (first item of each active expert, E + 1 int32). Rounded to 64. */
 static inline size_t dm_cpu_item_table_floats(size_t num_experts) { return (num_experts + 1 + 63) / 64 * 64; }
 
+/* Floats the CPU scratch adds, after its slices, for the packed experts
+ * x->packed (cpu/packed.c) with `rows` = T * S; 0 when x->packed is NULL. */
+size_t dm_packed_scratch_floats(const dynmoe_experts *x, size_t rows);
+
 typedef struct dm_workspace_layout {
     /* byte offsets from the workspace base */
     size_t ids, weights;                 /* [T, S] route output (moe_forward) */

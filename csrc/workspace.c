@@ -75,7 +75,8 @@ int dm_workspace_layout_of(const dynmoe_router *r, const dynmoe_experts *experts
         /* CPU: the item table, then a slice of packed rows per core (not per
          * thread: the size must not change with the thread count). */
         const size_t scratch = dm_cpu_item_table_floats(E) +
-                               dm_cpu_scratch_floats(H, I, n) * (size_t)dm_cpu_scratch_slices();
+                               dm_cpu_scratch_floats(H, I, n) * (size_t)dm_cpu_scratch_slices() +
+                               dm_packed_scratch_floats(experts, n);
         l->scratch = dm_layout_region(&c, scratch, sizeof(float));
         l->scratch_bytes = c.at - l->scratch;
     }

@@ -41,7 +41,7 @@ extern "C" {
 #endif
 
 #define DYNMOE_VERSION_MAJOR 0
-#define DYNMOE_VERSION_MINOR 2
+#define DYNMOE_VERSION_MINOR 3
 #define DYNMOE_VERSION_PATCH 0
 /* MAJOR*10000 + MINOR*100 + PATCH, the value dynmoe_version() returns. */
 #define DYNMOE_VERSION \
@@ -93,9 +93,12 @@ DYNMOE_API void dynmoe_ctx_destroy(dynmoe_ctx *ctx);
 DYNMOE_API dynmoe_backend dynmoe_ctx_backend(const dynmoe_ctx *ctx);
 /* 1 when this build has the CUDA backend and a CUDA device is visible. */
 DYNMOE_API int dynmoe_cuda_available(void);
-/* The instruction path the CPU backend's expert kernels take now: "avx2"
- * (AVX2 + FMA + F16C) or "scalar" (plain C), the best this CPU has, lowered
- * by the environment variable DYNMOE_CPU_ISA (read at every call). NULL when
+/* The instruction path the CPU backend's expert kernels take now: "onednn"
+ * (packed experts on oneDNN matmuls, the rest as avx2; the default on CPUs
+ * with AVX-512 or AMX when the build has oneDNN), "avx2" (AVX2 + FMA + F16C)
+ * or "scalar" (plain C), the best this CPU has, lowered by the environment
+ * variable DYNMOE_CPU_ISA (read at every call; DYNMOE_CPU_ISA=onednn also
+ * selects oneDNN on an AVX2 CPU, where the build has it). NULL when
  * DYNMOE_CPU_ISA names no path; CPU forwards then fail with
  * DYNMOE_ERR_INVALID_ARGUMENT. */
 DYNMOE_API const char *dynmoe_cpu_isa(void);
@@ -249,14 +252,49 @@ typedef struct dynmoe_experts {
     const void *w13_scale, *w2_scale;   /* FP8_BLOCK, MXFP4, INT4 (see dynmoe_weight_format) */
     const void *w13_zero, *w2_zero;     /* INT4 zero points or NULL (zero point 8) */
     int32_t group_size;  /* INT4: 32, 64 or 128; FP8_BLOCK: 0 or 128; MXFP4: 0 or 32; PLAIN: 0 */
+    /* ---- since 0.3 (0.1 and 0.2 callers pass a smaller struct_size: NULL) ---- */
+    /* Pre-packed weights of these same experts (dynmoe_experts_pack) or NULL.
+     * w13 and w2 stay required and must stay alive: the paths the packing
+     * does not cover (decode rows, other instruction paths) still read them. */
+    const struct dynmoe_packed_experts *packed;
 } dynmoe_experts;
 
 #define DYNMOE_EXPERTS_INIT                                                              \
     {                                                                                    \
         sizeof(dynmoe_experts), 0, 0, 0, DYNMOE_F32, DYNMOE_ACT_SWIGLU, NULL, NULL, NULL, \
             NULL, DYNMOE_GATE_UP_BLOCKED, 1.702f, 7.0f, DYNMOE_WEIGHTS_PLAIN, NULL, NULL,  \
-            NULL, NULL, 0                                                                 \
+            NULL, NULL, 0, NULL                                                           \
     }
+
+/* ---- pre-packed CPU experts (since 0.3; docs/cpu.md "Packed experts and oneDNN") ----
+ * dynmoe_experts_pack copies PLAIN f32/bf16/f16 expert weights once, at load
+ * time, into the layout oneDNN's matmul asks for (reordered once; bf16/f16
+ * weights are widened to f32 where this CPU's oneDNN has no bf16/f16 matmul).
+ * Pass the result as experts.packed with the same experts description: a
+ * description that differs from the packed one (shapes, dtype, act, gate_up,
+ * weight pointers) fails the forward with DYNMOE_ERR_INVALID_ARGUMENT. CPU
+ * forwards on the "onednn" path (dynmoe_cpu_isa) run experts with at least
+ * DYNMOE_PACKED_MIN_ROWS rows on the packed weights (oneDNN's own threads)
+ * and everything else on dynmoe's kernels over w13/w2. One forward at a time
+ * may use a packed object (it keeps per-shape oneDNN handles). An exception
+ * to "forward calls allocate nothing": oneDNN's matmul executions allocate
+ * (a few heap calls each, docs/cpu.md); dynmoe's own part does not. CUDA
+ * contexts refuse packed experts with DYNMOE_ERR_UNSUPPORTED. Without oneDNN
+ * in the build, dynmoe_experts_pack returns DYNMOE_ERR_UNSUPPORTED. */
+typedef struct dynmoe_packed_experts dynmoe_packed_experts;
+#define DYNMOE_PACKED_MIN_ROWS 16
+
+/* Allocates *out (load time). ctx must be a CPU context; experts as for
+ * dynmoe_experts_forward (weights present), experts->packed NULL. */
+DYNMOE_API dynmoe_status dynmoe_experts_pack(dynmoe_ctx *ctx, const dynmoe_experts *experts,
+                                             dynmoe_packed_experts **out);
+/* NULL is allowed. */
+DYNMOE_API void dynmoe_packed_experts_destroy(dynmoe_packed_experts *p);
+/* Bytes of the packed weights (0 for NULL). */
+DYNMOE_API size_t dynmoe_packed_experts_bytes(const dynmoe_packed_experts *p);
+/* What the packing runs: "onednn <version> <compute dtype> gemm1 <impl>
+ * gemm2 <impl>" with oneDNN's impl_info strings; "" for NULL. */
+DYNMOE_API const char *dynmoe_packed_experts_path(const dynmoe_packed_experts *p);
 
 /* ------------------------------------------------------------------------ */
 /* Stats: what an operator watches for load imbalance                      */

@@ -4,7 +4,7 @@
 # then scripts/gpu-check.sh itself as the device runs it, but
 #   - with no network (a new network namespace: unshare -n);
 #   - with the system's OpenBLAS, BLAS/LAPACK, GoogleTest (headers, libraries,
-#     CMake and pkg-config files, /usr/src/googletest) and OpenMPI removed: an
+#     CMake and pkg-config files, /usr/src/googletest), OpenMPI and oneDNN removed: an
 #     overlay on /usr, in a new mount namespace, deletes every file of those
 #     packages (dpkg -L), so CMake cannot find what the GPU image lacks;
 #   - with only the prepared gpu-check-deps/ beyond that.
@@ -23,7 +23,7 @@ echo "=== ci-offline: prepare (network on)"
 bash scripts/gpu-check.sh --prepare
 
 # Packages the GPU image does not have: removed from view inside the namespaces.
-hide_re='^(libopenblas|libblas|liblapack|libgtest|libgmock|googletest|libopenmpi|openmpi|mpi-default)'
+hide_re='^(libopenblas|libblas|liblapack|libgtest|libgmock|googletest|libopenmpi|openmpi|mpi-default|libdnnl)'
 mapfile -t pkgs < <(dpkg-query -W -f '${Package}\n' 2>/dev/null | grep -E "$hide_re" || true)
 echo "=== ci-offline: hidden packages: ${pkgs[*]:-none installed}"
 

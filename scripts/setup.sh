@@ -4,7 +4,8 @@
 set -euo pipefail
 
 pkgs=(build-essential cmake ninja-build pkg-config git
-      libopenblas-openmp-dev libgtest-dev libopenmpi-dev openmpi-bin python3 python3-pip python3-venv)
+      libopenblas-openmp-dev libgtest-dev libopenmpi-dev openmpi-bin python3 python3-pip python3-venv
+      libdnnl-dev)  # oneDNN: the packed CPU experts (optional in the build: -DDYNMOE_ONEDNN=AUTO)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -15,6 +15,7 @@
  */
 #include <atomic>
 #include <cerrno>
+#include <cstdio>
 #include <cstdlib>
 #include <string>
 
@@ -103,6 +104,7 @@ const Scenario kScenarios[] = {{"decode T=1", 64, 8, 1, 0},
                                {"Mixtral-like T=256", 8, 2, 256, 0},
                                {"prefill", 64, 8, 300, 0}};
 const dynmoe_dtype kDtypes[] = {DYNMOE_F32, DYNMOE_BF16, DYNMOE_F16};
+constexpr long DM_TEST_PANEL = 256; /* rows of the largest chunk (DM_CPU_PANEL_ROWS) */
 
 /* The model case of scenario sc (H, I; weight_on_input as asked) and its
  * routing inputs, the first sc.hot experts made hot (+20 on their logits). */
@@ -280,6 +282,83 @@ TEST_P(Alloc, WarmForwardsWithOptionsAllocateNothing) {
     omp_set_num_threads(saved_threads);
 }
 
+/* Packed experts on the onednn path (DYNMOE_CPU_ISA=onednn, the build has
+ * oneDNN): dynmoe's own part of a warm forward allocates nothing, but
+ * oneDNN's primitive execution does (its per-call argument map and execution
+ * context; its AVX2 gemm:jit kernel also mallocs its packing buffers per call
+ * although it asks for no scratchpad). Measured on AMD EPYC Zen 3 with
+ * oneDNN 2.6.3: 10 heap calls per matmul on 1 thread, 16 on 2. So this
+ * test pins the count rather than claiming 0: at most kOnednnCallsPerMatmul
+ * per packed matmul of the call (an upper bound on their number from the
+ * stats), and exactly 0 for calls whose experts all stay below
+ * DYNMOE_PACKED_MIN_ROWS (no oneDNN call: decode). */
+constexpr long kOnednnCallsPerMatmul = 24;
+
+TEST(AllocPacked, WarmPackedForwardsAllocateOnlyInOnednn) {
+    setenv("DYNMOE_CPU_ISA", "onednn", 1);
+    const char *got = dynmoe_cpu_isa();
+    if (got == nullptr || std::string(got) != "onednn") {
+        unsetenv("DYNMOE_CPU_ISA");
+        GTEST_SKIP() << "this CPU has no onednn path (its best is " << dynmoe_cpu_isa() << "): the build has no oneDNN";
+    }
+    dynmoe_ctx *ctx = nullptr;
+    ASSERT_EQ(dynmoe_ctx_create(&ctx, DYNMOE_BACKEND_CPU, 0), DYNMOE_OK);
+    const dynmoe_backend cpu = DYNMOE_BACKEND_CPU;
+    const int32_t H = 96, I = 40;
+    const int saved_threads = omp_get_max_threads(), procs = omp_get_num_procs();
+    for (const Scenario &sc : kScenarios) {
+        for (dynmoe_dtype dt : {DYNMOE_F32, DYNMOE_BF16}) {
+            Rng rng(base_seed() + 977 * (uint64_t)sc.T + (uint64_t)dt);
+            RouteInputs in;
+            const ModelCase c = scenario_case(sc, H, I, false, rng, &in);
+            const dynmoe_router &r = c.router;
+            ExpertWeights w = make_experts(sc.E, H, I, c.act, dt, rng);
+            BackendExperts bx = upload_experts(cpu, r, w, dt);
+            dynmoe_packed_experts *pk = nullptr;
+            ASSERT_EQ(dynmoe_experts_pack(ctx, &bx.desc, &pk), DYNMOE_OK) << dynmoe_last_error();
+            dynmoe_experts ex = bx.desc;
+            ex.packed = pk;
+            Packed x = random_x(sc.T, H, dt, rng);
+            const size_t ws_bytes = dynmoe_workspace_size(&r, &ex, sc.T);
+            ASSERT_GT(ws_bytes, 0u) << dynmoe_last_error();
+            Buffer xb = make_buffer(cpu, x.bytes), logits = make_buffer(cpu, in.logits.bytes);
+            Buffer out(cpu, (size_t)(sc.T * H) * dmref::dtype_size(dt)), ws(cpu, ws_bytes);
+            dynmoe_stats stats{};
+            ASSERT_EQ(dynmoe_ctx_set_stats(ctx, &stats), DYNMOE_OK);
+            dynmoe_status st = DYNMOE_ERR_INTERNAL;
+            auto moe = [&] {
+                st = dynmoe_moe_forward(ctx, &r, &ex, sc.T, xb.get(), logits.get(), DYNMOE_F32, nullptr, nullptr,
+                                        out.get(), ws.get(), ws_bytes, nullptr);
+            };
+            for (int threads : {1, procs}) {
+                SCOPED_TRACE(std::string(sc.name) + " " + dtype_name(dt) + ", " + std::to_string(threads) +
+                             " OpenMP threads");
+                omp_set_num_threads(threads);
+                moe(); /* cold */
+                ASSERT_EQ(st, DYNMOE_OK) << dynmoe_last_error();
+                const long n = heap_calls(moe);
+                EXPECT_EQ(st, DYNMOE_OK);
+                /* the packed matmuls of this call: 2 per chunk of each expert with enough rows */
+                const long rows = stats.routed_slots;
+                long matmuls = 0;
+                if (stats.max_expert_rows >= DYNMOE_PACKED_MIN_ROWS)
+                    matmuls = 2 * ((rows + DM_TEST_PANEL - 1) / DM_TEST_PANEL + stats.active_experts);
+                if (stats.max_expert_rows < DYNMOE_PACKED_MIN_ROWS) {
+                    EXPECT_EQ(n, 0) << "no oneDNN call";
+                }
+                EXPECT_LE(n, kOnednnCallsPerMatmul * matmuls) << "heap calls of a warm packed forward";
+                std::printf("[ packed   ] %s %s, %d threads: %ld heap calls (at most %ld oneDNN matmuls)\n", sc.name,
+                            dtype_name(dt), threads, n, matmuls);
+            }
+            ASSERT_EQ(dynmoe_ctx_set_stats(ctx, nullptr), DYNMOE_OK);
+            dynmoe_packed_experts_destroy(pk);
+        }
+    }
+    omp_set_num_threads(saved_threads);
+    dynmoe_ctx_destroy(ctx);
+    unsetenv("DYNMOE_CPU_ISA");
+}
+
 TEST(AllocCounter, SeesAnAllocation) {
     const long n = heap_calls([] {
         void *volatile p = malloc(64);
@@ -288,7 +367,7 @@ TEST(AllocCounter, SeesAnAllocation) {
     EXPECT_EQ(n, 2);
 }
 
-INSTANTIATE_TEST_SUITE_P(Paths, Alloc, ::testing::Values("scalar", "avx2"),
+INSTANTIATE_TEST_SUITE_P(Paths, Alloc, ::testing::Values("scalar", "avx2", "onednn"),
                          [](const ::testing::TestParamInfo<const char *> &info) { return std::string(info.param); });
 
 } // namespace

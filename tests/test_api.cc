@@ -68,6 +68,8 @@ TEST(Api, Initializers) {
     EXPECT_EQ(x.b13, nullptr);
     EXPECT_EQ(x.b2, nullptr);
     EXPECT_EQ(x.gate_up, DYNMOE_GATE_UP_BLOCKED);
+    /* field of 0.3 */
+    EXPECT_EQ(x.packed, nullptr);
     EXPECT_EQ(x.alpha, 1.702f);
     EXPECT_EQ(x.limit, 7.0f);
 }
@@ -135,6 +137,41 @@ TEST(Api, StructSizesOfRelease01) {
               DYNMOE_OK)
         << dynmoe_last_error();
     EXPECT_EQ(out.bytes_vector(), full.out_bytes) << "0.1 structs give another result";
+    dynmoe_ctx_destroy(ctx);
+}
+
+/* A caller built against release 0.2 passes the experts struct without
+ * `packed` (0.3): accepted, same result, nothing past it read (as above). */
+TEST(Api, StructSizesOfRelease02) {
+    dynmoe_ctx *ctx = nullptr;
+    ASSERT_EQ(dynmoe_ctx_create(&ctx, DYNMOE_BACKEND_CPU, 0), DYNMOE_OK) << dynmoe_last_error();
+    const ModelCase c = find_case("beam_deepseek_v3");
+    const int64_t T = 37;
+    Rng rng(12);
+    RouteInputs in = make_route_inputs(c, T, DYNMOE_F32, rng);
+    ExpertWeights w = make_experts(c.router.num_experts, c.H, c.I, c.act, DYNMOE_F32, rng);
+    Packed x = random_x(T, c.H, DYNMOE_F32, rng);
+    ForwardOut full = run_moe_forward(ctx, DYNMOE_BACKEND_CPU, c.router, w, DYNMOE_F32, T, x, in, false);
+    ASSERT_EQ(full.status, DYNMOE_OK);
+
+    const size_t xsize = offsetof(dynmoe_experts, packed);
+    EXPECT_EQ(xsize, 120u) << "0.2's sizeof(dynmoe_experts) on LP64";
+    BackendExperts bx = upload_experts(DYNMOE_BACKEND_CPU, c.router, w, DYNMOE_F32);
+    dynmoe_experts ex = bx.desc;
+    ex.struct_size = xsize;
+    std::unique_ptr<char[]> xb(new char[xsize]);
+    std::memcpy(xb.get(), &ex, xsize);
+    const dynmoe_experts *xp = reinterpret_cast<const dynmoe_experts *>(xb.get());
+    const size_t bytes = dynmoe_workspace_size(&c.router, xp, T);
+    EXPECT_EQ(bytes, dynmoe_workspace_size(&c.router, &bx.desc, T)) << dynmoe_last_error();
+    Buffer ws(DYNMOE_BACKEND_CPU, bytes), out(DYNMOE_BACKEND_CPU, (size_t)(T * c.H) * 4);
+    ws.fill(kPoisonFloat);
+    out.fill(kPoisonFloat);
+    ASSERT_EQ(dynmoe_moe_forward(ctx, &c.router, xp, T, x.bytes.data(), in.logits.bytes.data(), DYNMOE_F32,
+                                 in.bias.data(), in.mask.bytes.data(), out.get(), ws.get(), bytes, nullptr),
+              DYNMOE_OK)
+        << dynmoe_last_error();
+    EXPECT_EQ(out.bytes_vector(), full.out_bytes) << "0.2 structs give another result";
     dynmoe_ctx_destroy(ctx);
 }
 
@@ -548,6 +585,7 @@ std::vector<ForwardMutation> forward_mutations() {
         {"SWIGLU_OAI alpha inf",
          [](ForwardCall &a) { a.ex.act = DYNMOE_ACT_SWIGLU_OAI; a.ex.alpha = std::numeric_limits<float>::infinity(); }, inv, 0},
         {"experts.struct_size 0.1 + 8", [](ForwardCall &a) { a.ex.struct_size = offsetof(dynmoe_experts, b13) + 8; }, inv, 0},
+        {"experts.struct_size 0.2 + 4", [](ForwardCall &a) { a.ex.struct_size = offsetof(dynmoe_experts, packed) + 4; }, inv, 0},
         {"weight_format COUNT", [](ForwardCall &a) { a.ex.weight_format = DYNMOE_WEIGHTS_COUNT; }, inv, 0},
         {"weight_format -1", [](ForwardCall &a) { shim_set_experts_enum(&a.ex, SHIM_EXPERTS_FORMAT, -1); }, inv, 0},
         {"PLAIN with a scale", [](ForwardCall &a) { a.ex.w13_scale = a.ex.w13; }, inv, 0},

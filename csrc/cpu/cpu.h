@@ -34,14 +34,22 @@ void dm_cpu_parallel(int threads, void (*body)(void *arg), void *arg);
 
 /* ---- instruction paths (isa.c) ---- */
 
-typedef enum dm_cpu_isa { DM_CPU_ISA_SCALAR, DM_CPU_ISA_AVX2, DM_CPU_ISA_COUNT } dm_cpu_isa;
+/* Ordered: a path may stand in for any lower one. ONEDNN runs packed experts
+ * on oneDNN matmuls and everything else on the best of the lower paths. */
+typedef enum dm_cpu_isa { DM_CPU_ISA_SCALAR, DM_CPU_ISA_AVX2, DM_CPU_ISA_ONEDNN, DM_CPU_ISA_COUNT } dm_cpu_isa;
 
 /* The path for `request` (the value of DYNMOE_CPU_ISA; NULL or "" = none) on
- * a CPU whose best path is `best`: the requested path, or `best` when that is
- * lower; -1 when `request` names no path. Pure. */
-int dm_cpu_isa_select(const char *request, dm_cpu_isa best);
-/* The best path this CPU runs (CPUID). */
+ * a CPU whose best path is `best` and whose build can run oneDNN
+ * (`have_onednn`): the requested path, or `best` when that is lower; "onednn"
+ * is granted whenever have_onednn (oneDNN picks this CPU's kernels itself);
+ * -1 when `request` names no path. Pure. */
+int dm_cpu_isa_select(const char *request, dm_cpu_isa best, int have_onednn);
+/* The best path this CPU runs (CPUID): ONEDNN when the build has oneDNN and
+ * the CPU has AVX-512 (avx512_core) or AMX, else the best own-kernel path. */
 dm_cpu_isa dm_cpu_isa_best(void);
+/* The best path of dynmoe's own kernels (never ONEDNN): what ONEDNN runs
+ * for the work it does not hand to oneDNN. */
+dm_cpu_isa dm_cpu_isa_kernels(void);
 const char *dm_cpu_isa_name(dm_cpu_isa isa);
 /* The path of this call: DYNMOE_CPU_ISA read now. DYNMOE_ERR_INVALID_ARGUMENT
  * (with a message) when it names no path. */

@@ -30,6 +30,7 @@
  * the size of every other stage's (dm_cpu_threads). */
 #include "../hd.h"
 #include "cpu.h"
+#include "onednn.h"
 
 /* From this many rows on, the AVX2 path packs panels; below, a panel would
  * be mostly padding and the skinny kernel is faster (ffn_panels.c measures). */
@@ -202,8 +203,12 @@ dynmoe_status dm_cpu_experts(dynmoe_ctx *ctx, const dm_experts_args *a, void *st
     (void)ctx;
     (void)stream;
     dm_cpu_isa isa;
-    const dynmoe_status st = dm_cpu_isa_current(&isa);
+    dynmoe_status st = dm_cpu_isa_current(&isa);
     if (st != DYNMOE_OK) return st;
+    /* The onednn path hands the experts with enough rows of packed experts
+     * to packed.c; the rest (and unpacked experts) take dynmoe's kernels. */
+    const int packed = isa == DM_CPU_ISA_ONEDNN && a->experts.packed != NULL;
+    if (isa == DM_CPU_ISA_ONEDNN) isa = dm_cpu_isa_kernels();
     const dynmoe_plan *p = &a->plan;
     const int32_t num_active = *p->num_active;
     const int32_t Hd = a->experts.hidden, In = a->experts.inter;
@@ -217,12 +222,17 @@ dynmoe_status dm_cpu_experts(dynmoe_ctx *ctx, const dm_experts_args *a, void *st
     if (threads < 1) return dm_fail(DYNMOE_ERR_INTERNAL, "dynmoe: the workspace's CPU scratch holds no slice");
     float *slices = (float *)a->scratch + table;
     const size_t cap = dm_cpu_panel_capacity((size_t)p->num_slots);
+    if (packed) {
+        /* its area follows every core's slice (workspace.c) */
+        st = dm_cpu_packed_experts(a, slices + slice * (size_t)dm_cpu_scratch_slices(), threads);
+        if (st != DYNMOE_OK) return st;
+    }
 
     int32_t items = 0;
     for (int32_t ai = 0; ai < num_active; ai++) {
-        const int32_t e = p->active_experts[ai];
+        const int32_t e = p->active_experts[ai], R = p->expert_offsets[e + 1] - p->expert_offsets[e];
         first[ai] = items;
-        items += chunks_of(p->expert_offsets[e + 1] - p->expert_offsets[e]);
+        if (!(packed && R >= DYNMOE_PACKED_MIN_ROWS)) items += chunks_of(R); /* else packed.c ran it */
     }
     first[num_active] = items;
     if (items == 0) return DYNMOE_OK; /* nothing routed to a real expert */

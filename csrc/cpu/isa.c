@@ -7,27 +7,37 @@
  *   scalar  plain C (ffn_scalar.c): any CPU, and the last resort
  *   avx2    AVX2 + FMA + F16C (ffn_panels.c, gemm_skinny.c); F16C is part of
  *           the path for every dtype, so the path never depends on the dtype
- *           (every AVX2 CPU so far has it) */
+ *           (every AVX2 CPU so far has it)
+ *   onednn  packed experts (dynmoe_experts_pack) on oneDNN matmuls, which
+ *           pick AMX / AVX-512 / AVX2 kernels themselves (onednn.c); the
+ *           rows it does not take run on the best of the two above. The
+ *           default only where oneDNN has kernels dynmoe lacks (AVX-512,
+ *           AMX); DYNMOE_CPU_ISA=onednn takes it on any CPU of a build
+ *           with oneDNN (so the AVX2 machines of CI test it). */
 #include <stdlib.h>
 #include <string.h>
 
 #include "cpu.h"
+#include "onednn.h"
 #include "simd.h"
 
-static const char *const isa_names[DM_CPU_ISA_COUNT] = {"scalar", "avx2"};
+static const char *const isa_names[DM_CPU_ISA_COUNT] = {"scalar", "avx2", "onednn"};
 
 const char *dm_cpu_isa_name(dm_cpu_isa isa) {
     return (unsigned)isa < DM_CPU_ISA_COUNT ? isa_names[isa] : "unknown";
 }
 
-int dm_cpu_isa_select(const char *request, dm_cpu_isa best) {
+int dm_cpu_isa_select(const char *request, dm_cpu_isa best, int have_onednn) {
     if (request == NULL || request[0] == '\0') return (int)best;
-    for (int i = 0; i < DM_CPU_ISA_COUNT; i++)
-        if (strcmp(request, isa_names[i]) == 0) return i < (int)best ? i : (int)best;
+    for (int i = 0; i < DM_CPU_ISA_COUNT; i++) {
+        if (strcmp(request, isa_names[i]) != 0) continue;
+        if (i == DM_CPU_ISA_ONEDNN && have_onednn) return i;
+        return i < (int)best ? i : (int)best;
+    }
     return -1;
 }
 
-dm_cpu_isa dm_cpu_isa_best(void) {
+dm_cpu_isa dm_cpu_isa_kernels(void) {
 #ifdef DM_CPU_X86
     /* F16C: CPUID leaf 1, ECX bit 29 (clang's __builtin_cpu_supports lacks "f16c"). */
     unsigned eax, ebx, ecx = 0, edx;
@@ -37,12 +47,28 @@ dm_cpu_isa dm_cpu_isa_best(void) {
     return DM_CPU_ISA_SCALAR;
 }
 
+/* AVX-512 foundation + the avx512_core set oneDNN asks for (F, BW, DQ, VL),
+ * which every AMX CPU also has. */
+static int has_avx512_core(void) {
+#ifdef DM_CPU_X86
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+#else
+    return 0;
+#endif
+}
+
+dm_cpu_isa dm_cpu_isa_best(void) {
+    if (dm_onednn_available() && has_avx512_core()) return DM_CPU_ISA_ONEDNN;
+    return dm_cpu_isa_kernels();
+}
+
 dynmoe_status dm_cpu_isa_current(dm_cpu_isa *isa) {
     const char *request = getenv("DYNMOE_CPU_ISA");
-    const int i = dm_cpu_isa_select(request, dm_cpu_isa_best());
+    const int i = dm_cpu_isa_select(request, dm_cpu_isa_best(), dm_onednn_available());
     if (i < 0)
-        return dm_fail(DYNMOE_ERR_INVALID_ARGUMENT, "dynmoe: DYNMOE_CPU_ISA=%s names no CPU path (scalar, avx2)",
-                       request);
+        return dm_fail(DYNMOE_ERR_INVALID_ARGUMENT,
+                       "dynmoe: DYNMOE_CPU_ISA=%s names no CPU path (scalar, avx2, onednn)", request);
     *isa = (dm_cpu_isa)i;
     return DYNMOE_OK;
 }

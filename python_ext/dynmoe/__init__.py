@@ -40,6 +40,7 @@ from .presets import preset_router, presets  # noqa: F401
 __version__ = "0.2.0"
 version = _C.version  # dynmoe_version() of the loaded libdynmoe: MAJOR*10000 + MINOR*100 + PATCH
 cuda_available = _C.cuda_available
+cpu_isa = _C.cpu_isa  # the CPU path of the next call: "onednn", "avx2" or "scalar" (DYNMOE_CPU_ISA)
 
 from . import _torch  # noqa: E402  registers torch.ops.dynmoe.* when torch is importable
 
@@ -48,5 +49,5 @@ torch_ops_registered = _torch.registered
 __all__ = [
     "DynmoeError", "Router", "Experts", "route", "route_tasks", "plan", "experts_forward",
     "moe_forward", "workspace_size", "plan_workspace_size", "presets", "preset_router",
-    "STATS_FIELDS", "PLAN_KEYS", "version", "cuda_available", "torch_ops_registered",
+    "STATS_FIELDS", "PLAN_KEYS", "version", "cuda_available", "cpu_isa", "torch_ops_registered",
 ]

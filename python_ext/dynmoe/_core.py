@@ -247,7 +247,7 @@ class Experts:
 
     __slots__ = ("w13", "w2", "act", "b13", "b2", "alpha", "limit", "gate_up", "weight_format",
                  "w13_scale", "w2_scale", "w13_zero", "w2_zero", "group_size", "dtype",
-                 "num_experts", "hidden", "inter", "_act", "_c")
+                 "num_experts", "hidden", "inter", "_act", "_c", "_packed")
 
     def __init__(self, w13, w2, act="swiglu", b13=None, b2=None, alpha=1.702, limit=7.0,
                  gate_up="blocked", weight_format="plain", w13_scale=None, w2_scale=None,
@@ -357,6 +357,28 @@ class Experts:
         self.num_experts, self.hidden, self.inter = int(e), int(h), int(i)
         self._c = (w13, w2, self._act, b13, b2, gu, alpha, limit, fmt, w13_scale, w2_scale, w13_zero, w2_zero,
                    group_size, _KIND.get(bdt, 0) if fmt else 0)
+        self._packed = None
+
+    def pack(self):
+        """These experts with pre-packed weights (dynmoe_experts_pack, made once
+        here): CPU tensors, plain f32/bf16/f16 weights. Forwards on the CPU's
+        "onednn" path (dynmoe.cpu_isa(); DYNMOE_CPU_ISA=onednn, or the default
+        on AVX-512/AMX CPUs) run the experts with many rows on oneDNN matmuls
+        over the packed copy; the rest still reads w13/w2, which this object
+        keeps alive. Same results as the unpacked experts within the dtype's
+        tolerance. Raises DynmoeError (unsupported) without oneDNN in the
+        build, for CUDA tensors and for quantized weights."""
+        import copy
+        cap = _C.pack(self._c, self.num_experts)
+        p = copy.copy(self)
+        p._packed = cap
+        p._c = self._c + (cap,)
+        return p
+
+    @property
+    def packed(self):
+        """None, or (bytes, path) of the packed weights (dynmoe_packed_experts_path)."""
+        return None if self._packed is None else _C.packed_info(self._packed)
 
     # The options as lists and optional tensors, the form the torch ops take
     # after (w13, w2, act): see dynmoe._torch.
@@ -394,6 +416,8 @@ class Experts:
     def __repr__(self):
         extra = "".join(f", {k}={getattr(self, k)!r}" for k in ("gate_up", "weight_format")
                         if getattr(self, k) not in ("blocked", "plain"))
+        if self._packed is not None:
+            extra += ", packed"
         if self.b13 is not None or self.b2 is not None:
             extra += ", biases"
         return (f"dynmoe.Experts(E={self.num_experts}, H={self.hidden}, I={self.inter}, "
@@ -627,7 +651,7 @@ def experts_forward(x, ids, weights, router, experts, *, out=None, workspace=Non
     weights [T, S] (int32, fp32); returns out [T, H] in x's dtype,
     out[t] = sum_k w[t,k] * FFN_{ids[t,k]}(x[t]) (+ w * x for identity zero
     experts), plus a stats dict when stats=True."""
-    ops = _torch_op(x, out, workspace, stats, stream)
+    ops = _torch_op(x, out, workspace, stats, stream) if experts._packed is None else None
     if ops is not None:
         return ops.experts_forward(x, ids, weights, experts.w13, experts.w2, router.ints, router.floats,
                                    experts.act, *_op_experts(experts))
@@ -653,7 +677,7 @@ def moe_forward(x, logits, router, experts, bias=None, mask_logits=None, *, expe
     experts' dtype), logits [T, E+Z], bias [E+Z] fp32 or None, mask_logits
     [T, E] or None, expert_scale [E+Z] fp32 or None (see route). Returns out
     [T, H], plus a stats dict when stats=True."""
-    ops = _torch_op(x, out, workspace, stats, stream)
+    ops = _torch_op(x, out, workspace, stats, stream) if experts._packed is None else None
     if ops is not None:
         return ops.moe_forward(x, logits, experts.w13, experts.w2, router.ints, router.floats,
                                experts.act, bias, mask_logits, expert_scale, *_op_experts(experts))

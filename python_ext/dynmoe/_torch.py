@@ -30,7 +30,10 @@ if _custom_op is not None:
     from typing import List, Optional, Tuple
 
     import functools
+    import os
     import threading
+    import warnings
+    import weakref
 
     from . import _C, _core
 
@@ -49,8 +52,47 @@ if _custom_op is not None:
                  experts_ints=None, experts_floats=None):
         # The trailing arguments are dynmoe.Experts' options (Experts.tensors,
         # .ints = [gate_up, weight_format, group_size, dtype], .floats = [alpha, limit]).
-        return _core.Experts.from_op(w13, w2, act, (b13, b2, w13_scale, w2_scale, w13_zero, w2_zero),
-                                     experts_ints, experts_floats)
+        e = _core.Experts.from_op(w13, w2, act, (b13, b2, w13_scale, w2_scale, w13_zero, w2_zero),
+                                  experts_ints, experts_floats)
+        if os.environ.get("DYNMOE_PACK") == "1" and w13.device.type == "cpu" and e.weight_format == "plain":
+            return _packed(e, w13, w2, b13, b2)
+        return e
+
+    # DYNMOE_PACK=1: the ops' CPU experts packed once (dynmoe.Experts.pack) at
+    # their first forward and reused while the same weight tensors live
+    # unchanged (weak references, data pointers and torch's version counters
+    # are checked at every call, so freed, moved or modified weights are
+    # packed again rather than read stale). The integrations (vLLM's plugin,
+    # transformers' ExpertsInterface) call these ops, so they pack too. Where
+    # packing is unsupported (a build without oneDNN) the plain experts run,
+    # with one warning.
+    _packs = {}
+    _pack_warned = []
+
+    def _packed(e, w13, w2, b13, b2):
+        key = (id(w13), id(w2), e._c[2:3] + e._c[5:9])
+        state = (w13.data_ptr(), w2.data_ptr(), w13._version, w2._version,
+                 None if b13 is None else (b13.data_ptr(), b13._version),
+                 None if b2 is None else (b2.data_ptr(), b2._version))
+        hit = _packs.get(key)
+        cap = None
+        if hit is not None:
+            r13, r2, st, cap = hit
+            if not (r13() is w13 and r2() is w2 and st == state):
+                cap = None
+        if cap is None:
+            try:
+                cap = e.pack()._packed
+            except _core.DynmoeError as err:
+                if not _pack_warned:
+                    _pack_warned.append(True)
+                    warnings.warn(f"DYNMOE_PACK=1: experts run unpacked ({err})", RuntimeWarning, stacklevel=3)
+                return e
+            # the entry holds the packed object only (no tensor): it goes when w13 does
+            drop = lambda _ref, k=key: _packs.pop(k, None)  # noqa: E731
+            _packs[key] = (weakref.ref(w13, drop), weakref.ref(w2, drop), state, cap)
+        e._packed, e._c = cap, e._c + (cap,)
+        return e
 
     # One workspace per (device, stream) -- per thread on the CPU, where calls
     # run on the calling thread -- grown by powers of two: a layer of any T

@@ -493,9 +493,14 @@ static int parse_experts(const char *fn, const dynmoe_router *r, PyObject *eo, i
     PyObject *w13, *w2, *b13, *b2, *s13, *s2, *z13, *z2;
     int act, gate_up, fmt, group, kind;
     float alpha, limit;
-    if (!PyArg_ParseTuple(eo, "OOiOOiffiOOOOii;dynmoe: malformed experts tuple", &w13, &w2, &act, &b13, &b2,
-                          &gate_up, &alpha, &limit, &fmt, &s13, &s2, &z13, &z2, &group, &kind))
+    PyObject *packed = Py_None; /* a capsule of dynmoe_experts_pack (Experts.pack) or None */
+    if (!PyArg_ParseTuple(eo, "OOiOOiffiOOOOii|O;dynmoe: malformed experts tuple", &w13, &w2, &act, &b13, &b2,
+                          &gate_up, &alpha, &limit, &fmt, &s13, &s2, &z13, &z2, &group, &kind, &packed))
         return -1;
+    if (packed != Py_None) {
+        x->packed = (const dynmoe_packed_experts *)PyCapsule_GetPointer(packed, "dynmoe.packed_experts");
+        if (x->packed == NULL) return -1;
+    }
     if (act < 0 || act >= DYNMOE_ACT_COUNT || fmt < 0 || fmt >= DYNMOE_WEIGHTS_COUNT) {
         PyErr_Format(PyExc_ValueError, "%s: unknown act %d or weight_format %d", fn, act, fmt);
         return -1;
@@ -970,7 +975,70 @@ static PyObject *py_status_name(PyObject *self, PyObject *o) {
     return PyUnicode_FromString(dynmoe_status_name((dynmoe_status)v));
 }
 
+static void packed_capsule_free(PyObject *cap) {
+    dynmoe_packed_experts_destroy((dynmoe_packed_experts *)PyCapsule_GetPointer(cap, "dynmoe.packed_experts"));
+}
+
+/* pack(experts) -> capsule owning dynmoe_experts_pack's result for CPU
+ * experts (the tuple of dynmoe.Experts._c, unpacked). */
+static PyObject *py_pack(PyObject *self, PyObject *args) {
+    (void)self;
+    static const char fn[] = "dynmoe.Experts.pack";
+    PyObject *eo;
+    int E;
+    if (!PyArg_ParseTuple(args, "Oi", &eo, &E)) return NULL;
+    dynmoe_router r = DYNMOE_ROUTER_INIT;
+    r.num_experts = E;
+    r.top_k = 1;
+    PyObject *ds = PyLong_FromLong(1);
+    if (ds == NULL) return NULL;
+    dm_experts_t et = {0};
+    dm_dev dev = {0};
+    dynmoe_experts x;
+    PyObject *ret = NULL;
+    if (parse_experts(fn, &r, eo, 0, ds, &et, &dev, &x) < 0) goto fail;
+    if (dev.cuda) {
+        raise_status(DYNMOE_ERR_UNSUPPORTED, "dynmoe.Experts.pack: packed experts are for CPU tensors only");
+        goto fail;
+    }
+    dynmoe_ctx *ctx = get_ctx(&dev, 0);
+    if (ctx == NULL) goto fail;
+    dynmoe_packed_experts *pk = NULL;
+    dynmoe_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = dynmoe_experts_pack(ctx, &x, &pk);
+    Py_END_ALLOW_THREADS
+    if (st != DYNMOE_OK) {
+        raise_status(st, dynmoe_last_error());
+        goto fail;
+    }
+    ret = PyCapsule_New(pk, "dynmoe.packed_experts", packed_capsule_free);
+    if (ret == NULL) dynmoe_packed_experts_destroy(pk);
+fail:
+    experts_release(&et);
+    Py_DECREF(ds);
+    return ret;
+}
+
+/* packed_info(capsule) -> (bytes, path) */
+static PyObject *py_packed_info(PyObject *self, PyObject *cap) {
+    (void)self;
+    const dynmoe_packed_experts *p = PyCapsule_GetPointer(cap, "dynmoe.packed_experts");
+    if (p == NULL) return NULL;
+    return Py_BuildValue("ns", (Py_ssize_t)dynmoe_packed_experts_bytes(p), dynmoe_packed_experts_path(p));
+}
+
+static PyObject *py_cpu_isa(PyObject *self, PyObject *noargs) {
+    (void)self, (void)noargs;
+    const char *isa = dynmoe_cpu_isa();
+    if (isa == NULL) Py_RETURN_NONE;
+    return PyUnicode_FromString(isa);
+}
+
 static PyMethodDef methods[] = {
+    {"pack", py_pack, METH_VARARGS, "pack(experts, E) -> capsule of dynmoe_experts_pack"},
+    {"packed_info", py_packed_info, METH_O, "packed_info(capsule) -> (bytes, path)"},
+    {"cpu_isa", py_cpu_isa, METH_NOARGS, "dynmoe_cpu_isa(): the CPU path of the next call, or None"},
     {"route", py_route, METH_VARARGS,
      "route(router, logits, bias, mask_logits, expert_scale, ids, weights, stream, stats)"},
     {"route_tasks", py_route_tasks, METH_VARARGS,
