@@ -139,51 +139,10 @@ def make_experts(E, H, I, w13, w2):
 # ---------------------------------------------------------------- torch paths
 
 
-def torch_route(torch, logits, K):
-    """softmax over E, top-K (ties to the lower id, as torch.topk on CUDA does not promise:
-    random logits make ties practically impossible), weights renormalised over the K."""
-    p = torch.softmax(logits.float(), dim=-1)
-    w, ids = torch.topk(p, K, dim=-1)
-    w = w / w.sum(dim=-1, keepdim=True)
-    return ids.to(torch.int32).contiguous(), w.contiguous()
-
-
-def grouped_mm_layer(torch, F, x, ids, weights, w13, w2):
-    T, K = ids.shape
-    E, twoI, H = w13.shape
-    I = twoI // 2
-    flat = ids.reshape(-1).long()
-    order = torch.argsort(flat, stable=True)
-    tok = order // K
-    counts = torch.bincount(flat, minlength=E)
-    offs = torch.cumsum(counts, 0).to(torch.int32)
-    xs = x.index_select(0, tok)
-    h13 = torch._grouped_mm(xs, w13.transpose(-2, -1), offs=offs)
-    h = F.silu(h13[:, :I]) * h13[:, I:]
-    y = torch._grouped_mm(h.contiguous(), w2.transpose(-2, -1), offs=offs)
-    out = torch.zeros(T, H, dtype=torch.float32, device=x.device)
-    out.index_add_(0, tok, y.float() * weights.reshape(-1)[order].unsqueeze(1))
-    return out.to(x.dtype)
-
-
-def eager_layer(torch, F, x, ids, weights, w13, w2, compute_dtype=None):
-    """The Hugging Face loop: only experts that received tokens (one host sync for the list)."""
-    T, K = ids.shape
-    E, twoI, H = w13.shape
-    I = twoI // 2
-    out = torch.zeros(T, H, dtype=torch.float32, device=x.device)
-    hit = torch.bincount(ids.reshape(-1).long(), minlength=E).nonzero().flatten().tolist()
-    xc = x if compute_dtype is None else x.to(compute_dtype)
-    for e in hit:
-        tok, slot = torch.where(ids == e)
-        we13 = w13[e] if compute_dtype is None else w13[e].to(compute_dtype)
-        we2 = w2[e] if compute_dtype is None else w2[e].to(compute_dtype)
-        xe = xc.index_select(0, tok)
-        g = xe @ we13[:I].t()
-        u = xe @ we13[I:].t()
-        y = (F.silu(g) * u) @ we2.t()
-        out.index_add_(0, tok, y.float() * weights[tok, slot].unsqueeze(1))
-    return out if compute_dtype is not None else out.to(x.dtype)
+# torch_route, grouped_mm_layer, eager_layer, dense_inputs/dense_pair, rel_err: bench/moe_peers.py,
+# shared with bench/compare_frameworks.py (the CPU peers) so that both scripts time the same functions.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from moe_peers import dense_inputs, dense_pair, eager_layer, grouped_mm_layer, rel_err, torch_route  # noqa: E402
 
 
 # ---------------------------------------------------------------- timing
@@ -203,15 +162,6 @@ def time_ms(torch, fn, warmup, iters):
         b.synchronize()
         times.append(a.elapsed_time(b))
     return statistics.median(times), (max(times) - min(times))
-
-
-def rel_err(torch, out, ref):
-    out = out.double()
-    ref = ref.double()
-    if not torch.isfinite(out).all():
-        return float("nan")
-    den = ref.norm().item()
-    return (out - ref).norm().item() / (den if den > 0 else 1.0)
 
 
 def copy_bandwidth(torch, warmup, iters):
@@ -331,11 +281,8 @@ def main():
                                      max(1, args.warmup // 2), max(3, args.iters // 4))
             # dense cuBLAS at equal FLOPs: [R, H] x [H, 2I] and [R, I] x [I, H]
             R = T * K
-            xa = torch.randn(R, H, device="cuda", generator=gen).to(torch.bfloat16)
-            ha = torch.randn(R, I, device="cuda", generator=gen).to(torch.bfloat16)
-            wd13, wd2 = w13[0], w2[0]
-            t_dense, _ = time_ms(torch, lambda: (torch.mm(xa, wd13.t()), torch.mm(ha, wd2.t())),
-                                 args.warmup, args.iters)
+            xa, ha = dense_inputs(torch, T, K, H, I, torch.bfloat16, "cuda", gen)
+            t_dense, _ = time_ms(torch, lambda: dense_pair(torch, xa, ha, w13[0], w2[0]), args.warmup, args.iters)
 
             active = int(torch.unique(ids).numel())
             flops = 2.0 * R * 3 * H * I

