@@ -8,7 +8,7 @@ one set of random logits):
   dynmoe        dynmoe.experts_forward (the Python API; out and workspace
                 allocated once, outside the timing)
   dynmoe+pack   the same on pre-packed weights, when dynmoe exposes packing
-                (dynmoe.experts_pack); otherwise skipped with the reason
+                (Experts.pack, run on the "onednn" CPU path); otherwise skipped with the reason
   eager         the Hugging Face/transformers loop over the experts that got
                 tokens (index_select, two matmuls, SwiGLU, index_add_), in the
                 run's dtype (bench/moe_peers.py, shared with compare_torch.py)
@@ -41,6 +41,7 @@ when a peer's error is over the dtype's limit (f32 1e-4, bf16 2e-2).
 CPU only (compare_torch.py is the GPU comparison).
 """
 import argparse
+import contextlib
 import ctypes
 import json
 import os
@@ -99,6 +100,21 @@ def commit():
                               text=True).stdout.strip() or "unknown"
     except OSError:
         return "unknown"
+
+
+
+@contextlib.contextmanager
+def cpu_path(name):
+    """DYNMOE_CPU_ISA=name for the calls inside (dynmoe reads it at every call)."""
+    old = os.environ.get("DYNMOE_CPU_ISA")
+    os.environ["DYNMOE_CPU_ISA"] = name
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["DYNMOE_CPU_ISA"]
+        else:
+            os.environ["DYNMOE_CPU_ISA"] = old
 
 
 def dynmoe_cpu_isa(dynmoe):
@@ -192,14 +208,26 @@ def build_peers(torch, F, dynmoe, vllm_reason, shape, dtype, w13, w2, x, ids, tw
     if "dynmoe" in wanted:
         peers.append(dm_peer("dynmoe", experts))
     if "dynmoe+pack" in wanted:
-        if not hasattr(dynmoe, "experts_pack"):
-            peers.append(skipped("dynmoe+pack", "skipped: this dynmoe has no experts_pack (packing not exposed)"))
+        if not hasattr(experts, "pack"):
+            peers.append(skipped("dynmoe+pack", "skipped: this dynmoe has no Experts.pack (packing not exposed)"))
         else:
             try:
-                packed = dynmoe.experts_pack(experts)
-                peers.append(dm_peer("dynmoe+pack", packed))
-            except Exception as e:
-                peers.append(skipped("dynmoe+pack", f"skipped: dynmoe.experts_pack failed: {e}"))
+                packed = experts.pack()
+            except Exception as e:  # no oneDNN in this build: DynmoeError (unsupported)
+                peers.append(skipped("dynmoe+pack", f"skipped: Experts.pack failed: {e}"))
+            else:
+                # The packed weights run on the "onednn" CPU path only (the default on AVX-512/AMX
+                # CPUs); DYNMOE_CPU_ISA is read at every call, so this peer selects it for its own
+                # calls and the others keep the CPU's default path.
+                out_p = torch.empty(T, H, dtype=dtype)
+                with cpu_path("onednn"):
+                    ws_p = torch.empty(dynmoe.workspace_size(router, packed, T), dtype=torch.uint8)
+
+                def run_packed():
+                    with cpu_path("onednn"):
+                        dynmoe.experts_forward(x, ids, tw, router, packed, out=out_p, workspace=ws_p)
+
+                peers.append(Peer("dynmoe+pack", run_packed, out_p))
     if "eager" in wanted:
         pw2 = w2 * 1.5 if plant == "eager" else w2  # --plant eager: a wrong peer, for the test
         box = {}
