@@ -45,8 +45,9 @@ static void op_destroy(dynmoe_ctx *ctx) {
 
 /* What the CUDA expert kernels implement: every dynmoe_act, both gate/up layouts, biases b13 and
  * b2, router.weight_on_input and expert_scale (issue 15, cuda/experts.cu and cuda/combine.cu);
- * every weight format: plain, and FP8_BLOCK, MXFP4, INT4 decoded in registers by the streaming
- * kernel, which a quantized layer takes at every T (no tensor-core path for them yet). */
+ * every weight format on both paths: plain, and FP8_BLOCK, MXFP4, INT4 decoded in registers by the
+ * streaming kernel (decode sizes, and f32 at every T) or dequantized per k-tile into shared memory
+ * by the tensor-core prefill kernel (bf16 / f16 at prefill sizes). So every format is accepted. */
 static dynmoe_status op_supports(const char *fn, const dynmoe_router *r, const dynmoe_experts *x) {
     (void)r;
     if (x->weight_format < DYNMOE_WEIGHTS_PLAIN || x->weight_format >= DYNMOE_WEIGHTS_COUNT)

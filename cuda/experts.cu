@@ -162,6 +162,16 @@ static __device__ __forceinline__ float dm_act1(const dm_gemm_params &p, float g
     return dm_activate((dynmoe_act)p.act, p.alpha, p.limit, gate, up);
 }
 
+/* MXFP4 / INT4 scale (and zero) of entry gi of the scale arrays. */
+template <int Q>
+static __device__ __forceinline__ float dm_nib_scale(const dm_gemm_params &p, long long gi) {
+    return Q == 2 ? dm_ue8m0_to_f32(((const uint8_t *)p.b_scale)[gi])
+                  : dm_f16_to_f32(((const uint16_t *)p.b_scale)[gi]);
+}
+static __device__ __forceinline__ float dm_nib_zero(const dm_gemm_params &p, long long gi) {
+    return p.b_zero ? (float)p.b_zero[gi] : 8.0f;
+}
+
 /* D = A(16x16, row) * B(16x8, col) + D, fp32 accumulate. Fragments (PTX ISA, m16n8k16):
  * g = lane/4, q = lane%4; A: a[0] (row g, k 2q..2q+1), a[1] (row g+8), a[2] (row g, k+8),
  * a[3] (row g+8, k+8); B: b[0] (k 2q..2q+1, col g), b[1] (k+8); C: c[0..1] (row g, cols 2q..),
@@ -245,19 +255,116 @@ static __device__ __forceinline__ void dm_load_chunk(uint32_t dst, const uint16_
 
 #define DM_LD_PASSES (DM_BM / DM_LD_ROWS) /* 4: rows ld_row + 32 * i */
 
+/* Shared memory of a prefill variant (Q: 0 weights of T, else its dynmoe_weight_format). A stage
+ * is the A tile (128 x 32 16-bit values), then Q = 0 the 16-bit B tile, else the B tile's stored
+ * bytes, row r at r * raw_row (32 e4m3 bytes or 16 bytes of nibbles per 32 k). Quantized
+ * variants add one dequantized 16-bit B tile after the stages, swizzled like Q = 0's and read by
+ * the same ldmatrix code, rewritten every k-tile (a stage's bytes are a quarter or half of its
+ * 16-bit tile, so the four stages plus that tile take less than Q = 0's 64 KiB). The tile prefix
+ * s_tile follows. */
+template <int Q>
+struct dm_layout {
+    enum {
+        a_bytes = DM_BM * DM_BK * 2,
+        raw_row = Q == 0 ? DM_BK * 2 : Q == DYNMOE_WEIGHTS_FP8_BLOCK ? DM_BK : DM_BK / 2,
+        stage = a_bytes + DM_BN * raw_row,
+        dq = Q == 0 ? 0 : DM_BN * DM_BK * 2,
+        bytes = DM_STAGES * stage + dq
+    };
+};
+
+/* The stored bytes of B tile row `row` (this thread's: tid) for k-tile kt into raw_row bytes at
+ * dst; bytes past the row's end are zeros. VEC (FP8 K % 16 == 0, MXFP4 / INT4 K % 32 == 0, rows
+ * 16-byte aligned: a 16-byte piece is all inside or all past the row): 16-byte cp.async,
+ * zero-filled past the row; otherwise byte loads with bounds and one st.shared per 16 bytes. */
+template <bool VEC, int Q>
+static __device__ __forceinline__ void dm_load_raw(uint32_t dst, const uint8_t *row, int kt, int K) {
+    if (row == NULL) return;
+    const int raw = dm_layout<Q>::raw_row, nbytes = Q == DYNMOE_WEIGHTS_FP8_BLOCK ? K : (K + 1) / 2;
+#pragma unroll
+    for (int c = 0; c < raw / 16; c++) {
+        const int b = kt * raw + 16 * c;
+        if (VEC) {
+            const bool in = b < nbytes;
+            dm_cp_async16_zfill(dst + 16 * c, in ? row + b : row, in ? 16u : 0u);
+        } else {
+            uint32_t w[4];
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                w[i] = 0;
+#pragma unroll
+                for (int j = 0; j < 4; j++)
+                    if (b + 4 * i + j < nbytes) w[i] |= (uint32_t)row[b + 4 * i + j] << (8 * j);
+            }
+            dm_st_shared16(dst + 16 * c, make_uint4(w[0], w[1], w[2], w[3]));
+        }
+    }
+}
+
+/* Value v of a raw row (words: its bytes, little-endian) times scale s, zero point z (INT4).
+ * Byte v for FP8; nibble v, low nibble first (bits 4 (v % 8) of word v / 8), for MXFP4 / INT4. */
+template <int Q>
+static __device__ __forceinline__ float dm_raw_value(const uint32_t *words, int v, float s, float z) {
+    if (Q == DYNMOE_WEIGHTS_FP8_BLOCK) return dm_fp8e4m3_to_f32((uint8_t)(words[v >> 2] >> (8 * (v & 3)))) * s;
+    const uint32_t q = (words[v >> 3] >> (4 * (v & 7))) & 0xfu;
+    return Q == DYNMOE_WEIGHTS_MXFP4 ? dm_e2m1_to_f32(q) * s : ((float)q - z) * s;
+}
+
+/* B tile row `row` (this thread's) of k-tile kt from its raw bytes at raw into the dequantized
+ * tile dq. One scale (and zero) per row and k-tile: 32 divides FP8's 128-block, is MXFP4's block
+ * and divides every INT4 group (a ragged last group is just the last index). si: the row's first
+ * scale entry (FP8: its 128-row block's), or -1 for a row outside the matrix (not written: stale
+ * values there only feed columns the epilogue never stores). Each value is one fp32 product
+ * decode(q) * s (quant_rules.h), rounded once to T (to nearest even: T::from_f32); columns
+ * k >= K are 0 (an odd K's pad nibble, and A's zero-filled tail meets zeros even when s is NaN). */
+template <typename T, int Q>
+static __device__ __forceinline__ void dm_dequant_row(const dm_gemm_params &p, uint32_t dq, uint32_t raw, int row,
+                                                      long long si, int kt, int K) {
+    if (si < 0) return;
+    const int k0 = kt * DM_BK;
+    float s, z = 0.0f;
+    if (Q == DYNMOE_WEIGHTS_FP8_BLOCK) {
+        s = ((const float *)p.b_scale)[si + k0 / DM_FP8_BLOCK];
+    } else {
+        const long long g = si + k0 / p.group;
+        s = dm_nib_scale<Q>(p, g);
+        if (Q == DYNMOE_WEIGHTS_INT4) z = dm_nib_zero(p, g);
+    }
+    uint32_t words[8];
+#pragma unroll
+    for (int c = 0; c < dm_layout<Q>::raw_row / 16; c++) {
+        const uint4 v = dm_ld_shared16(raw + 16 * c);
+        words[4 * c] = v.x, words[4 * c + 1] = v.y, words[4 * c + 2] = v.z, words[4 * c + 3] = v.w;
+    }
+#pragma unroll
+    for (int c = 0; c < DM_BK / 8; c++) {
+        uint32_t o[4];
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int v = 8 * c + 2 * i;
+            const float f0 = k0 + v < K ? dm_raw_value<Q>(words, v, s, z) : 0.0f;
+            const float f1 = k0 + v + 1 < K ? dm_raw_value<Q>(words, v + 1, s, z) : 0.0f;
+            o[i] = (uint32_t)T::from_f32(f0) | ((uint32_t)T::from_f32(f1) << 16);
+        }
+        dm_st_shared16(dq + dm_swz(row, c), make_uint4(o[0], o[1], o[2], o[3]));
+    }
+}
+
 /* One k-tile (columns [kt*BK, +BK)) of A and B into stage `stage`. This thread's chunk of row
- * ld_row + 32 i sits at ld_off + i * 32 rows: rows 32 apart have the same swizzle. */
-template <bool VEC>
+ * ld_row + 32 i sits at ld_off + i * 32 rows: rows 32 apart have the same swizzle. Quantized B
+ * (Q > 0): the stored bytes of B row tid (q_row) into the stage's raw area. */
+template <bool VEC, int Q>
 static __device__ __forceinline__ void dm_load_stage(uint32_t smem0, int stage, int kt, uint32_t ld_off, int ld_chunk,
                                                      const uint16_t *const *a_row, const uint16_t *const *b_row,
-                                                     int K) {
-    const uint32_t sa = smem0 + stage * DM_STAGE_BYTES + ld_off, sb = sa + DM_BM * DM_BK * 2;
+                                                     const uint8_t *q_row, int tid, int K) {
+    const uint32_t s0 = smem0 + stage * dm_layout<Q>::stage, sa = s0 + ld_off, sb = sa + DM_BM * DM_BK * 2;
     const int k = kt * DM_BK + ld_chunk * 8;
 #pragma unroll
     for (int i = 0; i < DM_LD_PASSES; i++) {
         dm_load_chunk<VEC>(sa + i * DM_LD_ROWS * DM_BK * 2, a_row[i], k, K);
-        dm_load_chunk<VEC>(sb + i * DM_LD_ROWS * DM_BK * 2, b_row[i], k, K);
+        if (Q == 0) dm_load_chunk<VEC>(sb + i * DM_LD_ROWS * DM_BK * 2, b_row[i], k, K);
     }
+    if (Q != 0) dm_load_raw<VEC, Q>(s0 + dm_layout<Q>::a_bytes + tid * dm_layout<Q>::raw_row, q_row, kt, K);
 }
 
 /* Where a tile of the persistent order lies: expert e, its first plan row and row count, and
@@ -309,13 +416,30 @@ static __device__ __forceinline__ void dm_tile_rows(const dm_gemm_params &p, con
     }
 }
 
+/* Quantized B: the stored row of B tile row r (this thread's: tid) and its first scale entry
+ * (FP8: of its 128-row block), NULL and -1 outside the matrix. b, ldb, b_expert count bytes. */
+template <int MODE, int Q>
+static __device__ __forceinline__ void dm_tile_qrow(const dm_gemm_params &p, const dm_tile &t, int r,
+                                                    const uint8_t **q_row, long long *q_si) {
+    const bool paired = MODE == 0 && p.paired;
+    const int j = dm_b_col(paired, t.n0, r);
+    *q_row = NULL;
+    *q_si = -1;
+    if (j >= p.n) return;
+    const long long wrow = MODE == 0 ? dm_w13_row(p, j, r >= 64) : (long long)j;
+    *q_row = (const uint8_t *)p.b + (long long)t.e * p.b_expert + wrow * p.ldb;
+    *q_si = (long long)t.e * p.scale_expert +
+            (Q == DYNMOE_WEIGHTS_FP8_BLOCK ? wrow / DM_FP8_BLOCK : wrow) * p.scale_kg;
+}
+
 /* The first STAGES-1 k-tiles into stages 0..STAGES-2, one commit group each (empty past KT). */
-template <bool VEC>
+template <bool VEC, int Q>
 static __device__ __forceinline__ void dm_prologue(uint32_t smem0, int KT, uint32_t ld_off, int ld_chunk,
-                                                   const uint16_t *const *a_row, const uint16_t *const *b_row, int K) {
+                                                   const uint16_t *const *a_row, const uint16_t *const *b_row,
+                                                   const uint8_t *q_row, int tid, int K) {
 #pragma unroll
     for (int s = 0; s < DM_STAGES - 1; s++) {
-        if (s < KT) dm_load_stage<VEC>(smem0, s, s, ld_off, ld_chunk, a_row, b_row, K);
+        if (s < KT) dm_load_stage<VEC, Q>(smem0, s, s, ld_off, ld_chunk, a_row, b_row, q_row, tid, K);
         dm_cp_async_commit();
     }
 }
@@ -404,10 +528,12 @@ static __device__ __forceinline__ void dm_epilogue(const dm_gemm_params &p, floa
     }
 }
 
-template <typename T, int MODE, bool VEC>
+/* Q: 0 weights of T, else the dynmoe_weight_format of B (W8A16 / W4A16: dequantized per k-tile
+ * into a 16-bit tile, then the same ldmatrix / mma loop). */
+template <typename T, int MODE, bool VEC, int Q>
 __global__ void __launch_bounds__(DM_THREADS, 2) dm_prefill_gemm(dm_gemm_params p) {
     extern __shared__ __align__(128) unsigned char dm_smem[];
-    long long *s_tile = (long long *)(dm_smem + DM_STAGES * DM_STAGE_BYTES); /* [E+1] */
+    long long *s_tile = (long long *)(dm_smem + dm_layout<Q>::bytes); /* [E+1] */
     __shared__ long long s_warp[DM_THREADS / 32];
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -462,8 +588,11 @@ __global__ void __launch_bounds__(DM_THREADS, 2) dm_prefill_gemm(dm_gemm_params 
 
     dm_tile t = dm_locate(tile, s_tile, p.offsets, E, tile_cols);
     const uint16_t *a_row[DM_LD_PASSES], *b_row[DM_LD_PASSES];
+    const uint8_t *q_row = NULL; /* Q > 0: B row tid, stored bytes */
+    long long q_si = -1;
     dm_tile_rows<MODE>(p, t, ld_row, a_row, b_row);
-    dm_prologue<VEC>(smem0, KT, ld_off, ld_chunk, a_row, b_row, p.k);
+    if (Q != 0) dm_tile_qrow<MODE, Q>(p, t, tid, &q_row, &q_si);
+    dm_prologue<VEC, Q>(smem0, KT, ld_off, ld_chunk, a_row, b_row, q_row, tid, p.k);
 
     for (;;) {
         /* The row extent of this tile is the expert's: a warp runs only its 16-row MMA steps that
@@ -483,14 +612,22 @@ __global__ void __launch_bounds__(DM_THREADS, 2) dm_prefill_gemm(dm_gemm_params 
         /* ---- multistage pipeline: STAGES-1 k-tiles in flight ahead of the math ---- */
         for (int kt = 0; kt < KT; kt++) {
             dm_cp_async_wait<DM_STAGES - 2>();
+            const uint32_t sa = smem0 + (kt % DM_STAGES) * dm_layout<Q>::stage;
+            const uint32_t sb = Q != 0 ? smem0 + DM_STAGES * dm_layout<Q>::stage : sa + DM_BM * DM_BK * 2;
+            const uint32_t raw = sa + dm_layout<Q>::a_bytes + tid * dm_layout<Q>::raw_row; /* Q > 0: own B row */
             __syncthreads(); /* k-tile kt landed for all; everyone is done with stage (kt-1) % STAGES */
+            /* Quantized B: every warp is done with the previous k-tile's mma (the barrier above), so the
+             * one dequantized tile may be rewritten, from this thread's own raw row (landed at its wait);
+             * the barrier after the loads publishes it. */
+            if (Q != 0) dm_dequant_row<T, Q>(p, sb, raw, tid, q_si, kt, p.k);
             {
                 const int nk = kt + DM_STAGES - 1;
-                if (nk < KT) dm_load_stage<VEC>(smem0, nk % DM_STAGES, nk, ld_off, ld_chunk, a_row, b_row, p.k);
+                if (nk < KT)
+                    dm_load_stage<VEC, Q>(smem0, nk % DM_STAGES, nk, ld_off, ld_chunk, a_row, b_row, q_row, tid, p.k);
                 dm_cp_async_commit();
             }
+            if (Q != 0) __syncthreads(); /* dequantized tile complete */
             if (n_mt == 0) continue;
-            const uint32_t sa = smem0 + (kt % DM_STAGES) * DM_STAGE_BYTES, sb = sa + DM_BM * DM_BK * 2;
 #pragma unroll
             for (int kk = 0; kk < DM_BK / 16; kk++) {
                 /* ldmatrix.x4 lanes 8i..8i+7 address the rows of 8x8 matrix i.
@@ -525,7 +662,8 @@ __global__ void __launch_bounds__(DM_THREADS, 2) dm_prefill_gemm(dm_gemm_params 
         if (more) {
             t = dm_locate(tile, s_tile, p.offsets, E, tile_cols);
             dm_tile_rows<MODE>(p, t, ld_row, a_row, b_row);
-            dm_prologue<VEC>(smem0, KT, ld_off, ld_chunk, a_row, b_row, p.k);
+            if (Q != 0) dm_tile_qrow<MODE, Q>(p, t, tid, &q_row, &q_si);
+            dm_prologue<VEC, Q>(smem0, KT, ld_off, ld_chunk, a_row, b_row, q_row, tid, p.k);
         }
         dm_epilogue<T, MODE>(p, acc, done, wm, wn, lane);
         if (!more) break;
@@ -682,16 +820,6 @@ static __device__ __forceinline__ void dm_decode_step_nib(float *acc, const uint
         }
         dm_decode_fma<T>(acc, wf, A, lda, xrow, v * (32 / VN) + h, nr);
     }
-}
-
-/* MXFP4 / INT4 scale (and zero) of entry gi of the scale arrays. */
-template <int Q>
-static __device__ __forceinline__ float dm_nib_scale(const dm_gemm_params &p, long long gi) {
-    return Q == 2 ? dm_ue8m0_to_f32(((const uint8_t *)p.b_scale)[gi])
-                  : dm_f16_to_f32(((const uint16_t *)p.b_scale)[gi]);
-}
-static __device__ __forceinline__ float dm_nib_zero(const dm_gemm_params &p, long long gi) {
-    return p.b_zero ? (float)p.b_zero[gi] : 8.0f;
 }
 
 /* 2 blocks (16 warps) per SM: at most 128 registers. Without the bound ptxas took 149 for GEMM2
@@ -882,10 +1010,10 @@ typedef enum { DM_PATH_AUTO = 0, DM_PATH_DECODE = 1, DM_PATH_PREFILL = 2 } dm_ex
  * Decode when the average rows per expert, T*S / E, is at most 8: below that a 128-row MMA tile
  * is mostly padding and the layer is bound by weight bytes, which the streaming kernel reads once
  * per chunk of 8 rows at full width. */
-static dm_experts_path dm_choose_path(dynmoe_dtype dt, int quantized, int64_t num_slots, int32_t E) {
+static dm_experts_path dm_choose_path(dynmoe_dtype dt, int64_t num_slots, int32_t E) {
     const char *env = getenv("DYNMOE_EXPERTS_PATH");
-    /* quantized weights: only the streaming kernel dequantizes (no tensor-core path yet) */
-    if (dt == DYNMOE_F32 || quantized) return DM_PATH_DECODE;
+    /* every weight format has both paths (bf16 / f16); the rule is the same for all of them */
+    if (dt == DYNMOE_F32) return DM_PATH_DECODE;
     if (env && strcmp(env, "decode") == 0) return DM_PATH_DECODE;
     if (env && strcmp(env, "prefill") == 0) return DM_PATH_PREFILL;
     return num_slots <= (int64_t)DM_RC * E ? DM_PATH_DECODE : DM_PATH_PREFILL;
@@ -893,8 +1021,9 @@ static dm_experts_path dm_choose_path(dynmoe_dtype dt, int quantized, int64_t nu
 
 static int dm_aligned16(const void *p) { return ((uintptr_t)p & 15u) == 0; }
 
-/* Dynamic shared memory the prefill kernels are allowed: enough for any E. */
-#define DM_PREFILL_SMEM_MAX (DM_STAGES * DM_STAGE_BYTES + (int)sizeof(long long) * (DYNMOE_MAX_EXPERTS + 1))
+/* Dynamic shared memory the prefill kernels are allowed: enough for any E (Q = 0's layout is the
+ * largest). */
+#define DM_PREFILL_SMEM_MAX ((int)dm_layout<0>::bytes + (int)sizeof(long long) * (DYNMOE_MAX_EXPERTS + 1))
 #define DM_MAX_DEVICES 64
 
 /* Devices whose prefill kernels already have the raised limit (set by dm_cuda_experts_load at
@@ -902,29 +1031,38 @@ static int dm_aligned16(const void *p) { return ((uintptr_t)p & 15u) == 0; }
 static volatile int dm_prefill_smem_ready[DM_MAX_DEVICES];
 
 template <typename T>
+static cudaError_t dm_load_prefill(cudaError_t err, int smem);
+
+template <typename T>
 static cudaError_t dm_prefill_smem_limit(int device) {
     if (device >= 0 && device < DM_MAX_DEVICES && dm_prefill_smem_ready[device]) return cudaSuccess;
-    const cudaFuncAttribute attr = cudaFuncAttributeMaxDynamicSharedMemorySize;
-    cudaError_t err = cudaFuncSetAttribute(dm_prefill_gemm<T, 0, false>, attr, DM_PREFILL_SMEM_MAX);
-    if (err == cudaSuccess) err = cudaFuncSetAttribute(dm_prefill_gemm<T, 0, true>, attr, DM_PREFILL_SMEM_MAX);
-    if (err == cudaSuccess) err = cudaFuncSetAttribute(dm_prefill_gemm<T, 1, false>, attr, DM_PREFILL_SMEM_MAX);
-    if (err == cudaSuccess) err = cudaFuncSetAttribute(dm_prefill_gemm<T, 1, true>, attr, DM_PREFILL_SMEM_MAX);
-    return err;
+    return dm_load_prefill<T>(cudaSuccess, DM_PREFILL_SMEM_MAX);
 }
 
 /* The load path is a compile-time variant, chosen here: 16-byte cp.async for every chunk when
- * both operands' rows allow it (K % 8 == 0, 16-byte aligned), scalar loads otherwise. */
+ * both operands' rows allow it (A: K % 8 == 0; B: K % 8, FP8 K % 16, MXFP4 / INT4 K % 32 == 0;
+ * 16-byte aligned), scalar loads otherwise. */
+template <typename T, int MODE, int Q>
+static void dm_prefill_launch_q(const dm_gemm_params &p, unsigned grid, cudaStream_t st) {
+    const size_t smem = (size_t)dm_layout<Q>::bytes + sizeof(long long) * (size_t)(p.num_experts + 1);
+    if (p.vec_a && p.vec_b) dm_prefill_gemm<T, MODE, true, Q><<<grid, DM_THREADS, smem, st>>>(p);
+    else dm_prefill_gemm<T, MODE, false, Q><<<grid, DM_THREADS, smem, st>>>(p);
+}
+
 template <typename T, int MODE>
-static void dm_prefill_launch(const dm_gemm_params &p, unsigned grid, size_t smem, cudaStream_t st) {
-    if (p.vec_a && p.vec_b) dm_prefill_gemm<T, MODE, true><<<grid, DM_THREADS, smem, st>>>(p);
-    else dm_prefill_gemm<T, MODE, false><<<grid, DM_THREADS, smem, st>>>(p);
+static void dm_prefill_launch(const dm_gemm_params &p, unsigned grid, cudaStream_t st) {
+    switch (p.wfmt) {
+    case DYNMOE_WEIGHTS_FP8_BLOCK: return dm_prefill_launch_q<T, MODE, DYNMOE_WEIGHTS_FP8_BLOCK>(p, grid, st);
+    case DYNMOE_WEIGHTS_MXFP4: return dm_prefill_launch_q<T, MODE, DYNMOE_WEIGHTS_MXFP4>(p, grid, st);
+    case DYNMOE_WEIGHTS_INT4: return dm_prefill_launch_q<T, MODE, DYNMOE_WEIGHTS_INT4>(p, grid, st);
+    default: return dm_prefill_launch_q<T, MODE, 0>(p, grid, st);
+    }
 }
 
 template <typename T>
 static dynmoe_status dm_launch_prefill(const dm_gemm_params &p1, const dm_gemm_params &p2, int64_t num_slots,
                                        int sms, int device, cudaStream_t st) {
     const int E = p1.num_experts;
-    const size_t smem = (size_t)DM_STAGES * DM_STAGE_BYTES + sizeof(long long) * (size_t)(E + 1);
     cudaError_t err = dm_prefill_smem_limit<T>(device);
     if (err != cudaSuccess) {
         (void)cudaGetLastError();
@@ -942,8 +1080,8 @@ static dynmoe_status dm_launch_prefill(const dm_gemm_params &p1, const dm_gemm_p
         int64_t grid = (int64_t)sms * 2; /* 2 CTAs per SM: registers (205-236 x 128 of 64 K) and shared memory */
         if (tiles < grid) grid = tiles;
         if (grid < 1) grid = 1;
-        if (g == 0) dm_prefill_launch<T, 0>(p, (unsigned)grid, smem, st);
-        else dm_prefill_launch<T, 1>(p, (unsigned)grid, smem, st);
+        if (g == 0) dm_prefill_launch<T, 0>(p, (unsigned)grid, st);
+        else dm_prefill_launch<T, 1>(p, (unsigned)grid, st);
         err = cudaGetLastError();
         if (err != cudaSuccess)
             return dm_fail(DYNMOE_ERR_DEVICE, "cuda experts: prefill GEMM%d launch: %s", g + 1, cudaGetErrorString(err));
@@ -1093,7 +1231,7 @@ extern "C" dynmoe_status dm_cuda_experts(dynmoe_ctx *ctx, const dm_experts_args 
         p2.scale_expert = dm_quant_scales_per_expert(ex->weight_format, H, I, group);
     }
 
-    const dm_experts_path path = dm_choose_path(dt, ex->weight_format != DYNMOE_WEIGHTS_PLAIN, num_slots, E);
+    const dm_experts_path path = dm_choose_path(dt, num_slots, E);
     switch (dt) {
     case DYNMOE_BF16:
         return path == DM_PATH_PREFILL ? dm_launch_prefill<dm_bf16_t>(p1, p2, num_slots, sms, ctx->device, st)
@@ -1117,12 +1255,21 @@ static cudaError_t dm_load_kernel(cudaError_t err, K kernel, int smem) {
     return err;
 }
 
+template <typename T, int Q>
+static cudaError_t dm_load_prefill_q(cudaError_t err, int smem) {
+    err = dm_load_kernel(err, dm_prefill_gemm<T, 0, false, Q>, smem);
+    err = dm_load_kernel(err, dm_prefill_gemm<T, 0, true, Q>, smem);
+    err = dm_load_kernel(err, dm_prefill_gemm<T, 1, false, Q>, smem);
+    return dm_load_kernel(err, dm_prefill_gemm<T, 1, true, Q>, smem);
+}
+
+/* Every prefill variant of T (4 weight formats x 2 GEMMs x 2 load paths) with the raised limit. */
 template <typename T>
 static cudaError_t dm_load_prefill(cudaError_t err, int smem) {
-    err = dm_load_kernel(err, dm_prefill_gemm<T, 0, false>, smem);
-    err = dm_load_kernel(err, dm_prefill_gemm<T, 0, true>, smem);
-    err = dm_load_kernel(err, dm_prefill_gemm<T, 1, false>, smem);
-    return dm_load_kernel(err, dm_prefill_gemm<T, 1, true>, smem);
+    err = dm_load_prefill_q<T, 0>(err, smem);
+    err = dm_load_prefill_q<T, DYNMOE_WEIGHTS_FP8_BLOCK>(err, smem);
+    err = dm_load_prefill_q<T, DYNMOE_WEIGHTS_MXFP4>(err, smem);
+    return dm_load_prefill_q<T, DYNMOE_WEIGHTS_INT4>(err, smem);
 }
 
 /* Called once at context creation with the device current: loads every kernel of this file (CUDA

@@ -454,6 +454,20 @@ TEST_P(Graph, ExpertPathsMatchReference) {
                 odd.I = 37;
                 for (int64_t T : {5, 45, 301}) check_moe(odd, T, seed_of(40, salt + (int)T));
             }
+            {   /* quantized weights (issue 16) on both paths: the streaming kernel, and with bf16 the
+                 * tensor-core kernel that dequantizes B tiles in shared memory (f32: streaming) */
+                for (dynmoe_weight_format f :
+                     {DYNMOE_WEIGHTS_FP8_BLOCK, DYNMOE_WEIGHTS_MXFP4, DYNMOE_WEIGHTS_INT4}) {
+                    ModelCase q;
+                    q.name = "quantized";
+                    q.router = make_router(8, 2);
+                    q.H = 160; /* FP8: a partial second 128-block; INT4 g64: a ragged last group */
+                    q.I = 96;
+                    q.ex.format = f;
+                    q.ex.group = f == DYNMOE_WEIGHTS_INT4 ? 64 : 0;
+                    for (int64_t T : {5, 301}) check_moe(q, T, seed_of(43, salt + 1000 * (int)f + (int)T));
+                }
+            }
             {   /* one row */
                 dynmoe_router r = make_router(8, 1);
                 dmref::Table t;

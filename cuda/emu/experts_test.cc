@@ -60,7 +60,30 @@ struct Case {
     dynmoe_weight_format nib = DYNMOE_WEIGHTS_PLAIN; /* MXFP4 or INT4 weights (issue 16) */
     int32_t group = 0;     /* INT4 group size */
     bool zeros = false;    /* INT4 zero points given (else NULL: 8) */
+    bool edge = false;     /* quantized: 1 in 8 scales 0 (FP8, INT4), one NaN scale of expert 2's w13 */
 };
+
+/* The header's decision for scale edge cases: a scale of 0 gives zero weights, a NaN scale makes
+ * NaN weights (the reference's own dequantize), which reach exactly the outputs of the tokens
+ * routed to that expert. Expert 2's w13 gets one NaN scale (FP8: its first 128 x 128 block;
+ * MXFP4: 0xff; INT4: fp16 NaN), at its gate row 3, group 0. */
+void edge_scales(std::mt19937_64 &rng, dmref::QuantMatrix &m, int32_t E, int64_t N, int64_t K, bool nan) {
+    const size_t per = m.format == DYNMOE_WEIGHTS_FP8_BLOCK ? m.scale_f32.size() / (size_t)E
+                       : m.format == DYNMOE_WEIGHTS_MXFP4  ? m.scale_u8.size() / (size_t)E
+                                                           : m.scale_f16.size() / (size_t)E;
+    for (size_t i = 0; i < per * (size_t)E; i++)
+        if (rng() % 8 == 0) {
+            if (m.format == DYNMOE_WEIGHTS_FP8_BLOCK) m.scale_f32[i] = 0.0f;
+            if (m.format == DYNMOE_WEIGHTS_INT4) m.scale_f16[i] = 0;
+        }
+    if (!nan || E < 3) return;
+    const size_t kg = per / (size_t)(m.format == DYNMOE_WEIGHTS_FP8_BLOCK ? (N + 127) / 128 : N);
+    const size_t i = 2 * per + (m.format == DYNMOE_WEIGHTS_FP8_BLOCK ? 0 : 3 * kg);
+    if (m.format == DYNMOE_WEIGHTS_FP8_BLOCK) m.scale_f32[i] = NAN;
+    if (m.format == DYNMOE_WEIGHTS_MXFP4) m.scale_u8[i] = 0xff;
+    if (m.format == DYNMOE_WEIGHTS_INT4) m.scale_f16[i] = 0x7e00;
+    (void)K;
+}
 
 /* An FP8_BLOCK [E, N, K] matrix of random e4m3 codes (no NaN code; zeros and subnormals
  * included) and random block scales around `scale`; its values come from the reference's own
@@ -212,6 +235,12 @@ Result run_case(const Case &c, uint64_t seed) {
         ex.w13 = dmref::dequantize(q13, E, rows13, H);
         ex.w2 = dmref::dequantize(q2, E, H, I);
     }
+    if (c.edge) {
+        edge_scales(rng, q13, E, rows13, H, true);
+        edge_scales(rng, q2, E, H, I, false);
+        ex.w13 = dmref::dequantize(q13, E, rows13, H);
+        ex.w2 = dmref::dequantize(q2, E, H, I);
+    }
     const bool quant = c.fp8 || c.nib != DYNMOE_WEIGHTS_PLAIN;
     fill(ex.b13, b13b, 0.5);
     fill(ex.b2, b2b, 0.5);
@@ -284,11 +313,18 @@ Result run_case(const Case &c, uint64_t seed) {
     const dynmoe_dtype ydt = kRowsYDtype(dt);
     const size_t yes = dmref::dtype_size(ydt);
     const double row_tol = dt == DYNMOE_F32 ? 2e-6 : dt == DYNMOE_BF16 ? 6e-3 : 1.5e-3;
-    int bad_rows = 0;
+    int bad_rows = 0, nan_rows = 0;
     std::vector<double> h((size_t)I), y((size_t)H), pre((size_t)rows13);
     RefAct act(c);
+    /* the prefill kernel's quantized B tiles: each dequantized weight rounded once to dt (the
+     * combine check below holds the unrounded weights to the accuracy target) */
+    std::vector<double> w13r = ex.w13, w2r = ex.w2;
+    if (quant && dt != DYNMOE_F32 && std::string(c.path) == "prefill") {
+        for (auto &w : w13r) w = round_to(w, dt);
+        for (auto &w : w2r) w = round_to(w, dt);
+    }
     for (int32_t e = 0; e < E; e++) {
-        const double *w13 = &ex.w13[(size_t)(e * rows13 * H)], *w2 = &ex.w2[(size_t)e * H * I];
+        const double *w13 = &w13r[(size_t)(e * rows13 * H)], *w2 = &w2r[(size_t)e * H * I];
         for (int32_t r = pl.offsets[e]; r < pl.offsets[e + 1]; r++) {
             const int32_t slot = pl.sorted_slots[r];
             const double *xt = &x[(size_t)(slot / S) * H];
@@ -306,14 +342,22 @@ Result run_case(const Case &c, uint64_t seed) {
                 h[j] = round_to(act(g, up), dt);
             }
             double num = 0, den = 0, worst = 0;
+            int32_t nan_expected = 0;
             for (int32_t n = 0; n < H; n++) {
                 double s = c.bias ? ex.b2[(size_t)e * H + n] : 0.0;
                 for (int32_t j = 0; j < I; j++) s += w2[(size_t)n * I + j] * h[j];
                 const double got = dmref::load(rows_y + (size_t)r * H * yes, ydt, n);
+                if (!std::isfinite(s)) { /* a NaN scale's row: NaN expected (edge cases) */
+                    if (std::isfinite(got)) num = INFINITY;
+                    nan_expected++;
+                    continue;
+                }
                 const double d = std::isfinite(got) ? got - s : INFINITY;
                 num += d * d, den += s * s;
                 worst = std::max(worst, std::fabs(d));
             }
+            nan_rows += nan_expected > 0;
+            if (nan_expected == H && num == 0) continue; /* every value NaN, as expected */
             const double rel = std::sqrt(num / std::max(den, 1e-300)), elem = worst / std::sqrt(den / H);
             res.worst_row = std::max(res.worst_row, rel);
             res.worst_elem = std::max(res.worst_elem, elem);
@@ -323,6 +367,11 @@ Result run_case(const Case &c, uint64_t seed) {
                            e, r, r - pl.offsets[e], rel, elem);
             }
         }
+    }
+    if (c.edge && (nan_rows == 0 || nan_rows == (int)R)) {
+        printf("  %s: %d of %zu rows expect NaN: the edge case does not test what it should\n", c.name.c_str(),
+               nan_rows, R);
+        bad_rows++;
     }
     /* nothing written past the R plan rows */
     for (size_t i = R * H * yes; i < rows_y_bytes; i++)
@@ -342,6 +391,10 @@ Result run_case(const Case &c, uint64_t seed) {
     bool finite = true;
     for (size_t i = 0; i < ref.size(); i++) {
         const double got = dmref::load(out, dt, (int64_t)i);
+        if (!std::isfinite(ref[i])) { /* a token of a NaN scale's expert (edge cases) */
+            finite &= !std::isfinite(got);
+            continue;
+        }
         finite &= std::isfinite(got);
         num += (got - ref[i]) * (got - ref[i]), den += ref[i] * ref[i];
     }
@@ -483,6 +536,45 @@ std::vector<Case> cases() {
        32, true, BL, true);
     q4({"int4 f32 g32 zeros, RELU2", DYNMOE_F32, "decode", 96, 160, 3, {1, 9, 0, 17}, 1, RELU2}, I4, 32, true, BL,
        true);
+    /* issue 16, item 3: the tensor-core prefill path with B tiles dequantized in shared memory
+     * (every dtype but f32); experts of 1 .. 300 rows, H / I of the tile and not, vector and
+     * scalar raw loads, K tails inside a k-tile, every INT4 group with and without zeros and a
+     * ragged last group, scales of 0 and NaN, SWIGLU and a non-gated act */
+    const auto R = ragged();
+    q8({"prefill fp8 bf16 H I of the tile, 2 x 2 scale blocks", DYNMOE_BF16, "prefill", 256, 128, 4, R, 2}, BL,
+       false);
+    q8({"prefill fp8 f16 H I of neither (scalar), RELU2, biases", DYNMOE_F16, "prefill", 203, 77, 4, R, 1, RELU2}, BL,
+       true);
+    q8({"prefill fp8 bf16 H of 16 not 32, I of 16, interleaved", DYNMOE_BF16, "prefill", 144, 80, 4, R, 2}, IL,
+       false);
+    q4({"prefill mxfp4 bf16 H I of the tile, SWIGLU", DYNMOE_BF16, "prefill", 256, 128, 4, R, 2}, MX, 32, false, BL,
+       false);
+    q4({"prefill mxfp4 f16 RELU2 (2 column tiles), biases", DYNMOE_F16, "prefill", 96, 160, 4, R, 1, RELU2}, MX, 32,
+       false, BL, true);
+    q4({"prefill int4 bf16 g128 zeros, ragged last group", DYNMOE_BF16, "prefill", 320, 96, 4, R, 2}, I4, 128, true,
+       BL, false);
+    q4({"prefill int4 f16 g64 no zeros, ragged group (scalar)", DYNMOE_F16, "prefill", 200, 72, 4, R, 2}, I4, 64,
+       false, BL, false);
+    q4({"prefill int4 bf16 g128 no zeros, H I odd, RELU2", DYNMOE_BF16, "prefill", 203, 77, 4, R, 1, RELU2}, I4, 128,
+       false, BL, true);
+    q4({"prefill int4 f16 g32 zeros, OAI interleaved, biases", DYNMOE_F16, "prefill", 256, 128, 4, R, 2, OAI}, I4, 32,
+       true, IL, true);
+    q4({"prefill int4 bf16 g32 no zeros, H I of 32", DYNMOE_BF16, "prefill", 96, 160, 4, R, 2}, I4, 32, false, BL,
+       false);
+    q4({"prefill int4 f16 g64 zeros, H I of 64", DYNMOE_F16, "prefill", 192, 128, 4, R, 2}, I4, 64, true, BL, false);
+    /* scales of 0 and NaN, both paths */
+    for (const char *path : {"prefill", "decode"}) {
+        const std::string pa = path;
+        Case c8{pa + " fp8 bf16 scales 0 and NaN", DYNMOE_BF16, path, 256, 144, 4, R, 2};
+        c8.fp8 = true, c8.edge = true;
+        v.push_back(c8);
+        Case cm{pa + " mxfp4 f16 scale NaN (0xff)", DYNMOE_F16, path, 128, 96, 4, R, 2};
+        cm.nib = MX, cm.group = 32, cm.edge = true;
+        v.push_back(cm);
+        Case ci{pa + " int4 bf16 g64 zeros, scales 0 and NaN", DYNMOE_BF16, path, 192, 96, 4, R, 2};
+        ci.nib = I4, ci.group = 64, ci.zeros = true, ci.edge = true;
+        v.push_back(ci);
+    }
     return v;
 }
 

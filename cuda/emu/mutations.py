@@ -116,6 +116,40 @@ MUTANTS = [
      'p1.b_zero = (const uint8_t *)ex->w13_zero;', 'p1.b_zero = NULL;'),
     ('int4 vector K', E, 'experts', 'int4 vector loop taken when K % 16 == 0 (K / 32 vectors: the tail skipped)',
      'p2.vec_b = I % 32 == 0 && dm_aligned16(ex->w2);', 'p2.vec_b = I % 16 == 0 && dm_aligned16(ex->w2);'),
+    # issue 16, item 3: quantized B tiles dequantized in shared memory in the prefill kernel
+    ('qpf scale block', E, 'experts', "prefill fp8: a B row's scale block of wrow / 64 instead of / 128",
+     '(Q == DYNMOE_WEIGHTS_FP8_BLOCK ? wrow / DM_FP8_BLOCK : wrow) * p.scale_kg',
+     '(Q == DYNMOE_WEIGHTS_FP8_BLOCK ? wrow / 64 : wrow) * p.scale_kg'),
+    ('qpf scale K block', E, 'experts', "prefill fp8: the k-tile's scale block of k / 64 instead of k / 128",
+     's = ((const float *)p.b_scale)[si + k0 / DM_FP8_BLOCK];', 's = ((const float *)p.b_scale)[si + k0 / 64];'),
+    ('qpf fp8 K offset', E, 'experts', "prefill fp8: the tile's K offset into the scale array dropped (block 0)",
+     's = ((const float *)p.b_scale)[si + k0 / DM_FP8_BLOCK];', 's = ((const float *)p.b_scale)[si];'),
+    ('qpf nib K offset', E, 'experts', "prefill mxfp4/int4: the tile's K offset into the scale array dropped",
+     'const long long g = si + k0 / p.group;', 'const long long g = si;'),
+    ('qpf int4 group', E, 'experts', 'prefill int4: group of k / 128 whatever group_size',
+     'const long long g = si + k0 / p.group;', 'const long long g = si + k0 / 128;'),
+    ('qpf nibble order', E, 'experts', 'prefill mxfp4/int4: the two nibbles of a byte swapped (high first)',
+     '(words[v >> 3] >> (4 * (v & 7)))', '(words[v >> 3] >> (4 * ((v & 7) ^ 1)))'),
+    ('qpf fp8 byte order', E, 'experts', 'prefill fp8: bytes of a word taken high first',
+     '(uint8_t)(words[v >> 2] >> (8 * (v & 3)))', '(uint8_t)(words[v >> 2] >> (8 * (3 - (v & 3))))'),
+    ('qpf zero point ignored', E, 'experts', 'prefill int4: zero point 8 even when zeros are given',
+     'if (Q == DYNMOE_WEIGHTS_INT4) z = dm_nib_zero(p, g);', 'if (Q == DYNMOE_WEIGHTS_INT4) z = 8.0f;'),
+    ('qpf pad nibble', E, 'experts', "prefill int4: an odd K's pad nibble kept (k + 1 <= K; equivalent: A is 0 "
+     "past K, so a finite pad value adds 0, and a non-finite scale makes its row non-finite anyway)",
+     'k0 + v + 1 < K ? dm_raw_value', 'k0 + v + 1 <= K ? dm_raw_value'),
+    ('qpf raw tail', E, 'experts', 'prefill: scalar raw loader reads one byte past the row (<= nbytes)',
+     'if (b + 4 * i + j < nbytes)', 'if (b + 4 * i + j <= nbytes)'),
+    ('qpf dequant race', E, 'experts', "prefill: the dequantized tile written before the previous k-tile's mma "
+     'finished (dequant above the top barrier)',
+     '            __syncthreads(); /* k-tile kt landed for all; everyone is done with stage (kt-1) % STAGES */\n'
+     '            /* Quantized B: every warp is done with the previous k-tile\'s mma (the barrier above), so the\n'
+     '             * one dequantized tile may be rewritten, from this thread\'s own raw row (landed at its wait);\n'
+     '             * the barrier after the loads publishes it. */\n'
+     '            if (Q != 0) dm_dequant_row<T, Q>(p, sb, raw, tid, q_si, kt, p.k);\n',
+     '            if (Q != 0) dm_dequant_row<T, Q>(p, sb, raw, tid, q_si, kt, p.k);\n'
+     '            __syncthreads(); /* k-tile kt landed for all; everyone is done with stage (kt-1) % STAGES */\n'),
+    ('qpf publish barrier', E, 'experts', 'prefill: the barrier publishing the dequantized tile removed',
+     '            if (Q != 0) __syncthreads(); /* dequantized tile complete */\n', ''),
     ('combine order', C, 'combine', 'combine vector unpack takes the high half first',
      'w[i >> 1] >> (16 * (i & 1))', 'w[i >> 1] >> (16 * ((i + 1) & 1))'),
     ('pack tail', P, 'ep', "EP pack drops a row's last piece",
@@ -149,7 +183,8 @@ def main():
             exe = next(e for e in exe if os.path.exists(e))
             r = subprocess.run([exe], capture_output=True, text=True, timeout=900)
             lines = (r.stdout + r.stderr).splitlines()
-            trap = next((l for l in lines if l.startswith('emu:')), None)
+            # a trap's line may follow buffered stdout on the same line
+            trap = next((l[l.index('emu:'):] for l in lines if 'emu:' in l), None)
             fails = [l for l in lines if l.startswith('FAIL')]
             if r.returncode == 0:
                 verdict = 'NOT CAUGHT'
