@@ -59,16 +59,20 @@ DEFINE_BLOCK(block1_bf16, dm_load8_bf16, DYNMOE_BF16, 1)
 DEFINE_BLOCK(block1_f16, dm_load8_f16, DYNMOE_F16, 1)
 
 /* Quantized weights: QNR = 2 weight rows decoded in registers (simd.h's
- * fp16 decoders, 32 values per step) against MRV = 1, 2 or 4 activation
- * rows, so a stored byte is read once per row block and never goes through
- * memory as a float. Each product goes to one of NCH accumulator chains per
- * output (v % NCH), so that the FMAs' latency hides behind the decoding when
- * MRV is small. Scales:
- * - FP8_BLOCK (128 k per scale): hoisted, the group's sum of x·q is
- *   multiplied by its scale once (with dm_fp8x16_f16's 2^8 folded in);
- * - MXFP4, INT4 (32..128 k): the decoded weights are scaled (INT4:
- *   (q - 8)·s + (8 - z)·s in one FMA), which costs no more at MRV = 1 and
- *   less at MRV > 1 than hoisting over groups this short.
+ * decoders, 32 values per step) against MRV = 4, 2 or 1 activation rows, so
+ * a stored byte is read once per row block and never goes through memory as
+ * a float. Each product goes to one of NCH accumulator chains per output
+ * (v % NCH), so that the FMAs' latency hides behind the decoding when MRV is
+ * small. The scale is hoisted (HOIST): each group's Σ x·q is multiplied by
+ * its scale once, with
+ * - FP8_BLOCK: q = value·2^-8 from dm_fp8x16_f16, the 2^8 folded into the
+ *   scale; at every MRV (groups of 128 k);
+ * - MXFP4: q from the fp16 table (dm_lut4x32_f16);
+ * - INT4: q = 0..15 as integers (dm_nibbles8: broadcast + variable shifts,
+ *   measured a little faster here than the fp16 table), the zero point as
+ *   s·Σ x·q - z·s·Σ x with Σ x summed alongside (z = 8 without zero points).
+ * At MRV = 4 the 4-bit formats scale the decoded weights instead (hoisting
+ * needs 16 accumulators there, which spill): q·s, INT4 q·s - z·s in one FMA.
  * So the rounding differs from the panels' decode-then-multiply path (the
  * tests compare both with the fp64 reference); each output is still one
  * fixed sequence of operations, wherever its block and thread are. */
@@ -96,23 +100,30 @@ DM_AVX2 static inline qscale group_scale(const dm_cpu_wmat *W, int64_t n, int64_
     default:
         q.s = q.v = dm_f16_to_f32(((const uint16_t *)W->scale)[n * W->groups + gi]);
         q.z = W->zero ? (float)((const uint8_t *)W->zero)[n * W->groups + gi] : 8.0f;
-        q.c = (8.0f - q.z) * q.s;
+        q.c = -q.z * q.s;
     }
     return q;
 }
 
-/* Scaled 4-bit weights (hoist == 0): q·s, INT4 (q - 8)·s + (8 - z)·s. */
+/* Scaled 4-bit weights (hoist == 0): q·s, INT4 q·s - z·s. */
 DM_AVX2 static inline __m256 scale4(int fmt, __m256 w, __m256 s, __m256 c) {
     return fmt == FMT_MX ? _mm256_mul_ps(w, s) : _mm256_fmadd_ps(w, s, c);
 }
-/* 32 weights of row p from k, unscaled (fp8 times 2^-8, INT4 q - 8) or,
- * 4-bit without hoist, scaled. */
+/* 32 weights of row p from k, unscaled (fp8 times 2^-8, INT4 q) or, 4-bit
+ * without hoist, scaled. */
 DM_AVX2 static inline void dec32(int fmt, int hoist, const uint8_t *p, int32_t k, __m128i lut, __m256 s, __m256 c,
                                  __m256 w[4]) {
     if (fmt == FMT_FP8) {
         const __m256i h0 = dm_fp8x16_f16(p + k), h1 = dm_fp8x16_f16(p + k + 16);
         w[0] = _mm256_cvtph_ps(_mm256_castsi256_si128(h0)), w[1] = _mm256_cvtph_ps(_mm256_extracti128_si256(h0, 1));
         w[2] = _mm256_cvtph_ps(_mm256_castsi256_si128(h1)), w[3] = _mm256_cvtph_ps(_mm256_extracti128_si256(h1, 1));
+        return;
+    }
+    if (fmt == FMT_I4) {
+        for (int v = 0; v < 4; v++) {
+            w[v] = _mm256_cvtepi32_ps(dm_nibbles8(p + k / 2 + 4 * v));
+            if (!hoist) w[v] = scale4(fmt, w[v], s, c);
+        }
         return;
     }
     __m128i h[4];
@@ -122,7 +133,7 @@ DM_AVX2 static inline void dec32(int fmt, int hoist, const uint8_t *p, int32_t k
 /* 8 weights from k (the last group's K % 32 remainder), as dec32. */
 DM_AVX2 static inline __m256 dec8(int fmt, int hoist, const uint8_t *p, int32_t k, __m128i lut, __m256 s, __m256 c) {
     if (fmt == FMT_FP8) return _mm256_cvtph_ps(dm_fp8x8_f16(p + k));
-    const __m256 w = _mm256_cvtph_ps(dm_lut4x8_f16(p + k / 2, lut));
+    const __m256 w = fmt == FMT_I4 ? _mm256_cvtepi32_ps(dm_nibbles8(p + k / 2)) : _mm256_cvtph_ps(dm_lut4x8_f16(p + k / 2, lut));
     return hoist ? w : scale4(fmt, w, s, c);
 }
 /* One weight of the K % 8 tail: quant_rules.h's rules. */
@@ -141,7 +152,7 @@ DM_AVX2 static inline __m256 sum_chains(const __m256 *g, int nch) {
     DM_AVX2 static void NAME(const dm_cpu_wmat *W, const float *const a[], const int64_t n[QNR],                 \
                              float out[][QNR]) {                                                                  \
         const int32_t K = W->K, G = (FMT) == FMT_FP8 ? DM_FP8_BLOCK : (FMT) == FMT_MX ? DM_MXFP4_BLOCK : W->group; \
-        const __m128i lut = (FMT) == FMT_MX ? DM_E2M1_F16HI : DM_INT4_F16HI;                                      \
+        const __m128i lut = DM_E2M1_F16HI;                                                                        \
         const uint8_t *p[QNR];                                                                                    \
         __m256 acc[MRV][QNR], g[MRV][QNR][NCH], xs[MRV][2];                                                       \
         for (int i = 0; i < QNR; i++) p[i] = (const uint8_t *)W->w + n[i] * W->row_bytes;                         \
@@ -183,7 +194,7 @@ DM_AVX2 static inline __m256 sum_chains(const __m256 *g, int nch) {
                 if (ZP)                                                                                           \
                     for (int j = 0; j < MRV; j++) xs[j][0] = _mm256_add_ps(xs[j][0], _mm256_loadu_ps(a[j] + k));  \
             }                                                                                                     \
-            if (HOIST) /* the group's scale (and zero point) once: s·Σ x(q - 8) + (8 - z)s·Σ x */                  \
+            if (HOIST) /* the group's scale (and zero point) once: s·Σ x·q - z·s·Σ x */                       \
                 for (int j = 0; j < MRV; j++) {                                                                   \
                     for (int i = 0; i < QNR; i++) {                                                               \
                         acc[j][i] = _mm256_fmadd_ps(sum_chains(g[j][i], NCH), sv[i], acc[j][i]);                  \
@@ -201,8 +212,6 @@ DM_AVX2 static inline __m256 sum_chains(const __m256 *g, int nch) {
                 out[j][i] = t;                                                                                    \
             }                                                                                                     \
     }
-/* fp8 hoists at every MRV; 4-bit formats at MRV = 4 scale the weights
- * instead (16 accumulators would not fit the registers with hoisting). */
 DEFINE_QBLOCK(qblock4_fp8, FMT_FP8, 1, 0, 4, 1)
 DEFINE_QBLOCK(qblock2_fp8, FMT_FP8, 1, 0, 2, 2)
 DEFINE_QBLOCK(qblock1_fp8, FMT_FP8, 1, 0, 1, 2)
@@ -210,10 +219,8 @@ DEFINE_QBLOCK(qblock4_mx, FMT_MX, 0, 0, 4, 1)
 DEFINE_QBLOCK(qblock2_mx, FMT_MX, 1, 0, 2, 2)
 DEFINE_QBLOCK(qblock1_mx, FMT_MX, 1, 0, 1, 2)
 DEFINE_QBLOCK(qblock4_i4, FMT_I4, 0, 0, 4, 1)
-DEFINE_QBLOCK(qblock2_i4, FMT_I4, 1, 0, 2, 2)
-DEFINE_QBLOCK(qblock1_i4, FMT_I4, 1, 0, 1, 2)
-DEFINE_QBLOCK(qblock2_i4z, FMT_I4, 1, 1, 2, 2)
-DEFINE_QBLOCK(qblock1_i4z, FMT_I4, 1, 1, 1, 2)
+DEFINE_QBLOCK(qblock2_i4, FMT_I4, 1, 1, 2, 2)
+DEFINE_QBLOCK(qblock1_i4, FMT_I4, 1, 1, 1, 2)
 
 typedef void (*qblock_fn)(const dm_cpu_wmat *, const float *const[], const int64_t[QNR], float[][QNR]);
 
@@ -221,11 +228,10 @@ typedef void (*qblock_fn)(const dm_cpu_wmat *, const float *const[], const int64
  * (never a padded activation row: each row's FMAs are the cost here). */
 DM_AVX2 static void skinny_quant(int32_t M, int32_t n_begin, int32_t n_end, const float *A, int32_t lda,
                                  const dm_cpu_wmat *W, const void *bias, float *C, int32_t ldc) {
-    static const qblock_fn fns[4][3] = {{qblock1_fp8, qblock2_fp8, qblock4_fp8},
+    static const qblock_fn fns[3][3] = {{qblock1_fp8, qblock2_fp8, qblock4_fp8},
                                         {qblock1_mx, qblock2_mx, qblock4_mx},
-                                        {qblock1_i4, qblock2_i4, qblock4_i4},
-                                        {qblock1_i4z, qblock2_i4z, qblock4_i4}}; /* MRV 4: zero points through c */
-    const int f = W->fmt == DYNMOE_WEIGHTS_FP8_BLOCK ? 0 : W->fmt == DYNMOE_WEIGHTS_MXFP4 ? 1 : W->zero ? 3 : 2;
+                                        {qblock1_i4, qblock2_i4, qblock4_i4}};
+    const int f = W->fmt == DYNMOE_WEIGHTS_FP8_BLOCK ? 0 : W->fmt == DYNMOE_WEIGHTS_MXFP4 ? 1 : 2;
     for (int32_t n0 = n_begin; n0 < n_end; n0 += QNR) {
         int64_t n[QNR];
         float b[QNR];

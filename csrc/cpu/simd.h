@@ -91,16 +91,11 @@ DM_AVX2 static inline __m128i dm_fp8x8_f16(const uint8_t *p) {
 }
 #define DM_FP8_F16_SCALE 256.0f /* dm_fp8x16_f16's values times this are the e4m3 values */
 
-/* 4-bit codes by table: every e2m1 value and every INT4 q - 8 (-8..7) is an
- * fp16 whose low byte is 0, so one pshufb maps 16 codes to their fp16 high
- * bytes. */
+/* e2m1 codes by table: every e2m1 value is an fp16 whose low byte is 0, so
+ * one pshufb maps 16 codes to their fp16 high bytes. */
 #define DM_E2M1_F16HI                                                                                             \
     _mm_setr_epi8(0x00, 0x38, 0x3c, 0x3e, 0x40, 0x42, 0x44, 0x46, (char)0x80, (char)0xb8, (char)0xbc, (char)0xbe,  \
                   (char)0xc0, (char)0xc2, (char)0xc4, (char)0xc6) /* 0 .5 1 1.5 2 3 4 6, then negated */
-#define DM_INT4_F16HI                                                                                             \
-    _mm_setr_epi8((char)0xc8, (char)0xc7, (char)0xc6, (char)0xc5, (char)0xc4, (char)0xc2, (char)0xc0, (char)0xbc, \
-                  0x00, 0x3c, 0x40, 0x42, 0x44, 0x45, 0x46, 0x47) /* q - 8 for q = 0..15 */
-
 /* 32 codes from 16 bytes (element k in nibble k, low first) as 4 x 8 fp16
  * in k order: low and high nibbles looked up apart, re-interleaved bytewise
  * into k order, then each byte becomes the high byte of a 16-bit lane. */
