@@ -71,8 +71,11 @@ DEFINE_BLOCK(block1_f16, dm_load8_f16, DYNMOE_F16, 1)
  * - INT4: q = 0..15 as integers (dm_nibbles8: broadcast + variable shifts,
  *   measured a little faster here than the fp16 table), the zero point as
  *   s·Σ x·q - z·s·Σ x with Σ x summed alongside (z = 8 without zero points).
- * At MRV = 4 the 4-bit formats scale the decoded weights instead (hoisting
- * needs 16 accumulators there, which spill): q·s, INT4 q·s - z·s in one FMA.
+ * The 4-bit formats scale the decoded weights instead (q·s, INT4 q·s - z·s
+ * in one FMA) where that measured faster (in-cache A/B, AMD EPYC Zen 3): at
+ * MRV = 4 (hoisting needs 16 accumulators, which spill), MXFP4 at MRV = 2,
+ * INT4 with groups of 32 (one step per group: the per-group fold costs more
+ * than it saves).
  * So the rounding differs from the panels' decode-then-multiply path (the
  * tests compare both with the fp64 reference); each output is still one
  * fixed sequence of operations, wherever its block and thread are. */
@@ -216,11 +219,13 @@ DEFINE_QBLOCK(qblock4_fp8, FMT_FP8, 1, 0, 4, 1)
 DEFINE_QBLOCK(qblock2_fp8, FMT_FP8, 1, 0, 2, 2)
 DEFINE_QBLOCK(qblock1_fp8, FMT_FP8, 1, 0, 1, 2)
 DEFINE_QBLOCK(qblock4_mx, FMT_MX, 0, 0, 4, 1)
-DEFINE_QBLOCK(qblock2_mx, FMT_MX, 1, 0, 2, 2)
+DEFINE_QBLOCK(qblock2_mx, FMT_MX, 0, 0, 2, 2)
 DEFINE_QBLOCK(qblock1_mx, FMT_MX, 1, 0, 1, 2)
 DEFINE_QBLOCK(qblock4_i4, FMT_I4, 0, 0, 4, 1)
 DEFINE_QBLOCK(qblock2_i4, FMT_I4, 1, 1, 2, 2)
 DEFINE_QBLOCK(qblock1_i4, FMT_I4, 1, 1, 1, 2)
+DEFINE_QBLOCK(qblock2_i4s, FMT_I4, 0, 0, 2, 2)
+DEFINE_QBLOCK(qblock1_i4s, FMT_I4, 0, 0, 1, 2)
 
 typedef void (*qblock_fn)(const dm_cpu_wmat *, const float *const[], const int64_t[QNR], float[][QNR]);
 
@@ -228,10 +233,11 @@ typedef void (*qblock_fn)(const dm_cpu_wmat *, const float *const[], const int64
  * (never a padded activation row: each row's FMAs are the cost here). */
 DM_AVX2 static void skinny_quant(int32_t M, int32_t n_begin, int32_t n_end, const float *A, int32_t lda,
                                  const dm_cpu_wmat *W, const void *bias, float *C, int32_t ldc) {
-    static const qblock_fn fns[3][3] = {{qblock1_fp8, qblock2_fp8, qblock4_fp8},
+    static const qblock_fn fns[4][3] = {{qblock1_fp8, qblock2_fp8, qblock4_fp8},
                                         {qblock1_mx, qblock2_mx, qblock4_mx},
-                                        {qblock1_i4, qblock2_i4, qblock4_i4}};
-    const int f = W->fmt == DYNMOE_WEIGHTS_FP8_BLOCK ? 0 : W->fmt == DYNMOE_WEIGHTS_MXFP4 ? 1 : 2;
+                                        {qblock1_i4, qblock2_i4, qblock4_i4},
+                                        {qblock1_i4s, qblock2_i4s, qblock4_i4}};
+    const int f = W->fmt == DYNMOE_WEIGHTS_FP8_BLOCK ? 0 : W->fmt == DYNMOE_WEIGHTS_MXFP4 ? 1 : W->group < 64 ? 3 : 2;
     for (int32_t n0 = n_begin; n0 < n_end; n0 += QNR) {
         int64_t n[QNR];
         float b[QNR];
