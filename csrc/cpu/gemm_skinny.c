@@ -156,6 +156,8 @@ DM_AVX2 static inline __m256 sum_chains(const __m256 *g, int nch) {
                              float out[][QNR]) {                                                                  \
         const int32_t K = W->K, G = (FMT) == FMT_FP8 ? DM_FP8_BLOCK : (FMT) == FMT_MX ? DM_MXFP4_BLOCK : W->group; \
         const __m128i lut = DM_E2M1_F16HI;                                                                        \
+        /* INT4 at 4 rows: 8 weights per step, each x vector loaded once for both weight rows */                 \
+        const int STEP32 = (FMT) != FMT_I4 || (MRV) < 4;                                                          \
         const uint8_t *p[QNR];                                                                                    \
         __m256 acc[MRV][QNR], g[MRV][QNR][NCH], xs[MRV][2];                                                       \
         for (int i = 0; i < QNR; i++) p[i] = (const uint8_t *)W->w + n[i] * W->row_bytes;                         \
@@ -175,7 +177,7 @@ DM_AVX2 static inline __m256 sum_chains(const __m256 *g, int nch) {
                 q[i] = group_scale(W, n[i], gi);                                                                  \
                 sv[i] = _mm256_set1_ps(q[i].v), cv[i] = _mm256_set1_ps(q[i].c);                                   \
             }                                                                                                     \
-            for (k = k0; k + QSTEP <= kend; k += QSTEP) {                                                         \
+            for (k = k0; STEP32 && k + QSTEP <= kend; k += QSTEP) {                                               \
                 for (int i = 0; i < QNR; i++) {                                                                   \
                     __m256 w[4];                                                                                  \
                     dec32(FMT, HOIST, p[i], k, lut, sv[i], cv[i], w);                                             \
