@@ -770,6 +770,29 @@ TEST_P(Forward, Fp8EveryCode) {
     }
 }
 
+/* The float8 NaN codes (S.1111.111, both signs) in one weight of expert 1's
+ * w13: exactly the tokens routed to it come out non-finite, the others right.
+ * H = 170 puts the code in each step of the decode kernel: k = 3 in a
+ * 32-value step, 163 in the 8-value remainder of the last block, 169 in the
+ * scalar K tail; T = 2 decodes in the skinny kernel, T = 100 in the panels. */
+TEST_P(Forward, Fp8NanCode) {
+    const int32_t E = 4, S = 2, H = 170, I = 64;
+    for (uint8_t code : {(uint8_t)0x7f, (uint8_t)0xff})
+        for (int32_t k : {3, 163, 169})
+            for (int64_t T : {2, 100}) {
+                SCOPED_TRACE("code " + std::to_string(code) + " k=" + std::to_string(k) + " T=" + std::to_string(T));
+                Rng rng(seed_of(81, (int)(code + k + T)));
+                ExpertOptions o = quant_options(kQuantFormats[0]);
+                ExpertWeights w = make_experts(E, H, I, DYNMOE_ACT_SWIGLU, DYNMOE_F32, rng, o);
+                const int64_t rows = 2 * (int64_t)I, row = 37;
+                w.q13.q[(size_t)((1 * rows + row) * H + k)] = code;
+                redequantize(w);
+                dmref::Table t = distinct_table(E, S, T, rng);
+                t.ids[0] = 1, t.ids[1] = 2, t.ids[2] = 0, t.ids[3] = 3; /* token 0 uses expert 1, token 1 not */
+                check_quant_forward(ctx_, backend(), w, DYNMOE_F32, t, 1, rng);
+            }
+}
+
 /* A workspace sized at one thread count stays valid when the count changes
  * before the call (omp_set_num_threads, torch.set_num_threads): raised past
  * the cores, then lowered, the same workspace gives OK and the same bits. */

@@ -58,86 +58,189 @@ DEFINE_BLOCK(block1_f32, dm_load8_f32, DYNMOE_F32, 1)
 DEFINE_BLOCK(block1_bf16, dm_load8_bf16, DYNMOE_BF16, 1)
 DEFINE_BLOCK(block1_f16, dm_load8_f16, DYNMOE_F16, 1)
 
-/* Quantized weights: the same block with the weights decoded in registers
- * (simd.h's decoders), group by group with each row's scale (and zero point)
- * hoisted, so a stored byte is read once per row block and never goes
- * through memory as a float. The products q * scale and the FMA order are
- * those of dm_cpu_weight_row_avx2 followed by block_f32, so the bits are the
- * same as decoding into a buffer first. QNR = 2 weight rows leave registers
- * for the decoders' constants. */
+/* Quantized weights: QNR = 2 weight rows decoded in registers (simd.h's
+ * decoders, 32 values per step) against MRV = 4, 2 or 1 activation rows, so
+ * a stored byte is read once per row block and never goes through memory as
+ * a float. Each product goes to one of NCH accumulator chains per output
+ * (v % NCH), so that the FMAs' latency hides behind the decoding when MRV is
+ * small. The scale is hoisted (HOIST): each group's Σ x·q is multiplied by
+ * its scale once, with
+ * - FP8_BLOCK: q = value·2^-8 from dm_fp8x16_f16, the 2^8 folded into the
+ *   scale; at every MRV (groups of 128 k);
+ * - MXFP4: q from the fp16 table (dm_lut4x32_f16);
+ * - INT4: q = 0..15 as integers (dm_nibbles8: broadcast + variable shifts,
+ *   measured a little faster here than the fp16 table), the zero point as
+ *   s·Σ x·q - z·s·Σ x with Σ x summed alongside (z = 8 without zero points).
+ * The 4-bit formats scale the decoded weights instead (q·s, INT4 q·s - z·s
+ * in one FMA) where that measured faster (in-cache A/B, AMD EPYC Zen 3): at
+ * MRV = 4 (hoisting needs 16 accumulators, which spill), MXFP4 at MRV = 2,
+ * INT4 with groups of 32 (one step per group: the per-group fold costs more
+ * than it saves).
+ * So the rounding differs from the panels' decode-then-multiply path (the
+ * tests compare both with the fp64 reference); each output is still one
+ * fixed sequence of operations, wherever its block and thread are. */
 #define QNR 2
-
-/* The scale and zero point (INT4; 8 when none) of group gi of row n. */
-DM_AVX2 static inline void group_scale(const dm_cpu_wmat *W, int64_t n, int64_t gi, float *s, float *z) {
-    switch (W->fmt) {
-    case DYNMOE_WEIGHTS_FP8_BLOCK:
-        *s = ((const float *)W->scale)[(n / DM_FP8_BLOCK) * W->groups + gi], *z = 0.0f;
-        break;
-    case DYNMOE_WEIGHTS_MXFP4: *s = dm_ue8m0_to_f32(((const uint8_t *)W->scale)[n * W->groups + gi]), *z = 0.0f; break;
-    default:
-        *s = dm_f16_to_f32(((const uint16_t *)W->scale)[n * W->groups + gi]);
-        *z = W->zero ? (float)((const uint8_t *)W->zero)[n * W->groups + gi] : 8.0f;
-    }
-}
+#define QSTEP 32
 
 #define FMT_FP8 DYNMOE_WEIGHTS_FP8_BLOCK
 #define FMT_MX DYNMOE_WEIGHTS_MXFP4
 #define FMT_I4 DYNMOE_WEIGHTS_INT4
-/* Eight weights of row p from k (a multiple of 8), scaled: simd.h's rules. */
-#define DEC8(FMT, p, k, s, z)                                                                                   \
-    ((FMT) == FMT_FP8 ? _mm256_mul_ps(dm_fp8x8((p) + (k)), s)                                                   \
-     : (FMT) == FMT_MX ? _mm256_mul_ps(dm_e2m1x8(dm_nibbles8((p) + (k) / 2)), s)                                \
-                       : _mm256_mul_ps(_mm256_sub_ps(_mm256_cvtepi32_ps(dm_nibbles8((p) + (k) / 2)), z), s))
-/* One weight of the K tail (FP8, INT4): quant_rules.h's rules. */
-#define DEC1(FMT, p, k, s, z)                                                                                   \
-    ((FMT) == FMT_FP8 ? dm_fp8e4m3_to_f32((p)[k]) * (s)                                                         \
-     : (FMT) == FMT_MX ? dm_e2m1_to_f32(dm_nibble((p), (k))) * (s)                                              \
-                       : ((float)dm_nibble((p), (k)) - (z)) * (s))
 
-#define DEFINE_QBLOCK(NAME, FMT, MRV)                                                                           \
-    DM_AVX2 static void NAME(const dm_cpu_wmat *W, const float *const a[], const int64_t n[QNR],               \
-                             float out[][QNR]) {                                                                \
-        const int32_t K = W->K, G = (FMT) == FMT_FP8 ? DM_FP8_BLOCK : (FMT) == FMT_MX ? DM_MXFP4_BLOCK : W->group; \
-        const uint8_t *p0 = (const uint8_t *)W->w + n[0] * W->row_bytes;                                        \
-        const uint8_t *p1 = (const uint8_t *)W->w + n[1] * W->row_bytes;                                        \
-        __m256 acc[MRV][QNR];                                                                                   \
-        for (int j = 0; j < MRV; j++) acc[j][0] = acc[j][1] = _mm256_setzero_ps();                              \
-        float s[QNR] = {0.0f, 0.0f}, z[QNR] = {0.0f, 0.0f};                                                     \
-        int32_t k = 0;                                                                                          \
-        for (int32_t k0 = 0, gi = 0; k0 < K; k0 += G, gi++) {                                                   \
-            group_scale(W, n[0], gi, &s[0], &z[0]);                                                             \
-            group_scale(W, n[1], gi, &s[1], &z[1]);                                                             \
-            const __m256 s0 = _mm256_set1_ps(s[0]), s1 = _mm256_set1_ps(s[1]);                                 \
-            const __m256 z0 = _mm256_set1_ps(z[0]), z1 = _mm256_set1_ps(z[1]);                                 \
-            const int32_t kend = K < k0 + G ? K : k0 + G;                                                       \
-            for (k = k0; k + 8 <= kend; k += 8) {                                                               \
-                const __m256 w0 = DEC8(FMT, p0, k, s0, z0), w1 = DEC8(FMT, p1, k, s1, z1);                      \
-                for (int j = 0; j < MRV; j++) {                                                                 \
-                    const __m256 x = _mm256_loadu_ps(a[j] + k);                                                 \
-                    acc[j][0] = _mm256_fmadd_ps(x, w0, acc[j][0]);                                              \
-                    acc[j][1] = _mm256_fmadd_ps(x, w1, acc[j][1]);                                              \
-                }                                                                                               \
-            }                                                                                                   \
-        }                                                                                                       \
-        /* k: the K % 8 tail, in the last group (its s, z still set) */                                         \
-        for (int j = 0; j < MRV; j++) {                                                                         \
-            float t0 = dm_hsum8(acc[j][0]), t1 = dm_hsum8(acc[j][1]);                                           \
-            for (int32_t kk = k; kk < K; kk++)                                                                  \
-                t0 += a[j][kk] * DEC1(FMT, p0, kk, s[0], z[0]), t1 += a[j][kk] * DEC1(FMT, p1, kk, s[1], z[1]); \
-            out[j][0] = t0, out[j][1] = t1;                                                                     \
-        }                                                                                                       \
+/* Group gi of row n: s, z as stored (z: INT4's zero point, 8 when none) for
+ * the scalar K tail; v, c the vector decoders' scale and INT4 offset. */
+typedef struct {
+    float s, z, v, c;
+} qscale;
+
+DM_AVX2 static inline qscale group_scale(const dm_cpu_wmat *W, int64_t n, int64_t gi) {
+    qscale q = {0.0f, 0.0f, 0.0f, 0.0f};
+    switch (W->fmt) {
+    case DYNMOE_WEIGHTS_FP8_BLOCK:
+        q.s = ((const float *)W->scale)[(n / DM_FP8_BLOCK) * W->groups + gi];
+        q.v = q.s * DM_FP8_F16_SCALE;
+        break;
+    case DYNMOE_WEIGHTS_MXFP4: q.s = q.v = dm_ue8m0_to_f32(((const uint8_t *)W->scale)[n * W->groups + gi]); break;
+    default:
+        /* F16C's exact conversion: hd.h's branchy rule cost a visible share with groups of 32 */
+        q.s = q.v = _cvtsh_ss(((const uint16_t *)W->scale)[n * W->groups + gi]);
+        q.z = W->zero ? (float)((const uint8_t *)W->zero)[n * W->groups + gi] : 8.0f;
+        q.c = -q.z * q.s;
     }
-DEFINE_QBLOCK(qblock_fp8, FMT_FP8, MR)
-DEFINE_QBLOCK(qblock_mx, FMT_MX, MR)
-DEFINE_QBLOCK(qblock_i4, FMT_I4, MR)
-DEFINE_QBLOCK(qblock1_fp8, FMT_FP8, 1)
-DEFINE_QBLOCK(qblock1_mx, FMT_MX, 1)
-DEFINE_QBLOCK(qblock1_i4, FMT_I4, 1)
+    return q;
+}
 
-/* Quantized W: blocks of QNR weight rows against row blocks of 4 (1 for M = 1). */
+/* Scaled 4-bit weights (hoist == 0): q·s, INT4 q·s - z·s. */
+DM_AVX2 static inline __m256 scale4(int fmt, __m256 w, __m256 s, __m256 c) {
+    return fmt == FMT_MX ? _mm256_mul_ps(w, s) : _mm256_fmadd_ps(w, s, c);
+}
+/* 32 weights of row p from k, unscaled (fp8 times 2^-8, INT4 q) or, 4-bit
+ * without hoist, scaled. */
+DM_AVX2 static inline void dec32(int fmt, int hoist, const uint8_t *p, int32_t k, __m128i lut, __m256 s, __m256 c,
+                                 __m256 w[4]) {
+    if (fmt == FMT_FP8) {
+        const __m256i h0 = dm_fp8x16_f16(p + k), h1 = dm_fp8x16_f16(p + k + 16);
+        w[0] = _mm256_cvtph_ps(_mm256_castsi256_si128(h0)), w[1] = _mm256_cvtph_ps(_mm256_extracti128_si256(h0, 1));
+        w[2] = _mm256_cvtph_ps(_mm256_castsi256_si128(h1)), w[3] = _mm256_cvtph_ps(_mm256_extracti128_si256(h1, 1));
+        return;
+    }
+    if (fmt == FMT_I4) {
+        for (int v = 0; v < 4; v++) {
+            w[v] = _mm256_cvtepi32_ps(dm_nibbles8(p + k / 2 + 4 * v));
+            if (!hoist) w[v] = scale4(fmt, w[v], s, c);
+        }
+        return;
+    }
+    __m128i h[4];
+    dm_lut4x32_f16(p + k / 2, lut, h);
+    for (int v = 0; v < 4; v++) w[v] = hoist ? _mm256_cvtph_ps(h[v]) : scale4(fmt, _mm256_cvtph_ps(h[v]), s, c);
+}
+/* 8 weights from k (the last group's K % 32 remainder), as dec32. */
+DM_AVX2 static inline __m256 dec8(int fmt, int hoist, const uint8_t *p, int32_t k, __m128i lut, __m256 s, __m256 c) {
+    if (fmt == FMT_FP8) return _mm256_cvtph_ps(dm_fp8x8_f16(p + k));
+    const __m256 w = fmt == FMT_I4 ? _mm256_cvtepi32_ps(dm_nibbles8(p + k / 2)) : _mm256_cvtph_ps(dm_lut4x8_f16(p + k / 2, lut));
+    return hoist ? w : scale4(fmt, w, s, c);
+}
+/* One weight of the K % 8 tail: quant_rules.h's rules. */
+DM_AVX2 static inline float dec1(int fmt, const uint8_t *p, int32_t k, qscale q) {
+    if (fmt == FMT_FP8) return dm_fp8e4m3_to_f32(p[k]) * q.s;
+    if (fmt == FMT_MX) return dm_e2m1_to_f32(dm_nibble(p, k)) * q.s;
+    return ((float)dm_nibble(p, k) - q.z) * q.s;
+}
+DM_AVX2 static inline __m256 sum_chains(const __m256 *g, int nch) {
+    return nch == 4 ? _mm256_add_ps(_mm256_add_ps(g[0], g[1]), _mm256_add_ps(g[2], g[3]))
+           : nch == 2 ? _mm256_add_ps(g[0], g[1])
+                      : g[0];
+}
+
+#define DEFINE_QBLOCK(NAME, FMT, HOIST, ZP, MRV, NCH)                                                             \
+    DM_AVX2 static void NAME(const dm_cpu_wmat *W, const float *const a[], const int64_t n[QNR],                 \
+                             float out[][QNR]) {                                                                  \
+        const int32_t K = W->K, G = (FMT) == FMT_FP8 ? DM_FP8_BLOCK : (FMT) == FMT_MX ? DM_MXFP4_BLOCK : W->group; \
+        const __m128i lut = DM_E2M1_F16HI;                                                                        \
+        /* INT4 at 4 rows: 8 weights per step, each x vector loaded once for both weight rows */                 \
+        const int STEP32 = (FMT) != FMT_I4 || (MRV) < 4;                                                          \
+        const uint8_t *p[QNR];                                                                                    \
+        __m256 acc[MRV][QNR], g[MRV][QNR][NCH], xs[MRV][2];                                                       \
+        for (int i = 0; i < QNR; i++) p[i] = (const uint8_t *)W->w + n[i] * W->row_bytes;                         \
+        for (int j = 0; j < MRV; j++) {                                                                           \
+            xs[j][0] = xs[j][1] = _mm256_setzero_ps();                                                            \
+            for (int i = 0; i < QNR; i++) {                                                                       \
+                acc[j][i] = _mm256_setzero_ps();                                                                  \
+                for (int c = 0; c < NCH; c++) g[j][i][c] = _mm256_setzero_ps();                                   \
+            }                                                                                                     \
+        }                                                                                                         \
+        qscale q[QNR];                                                                                            \
+        __m256 sv[QNR], cv[QNR];                                                                                  \
+        int32_t k = 0;                                                                                            \
+        for (int32_t k0 = 0, gi = 0; k0 < K; k0 += G, gi++) {                                                     \
+            const int32_t kend = K < k0 + G ? K : k0 + G;                                                         \
+            for (int i = 0; i < QNR; i++) {                                                                       \
+                q[i] = group_scale(W, n[i], gi);                                                                  \
+                sv[i] = _mm256_set1_ps(q[i].v), cv[i] = _mm256_set1_ps(q[i].c);                                   \
+            }                                                                                                     \
+            for (k = k0; STEP32 && k + QSTEP <= kend; k += QSTEP) {                                               \
+                for (int i = 0; i < QNR; i++) {                                                                   \
+                    __m256 w[4];                                                                                  \
+                    dec32(FMT, HOIST, p[i], k, lut, sv[i], cv[i], w);                                             \
+                    for (int v = 0; v < 4; v++)                                                                   \
+                        for (int j = 0; j < MRV; j++)                                                             \
+                            g[j][i][v % NCH] =                                                                    \
+                                _mm256_fmadd_ps(_mm256_loadu_ps(a[j] + k + 8 * v), w[v], g[j][i][v % NCH]);       \
+                }                                                                                                 \
+                if (ZP)                                                                                           \
+                    for (int v = 0; v < 4; v++)                                                                   \
+                        for (int j = 0; j < MRV; j++)                                                             \
+                            xs[j][v & 1] = _mm256_add_ps(xs[j][v & 1], _mm256_loadu_ps(a[j] + k + 8 * v));        \
+            }                                                                                                     \
+            for (; k + 8 <= kend; k += 8) {                                                                       \
+                for (int i = 0; i < QNR; i++) {                                                                   \
+                    const __m256 w = dec8(FMT, HOIST, p[i], k, lut, sv[i], cv[i]);                                \
+                    for (int j = 0; j < MRV; j++) g[j][i][0] = _mm256_fmadd_ps(_mm256_loadu_ps(a[j] + k), w, g[j][i][0]); \
+                }                                                                                                 \
+                if (ZP)                                                                                           \
+                    for (int j = 0; j < MRV; j++) xs[j][0] = _mm256_add_ps(xs[j][0], _mm256_loadu_ps(a[j] + k));  \
+            }                                                                                                     \
+            if (HOIST) /* the group's scale (and zero point) once: s·Σ x·q - z·s·Σ x */                       \
+                for (int j = 0; j < MRV; j++) {                                                                   \
+                    for (int i = 0; i < QNR; i++) {                                                               \
+                        acc[j][i] = _mm256_fmadd_ps(sum_chains(g[j][i], NCH), sv[i], acc[j][i]);                  \
+                        if (ZP) acc[j][i] = _mm256_fmadd_ps(_mm256_add_ps(xs[j][0], xs[j][1]), cv[i], acc[j][i]); \
+                        for (int c = 0; c < NCH; c++) g[j][i][c] = _mm256_setzero_ps();                           \
+                    }                                                                                             \
+                    xs[j][0] = xs[j][1] = _mm256_setzero_ps();                                                    \
+                }                                                                                                 \
+        }                                                                                                         \
+        /* k: the K % 8 tail, in the last group (its q still set) */                                              \
+        for (int j = 0; j < MRV; j++)                                                                             \
+            for (int i = 0; i < QNR; i++) {                                                                       \
+                float t = dm_hsum8(HOIST ? acc[j][i] : sum_chains(g[j][i], NCH));                                 \
+                for (int32_t kk = k; kk < K; kk++) t += a[j][kk] * dec1(FMT, p[i], kk, q[i]);                     \
+                out[j][i] = t;                                                                                    \
+            }                                                                                                     \
+    }
+DEFINE_QBLOCK(qblock4_fp8, FMT_FP8, 1, 0, 4, 1)
+DEFINE_QBLOCK(qblock2_fp8, FMT_FP8, 1, 0, 2, 2)
+DEFINE_QBLOCK(qblock1_fp8, FMT_FP8, 1, 0, 1, 2)
+DEFINE_QBLOCK(qblock4_mx, FMT_MX, 0, 0, 4, 1)
+DEFINE_QBLOCK(qblock2_mx, FMT_MX, 0, 0, 2, 2)
+DEFINE_QBLOCK(qblock1_mx, FMT_MX, 1, 0, 1, 2)
+DEFINE_QBLOCK(qblock4_i4, FMT_I4, 0, 0, 4, 1)
+DEFINE_QBLOCK(qblock2_i4, FMT_I4, 1, 1, 2, 2)
+DEFINE_QBLOCK(qblock1_i4, FMT_I4, 1, 1, 1, 2)
+DEFINE_QBLOCK(qblock2_i4s, FMT_I4, 0, 0, 2, 2)
+DEFINE_QBLOCK(qblock1_i4s, FMT_I4, 0, 0, 1, 2)
+
+typedef void (*qblock_fn)(const dm_cpu_wmat *, const float *const[], const int64_t[QNR], float[][QNR]);
+
+/* Quantized W: blocks of QNR weight rows against row blocks of 4, 2, 1
+ * (never a padded activation row: each row's FMAs are the cost here). */
 DM_AVX2 static void skinny_quant(int32_t M, int32_t n_begin, int32_t n_end, const float *A, int32_t lda,
                                  const dm_cpu_wmat *W, const void *bias, float *C, int32_t ldc) {
-    const int mr = M == 1 ? 1 : MR;
+    static const qblock_fn fns[4][3] = {{qblock1_fp8, qblock2_fp8, qblock4_fp8},
+                                        {qblock1_mx, qblock2_mx, qblock4_mx},
+                                        {qblock1_i4, qblock2_i4, qblock4_i4},
+                                        {qblock1_i4s, qblock2_i4s, qblock4_i4}};
+    const int f = W->fmt == DYNMOE_WEIGHTS_FP8_BLOCK ? 0 : W->fmt == DYNMOE_WEIGHTS_MXFP4 ? 1 : W->group < 64 ? 3 : 2;
     for (int32_t n0 = n_begin; n0 < n_end; n0 += QNR) {
         int64_t n[QNR];
         float b[QNR];
@@ -145,16 +248,13 @@ DM_AVX2 static void skinny_quant(int32_t M, int32_t n_begin, int32_t n_end, cons
             n[i] = n0 + i < n_end ? n0 + i : n_end - 1;
             b[i] = dm_cpu_bias(bias, W->dt, n[i]);
         }
-        for (int32_t m0 = 0; m0 < M; m0 += mr) {
+        for (int32_t m0 = 0, mr; m0 < M; m0 += mr) {
+            mr = M - m0 >= 4 ? 4 : M - m0 >= 2 ? 2 : 1;
             const float *a[MR];
-            for (int j = 0; j < MR; j++) a[j] = A + (int64_t)(m0 + j < M ? m0 + j : M - 1) * lda;
+            for (int j = 0; j < mr; j++) a[j] = A + (int64_t)(m0 + j) * lda;
             float out[MR][QNR];
-            switch (W->fmt) {
-            case DYNMOE_WEIGHTS_FP8_BLOCK: mr == 1 ? qblock1_fp8(W, a, n, out) : qblock_fp8(W, a, n, out); break;
-            case DYNMOE_WEIGHTS_MXFP4: mr == 1 ? qblock1_mx(W, a, n, out) : qblock_mx(W, a, n, out); break;
-            default: mr == 1 ? qblock1_i4(W, a, n, out) : qblock_i4(W, a, n, out); break;
-            }
-            for (int j = 0; j < mr && m0 + j < M; j++)
+            fns[f][mr == 4 ? 2 : mr - 1](W, a, n, out);
+            for (int j = 0; j < mr; j++)
                 for (int i = 0; i < QNR && n0 + i < n_end; i++) C[(int64_t)(m0 + j) * ldc + n0 + i] = out[j][i] + b[i];
         }
     }

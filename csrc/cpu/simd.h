@@ -65,6 +65,58 @@ DM_AVX2 static inline __m256 dm_e2m1x8(__m256i nib) {
     return _mm256_or_ps(mag, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_and_si256(nib, _mm256_set1_epi32(8)), 28)));
 }
 
+/* The decode (skinny) kernel's decoders go through fp16 and F16C's
+ * vcvtph2ps (8 values per instruction): the integer work is done on 16-bit
+ * lanes, 16 values per instruction, instead of 32-bit lanes. */
+
+/* float8 e4m3fn codes as the fp16 codes of value * 2^-8, exactly: with the
+ * byte in a 16-bit lane's high byte, an arithmetic shift right by 1 puts the
+ * 4 exponent and 3 mantissa bits in fp16's fields (fp16's bias 15 = e4m3's
+ * 7 + 8, so every normal and subnormal lands on value * 2^-8; subnormals stay
+ * subnormals of fp16, which vcvtph2ps converts exactly whatever MXCSR says);
+ * the sign's copy in bit 14 is cleared. S.1111.111 would land on 1.875: it
+ * becomes 0xffff, an fp16 NaN (quant_rules.h: the code is NaN). The caller
+ * folds the 2^8 into the block scale. */
+DM_AVX2 static inline __m256i dm_fp8x16_f16(const uint8_t *p) {
+    const __m256i u = _mm256_slli_epi16(_mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)p)), 8);
+    const __m256i h = _mm256_and_si256(_mm256_srai_epi16(u, 1), _mm256_set1_epi16((short)0xbfff));
+    const __m256i nan = _mm256_cmpeq_epi16(_mm256_slli_epi16(u, 1), _mm256_set1_epi16((short)0xfe00));
+    return _mm256_or_si256(h, nan);
+}
+/* The same for 8 codes. */
+DM_AVX2 static inline __m128i dm_fp8x8_f16(const uint8_t *p) {
+    const __m128i u = _mm_unpacklo_epi8(_mm_setzero_si128(), _mm_loadl_epi64((const __m128i *)p));
+    const __m128i h = _mm_and_si128(_mm_srai_epi16(u, 1), _mm_set1_epi16((short)0xbfff));
+    return _mm_or_si128(h, _mm_cmpeq_epi16(_mm_slli_epi16(u, 1), _mm_set1_epi16((short)0xfe00)));
+}
+#define DM_FP8_F16_SCALE 256.0f /* dm_fp8x16_f16's values times this are the e4m3 values */
+
+/* e2m1 codes by table: every e2m1 value is an fp16 whose low byte is 0, so
+ * one pshufb maps 16 codes to their fp16 high bytes. */
+#define DM_E2M1_F16HI                                                                                             \
+    _mm_setr_epi8(0x00, 0x38, 0x3c, 0x3e, 0x40, 0x42, 0x44, 0x46, (char)0x80, (char)0xb8, (char)0xbc, (char)0xbe,  \
+                  (char)0xc0, (char)0xc2, (char)0xc4, (char)0xc6) /* 0 .5 1 1.5 2 3 4 6, then negated */
+/* 32 codes from 16 bytes (element k in nibble k, low first) as 4 x 8 fp16
+ * in k order: low and high nibbles looked up apart, re-interleaved bytewise
+ * into k order, then each byte becomes the high byte of a 16-bit lane. */
+DM_AVX2 static inline void dm_lut4x32_f16(const uint8_t *p, __m128i lut, __m128i h[4]) {
+    const __m128i b = _mm_loadu_si128((const __m128i *)p), m = _mm_set1_epi8(0x0f), z = _mm_setzero_si128();
+    const __m128i lo = _mm_shuffle_epi8(lut, _mm_and_si128(b, m));
+    const __m128i hi = _mm_shuffle_epi8(lut, _mm_and_si128(_mm_srli_epi16(b, 4), m));
+    const __m128i k0 = _mm_unpacklo_epi8(lo, hi), k1 = _mm_unpackhi_epi8(lo, hi);
+    h[0] = _mm_unpacklo_epi8(z, k0), h[1] = _mm_unpackhi_epi8(z, k0);
+    h[2] = _mm_unpacklo_epi8(z, k1), h[3] = _mm_unpackhi_epi8(z, k1);
+}
+/* The same for 8 codes from 4 bytes. */
+DM_AVX2 static inline __m128i dm_lut4x8_f16(const uint8_t *p, __m128i lut) {
+    int32_t u;
+    memcpy(&u, p, sizeof u);
+    const __m128i b = _mm_cvtsi32_si128(u), m = _mm_set1_epi8(0x0f);
+    const __m128i lo = _mm_shuffle_epi8(lut, _mm_and_si128(b, m));
+    const __m128i hi = _mm_shuffle_epi8(lut, _mm_and_si128(_mm_srli_epi16(b, 4), m));
+    return _mm_unpacklo_epi8(_mm_setzero_si128(), _mm_unpacklo_epi8(lo, hi));
+}
+
 /* Row n of m as K floats (cpu.h, dm_cpu_weight_row), 8 at a time, each
  * stored byte read once: the row itself for PLAIN f32, else widened or
  * dequantized into buf with the group's scale (and zero point) hoisted.
