@@ -33,23 +33,6 @@ DM_AVX2 static inline float dm_hsum8(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-/* Eight float8 e4m3fn codes (quant_rules.h, dm_fp8e4m3_to_f32) as fp32:
- * the 7 magnitude bits shifted into an fp32's exponent and mantissa with the
- * exponent rebiased (+120), subnormals (exponent 0) as m * 2^-9 (no fp32
- * subnormal on the way, so FTZ/DAZ cannot change them), S.1111.111 NaN. */
-DM_AVX2 static inline __m256 dm_fp8x8(const uint8_t *p) {
-    const __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p));
-    const __m256i mag = _mm256_and_si256(b, _mm256_set1_epi32(0x7f));
-    const __m256 sign = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_and_si256(b, _mm256_set1_epi32(0x80)), 24));
-    const __m256 normal =
-        _mm256_castsi256_ps(_mm256_add_epi32(_mm256_slli_epi32(mag, 20), _mm256_set1_epi32(120 << 23)));
-    const __m256 sub = _mm256_mul_ps(_mm256_cvtepi32_ps(mag), _mm256_set1_ps(0.001953125f));
-    __m256 v = _mm256_blendv_ps(normal, sub, _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(8), mag)));
-    v = _mm256_blendv_ps(v, _mm256_castsi256_ps(_mm256_set1_epi32(0x7fc00000)),
-                         _mm256_castsi256_ps(_mm256_cmpeq_epi32(mag, _mm256_set1_epi32(0x7f))));
-    return _mm256_or_ps(v, sign);
-}
-
 /* Eight 4-bit values from 4 bytes, element k in nibble k (low first), as int32 lanes. */
 DM_AVX2 static inline __m256i dm_nibbles8(const uint8_t *p) {
     uint32_t u;
@@ -58,14 +41,7 @@ DM_AVX2 static inline __m256i dm_nibbles8(const uint8_t *p) {
     return _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)u), sh), _mm256_set1_epi32(0xf));
 }
 
-/* Eight e2m1 nibbles (dm_e2m1_to_f32) as fp32: the 8 magnitudes by a lane
- * permute (it reads the low 3 bits of each index), the sign from bit 3. */
-DM_AVX2 static inline __m256 dm_e2m1x8(__m256i nib) {
-    const __m256 mag = _mm256_permutevar8x32_ps(_mm256_setr_ps(0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f), nib);
-    return _mm256_or_ps(mag, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_and_si256(nib, _mm256_set1_epi32(8)), 28)));
-}
-
-/* The decode (skinny) kernel's decoders go through fp16 and F16C's
+/* The fp8 and e2m1 decoders (skinny kernel and row widening) go through fp16 and F16C's
  * vcvtph2ps (8 values per instruction): the integer work is done on 16-bit
  * lanes, 16 values per instruction, instead of 32-bit lanes. */
 
@@ -121,7 +97,9 @@ DM_AVX2 static inline __m128i dm_lut4x8_f16(const uint8_t *p, __m128i lut) {
  * stored byte read once: the row itself for PLAIN f32, else widened or
  * dequantized into buf with the group's scale (and zero point) hoisted.
  * Groups are multiples of 8 long, so a vector never straddles two; the K
- * tail goes through quant_rules.h's scalar rules. */
+ * tail goes through quant_rules.h's scalar rules. fp8 and e2m1 go through
+ * fp16 (the decoders above); every step is exact up to the one product
+ * with the scale, so the floats are those of the scalar rules. */
 DM_AVX2 static inline const float *dm_cpu_weight_row_avx2(const dm_cpu_wmat *m, int64_t n, float *buf) {
     const uint8_t *row = (const uint8_t *)m->w + n * m->row_bytes;
     const int32_t K = m->K;
@@ -132,8 +110,14 @@ DM_AVX2 static inline const float *dm_cpu_weight_row_avx2(const dm_cpu_wmat *m, 
         for (int32_t k0 = 0; k0 < K; k0 += DM_FP8_BLOCK) {
             const int32_t kend = K < k0 + DM_FP8_BLOCK ? K : k0 + DM_FP8_BLOCK;
             const float s = sc[k0 / DM_FP8_BLOCK];
-            const __m256 sv = _mm256_set1_ps(s);
-            for (k = k0; k + 8 <= kend; k += 8) _mm256_storeu_ps(buf + k, _mm256_mul_ps(dm_fp8x8(row + k), sv));
+            /* (value * 2^-8) * (s * 2^8): both factors exact, so the product rounds as value * s */
+            const __m256 sv = _mm256_set1_ps(s * DM_FP8_F16_SCALE);
+            for (k = k0; k + 16 <= kend; k += 16) {
+                const __m256i h = dm_fp8x16_f16(row + k);
+                _mm256_storeu_ps(buf + k, _mm256_mul_ps(_mm256_cvtph_ps(_mm256_castsi256_si128(h)), sv));
+                _mm256_storeu_ps(buf + k + 8, _mm256_mul_ps(_mm256_cvtph_ps(_mm256_extracti128_si256(h, 1)), sv));
+            }
+            for (; k + 8 <= kend; k += 8) _mm256_storeu_ps(buf + k, _mm256_mul_ps(_mm256_cvtph_ps(dm_fp8x8_f16(row + k)), sv));
             for (; k < kend; k++) buf[k] = dm_fp8e4m3_to_f32(row[k]) * s;
         }
         return buf;
@@ -142,8 +126,9 @@ DM_AVX2 static inline const float *dm_cpu_weight_row_avx2(const dm_cpu_wmat *m, 
         const uint8_t *sc = (const uint8_t *)m->scale + n * m->groups;
         for (int32_t k0 = 0; k0 < K; k0 += DM_MXFP4_BLOCK) { /* K % 32 == 0 */
             const __m256 sv = _mm256_set1_ps(dm_ue8m0_to_f32(sc[k0 / DM_MXFP4_BLOCK]));
-            for (k = k0; k < k0 + DM_MXFP4_BLOCK; k += 8)
-                _mm256_storeu_ps(buf + k, _mm256_mul_ps(dm_e2m1x8(dm_nibbles8(row + k / 2)), sv));
+            __m128i h[4]; /* e2m1 values are exact in fp16: the same floats as dm_e2m1x8's */
+            dm_lut4x32_f16(row + k0 / 2, DM_E2M1_F16HI, h);
+            for (int q = 0; q < 4; q++) _mm256_storeu_ps(buf + k0 + 8 * q, _mm256_mul_ps(_mm256_cvtph_ps(h[q]), sv));
         }
         return buf;
     }
