@@ -151,6 +151,7 @@ typedef struct opts {
     int weights[MAX_WEIGHTS]; /* dynmoe_weight_format, or W_NATIVE */
     int nweights;
     int32_t group; /* INT4 group size */
+    int pack;      /* --pack: plain CPU experts pre-packed (dynmoe_experts_pack) */
 } opts;
 
 static void usage(FILE *f) {
@@ -202,6 +203,9 @@ static void usage(FILE *f) {
 "                      format on the same inputs, round-robin; xw = time / time(first W).\n"
 "                      (default plain)\n"
 "  --group-size G      int4 group along K: 32, 64 or 128 (default 128)\n"
+"  --pack              CPU: pre-pack the plain weights once (dynmoe_experts_pack, oneDNN); they\n"
+"                      run packed on the onednn CPU path (the default on AVX-512/AMX CPUs,\n"
+"                      DYNMOE_CPU_ISA=onednn elsewhere); the header says what oneDNN runs\n"
 "\n"
 "sweep (a comma list runs every combination)\n"
 "  --tokens T[,T..]    tokens per layer (default: 2048 on CUDA, 512 on the CPU)\n"
@@ -347,7 +351,7 @@ static int parse_args(int argc, char **argv, opts *o) {
         if (fl >= sizeof flag) return bad("unknown flag '%s'", a);
         memcpy(flag, a, fl);
         flag[fl] = 0;
-        static const char *known[] = {"--help", "--profile", "--quiet", "--preset", "--backend", "--tokens",
+        static const char *known[] = {"--help", "--profile", "--quiet", "--pack", "--preset", "--backend", "--tokens",
                                       "--keep", "--zero-share", "--iters", "--warmup", "--rounds", "--rotate", "--seed",
                                       "--json", "--dtype", "--experts", "--zero-experts", "--zero-kind", "--top-k",
                                       "--hidden", "--inter", "--groups", "--topk-groups", "--router", "--top-p",
@@ -360,9 +364,10 @@ static int parse_args(int argc, char **argv, opts *o) {
             usage(stdout);
             exit(0);
         }
-        if (!strcmp(flag, "--profile") || !strcmp(flag, "--quiet")) {
+        if (!strcmp(flag, "--profile") || !strcmp(flag, "--quiet") || !strcmp(flag, "--pack")) {
             if (eq) return bad("%s takes no value", flag);
             if (!strcmp(flag, "--profile")) o->profile = 1;
+            else if (!strcmp(flag, "--pack")) o->pack = 1;
             else o->quiet = 1;
             continue;
         }
@@ -556,6 +561,7 @@ typedef struct bench {
     dynmoe_weight_format wfmt[MAX_WEIGHTS];
     dynmoe_experts exw[MAX_WEIGHTS];
     void *wmem[MAX_WEIGHTS][6]; /* w13, w2, w13_scale, w2_scale, w13_zero, w2_zero */
+    dynmoe_packed_experts *packed[MAX_WEIGHTS]; /* --pack: of each plain format, or NULL */
     double expert_bytes[MAX_WEIGHTS]; /* one expert's w13 + w2 as stored, scales and zeros included */
     void *b13, *b2;
     void *out, *ws;
@@ -1215,6 +1221,17 @@ static int setup(bench *b) {
                 return -1;
         }
         ex.w13 = m[0], ex.w2 = m[1], ex.w13_scale = m[2], ex.w2_scale = m[3], ex.w13_zero = m[4], ex.w2_zero = m[5];
+        if (o->pack && ex.weight_format == DYNMOE_WEIGHTS_PLAIN) {
+            if (b->dev.cuda) return bad("--pack: CPU only (CUDA experts are not packed)");
+            if (dynmoe_experts_pack(b->ctx, &ex, &b->packed[w]) != DYNMOE_OK)
+                return bad("--pack: %s", dynmoe_last_error());
+            ex.packed = b->packed[w];
+            /* the packed path's scratch (gathered rows, oneDNN's scratchpad) is extra */
+            const size_t w1 = dynmoe_workspace_size(&b->router, &ex, b->Tmax);
+            const size_t w2 = dynmoe_workspace_size(&b->router_id, &ex, b->Tmax);
+            if (w1 > b->ws_bytes) b->ws_bytes = w1;
+            if (w2 > b->ws_bytes) b->ws_bytes = w2;
+        }
         b->exw[w] = ex;
         b->expert_bytes[w] = expert_bytes_of(&ex, o->group);
     }
@@ -1266,8 +1283,11 @@ static void teardown(bench *b) {
         bdev_free(d, b->ids_id[j]);
         bdev_free(d, b->wts[j]);
     }
-    for (int w = 0; w < MAX_WEIGHTS; w++)
+    for (int w = 0; w < MAX_WEIGHTS; w++) {
+        dynmoe_packed_experts_destroy(b->packed[w]);
+        b->packed[w] = NULL;
         for (int i = 0; i < 6; i++) bdev_free(d, b->wmem[w][i]);
+    }
     bdev_free(d, b->b13);
     bdev_free(d, b->b2);
     bdev_free(d, b->out);
@@ -1303,7 +1323,11 @@ static void print_banner(const bench *b, const runinfo *ri) {
         printf(" %.2f GB (%.2f MB per expert)", b->expert_bytes[w] * r->num_experts / 1e9, b->expert_bytes[w] / 1e6);
     }
     printf("\n");
-    if (!b->dev.cuda) printf("# cpu path: %s (DYNMOE_CPU_ISA lowers it: scalar | avx2)\n", cpu_isa_name());
+    if (!b->dev.cuda) printf("# cpu path: %s (DYNMOE_CPU_ISA lowers it: scalar | avx2; onednn runs --pack experts)\n", cpu_isa_name());
+    for (int w = 0; w < b->nw; w++)
+        if (b->packed[w])
+            printf("# packed %s weights: %.2f GB, %s\n", bq_format_name(b->wfmt[w]),
+                   dynmoe_packed_experts_bytes(b->packed[w]) / 1e9, dynmoe_packed_experts_path(b->packed[w]));
     if (ri->copy_bw > 0 && b->dev.has_dense)
         printf("# ceilings (best of N): copy %.1f GB/s (%s of %zu MiB, 2 x bytes / time); dense GEMM peak %.1f %s "
                "(%s, M %lld)\n",

@@ -4,6 +4,7 @@ experts give the reference's result (fp32 < 1e-5, bf16-free here: numpy has
 no bfloat16, fp16 < 1e-2) with outputs poisoned with NaN, and so do the other
 paths, which ignore the packing; packing errors raise DynmoeError. Without
 oneDNN in the build, pack() raises "unsupported" and the tests skip."""
+import os
 import zlib
 
 import numpy as np
@@ -17,12 +18,21 @@ def rng_for(name):
     return np.random.default_rng(zlib.crc32(name.encode()))
 
 
+# scripts/test-python.sh sets it when it runs this file against a library with oneDNN: a
+# missing oneDNN then fails instead of skipping.
+REQUIRE = os.environ.get("DYNMOE_REQUIRE_ONEDNN") == "1"
+
+
+def no_onednn(reason):
+    (pytest.fail if REQUIRE else pytest.skip)(reason)
+
+
 def packed_or_skip(experts):
     try:
         return experts.pack()
     except dynmoe.DynmoeError as e:
         if "no oneDNN" in str(e):
-            pytest.skip(f"this build has no oneDNN: {e}")
+            no_onednn(f"this build has no oneDNN: {e}")
         raise
 
 
@@ -30,7 +40,7 @@ def packed_or_skip(experts):
 def onednn(monkeypatch):
     monkeypatch.setenv("DYNMOE_CPU_ISA", "onednn")
     if dynmoe.cpu_isa() != "onednn":
-        pytest.skip(f"this CPU has no onednn path (the build has no oneDNN): {dynmoe.cpu_isa()}")
+        no_onednn(f"this CPU has no onednn path (the build has no oneDNN): {dynmoe.cpu_isa()}")
 
 
 def layer(rng, E, H, I, act, dtype):
