@@ -95,3 +95,20 @@ assert [r["weights"] for r in ds] == ["fp8_block", "fp8_block", "int4", "int4"],
 assert rows[-1]["weights"] == "mxfp4" and rows[-1]["first_weights"] == "mxfp4"
 print(f"bench_flags: {len(rows)} JSON rows checked")
 EOF
+
+# --pack (issue 17): with oneDNN in the build, the plain weights run packed on the onednn path
+# and the header names what oneDNN runs; without it the bench stops with the library's message.
+set +e
+DYNMOE_CPU_ISA=onednn "$bin" --preset qwen3 --pack --weights plain,fp8_block "${run[@]}" >"$tmp/pack.txt" 2>&1
+rc=$?
+set -e
+if grep -q "has no oneDNN" "$tmp/pack.txt"; then
+  [ "$rc" != 0 ] || fail "--pack without oneDNN exited 0"
+  echo "bench_flags: --pack: this build has no oneDNN (the bench said so and failed)"
+else
+  [ "$rc" = 0 ] || { cat "$tmp/pack.txt" >&2; fail "--pack exited $rc"; }
+  grep -q "^# cpu path: onednn" "$tmp/pack.txt" || fail "--pack: the header names no onednn path"
+  grep -q "^# packed plain weights: .*onednn [0-9.]* f32 gemm1 " "$tmp/pack.txt" || fail "--pack: no packed path line"
+  [ "$(grep -c '^qwen3-30b-a3b\* *cpu *f32 *\(plain\|fp8\) ' "$tmp/pack.txt")" = 4 ] || { cat "$tmp/pack.txt" >&2; fail "--pack: expected 4 rows"; }
+  echo "bench_flags: --pack ran on $(grep -o 'onednn [0-9.]* f32 gemm1 [^ ]*' "$tmp/pack.txt")"
+fi
