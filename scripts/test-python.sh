@@ -21,12 +21,17 @@ wheel=$(ls build-py/dist/dynmoe-*manylinux*.whl)
 "$venv/bin/python" -m pip install -q --force-reinstall --no-deps "$wheel"
 HF_HUB_OFFLINE=1 "$venv/bin/python" -m pytest tests/python -q -p no:cacheprovider
 # The wheel is built without oneDNN (docs/cpu.md), so its packed-experts tests skip: run them
-# again on the CMake build's library where that one links oneDNN (LD_LIBRARY_PATH comes before
-# the wheel's RUNPATH $ORIGIN), with a missing oneDNN as a failure.
+# again on the CMake build's library where that one links oneDNN, from a copy of the installed
+# package with that library in place of the wheel's (the wheel's RPATH would win over
+# LD_LIBRARY_PATH), with a missing oneDNN as a failure.
 lib=${BUILD_DIR:-build}/libdynmoe.so.0
 if [ -f "$lib" ] && ldd "$lib" | grep -q libdnnl; then
+  alt=build-py/onednn-pkg
+  rm -rf "$alt" && mkdir -p "$alt"
+  cp -r "$("$venv/bin/python" -c 'import dynmoe, os; print(os.path.dirname(dynmoe.__file__))')" "$alt/dynmoe"
+  cp -L "$lib" "$alt/dynmoe/libdynmoe.so.0"
   echo "test-python: tests/python/test_pack.py on $lib (oneDNN)"
-  LD_LIBRARY_PATH="$(cd "$(dirname "$lib")" && pwd)" DYNMOE_REQUIRE_ONEDNN=1 HF_HUB_OFFLINE=1 \
+  PYTHONPATH="$(pwd)/$alt" DYNMOE_REQUIRE_ONEDNN=1 HF_HUB_OFFLINE=1 \
     "$venv/bin/python" -m pytest tests/python/test_pack.py -q -p no:cacheprovider
 fi
 if [ "${DYNMOE_TEST_FRAMEWORKS:-1}" = 1 ]; then
