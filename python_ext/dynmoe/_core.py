@@ -549,19 +549,20 @@ def _route(logits, router, bias=None, mask_logits=None, *, expert_scale=None, id
     return (ids, weights, _stats_dict(st)) if stats else (ids, weights)
 
 
-def route_tasks(x, task_logits, task_weights, router, bias=None, *, ids=None, weights=None,
+def route_tasks(x, task_logits, task_weights, router, bias=None, *, expert_scale=None, ids=None, weights=None,
                 stats=False, stream=None):
     """CaRE bi-level routing: x [T, H], task_logits [T, R] fp32, task_weights
-    [R, E+Z, H] (x's dtype). Returns (ids, weights) [T, top_tasks*K], plus a
-    stats dict when stats=True."""
+    [R, E+Z, H] (x's dtype), bias and expert_scale [E+Z] fp32 or None (as in
+    route; each task's weights are scaled before the merge). Returns (ids,
+    weights) [T, top_tasks*K], plus a stats dict when stats=True."""
     ops = _torch_op(x, ids, weights, stats, stream)
     if ops is not None:
-        return ops.route_tasks(x, task_logits, task_weights, router.ints, router.floats, bias)
-    return _route_tasks(x, task_logits, task_weights, router, bias, ids=ids, weights=weights,
-                        stats=stats, stream=stream)
+        return ops.route_tasks(x, task_logits, task_weights, router.ints, router.floats, bias, expert_scale)
+    return _route_tasks(x, task_logits, task_weights, router, bias, expert_scale=expert_scale, ids=ids,
+                        weights=weights, stats=stats, stream=stream)
 
 
-def _route_tasks(x, task_logits, task_weights, router, bias=None, *, ids=None, weights=None,
+def _route_tasks(x, task_logits, task_weights, router, bias=None, *, expert_scale=None, ids=None, weights=None,
                  stats=False, stream=None):
     t = _tensor_shape(x, "x", "dynmoe.route_tasks", 2, "[T, H]")[0]
     s = router.slots
@@ -570,7 +571,8 @@ def _route_tasks(x, task_logits, task_weights, router, bias=None, *, ids=None, w
     if weights is None:
         weights = _empty(x, (t, s), "float32")
     st = _stats_buf(x, stats)
-    _C.route_tasks(router._c, x, task_logits, task_weights, bias, None, ids, weights, _stream(x, stream), st)
+    _C.route_tasks(router._c, x, task_logits, task_weights, bias, expert_scale, ids, weights, _stream(x, stream),
+                   st)
     return (ids, weights, _stats_dict(st)) if stats else (ids, weights)
 
 

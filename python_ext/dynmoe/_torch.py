@@ -133,12 +133,13 @@ if _custom_op is not None:
 
     @_custom_op("dynmoe::route_tasks", mutates_args=())
     def route_tasks(x: Tensor, task_logits: Tensor, task_weights: Tensor, router_ints: List[int],
-                    router_floats: List[float], bias: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+                    router_floats: List[float], bias: Optional[Tensor] = None,
+                    expert_scale: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
         r = _router(router_ints, router_floats)
-        return _core._route_tasks(x, task_logits, task_weights, r, bias)
+        return _core._route_tasks(x, task_logits, task_weights, r, bias, expert_scale=expert_scale)
 
     @route_tasks.register_fake
-    def _(x, task_logits, task_weights, router_ints, router_floats, bias=None):
+    def _(x, task_logits, task_weights, router_ints, router_floats, bias=None, expert_scale=None):
         s = router_ints[3] * router_ints[10]
         t = x.shape[0]
         return (x.new_empty((t, s), dtype=torch.int32), x.new_empty((t, s), dtype=torch.float32))

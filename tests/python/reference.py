@@ -115,10 +115,11 @@ def route(logits, r, bias=None, mask=None, expert_scale=None):
     return ids, w, bad
 
 
-def route_tasks(x, task_logits, task_weights, r, bias=None):
+def route_tasks(x, task_logits, task_weights, r, bias=None, expert_scale=None):
     """CaRE: per token the top_tasks largest task logits pick tasks; task i
-    routes W_r x into slots [i*K, (i+1)*K); a repeated expert keeps its first
-    slot with the summed weight."""
+    routes W_r x into slots [i*K, (i+1)*K) (expert_scale on each task's
+    weights, before the merge); a repeated expert keeps its first slot with
+    the summed weight."""
     T = x.shape[0]
     K, P = r["top_k"], r["top_tasks"]
     S = K * P
@@ -128,7 +129,7 @@ def route_tasks(x, task_logits, task_weights, r, bias=None):
         picked = _best_first(task_logits[t].astype(np.float64), range(r["num_tasks"]))[:P]
         for i, task in enumerate(picked):
             lg = task_weights[task].astype(np.float64) @ x[t].astype(np.float64)
-            ti, tw, _ = route_token(lg, r, bias)
+            ti, tw, _ = route_token(lg, r, bias, None, expert_scale)
             ids[t, i * K:(i + 1) * K] = ti
             w[t, i * K:(i + 1) * K] = tw
         for j in range(S):

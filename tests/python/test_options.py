@@ -115,6 +115,46 @@ def test_expert_scale():
     assert ref.rel_err(out, ref.moe(x, logits, kw, w13, w2, act="geglu_tanh", expert_scale=es)) < 1e-5
 
 
+def test_expert_scale_on_task_routers():
+    # CaRE task routers: each task's weights are scaled before the merge (docs/routing.md), so
+    # an expert two tasks pick gets the sum of its scaled weights; zero experts are scaled too
+    E, Z, H, T = 8, 2, 24, 37
+    kw = dict(num_experts=E, top_k=2, num_zero_experts=Z, zero_kind="identity", num_tasks=3, top_tasks=2,
+              scale=1.5)
+    router = dynmoe.Router(**kw)
+    rng = rng_for("expert_scale_tasks")
+    x = rng.standard_normal((T, H)).astype(np.float32)
+    tl = rng.standard_normal((T, 3)).astype(np.float32)
+    tw = rng.standard_normal((3, E + Z, H)).astype(np.float32)
+    es = (rng.random(E + Z) * 2).astype(np.float32)
+    es[3] = 0.0
+    ids, w = dynmoe.route_tasks(x, tl, tw, router, expert_scale=es)
+    rids, rw = ref.route_tasks(x, tl, tw, kw, expert_scale=es)
+    np.testing.assert_array_equal(ids, rids)
+    assert ref.rel_err(w, rw) < 1e-5
+    assert ref.rel_err(w, ref.route_tasks(x, tl, tw, kw)[1]) > 1e-3  # the scale reached the router
+    merged = [t for t in range(T) if (ids[t] == -1).any()]
+    assert merged, "no token whose tasks picked the same expert: the merge is untested"
+    # the caller's tables are written in place, as for route
+    ids2 = np.full((T, 4), 99, np.int32)
+    w2 = np.full((T, 4), np.nan, np.float32)
+    dynmoe.route_tasks(x, tl, tw, router, expert_scale=es, ids=ids2, weights=w2)
+    np.testing.assert_array_equal(ids2, rids)
+    assert ref.rel_err(w2, rw) < 1e-5
+
+
+def test_bad_expert_scale_on_task_routers():
+    E, Z, H, T = 8, 2, 16, 5
+    router = dynmoe.Router(num_experts=E, top_k=2, num_zero_experts=Z, num_tasks=2, top_tasks=1)
+    x = np.zeros((T, H), np.float32)
+    tl = np.zeros((T, 2), np.float32)
+    tw = np.zeros((2, E + Z, H), np.float32)
+    with pytest.raises(ValueError, match=r"dynmoe.route_tasks: expert_scale has shape \(8,\), expected \[E\+Z\] = \(10,\)"):
+        dynmoe.route_tasks(x, tl, tw, router, expert_scale=np.ones(E, np.float32))
+    with pytest.raises(TypeError, match=r"dynmoe.route_tasks: expert_scale must be float32"):
+        dynmoe.route_tasks(x, tl, tw, router, expert_scale=np.ones(E + Z, np.float16))
+
+
 def test_workspace_size_of_every_act():
     rng = rng_for("ws")
     router = dynmoe.Router(num_experts=4, top_k=2)

@@ -78,6 +78,27 @@ def test_route_tasks_matches_reference():
     assert ref.rel_err(w.numpy(), rw) < 1e-5
 
 
+def test_route_tasks_expert_scale_op():
+    # the torch op and the public API under torch.compile take expert_scale as route's does
+    kw = dict(num_experts=8, top_k=2, num_tasks=3, top_tasks=2, scale=2.0)
+    router = dynmoe.Router(**kw)
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(11, 16, generator=g)
+    tl = torch.randn(11, 3, generator=g)
+    tw = torch.randn(3, 8, 16, generator=g)
+    es = torch.rand(8, generator=g) * 2
+    rids, rw = ref.route_tasks(x.numpy(), tl.numpy(), tw.numpy(), kw, expert_scale=es.numpy())
+    ids, w = torch.ops.dynmoe.route_tasks(x, tl, tw, router.ints, router.floats, None, es)
+    np.testing.assert_array_equal(ids.numpy(), rids)
+    assert ref.rel_err(w.numpy(), rw) < 1e-5
+    f = torch.compile(lambda x, tl, tw, es: dynmoe.route_tasks(x, tl, tw, router, expert_scale=es), fullgraph=True)
+    ids, w = f(x, tl, tw, es)
+    np.testing.assert_array_equal(ids.numpy(), rids)
+    assert ref.rel_err(w.numpy(), rw) < 1e-5
+    with pytest.raises(ValueError, match=r"expert_scale has shape \(7,\)"):
+        torch.ops.dynmoe.route_tasks(x, tl, tw, router.ints, router.floats, None, es[:7].contiguous())
+
+
 def test_bf16(layer):
     router, x, logits, bias, mask, w13, w2 = layer
     xb, w13b, w2b = x.bfloat16(), w13.bfloat16(), w2.bfloat16()
