@@ -619,6 +619,17 @@ static int parse_x_experts(const char *fn, const dynmoe_router *r, PyObject *xo,
     return 0;
 }
 
+/* The experts alone, for the calls without x or a stream (workspace_size,
+ * pack): exported for the legacy default stream. */
+static int parse_experts_alone(const char *fn, const dynmoe_router *r, PyObject *eo, dm_experts_t *e, dm_dev *dev,
+                               dynmoe_experts *x) {
+    PyObject *ds = PyLong_FromLong(1);
+    if (ds == NULL) return -1;
+    const int rc = parse_experts(fn, r, eo, 0, ds, e, dev, x);
+    Py_DECREF(ds);
+    return rc;
+}
+
 static int parse_stream(PyObject *o, void **stream) {
     if (o == Py_None) {
         *stream = NULL;
@@ -831,13 +842,11 @@ static PyObject *py_workspace_size(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "OOL", &ro, &eo, &T)) return NULL;
     dynmoe_router r;
     if (parse_router(ro, &r) < 0) return NULL;
-    PyObject *ds = PyLong_FromLong(1);
-    if (ds == NULL) return NULL;
     dm_experts_t et = {0};
     dm_dev dev = {0};
     dynmoe_experts x;
     PyObject *ret = NULL;
-    if (parse_experts(fn, &r, eo, 0, ds, &et, &dev, &x) < 0) goto fail;
+    if (parse_experts_alone(fn, &r, eo, &et, &dev, &x) < 0) goto fail;
     size_t n = dynmoe_workspace_size(&r, &x, T);
     if (n == 0)
         raise_status(DYNMOE_ERR_INVALID_ARGUMENT, dynmoe_last_error());
@@ -845,7 +854,6 @@ static PyObject *py_workspace_size(PyObject *self, PyObject *args) {
         ret = PyLong_FromSize_t(n);
 fail:
     experts_release(&et);
-    Py_DECREF(ds);
     return ret;
 }
 
@@ -987,36 +995,24 @@ static PyObject *py_pack(PyObject *self, PyObject *args) {
     PyObject *eo;
     int E;
     if (!PyArg_ParseTuple(args, "Oi", &eo, &E)) return NULL;
-    dynmoe_router r = DYNMOE_ROUTER_INIT;
+    dynmoe_router r = DYNMOE_ROUTER_INIT; /* E experts: what the experts' shapes are checked against */
     r.num_experts = E;
     r.top_k = 1;
-    PyObject *ds = PyLong_FromLong(1);
-    if (ds == NULL) return NULL;
     dm_experts_t et = {0};
     dm_dev dev = {0};
     dynmoe_experts x;
+    dynmoe_packed_experts *pk = NULL;
     PyObject *ret = NULL;
-    if (parse_experts(fn, &r, eo, 0, ds, &et, &dev, &x) < 0) goto fail;
+    if (parse_experts_alone(fn, &r, eo, &et, &dev, &x) < 0) goto fail;
     if (dev.cuda) {
         raise_status(DYNMOE_ERR_UNSUPPORTED, "dynmoe.Experts.pack: packed experts are for CPU tensors only");
         goto fail;
     }
-    dynmoe_ctx *ctx = get_ctx(&dev, 0);
-    if (ctx == NULL) goto fail;
-    dynmoe_packed_experts *pk = NULL;
-    dynmoe_status st;
-    Py_BEGIN_ALLOW_THREADS
-    st = dynmoe_experts_pack(ctx, &x, &pk);
-    Py_END_ALLOW_THREADS
-    if (st != DYNMOE_OK) {
-        raise_status(st, dynmoe_last_error());
-        goto fail;
-    }
+    DM_RUN(dev, NULL, dynmoe_experts_pack(ctx, &x, &pk));
     ret = PyCapsule_New(pk, "dynmoe.packed_experts", packed_capsule_free);
     if (ret == NULL) dynmoe_packed_experts_destroy(pk);
 fail:
     experts_release(&et);
-    Py_DECREF(ds);
     return ret;
 }
 
