@@ -97,33 +97,45 @@ TEST(Api, Context) {
     }
 }
 
-/* A caller built against release 0.1 passes the shorter router and experts
- * structs: they are accepted and give the result of the full structs, and
- * nothing past them is read (each sits in a heap block of exactly its size,
- * so ASan sees any over-read). */
-TEST(Api, StructSizesOfRelease01) {
+/* A caller built against an earlier release passes that release's router
+ * and experts structs, which end where the fields added since begin: they are
+ * accepted and give the result of the full structs, and nothing past them is
+ * read (each sits in a heap block of exactly its size, so ASan sees any
+ * over-read). */
+struct ReleaseSizes {
+    const char *release;             /* the test's suffix: "01" is release 0.1 */
+    size_t router, experts;          /* where that release's structs end in today's */
+    size_t router_lp64, experts_lp64; /* that release's sizeof on LP64 */
+    uint64_t seed;
+};
+
+void PrintTo(const ReleaseSizes &p, std::ostream *os) { *os << "release " << p.release; }
+
+class StructSizes : public ::testing::TestWithParam<ReleaseSizes> {};
+
+TEST_P(StructSizes, OfRelease) {
+    const ReleaseSizes &p = GetParam();
     dynmoe_ctx *ctx = nullptr;
     ASSERT_EQ(dynmoe_ctx_create(&ctx, DYNMOE_BACKEND_CPU, 0), DYNMOE_OK) << dynmoe_last_error();
     const ModelCase c = find_case("beam_deepseek_v3");
     const int64_t T = 37;
-    Rng rng(11);
+    Rng rng(p.seed);
     RouteInputs in = make_route_inputs(c, T, DYNMOE_F32, rng);
     ExpertWeights w = make_experts(c.router.num_experts, c.H, c.I, c.act, DYNMOE_F32, rng);
     Packed x = random_x(T, c.H, DYNMOE_F32, rng);
     ForwardOut full = run_moe_forward(ctx, DYNMOE_BACKEND_CPU, c.router, w, DYNMOE_F32, T, x, in, false);
     ASSERT_EQ(full.status, DYNMOE_OK);
 
-    const size_t rsize = offsetof(dynmoe_router, weight_on_input), xsize = offsetof(dynmoe_experts, b13);
-    EXPECT_EQ(rsize, 64u) << "0.1's sizeof(dynmoe_router) on LP64";
-    EXPECT_EQ(xsize, 48u) << "0.1's sizeof(dynmoe_experts) on LP64";
+    EXPECT_EQ(p.router, p.router_lp64) << p.release << "'s sizeof(dynmoe_router) on LP64";
+    EXPECT_EQ(p.experts, p.experts_lp64) << p.release << "'s sizeof(dynmoe_experts) on LP64";
     BackendExperts bx = upload_experts(DYNMOE_BACKEND_CPU, c.router, w, DYNMOE_F32);
     dynmoe_router r = c.router;
     dynmoe_experts ex = bx.desc;
-    r.struct_size = rsize;
-    ex.struct_size = xsize;
-    std::unique_ptr<char[]> rb(new char[rsize]), xb(new char[xsize]);
-    std::memcpy(rb.get(), &r, rsize);
-    std::memcpy(xb.get(), &ex, xsize);
+    r.struct_size = p.router;
+    ex.struct_size = p.experts;
+    std::unique_ptr<char[]> rb(new char[p.router]), xb(new char[p.experts]);
+    std::memcpy(rb.get(), &r, p.router);
+    std::memcpy(xb.get(), &ex, p.experts);
     const dynmoe_router *rp = reinterpret_cast<const dynmoe_router *>(rb.get());
     const dynmoe_experts *xp = reinterpret_cast<const dynmoe_experts *>(xb.get());
 
@@ -136,44 +148,19 @@ TEST(Api, StructSizesOfRelease01) {
                                  in.bias.data(), in.mask.bytes.data(), out.get(), ws.get(), bytes, nullptr),
               DYNMOE_OK)
         << dynmoe_last_error();
-    EXPECT_EQ(out.bytes_vector(), full.out_bytes) << "0.1 structs give another result";
+    EXPECT_EQ(out.bytes_vector(), full.out_bytes) << p.release << " structs give another result";
     dynmoe_ctx_destroy(ctx);
 }
 
-/* A caller built against release 0.2 passes the experts struct without
- * `packed` (0.3): accepted, same result, nothing past it read (as above). */
-TEST(Api, StructSizesOfRelease02) {
-    dynmoe_ctx *ctx = nullptr;
-    ASSERT_EQ(dynmoe_ctx_create(&ctx, DYNMOE_BACKEND_CPU, 0), DYNMOE_OK) << dynmoe_last_error();
-    const ModelCase c = find_case("beam_deepseek_v3");
-    const int64_t T = 37;
-    Rng rng(12);
-    RouteInputs in = make_route_inputs(c, T, DYNMOE_F32, rng);
-    ExpertWeights w = make_experts(c.router.num_experts, c.H, c.I, c.act, DYNMOE_F32, rng);
-    Packed x = random_x(T, c.H, DYNMOE_F32, rng);
-    ForwardOut full = run_moe_forward(ctx, DYNMOE_BACKEND_CPU, c.router, w, DYNMOE_F32, T, x, in, false);
-    ASSERT_EQ(full.status, DYNMOE_OK);
-
-    const size_t xsize = offsetof(dynmoe_experts, packed);
-    EXPECT_EQ(xsize, 120u) << "0.2's sizeof(dynmoe_experts) on LP64";
-    BackendExperts bx = upload_experts(DYNMOE_BACKEND_CPU, c.router, w, DYNMOE_F32);
-    dynmoe_experts ex = bx.desc;
-    ex.struct_size = xsize;
-    std::unique_ptr<char[]> xb(new char[xsize]);
-    std::memcpy(xb.get(), &ex, xsize);
-    const dynmoe_experts *xp = reinterpret_cast<const dynmoe_experts *>(xb.get());
-    const size_t bytes = dynmoe_workspace_size(&c.router, xp, T);
-    EXPECT_EQ(bytes, dynmoe_workspace_size(&c.router, &bx.desc, T)) << dynmoe_last_error();
-    Buffer ws(DYNMOE_BACKEND_CPU, bytes), out(DYNMOE_BACKEND_CPU, (size_t)(T * c.H) * 4);
-    ws.fill(kPoisonFloat);
-    out.fill(kPoisonFloat);
-    ASSERT_EQ(dynmoe_moe_forward(ctx, &c.router, xp, T, x.bytes.data(), in.logits.bytes.data(), DYNMOE_F32,
-                                 in.bias.data(), in.mask.bytes.data(), out.get(), ws.get(), bytes, nullptr),
-              DYNMOE_OK)
-        << dynmoe_last_error();
-    EXPECT_EQ(out.bytes_vector(), full.out_bytes) << "0.2 structs give another result";
-    dynmoe_ctx_destroy(ctx);
-}
+/* 0.1: the router without weight_on_input (0.2), the experts without b13 (0.2).
+ * 0.2: the router as today (0.3 added nothing to it), the experts without
+ * `packed` (0.3). */
+INSTANTIATE_TEST_SUITE_P(
+    Api, StructSizes,
+    ::testing::Values(ReleaseSizes{"01", offsetof(dynmoe_router, weight_on_input), offsetof(dynmoe_experts, b13),
+                                   64, 48, 11},
+                      ReleaseSizes{"02", sizeof(dynmoe_router), offsetof(dynmoe_experts, packed), 80, 120, 12}),
+    [](const ::testing::TestParamInfo<ReleaseSizes> &i) { return std::string("Release") + i.param.release; });
 
 /* ---- bad arguments ------------------------------------------------------------- */
 
