@@ -54,7 +54,7 @@ if _custom_op is not None:
         # .ints = [gate_up, weight_format, group_size, dtype], .floats = [alpha, limit]).
         e = _core.Experts.from_op(w13, w2, act, (b13, b2, w13_scale, w2_scale, w13_zero, w2_zero),
                                   experts_ints, experts_floats)
-        if os.environ.get("DYNMOE_PACK") == "1" and w13.device.type == "cpu" and e.weight_format == "plain":
+        if pack_wanted() and w13.device.type == "cpu" and e.weight_format == "plain":
             return _packed(e, w13, w2, b13, b2)
         return e
 
@@ -62,12 +62,26 @@ if _custom_op is not None:
     # their first forward and reused while the same weight tensors live
     # unchanged (weak references, data pointers and torch's version counters
     # are checked at every call, so freed, moved or modified weights are
-    # packed again rather than read stale). The integrations (vLLM's plugin,
-    # transformers' ExpertsInterface) call these ops, so they pack too. Where
-    # packing is unsupported (a build without oneDNN) the plain experts run,
-    # with one warning.
+    # packed again rather than read stale). The integrations call these ops;
+    # vLLM's plugin and transformers' patch() fill the cache at load time
+    # (prepack), so their first forward packs nothing. Where packing is
+    # unsupported (a build without oneDNN) the plain experts run, with one
+    # warning.
     _packs = {}
     _pack_warned = []
+    pack_count = [0]  # dynmoe_experts_pack calls made for the ops (tests read it: packed at load or not)
+
+    def pack_wanted():
+        return os.environ.get("DYNMOE_PACK") == "1"
+
+    def prepack(w13, w2, act="swiglu", *options):
+        """Load time (the integrations' hooks): packs plain CPU experts now into
+        the cache the ops read, given the experts ops' own arguments (w13, w2,
+        act, then b13, b2, scales, zeros, experts_ints, experts_floats), so
+        that their first forward finds it. Returns (bytes, path), or None when
+        DYNMOE_PACK is not 1, the weights are not plain CPU ones, or packing is
+        unsupported (then one warning, and the plain experts run)."""
+        return _experts(w13, w2, act, *options).packed
 
     def _packed(e, w13, w2, b13, b2):
         key = (id(w13), id(w2), e._c[2:3] + e._c[5:9])
@@ -83,9 +97,10 @@ if _custom_op is not None:
         if cap is None:
             try:
                 cap = e.pack()._packed
+                pack_count[0] += 1
             except _core.DynmoeError as err:
                 if not _pack_warned:
-                    _pack_warned.append(True)
+                    _pack_warned.append(str(err))
                     warnings.warn(f"DYNMOE_PACK=1: experts run unpacked ({err})", RuntimeWarning, stacklevel=3)
                 return e
             # the entry holds the packed object only (no tensor): it goes when w13 does

@@ -150,3 +150,44 @@ def test_dynmoe_pack_env_in_torch_ops(onednn, monkeypatch):
             pytest.skip("packing unsupported in this build")
         assert any(v[0]() is w13 for v in _torch._packs.values())
         w13.mul_(0.5)  # in place: the version counter changes, so the next call packs again
+
+
+def test_transformers_packs_once(onednn, monkeypatch):
+    # DYNMOE_PACK=1 in transformers: patch() packs each MoE layer's experts at load time
+    # (prepack), forwards pack nothing more; with register() alone the first forward packs
+    # and the next ones reuse it. The output is the unpacked one within f32's tolerance, and
+    # 64 tokens give the 16 experts (top-4) >= 16 rows: the packed matmuls run.
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    import tiny_models
+    import dynmoe.integrations.transformers as dmt
+    from dynmoe import _torch
+
+    ids = torch.from_numpy(rng_for("packhf").integers(3, 250, (1, 64)))
+    monkeypatch.setenv("DYNMOE_PACK", "0")
+    plain = tiny_models.build("qwen3_moe")
+    dmt.patch(plain)
+    with torch.no_grad():
+        want = plain(ids).logits
+    monkeypatch.setenv("DYNMOE_PACK", "1")
+    model = tiny_models.build("qwen3_moe")
+    n0 = _torch.pack_count[0]
+    dmt.patch(model)
+    if _torch._pack_warned:
+        no_onednn(f"packing unsupported: {_torch._pack_warned[0]}")
+    assert _torch.pack_count[0] - n0 == 2  # both layers, at load
+    for _ in range(2):
+        with torch.no_grad():
+            got = model(ids).logits
+        assert _torch.pack_count[0] - n0 == 2
+        assert ref.rel_err(got.numpy(), want.numpy()) < 1e-5
+    # register() alone (no load-time hook): the first forward packs, the second reuses it
+    lazy = tiny_models.build("qwen3_moe")
+    dmt.register()
+    lazy.set_experts_implementation("dynmoe")
+    n1 = _torch.pack_count[0]
+    for step in range(2):
+        with torch.no_grad():
+            got = lazy(ids).logits
+        assert _torch.pack_count[0] - n1 == 2, step
+        assert ref.rel_err(got.numpy(), want.numpy()) < 1e-5

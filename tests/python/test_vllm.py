@@ -41,7 +41,9 @@ def run(model, runs, *extra, timeout=900):
         if line.startswith("RESULT "):
             r = json.loads(line[len("RESULT "):])
             out[r["run"]] = r["out"]
-    assert sorted(out) == sorted(runs), log[-6000:]
+            if "packs_at_load" in r:
+                out["_pack:" + r["run"]] = {k: v for k, v in r.items() if k not in ("run", "out")}
+    assert sorted(k for k in out if not k.startswith("_")) == sorted(runs), log[-6000:]
     out["_log"] = log
     return out
 
@@ -134,6 +136,37 @@ def test_expert_parallel_two_ranks(models, qwen):
     print(f"qwen3_moe 2-rank EP: max |dlogprob| {d:.2e}")
     assert d < TOL
     assert r["_log"].count("model.layers.0.mlp.experts runs dynmoe (modular mode)") == 2  # one per rank
+
+
+# scripts/test-frameworks.sh sets it when it runs the packing test on a library with oneDNN:
+# a missing oneDNN then fails instead of skipping.
+REQUIRE_ONEDNN = os.environ.get("DYNMOE_REQUIRE_ONEDNN") == "1"
+
+
+def test_pack_at_load(models):
+    # DYNMOE_PACK=1 on the onednn path: the plugin packs each MoE layer's experts in
+    # process_weights_after_loading (2 layers), generate packs nothing and every dynmoe
+    # expert call carries the packed experts; the output is vLLM's own (the unpacked
+    # reference) within the f32 tolerance, eager, compiled and monolithic. The 100-token
+    # prompt gives experts >= 16 rows in prefill, so the oneDNN matmuls run.
+    runs = ["on+pack", "off", "mono+pack", "on@c+pack", "off@c"]
+    r = run(models["qwen3_moe"], runs, "--long")
+    log = r["_log"]
+    for mode, ref in (("on+pack", "off"), ("mono+pack", "off"), ("on@c+pack", "off@c")):
+        d = max_logprob_diff(r[mode], r[ref])
+        print(f"qwen3_moe {mode}: max |dlogprob| {d:.2e} against vLLM's kernel; {r['_pack:' + mode]}")
+        assert d < TOL
+    if "DYNMOE_PACK=1 but the experts run unpacked" in log:
+        # a build without oneDNN (the wheel): one warning, the plain experts, as before
+        assert log.count("DYNMOE_PACK=1 but the experts run unpacked") == 1, log[-6000:]
+        assert all(r["_pack:" + m]["packs_at_load"] == 0 and r["_pack:" + m]["packed"] == 0
+                   for m in ("on+pack", "mono+pack", "on@c+pack"))
+        (pytest.fail if REQUIRE_ONEDNN else pytest.skip)("this dynmoe has no oneDNN: the experts ran unpacked")
+    for mode in ("on+pack", "mono+pack", "on@c+pack"):
+        p = r["_pack:" + mode]
+        assert p["packs_at_load"] == 2 and p["packs_in_generate"] == 0, (mode, p)
+        assert p["calls"] > 0 and p["packed"] == p["calls"], (mode, p)
+    assert log.count("model.layers.0.mlp.experts packed at load") == 3
 
 
 def _moe(**kw):

@@ -14,7 +14,12 @@ registered once, at the first LLM, so the first run must not be `off`),
 otherwise, or all compiled with --compiled), and
 `+perturb` appended for the negative control: dynmoe's experts then see
 w2 scaled by 1.5 (a copy made inside the dynmoe call only), which must
-change the output with the plugin on and nothing with it off.
+change the output with the plugin on and nothing with it off. `+pack`
+appended runs it with DYNMOE_PACK=1 on the onednn path (DYNMOE_CPU_ISA=onednn)
+and reports the packings made while the engine loaded and while it generated
+(dynmoe._torch.pack_count) and how many dynmoe expert calls carried packed
+experts. --long adds a 100-token prompt (so experts get >= 16 rows, the
+packed path's minimum, in prefill).
 """
 import argparse
 import gc
@@ -41,6 +46,30 @@ def perturb_dynmoe():
     return lambda: (setattr(core, "_experts_forward", saved[0]), setattr(core, "_moe_forward", saved[1]))
 
 
+def count_packed_calls():
+    """Counts dynmoe's expert calls and those that carried packed experts.
+    Returns (counts, undo)."""
+    import dynmoe._core as core
+
+    saved = core._experts_forward, core._moe_forward
+    n = {"calls": 0, "packed": 0}
+
+    def seen(e):
+        n["calls"] += 1
+        n["packed"] += e._packed is not None
+
+    def ef(x, ids, w, r, e, **kw):
+        seen(e)
+        return saved[0](x, ids, w, r, e, **kw)
+
+    def mf(x, lg, r, e, *a, **kw):
+        seen(e)
+        return saved[1](x, lg, r, e, *a, **kw)
+
+    core._experts_forward, core._moe_forward = ef, mf
+    return n, lambda: (setattr(core, "_experts_forward", saved[0]), setattr(core, "_moe_forward", saved[1]))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("model")
@@ -49,13 +78,15 @@ def main():
     ap.add_argument("--tp", type=int, default=1)
     ap.add_argument("--ep", action="store_true")
     ap.add_argument("--max-tokens", type=int, default=8)
+    ap.add_argument("--long", action="store_true")
     a = ap.parse_args()
 
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     from vllm import LLM, SamplingParams
 
     sp = SamplingParams(max_tokens=a.max_tokens, temperature=0.0, logprobs=5, detokenize=False)
-    prompts = [{"prompt_token_ids": p} for p in PROMPTS]
+    long = [[(7 * i + 3) % 250 + 3 for i in range(100)]] if a.long else []
+    prompts = [{"prompt_token_ids": p} for p in PROMPTS + long]
     for run in a.runs.split(","):
         spec, _, extra = run.partition("+")
         plugin, _, how = spec.partition("@")
@@ -63,16 +94,32 @@ def main():
         os.environ["DYNMOE_VLLM"] = "0" if plugin == "off" else "1"
         os.environ["DYNMOE_VLLM_MODE"] = "monolithic" if plugin == "mono" else "modular"
         undo = perturb_dynmoe() if extra == "perturb" else None
+        pack = extra == "pack"
+        os.environ["DYNMOE_PACK"] = "1" if pack else "0"
+        if pack:
+            os.environ["DYNMOE_CPU_ISA"] = "onednn"
+        else:
+            os.environ.pop("DYNMOE_CPU_ISA", None)
+        from dynmoe import _torch
+
+        packs0 = _torch.pack_count[0]
         llm = LLM(model=a.model, skip_tokenizer_init=True, dtype="float32", enforce_eager=not compiled,
                   max_model_len=128, max_num_seqs=4, seed=0, tensor_parallel_size=a.tp,
                   enable_expert_parallel=a.ep, distributed_executor_backend="mp" if a.tp > 1 else None)
+        packs1 = _torch.pack_count[0]
+        calls, uncount = count_packed_calls() if pack else (None, None)
         outs = llm.generate(prompts, sp, use_tqdm=False)
+        if uncount is not None:
+            uncount()
         res = []
         for o in outs:
             c = o.outputs[0]
             res.append({"tokens": list(c.token_ids),
                         "logprobs": [{str(k): v.logprob for k, v in lp.items()} for lp in c.logprobs]})
-        print("RESULT " + json.dumps({"run": run, "out": res}), flush=True)
+        info = {"run": run, "out": res}
+        if pack:
+            info.update(packs_at_load=packs1 - packs0, packs_in_generate=_torch.pack_count[0] - packs1, **calls)
+        print("RESULT " + json.dumps(info), flush=True)
         if undo is not None:
             undo()
         del llm

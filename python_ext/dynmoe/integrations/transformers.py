@@ -37,6 +37,11 @@ top-1 with the weight on the expert's input (``weight_on_input``). Shared
 experts, shared gates, latent projections and everything else of the block
 stay the model's own. A block whose router is not in the tables raises
 ``NotImplementedError`` naming its class.
+
+**DYNMOE_PACK=1** (CPU experts, plain weights): ``patch(model)`` packs every
+dynmoe experts module at load time (``prepack(model)``, which also serves
+``register()`` users), so no forward packs; with ``register()`` alone the
+first forward packs, once (docs/cpu.md, "Packed experts and oneDNN").
 """
 from __future__ import annotations
 
@@ -48,7 +53,7 @@ from . import support
 
 NAME = "dynmoe"
 
-__all__ = ["NAME", "register", "patch", "experts_forward", "ROUTERS", "why_not", "attach_quantized",
+__all__ = ["NAME", "register", "patch", "prepack", "experts_forward", "ROUTERS", "why_not", "attach_quantized",
            "load_quantized"]
 
 
@@ -236,12 +241,12 @@ def load_quantized(model, tensors):
     return done
 
 
-def experts_forward(self, hidden_states, top_k_index, top_k_weights):
-    """transformers' experts signature: hidden_states [T, H], top_k_index
-    [T, K], top_k_weights [T, K] -> [T, H], computed by dynmoe."""
-    spec = _experts_spec(self)
-    if isinstance(spec, str):
-        raise NotImplementedError(f"dynmoe: {type(self).__name__} cannot run on dynmoe: dynmoe lacks {spec}")
+def _op_experts(self, spec):
+    """(w13, w2, act, b13, b2, scales, zeros, experts_ints, experts_floats):
+    what experts_forward passes the op after the routing, and what
+    dynmoe._torch.prepack takes. w13 is the parameter itself (or its cached
+    re-laid copy) where it holds exactly the experts: the same tensor at
+    every call, which the packing cache (DYNMOE_PACK=1) is keyed on."""
     transposed = bool(getattr(self, "is_transposed", False))
     num_experts = self.down_proj.shape[0]
     quant = self.__dict__.get("_dynmoe_quant")
@@ -251,7 +256,9 @@ def experts_forward(self, hidden_states, top_k_index, top_k_weights):
         qt = (q13.scale, q2.scale, q13.zero, q2.zero)
         eints, efloats = _experts_lists(spec["gate_up"], spec["alpha"], spec["limit"], q13.fmt, q13.group_size)
     else:
-        w13 = _relaid(self, spec["w13"], getattr(self, spec["w13"]), transposed)[:num_experts]
+        w13 = _relaid(self, spec["w13"], getattr(self, spec["w13"]), transposed)
+        if w13.shape[0] != num_experts:
+            w13 = w13[:num_experts]
         w2 = _relaid(self, "down_proj", self.down_proj, transposed)
         qt = (None, None, None, None)
         eints, efloats = _experts_lists(spec["gate_up"], spec["alpha"], spec["limit"])
@@ -259,15 +266,48 @@ def experts_forward(self, hidden_states, top_k_index, top_k_weights):
     if "b13" in spec:
         b13 = getattr(self, spec["b13"])[:num_experts].contiguous()
         b2 = getattr(self, spec["b2"]).contiguous()
+    return (w13, w2, spec["act"], b13, b2, *qt, eints, efloats)
+
+
+def experts_forward(self, hidden_states, top_k_index, top_k_weights):
+    """transformers' experts signature: hidden_states [T, H], top_k_index
+    [T, K], top_k_weights [T, K] -> [T, H], computed by dynmoe."""
+    spec = _experts_spec(self)
+    if isinstance(spec, str):
+        raise NotImplementedError(f"dynmoe: {type(self).__name__} cannot run on dynmoe: dynmoe lacks {spec}")
+    w13, w2, act, *options = _op_experts(self, spec)
     zero = int(getattr(self, "zero_expert_num", 0) or 0)  # LongCat-Flash: ids E.. copy x
-    ints, floats = _router_lists(int(num_experts), int(top_k_index.shape[-1]), zero, "identity")
+    ints, floats = _router_lists(int(self.down_proj.shape[0]), int(top_k_index.shape[-1]), zero, "identity")
     x = hidden_states.contiguous()
     ids = top_k_index.to(torch.int32).contiguous()
     weights = top_k_weights.to(torch.float32).contiguous()
     out = torch.empty_like(x)
-    torch.ops.dynmoe.experts_forward_out(x, ids, weights, w13, w2, ints, floats, spec["act"], out, None,
-                                         b13, b2, *qt, eints, efloats)
+    torch.ops.dynmoe.experts_forward_out(x, ids, weights, w13, w2, ints, floats, act, out, None, *options)
     return out
+
+
+def prepack(model):
+    """DYNMOE_PACK=1: packs the CPU experts of every experts module of model
+    that runs on dynmoe now, into the cache the dynmoe ops read, so that no
+    forward packs (patch() calls it; without it the first forward packs).
+    Returns the number of modules packed; where packing is unsupported (no
+    oneDNN in the library) none is, with one warning, and the plain experts
+    run."""
+    from dynmoe import _torch
+
+    if not _torch.pack_wanted():
+        return 0
+    done = 0
+    for mod in model.modules():
+        if not isinstance(getattr(mod, "down_proj", None), torch.Tensor):
+            continue
+        if getattr(getattr(mod, "config", None), "_experts_implementation", NAME) != NAME:
+            continue  # this module's experts run elsewhere
+        spec = _experts_spec(mod)
+        if isinstance(spec, str) or mod.down_proj.device.type != "cpu":
+            continue
+        done += _torch.prepack(*_op_experts(mod, spec)) is not None
+    return done
 
 
 def register():
@@ -487,4 +527,5 @@ def patch(model):
             experts.forward = experts_forward.__get__(experts)
     if hasattr(model, "set_experts_implementation"):
         model.set_experts_implementation(NAME)
+    prepack(model)
     return model

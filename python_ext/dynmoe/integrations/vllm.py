@@ -47,6 +47,14 @@ it traces under ``torch.compile(fullgraph=True)`` (vLLM calls the MoE layer
 inside its compiled graph on the CPU): the dynmoe ops are opaque nodes with
 fake implementations, and their workspace is the cached one of the device
 and stream (dynmoe._torch.cached_workspace).
+
+``DYNMOE_PACK=1`` (CPU layers, plain weights): each layer's experts are packed
+once in ``process_weights_after_loading``, after vLLM's own weight processing,
+into the cache the dynmoe ops read (dynmoe._torch.prepack), so that no forward
+packs; they run packed on the CPU's onednn path. Without oneDNN in the library
+one warning is logged and the plain experts run. The onednn path being the
+default does not turn it on (docs/cpu.md: the packed copy is kept beside the
+plain weights).
 """
 from __future__ import annotations
 
@@ -105,6 +113,7 @@ def _classes():
     )
 
     import dynmoe
+    from dynmoe import _torch
 
     from . import support
 
@@ -345,6 +354,28 @@ def _classes():
             weights = topk_weights.to(torch.float32).contiguous()
         return ids, weights
 
+    pack_warned = []
+
+    def pack_at_load(method, layer, name):
+        """DYNMOE_PACK=1, CPU weights: packs the layer's experts once, after
+        vLLM's own weight processing (the final w13_weight/w2_weight), into the
+        cache the dynmoe ops read (dynmoe._torch.prepack) with the very
+        arguments the experts' apply passes, so no forward packs. A later
+        in-place weight update (vLLM copies into the same storage) bumps the
+        tensors' versions and the next forward packs again."""
+        if not _torch.pack_wanted() or layer.w13_weight.device.type != "cpu":
+            return
+        ex = getattr(getattr(method, "moe_kernel", None), "fused_experts", None)
+        if not isinstance(ex, _ExpertArgs):
+            return
+        got = _torch.prepack(layer.w13_weight, layer.w2_weight, ex.act, *ex._tail())
+        if got is not None:
+            logger.info("dynmoe: %s packed at load (%d bytes, %s)", name, got[0], got[1])
+        elif not pack_warned:
+            pack_warned.append(True)
+            why = _torch._pack_warned[0] if _torch._pack_warned else "not packable"
+            logger.warning("dynmoe: DYNMOE_PACK=1 but the experts run unpacked: %s", why)
+
     class DynmoeFusedMoEMethod(UnquantizedFusedMoEMethod):
         """vLLM's unquantized MoE method with dynmoe's experts where dynmoe
         can run the layer, vLLM's own kernel otherwise."""
@@ -384,6 +415,8 @@ def _classes():
             self.note_zero_experts(layer)  # before super(): it builds the kernel from experts_cls
             super().process_weights_after_loading(layer)
             name = getattr(layer, "layer_name", type(layer).__name__)
+            if self.dynmoe_mode is not None:
+                pack_at_load(self, layer, name)
             if self.dynmoe_mode is None and self.dynmoe_reason is None:
                 return  # DYNMOE_VLLM is not 1 for this engine: vLLM's kernel, nothing to say
             if self.dynmoe_mode is None:
