@@ -68,4 +68,12 @@ fi
 cache=$(mktemp -d)
 VLLM_CACHE_ROOT=$cache HF_HUB_OFFLINE=1 "$venv/bin/python" -m pytest tests/python/test_vllm.py tests/python/test_examples.py tests/python/test_compare_frameworks.py \
   -q -s -p no:cacheprovider
+# The wheel has no oneDNN, so vLLM's packing at load ran unpacked above: run it again on the
+# oneDNN build's library where test-python.sh made its package copy, a missing oneDNN failing.
+alt=build-py/onednn-pkg
+if [ -d "$alt/dynmoe" ]; then
+  echo "test-frameworks: test_vllm.py::test_pack_at_load on $alt (oneDNN)"
+  VLLM_CACHE_ROOT=$cache PYTHONPATH="$(pwd)/$alt" DYNMOE_REQUIRE_ONEDNN=1 HF_HUB_OFFLINE=1 \
+    "$venv/bin/python" -m pytest tests/python/test_vllm.py -k pack_at_load -q -s -p no:cacheprovider
+fi
 rm -rf "$cache"

@@ -25,9 +25,10 @@ HF_HUB_OFFLINE=1 "$venv/bin/python" -m pytest tests/python -q -p no:cacheprovide
 # package with that library in place of the wheel's (the wheel's RPATH would win over
 # LD_LIBRARY_PATH), with a missing oneDNN as a failure.
 lib=${BUILD_DIR:-build}/libdynmoe.so.0
+alt=build-py/onednn-pkg  # also read by test-frameworks.sh: removed first, so no stale copy is tested
+rm -rf "$alt"
 if [ -f "$lib" ] && ldd "$lib" | grep -q libdnnl; then
-  alt=build-py/onednn-pkg
-  rm -rf "$alt" && mkdir -p "$alt"
+  mkdir -p "$alt"
   cp -r "$("$venv/bin/python" -c 'import dynmoe, os; print(os.path.dirname(dynmoe.__file__))')" "$alt/dynmoe"
   cp -L "$lib" "$alt/dynmoe/libdynmoe.so.0"
   echo "test-python: tests/python/test_pack.py on $lib (oneDNN)"
