@@ -261,7 +261,8 @@ DM_AVX2 static void skinny_quant(int32_t M, int32_t n_begin, int32_t n_end, cons
 }
 
 DM_AVX2 void dm_cpu_gemm_skinny_avx2(int32_t M, int32_t n_begin, int32_t n_end, const float *A, int32_t lda,
-                                     const dm_cpu_wmat *W, const void *bias, float *C, int32_t ldc) {
+                                     const dm_cpu_wmat *W, const void *bias, float *C, int32_t ldc, float *xbuf) {
+    (void)xbuf;
     if (W->fmt != DYNMOE_WEIGHTS_PLAIN) {
         skinny_quant(M, n_begin, n_end, A, lda, W, bias, C, ldc);
         return;
@@ -292,8 +293,8 @@ DM_AVX2 void dm_cpu_gemm_skinny_avx2(int32_t M, int32_t n_begin, int32_t n_end, 
 #else
 
 void dm_cpu_gemm_skinny_avx2(int32_t M, int32_t n_begin, int32_t n_end, const float *A, int32_t lda,
-                             const dm_cpu_wmat *W, const void *bias, float *C, int32_t ldc) {
-    (void)M, (void)n_begin, (void)n_end, (void)A, (void)lda, (void)W, (void)bias, (void)C, (void)ldc;
+                             const dm_cpu_wmat *W, const void *bias, float *C, int32_t ldc, float *xbuf) {
+    (void)M, (void)n_begin, (void)n_end, (void)A, (void)lda, (void)W, (void)bias, (void)C, (void)ldc, (void)xbuf;
 }
 
 #endif
