@@ -65,8 +65,11 @@ DEFINE_BLOCK(block1_f16, dm_load8_f16, DYNMOE_F16, 1)
  * (v % NCH), so that the FMAs' latency hides behind the decoding when MRV is
  * small. The scale is hoisted (HOIST): each group's Σ x·q is multiplied by
  * its scale once, with
- * - FP8_BLOCK: q = value·2^-8 from dm_fp8x16_f16, the 2^8 folded into the
- *   scale; at every MRV (groups of 128 k);
+ * - FP8_BLOCK: q = value·2^-8 from dm_fp8x32_f16_nonan, the 2^8 folded into
+ *   the scale; at every MRV (groups of 128 k). Its NaN rule is applied per
+ *   row, not per weight: a NaN code anywhere in the row's 32-steps makes the
+ *   outputs of the row NaN, which is what its product would have made them
+ *   (the 8-wide remainder and the scalar tail decode NaN per weight);
  * - MXFP4: q from the fp16 table (dm_lut4x32_f16);
  * - INT4: q = 0..15 as integers (dm_nibbles8: broadcast + variable shifts,
  *   measured a little faster here than the fp16 table), the zero point as
@@ -116,11 +119,11 @@ DM_AVX2 static inline __m256 scale4(int fmt, __m256 w, __m256 s, __m256 c) {
 /* 32 weights of row p from k, unscaled (fp8 times 2^-8, INT4 q) or, 4-bit
  * without hoist, scaled. */
 DM_AVX2 static inline void dec32(int fmt, int hoist, const uint8_t *p, int32_t k, __m128i lut, __m256 s, __m256 c,
-                                 __m256 w[4]) {
-    if (fmt == FMT_FP8) {
-        const __m256i h0 = dm_fp8x16_f16(p + k), h1 = dm_fp8x16_f16(p + k + 16);
-        w[0] = _mm256_cvtph_ps(_mm256_castsi256_si128(h0)), w[1] = _mm256_cvtph_ps(_mm256_extracti128_si256(h0, 1));
-        w[2] = _mm256_cvtph_ps(_mm256_castsi256_si128(h1)), w[3] = _mm256_cvtph_ps(_mm256_extracti128_si256(h1, 1));
+                                 __m256 w[4], __m256i *top) {
+    if (fmt == FMT_FP8) { /* NaN codes per row: *top */
+        __m128i h[4];
+        dm_fp8x32_f16_nonan(p + k, h, top);
+        for (int v = 0; v < 4; v++) w[v] = _mm256_cvtph_ps(h[v]);
         return;
     }
     if (fmt == FMT_I4) {
@@ -161,7 +164,9 @@ DM_AVX2 static inline __m256 sum_chains(const __m256 *g, int nch) {
         const int STEP32 = (FMT) != FMT_I4 || (MRV) < 4;                                                          \
         const uint8_t *p[QNR];                                                                                    \
         __m256 acc[MRV][QNR], g[MRV][QNR][NCH], xs[MRV][2];                                                       \
+        __m256i top[QNR]; /* fp8: NaN codes of the 32-steps */                                                    \
         for (int i = 0; i < QNR; i++) p[i] = (const uint8_t *)W->w + n[i] * W->row_bytes;                         \
+        for (int i = 0; i < QNR; i++) top[i] = _mm256_setzero_si256();                                            \
         for (int j = 0; j < MRV; j++) {                                                                           \
             xs[j][0] = xs[j][1] = _mm256_setzero_ps();                                                            \
             for (int i = 0; i < QNR; i++) {                                                                       \
@@ -181,7 +186,7 @@ DM_AVX2 static inline __m256 sum_chains(const __m256 *g, int nch) {
             for (k = k0; STEP32 && k + QSTEP <= kend; k += QSTEP) {                                               \
                 for (int i = 0; i < QNR; i++) {                                                                   \
                     __m256 w[4];                                                                                  \
-                    dec32(FMT, HOIST, p[i], k, lut, sv[i], cv[i], w);                                             \
+                    dec32(FMT, HOIST, p[i], k, lut, sv[i], cv[i], w, &top[i]);                                    \
                     for (int v = 0; v < 4; v++)                                                                   \
                         for (int j = 0; j < MRV; j++)                                                             \
                             g[j][i][v % NCH] =                                                                    \
@@ -215,7 +220,7 @@ DM_AVX2 static inline __m256 sum_chains(const __m256 *g, int nch) {
             for (int i = 0; i < QNR; i++) {                                                                       \
                 float t = dm_hsum8(HOIST ? acc[j][i] : sum_chains(g[j][i], NCH));                                 \
                 for (int32_t kk = k; kk < K; kk++) t += a[j][kk] * dec1(FMT, p[i], kk, q[i]);                     \
-                out[j][i] = t;                                                                                    \
+                out[j][i] = (FMT) == FMT_FP8 && dm_fp8_top_nan(top[i]) ? NAN : t;                                 \
             }                                                                                                     \
     }
 DEFINE_QBLOCK(qblock4_fp8, FMT_FP8, 1, 0, 4, 1)
