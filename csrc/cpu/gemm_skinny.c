@@ -112,6 +112,12 @@ DM_AVX2 static inline qscale group_scale(const dm_cpu_wmat *W, int64_t n, int64_
     return q;
 }
 
+/* The scale of group gi of row n of 4-bit W, fmt known at compile time. */
+DM_AVX2 static inline float scale4s(int fmt, const dm_cpu_wmat *W, int64_t n, int64_t gi) {
+    return fmt == FMT_MX ? dm_ue8m0_to_f32(((const uint8_t *)W->scale)[n * W->groups + gi])
+                         : _cvtsh_ss(((const uint16_t *)W->scale)[n * W->groups + gi]);
+}
+
 /* Scaled 4-bit weights (hoist == 0): q·s, INT4 q·s - z·s. */
 DM_AVX2 static inline __m256 scale4(int fmt, __m256 w, __m256 s, __m256 c) {
     return fmt == FMT_MX ? _mm256_mul_ps(w, s) : _mm256_fmadd_ps(w, s, c);
@@ -237,39 +243,149 @@ DEFINE_QBLOCK(qblock1_i4s, FMT_I4, 0, 0, 1, 2)
 
 typedef void (*qblock_fn)(const dm_cpu_wmat *, const float *const[], const int64_t[QNR], float[][QNR]);
 
-/* Quantized W: blocks of QNR weight rows against row blocks of 4, 2, 1
- * (never a padded activation row: each row's FMAs are the cost here). */
+/* 4-bit weights against one activation row (decode: every expert of T = 1,
+ * most of T = 16), P4 weight rows per block (x's loads shared by 4 rows),
+ * the scale hoisted: each 32-half of a 64-step lies in one MXFP4 block or
+ * INT4 group (groups are 32, 64 or 128), so its Σ x·q is one 4-FMA chain
+ * that gets its scale in one FMA.
+ * - MXFP4: x is permuted once per call into the order in which
+ *   dm_lut4x64_f16 yields the weights (xp), so the decoded vectors feed the
+ *   FMAs as they are: per 64 weights 3 shifts, 4 ANDs, 4 pshufb, 4 extracts
+ *   and 8 vcvtph2ps, where dec32 also re-interleaves into k order (8 more
+ *   shuffles).
+ * - INT4: q = 0..15 as integers in k order (dm_nibbles8; the fp16 table
+ *   through dm_lut4x64_f16 with f16(q - 8) measured slower: vcvtph2ps is 2
+ *   uops per 8 weights on Zen 3, vcvtdq2ps 1), and the zero point as
+ *   -z·s·Σ x per group with Σ x summed once per call (xsum), not per row,
+ *   added per row in scalar (z = 8 without zero points).
+ * k from K64 = K rounded down to 64 (test shapes; the models' K are
+ * multiples of 64) goes through dec8/dec1 with the scale applied to the
+ * weights, against x in k order. */
+#define P4 4
+
+/* MXFP4: xp = x permuted (dm_lut4x64_slot) over [0, K64); INT4: xsum[g] =
+ * group g's Σ x over its columns below K64 (8 lanes, then their sum: a
+ * fixed order). */
+DM_AVX2 static void permute4(const dm_cpu_wmat *W, const float *x, float *xp, float *xsum) {
+    const int32_t K64 = W->K / 64 * 64;
+    if (W->fmt == FMT_MX)
+        for (int32_t k0 = 0; k0 < K64; k0 += 64)
+            for (int32_t k = 0; k < 64; k++) xp[k0 + dm_lut4x64_slot(k)] = x[k0 + k];
+    if (W->fmt != FMT_I4) return;
+    for (int32_t k0 = 0, gi = 0; k0 < K64; k0 += W->group, gi++) {
+        const int32_t kend = K64 < k0 + W->group ? K64 : k0 + W->group;
+        __m256 t = _mm256_setzero_ps();
+        for (int32_t k = k0; k < kend; k += 8) t = _mm256_add_ps(t, _mm256_loadu_ps(x + k));
+        xsum[gi] = dm_hsum8(t);
+    }
+}
+
+DM_AVX2 static inline __attribute__((always_inline)) void qrow4(int fmt, const dm_cpu_wmat *W, const float *xp,
+                                                                 const float *x, const float *xsum,
+                                                                 const int64_t n[P4], float out[P4]) {
+    const int32_t K = W->K, K64 = K / 64 * 64, G = fmt == FMT_MX ? DM_MXFP4_BLOCK : W->group;
+    const __m256i lut = _mm256_broadcastsi128_si256(DM_E2M1_F16HI);
+    const uint8_t *p[P4];
+    __m256 acc[P4];
+    for (int i = 0; i < P4; i++) p[i] = (const uint8_t *)W->w + n[i] * W->row_bytes, acc[i] = _mm256_setzero_ps();
+    for (int32_t k0 = 0; k0 < K64; k0 += 64) {
+        const float *xs = xp + k0;
+        for (int i = 0; i < P4; i++) {
+            __m256 g[2];
+            if (fmt == FMT_I4) { /* integer q in k order (dm_nibbles8), x as it is */
+                for (int hf = 0; hf < 2; hf++) {
+                    const int32_t kh = k0 + 32 * hf;
+                    g[hf] = _mm256_mul_ps(_mm256_loadu_ps(x + kh), _mm256_cvtepi32_ps(dm_nibbles8(p[i] + kh / 2)));
+                    for (int v = 1; v < 4; v++)
+                        g[hf] = _mm256_fmadd_ps(_mm256_loadu_ps(x + kh + 8 * v),
+                                                _mm256_cvtepi32_ps(dm_nibbles8(p[i] + kh / 2 + 4 * v)), g[hf]);
+                    acc[i] = _mm256_fmadd_ps(g[hf], _mm256_set1_ps(scale4s(fmt, W, n[i], kh / G)), acc[i]);
+                }
+                continue;
+            }
+            __m256i h[4];
+            dm_lut4x64_f16(_mm256_loadu_si256((const __m256i *)(p[i] + k0 / 2)), lut, h);
+            for (int hf = 0; hf < 2; hf++) {
+                const __m128i h0 = hf ? _mm256_extracti128_si256(h[0], 1) : _mm256_castsi256_si128(h[0]);
+                g[hf] = _mm256_mul_ps(_mm256_loadu_ps(xs + 8 * hf), _mm256_cvtph_ps(h0));
+                for (int v = 1; v < 4; v++) {
+                    const __m128i hv = hf ? _mm256_extracti128_si256(h[v], 1) : _mm256_castsi256_si128(h[v]);
+                    g[hf] = _mm256_fmadd_ps(_mm256_loadu_ps(xs + 16 * v + 8 * hf), _mm256_cvtph_ps(hv), g[hf]);
+                }
+                acc[i] = _mm256_fmadd_ps(g[hf], _mm256_set1_ps(scale4s(fmt, W, n[i], (k0 + 32 * hf) / G)), acc[i]);
+            }
+        }
+    }
+    for (int i = 0; i < P4; i++) {
+        __m256 r = _mm256_setzero_ps();
+        int32_t k = K64;
+        for (; k + 8 <= K; k += 8) {
+            const qscale q = group_scale(W, n[i], k / G);
+            r = _mm256_fmadd_ps(_mm256_loadu_ps(x + k),
+                                dec8(fmt, 0, p[i], k, DM_E2M1_F16HI, _mm256_set1_ps(q.v), _mm256_set1_ps(q.c)), r);
+        }
+        float t = dm_hsum8(acc[i]) + dm_hsum8(r);
+        for (; k < K; k++) t += x[k] * dec1(fmt, p[i], k, group_scale(W, n[i], k / G));
+        if (fmt == FMT_I4) /* the zero points: Σ_g -z·s·Σ x */
+            for (int32_t k0 = 0, gi = 0; k0 < K64; k0 += G, gi++) t += group_scale(W, n[i], gi).c * xsum[gi];
+        out[i] = t;
+    }
+}
+DM_AVX2 static void qrow4_mx(const dm_cpu_wmat *W, const float *xp, const float *x, const float *xsum,
+                             const int64_t n[P4], float out[P4]) {
+    qrow4(FMT_MX, W, xp, x, xsum, n, out);
+}
+DM_AVX2 static void qrow4_i4(const dm_cpu_wmat *W, const float *xp, const float *x, const float *xsum,
+                             const int64_t n[P4], float out[P4]) {
+    qrow4(FMT_I4, W, xp, x, xsum, n, out);
+}
+
+/* Quantized W: blocks of P4 weight rows; activation rows in blocks of 4
+ * and 2 (never a padded activation row: each row's FMAs are the cost here),
+ * the last of an odd M, 4-bit, against the permuted x in qrow4, else in a
+ * block of 1. */
 DM_AVX2 static void skinny_quant(int32_t M, int32_t n_begin, int32_t n_end, const float *A, int32_t lda,
-                                 const dm_cpu_wmat *W, const void *bias, float *C, int32_t ldc) {
+                                 const dm_cpu_wmat *W, const void *bias, float *C, int32_t ldc, float *xbuf) {
     static const qblock_fn fns[4][3] = {{qblock1_fp8, qblock2_fp8, qblock4_fp8},
                                         {qblock1_mx, qblock2_mx, qblock4_mx},
                                         {qblock1_i4, qblock2_i4, qblock4_i4},
                                         {qblock1_i4s, qblock2_i4s, qblock4_i4}};
     const int f = W->fmt == DYNMOE_WEIGHTS_FP8_BLOCK ? 0 : W->fmt == DYNMOE_WEIGHTS_MXFP4 ? 1 : W->group < 64 ? 3 : 2;
-    for (int32_t n0 = n_begin; n0 < n_end; n0 += QNR) {
-        int64_t n[QNR];
-        float b[QNR];
-        for (int i = 0; i < QNR; i++) {
+    const int row4 = f != 0 && (M & 1); /* the last row through qrow4 */
+    const int32_t Mb = row4 ? M - 1 : M;
+    const float *xl = A + (int64_t)(M - 1) * lda;
+    float *xp = xbuf, *xsum = xbuf + W->K;
+    if (row4) permute4(W, xl, xp, xsum);
+    for (int32_t n0 = n_begin; n0 < n_end; n0 += P4) {
+        int64_t n[P4];
+        float b[P4];
+        for (int i = 0; i < P4; i++) {
             n[i] = n0 + i < n_end ? n0 + i : n_end - 1;
             b[i] = dm_cpu_bias(bias, W->dt, n[i]);
         }
-        for (int32_t m0 = 0, mr; m0 < M; m0 += mr) {
-            mr = M - m0 >= 4 ? 4 : M - m0 >= 2 ? 2 : 1;
-            const float *a[MR];
-            for (int j = 0; j < mr; j++) a[j] = A + (int64_t)(m0 + j) * lda;
-            float out[MR][QNR];
-            fns[f][mr == 4 ? 2 : mr - 1](W, a, n, out);
-            for (int j = 0; j < mr; j++)
-                for (int i = 0; i < QNR && n0 + i < n_end; i++) C[(int64_t)(m0 + j) * ldc + n0 + i] = out[j][i] + b[i];
+        for (int i0 = 0; i0 < P4 && n0 + i0 < n_end; i0 += QNR)
+            for (int32_t m0 = 0, mr; m0 < Mb; m0 += mr) {
+                mr = Mb - m0 >= 4 ? 4 : Mb - m0 >= 2 ? 2 : 1;
+                const float *a[MR];
+                for (int j = 0; j < mr; j++) a[j] = A + (int64_t)(m0 + j) * lda;
+                float out[MR][QNR];
+                fns[f][mr == 4 ? 2 : mr - 1](W, a, n + i0, out);
+                for (int j = 0; j < mr; j++)
+                    for (int i = 0; i < QNR && n0 + i0 + i < n_end; i++)
+                        C[(int64_t)(m0 + j) * ldc + n0 + i0 + i] = out[j][i] + b[i0 + i];
+            }
+        if (row4) {
+            float out[P4];
+            (f == 1 ? qrow4_mx : qrow4_i4)(W, xp, xl, xsum, n, out);
+            for (int i = 0; i < P4 && n0 + i < n_end; i++) C[(int64_t)(M - 1) * ldc + n0 + i] = out[i] + b[i];
         }
     }
 }
 
 DM_AVX2 void dm_cpu_gemm_skinny_avx2(int32_t M, int32_t n_begin, int32_t n_end, const float *A, int32_t lda,
                                      const dm_cpu_wmat *W, const void *bias, float *C, int32_t ldc, float *xbuf) {
-    (void)xbuf;
     if (W->fmt != DYNMOE_WEIGHTS_PLAIN) {
-        skinny_quant(M, n_begin, n_end, A, lda, W, bias, C, ldc);
+        skinny_quant(M, n_begin, n_end, A, lda, W, bias, C, ldc, xbuf);
         return;
     }
     const int32_t K = W->K;

@@ -129,6 +129,27 @@ DM_AVX2 static inline __m128i dm_lut4x8_f16(const uint8_t *p, __m128i lut) {
     return _mm_unpacklo_epi8(_mm_setzero_si128(), _mm_unpacklo_epi8(lo, hi));
 }
 
+/* 64 codes from 32 bytes b (element k in nibble k, low first) as 4 x 16 fp16,
+ * one shift, AND and pshufb each and no re-interleaving: 16-bit lane j of
+ * the bytes holds elements 4j .. 4j+3; each is moved into the lane's high
+ * byte's low nibble (<< 8, << 4, as is, >> 4), the rest masked off, so the
+ * high byte indexes the table (lut in both 128-bit halves) and the low byte,
+ * 0, looks up entry 0, which is e2m1's +0 (fp16 0x0000: the lane's low byte
+ * comes out 0 without a second index). So h[v] lane j is element 4j + v, and
+ * its 128-bit halves are elements 4i + v and 32 + 4i + v (i = 0..7): the
+ * caller pairs them with the activations permuted the same way. */
+DM_AVX2 static inline void dm_lut4x64_f16(__m256i b, __m256i lut, __m256i h[4]) {
+    const __m256i m = _mm256_set1_epi16(0x0f00);
+    h[0] = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_slli_epi16(b, 8), m));
+    h[1] = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_slli_epi16(b, 4), m));
+    h[2] = _mm256_shuffle_epi8(lut, _mm256_and_si256(b, m));
+    h[3] = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(b, 4), m));
+}
+/* Where dm_lut4x64_f16 puts element k of a 64-step: vector v = k % 4,
+ * 128-bit half k / 32, lane k / 4 % 8, i.e. float (k % 4) * 16 + (k / 32) * 8
+ * + k / 4 % 8 of the permuted activations. */
+static inline int32_t dm_lut4x64_slot(int32_t k) { return (k % 4) * 16 + (k / 32) * 8 + k / 4 % 8; }
+
 /* Row n of m as K floats (cpu.h, dm_cpu_weight_row), 8 at a time, each
  * stored byte read once: the row itself for PLAIN f32, else widened or
  * dequantized into buf with the group's scale (and zero point) hoisted.
