@@ -192,6 +192,8 @@ DM_AVX2 static inline __m256 sum_chains(const __m256 *g, int nch) {
             for (k = k0; STEP32 && k + QSTEP <= kend; k += QSTEP) {                                               \
                 for (int i = 0; i < QNR; i++) {                                                                   \
                     __m256 w[4];                                                                                  \
+                    _mm_prefetch((const char *)p[i] + QNR * W->row_bytes + ((FMT) == FMT_FP8 ? k : k / 2),        \
+                                 _MM_HINT_T0); /* the next block's rows (see qrow4) */                            \
                     dec32(FMT, HOIST, p[i], k, lut, sv[i], cv[i], w, &top[i]);                                    \
                     for (int v = 0; v < 4; v++)                                                                   \
                         for (int j = 0; j < MRV; j++)                                                             \
@@ -291,6 +293,9 @@ DM_AVX2 static inline __attribute__((always_inline)) void qrow4(int fmt, const d
     for (int32_t k0 = 0; k0 < K64; k0 += 64) {
         const float *xs = xp + k0;
         for (int i = 0; i < P4; i++) {
+            /* the next block's rows (the next 4 KiB page at K 2048: the
+             * hardware prefetcher stops at pages), one block ahead */
+            _mm_prefetch((const char *)p[i] + P4 * W->row_bytes + k0 / 2, _MM_HINT_T0);
             __m256 g[2];
             if (fmt == FMT_I4) { /* integer q in k order (dm_nibbles8), x as it is */
                 for (int hf = 0; hf < 2; hf++) {
