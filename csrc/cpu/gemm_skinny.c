@@ -303,27 +303,21 @@ DM_AVX2 static inline __attribute__((always_inline)) void qrow(int fmt, int MRV,
             /* the next block's rows (the next 4 KiB page at K 2048 and 4
              * rows: the hardware prefetcher stops at pages), one block ahead */
             _mm_prefetch((const char *)p[i] + NB * W->row_bytes + k0 / 2, _MM_HINT_T0);
-            __m256 w[2][4]; /* [half][v] */
-            if (fmt == FMT_I4) { /* integer q in k order (dm_nibbles8), x as it is */
-                for (int hf = 0; hf < 2; hf++)
-                    for (int v = 0; v < 4; v++)
-                        w[hf][v] = _mm256_cvtepi32_ps(dm_nibbles8(p[i] + (k0 + 32 * hf) / 2 + 4 * v));
-            } else {
-                __m256i h[4];
-                dm_lut4x64_f16(_mm256_loadu_si256((const __m256i *)(p[i] + k0 / 2)), lut, h);
-                for (int v = 0; v < 4; v++) {
-                    w[0][v] = _mm256_cvtph_ps(_mm256_castsi256_si128(h[v]));
-                    w[1][v] = _mm256_cvtph_ps(_mm256_extracti128_si256(h[v], 1));
-                }
-            }
-            for (int hf = 0; hf < 2; hf++) {
+            __m256i h[4];
+            if (fmt == FMT_MX) dm_lut4x64_f16(_mm256_loadu_si256((const __m256i *)(p[i] + k0 / 2)), lut, h);
+            for (int hf = 0; hf < 2; hf++) { /* each half decoded where it is used: 4 live vectors, not 8 */
+                __m256 w[4];
+                for (int v = 0; v < 4; v++) /* INT4: integer q in k order (dm_nibbles8), x as it is */
+                    w[v] = fmt == FMT_I4 ? _mm256_cvtepi32_ps(dm_nibbles8(p[i] + (k0 + 32 * hf) / 2 + 4 * v))
+                           : hf          ? _mm256_cvtph_ps(_mm256_extracti128_si256(h[v], 1))
+                                         : _mm256_cvtph_ps(_mm256_castsi256_si128(h[v]));
                 const __m256 s = _mm256_set1_ps(scale4s(fmt, W, n[i], (k0 + 32 * hf) / G));
                 for (int j = 0; j < MRV; j++) {
-                    /* MXFP4: vector (hf, v) is x[k0 + 32 hf + 4 l + v], at xp + k0 + 16 v + 8 hf */
+                    /* MXFP4: vector (hf, v), lane l, is x[k0 + 32 hf + 4 l + v], at xp + k0 + 16 v + 8 hf + l */
                     const float *xs = fmt == FMT_I4 ? t->x[j] + k0 + 32 * hf : t->xp[j] + k0 + 8 * hf;
                     const int vs = fmt == FMT_I4 ? 8 : 16;
-                    __m256 g = _mm256_mul_ps(_mm256_loadu_ps(xs), w[hf][0]);
-                    for (int v = 1; v < 4; v++) g = _mm256_fmadd_ps(_mm256_loadu_ps(xs + vs * v), w[hf][v], g);
+                    __m256 g = _mm256_mul_ps(_mm256_loadu_ps(xs), w[0]);
+                    for (int v = 1; v < 4; v++) g = _mm256_fmadd_ps(_mm256_loadu_ps(xs + vs * v), w[v], g);
                     acc[j][i] = _mm256_fmadd_ps(g, s, acc[j][i]);
                 }
             }

@@ -99,7 +99,8 @@ DM_AVX2 static inline int dm_fp8_top_nan(__m256i top) {
 DM_AVX2 static inline __m128i dm_fp8x8_f16(const uint8_t *p) {
     const __m128i u = _mm_unpacklo_epi8(_mm_setzero_si128(), _mm_loadl_epi64((const __m128i *)p));
     const __m128i h = _mm_and_si128(_mm_srai_epi16(u, 1), _mm_set1_epi16((short)0xbfff));
-    return _mm_or_si128(h, _mm_cmpeq_epi16(_mm_or_si128(u, _mm_set1_epi16((short)0x8000)), _mm_set1_epi16((short)0xff00)));
+    const __m128i nan = _mm_cmpeq_epi16(_mm_or_si128(u, _mm_set1_epi16((short)0x8000)), _mm_set1_epi16((short)0xff00));
+    return _mm_or_si128(h, nan);
 }
 #define DM_FP8_F16_SCALE 256.0f /* dm_fp8x16_f16's values times this are the e4m3 values */
 
