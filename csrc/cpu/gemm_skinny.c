@@ -255,11 +255,11 @@ typedef void (*qblock_fn)(const dm_cpu_wmat *, const float *const[], const int64
  *   FMAs as they are: per 64 weights 3 shifts, 4 ANDs, 4 pshufb, 4 extracts
  *   and 8 vcvtph2ps, where dec32 also re-interleaves into k order (8 more
  *   shuffles).
- * - INT4: q = 0..15 as integers in k order (dm_nibbles8; the fp16 table
- *   through dm_lut4x64_f16 with f16(q - 8) measured slower: vcvtph2ps is 2
- *   uops per 8 weights on Zen 3, vcvtdq2ps 1), and the zero point as
- *   -z·s·Σ x per group with Σ x summed once per call (xsum), not per row,
- *   added per row in scalar (z = 8 without zero points).
+ * - INT4: q = 0..15 as integers in k order (dm_nibbles8, vcvtdq2ps; the
+ *   fp16 table through dm_lut4x64_f16 with f16(q - 8) measured slower),
+ *   and the zero point as -z·s·Σ x per group with Σ x summed once per call
+ *   (xsum), not per row, added per row in scalar (z = 8 without zero
+ *   points).
  * k from K64 = K rounded down to 64 (test shapes; the models' K are
  * multiples of 64) goes through dec8/dec1 with the scale applied to the
  * weights, against x in k order. */
