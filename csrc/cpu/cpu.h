@@ -157,8 +157,9 @@ static inline float dm_cpu_unit(const dynmoe_experts *ex, float s, float g, floa
 /* AVX2 path, few rows (gemm_skinny.c): columns [n_begin, n_end) of
  * C[M, N] = A[M, K] . W[N, K]^T + bias[N] (bias of W->dt or NULL), K =
  * W->K; lda/ldc in floats. 16-bit and quantized weights are widened or
- * decoded in registers (no buffer). */
+ * decoded in registers (no weight buffer); xbuf: the thread's 2 * K floats,
+ * where 4-bit weights get one activation row permuted per call. */
 void dm_cpu_gemm_skinny_avx2(int32_t M, int32_t n_begin, int32_t n_end, const float *A, int32_t lda,
-                             const dm_cpu_wmat *W, const void *bias, float *C, int32_t ldc);
+                             const dm_cpu_wmat *W, const void *bias, float *C, int32_t ldc, float *xbuf);
 
 #endif

@@ -111,8 +111,9 @@ static void run_panels(const dm_experts_args *a, const dm_cpu_panel_kernels *k, 
 
 /* Item rows [r0, r0 + R) of expert e through the skinny kernels (AVX2, R < 8):
  * gather into rows_y, GEMM 1 into rows_h, row scale + b13 + activation in
- * place, GEMM 2 (+ b2) back into rows_y. */
-static void run_skinny(const dm_experts_args *a, int32_t e, int32_t r0, int32_t R, int split) {
+ * place, GEMM 2 (+ b2) back into rows_y; wbuf (the thread's, DM_CPU_WBUF_ROWS
+ * x max(H, I) floats) is the kernels' xbuf. */
+static void run_skinny(const dm_experts_args *a, int32_t e, int32_t r0, int32_t R, float *wbuf, int split) {
     const dynmoe_experts *ex = &a->experts;
     const int32_t Hd = ex->hidden, In = ex->inter, S = a->slots;
     const int32_t rows13 = (int32_t)dm_w13_rows(ex->act, In);
@@ -131,7 +132,7 @@ static void run_skinny(const dm_experts_args *a, int32_t e, int32_t r0, int32_t 
     PHASE_BARRIER(split);
     share((rows13 + SKINNY_COLS - 1) / SKINNY_COLS, split, &lo, &hi);
     dm_cpu_gemm_skinny_avx2(R, lo * SKINNY_COLS, hi * SKINNY_COLS < rows13 ? hi * SKINNY_COLS : rows13, Ye, Hd, &w13,
-                            NULL, He, 2 * In);
+                            NULL, He, 2 * In, wbuf);
     PHASE_BARRIER(split);
     share(R, split, &lo, &hi);
     for (int32_t r = lo; r < hi; r++) {
@@ -148,7 +149,7 @@ static void run_skinny(const dm_experts_args *a, int32_t e, int32_t r0, int32_t 
     PHASE_BARRIER(split);
     share((Hd + SKINNY_COLS - 1) / SKINNY_COLS, split, &lo, &hi);
     dm_cpu_gemm_skinny_avx2(R, lo * SKINNY_COLS, hi * SKINNY_COLS < Hd ? hi * SKINNY_COLS : Hd, He, 2 * In, &w2, b2,
-                            Ye, Hd);
+                            Ye, Hd, wbuf);
     /* No barrier: the next item touches other rows (see run_panels). */
 }
 
@@ -165,7 +166,7 @@ static void run_item(const dm_experts_args *a, dm_cpu_isa isa, const int32_t *fi
     const int32_t R = a->plan.expert_offsets[e + 1] - off, step = dm_cpu_chunk_rows(R);
     const int32_t c0 = (i - first[lo]) * step, rows = R - c0 < step ? R - c0 : step;
     if (isa == DM_CPU_ISA_AVX2 && R < DM_PANEL_MIN_ROWS)
-        run_skinny(a, e, off + c0, rows, split);
+        run_skinny(a, e, off + c0, rows, wbuf, split);
     else
         run_panels(a, isa == DM_CPU_ISA_AVX2 ? &dm_cpu_panels_avx2 : &dm_cpu_panels_scalar, e, off + c0, rows, panels,
                    wbuf, split);

@@ -53,17 +53,54 @@ DM_AVX2 static inline __m256i dm_nibbles8(const uint8_t *p) {
  * the sign's copy in bit 14 is cleared. S.1111.111 would land on 1.875: it
  * becomes 0xffff, an fp16 NaN (quant_rules.h: the code is NaN). The caller
  * folds the 2^8 into the block scale. */
-DM_AVX2 static inline __m256i dm_fp8x16_f16(const uint8_t *p) {
-    const __m256i u = _mm256_slli_epi16(_mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)p)), 8);
+/* The rule on 16-bit lanes u = code << 8: h = (u >> 1, arithmetic) without
+ * the sign's copy in bit 14; the NaN codes (u | 0x8000 == 0xff00, both signs:
+ * an OR and a compare, which run on any vector pipe, where a shift runs on
+ * two) become 0xffff. */
+DM_AVX2 static inline __m256i dm_fp8_lanes16(__m256i u) {
     const __m256i h = _mm256_and_si256(_mm256_srai_epi16(u, 1), _mm256_set1_epi16((short)0xbfff));
-    const __m256i nan = _mm256_cmpeq_epi16(_mm256_slli_epi16(u, 1), _mm256_set1_epi16((short)0xfe00));
+    const __m256i nan = _mm256_cmpeq_epi16(_mm256_or_si256(u, _mm256_set1_epi16((short)0x8000)),
+                                           _mm256_set1_epi16((short)0xff00));
     return _mm256_or_si256(h, nan);
+}
+/* 16 codes as 16 fp16 in k order. */
+DM_AVX2 static inline __m256i dm_fp8x16_f16(const uint8_t *p) {
+    return dm_fp8_lanes16(_mm256_slli_epi16(_mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)p)), 8));
+}
+/* 32 codes as 4 x 8 fp16 in k order: unpacking with zero puts each code in
+ * its lane's high byte directly (one shuffle per 16 codes, no widening and
+ * shift); the 128-bit halves of the unpacks hold k 0-7 | 16-23 and 8-15 |
+ * 24-31. */
+DM_AVX2 static inline void dm_fp8x32_f16(const uint8_t *p, __m128i h[4]) {
+    const __m256i b = _mm256_loadu_si256((const __m256i *)p), z = _mm256_setzero_si256();
+    const __m256i lo = dm_fp8_lanes16(_mm256_unpacklo_epi8(z, b)), hi = dm_fp8_lanes16(_mm256_unpackhi_epi8(z, b));
+    h[0] = _mm256_castsi256_si128(lo), h[1] = _mm256_castsi256_si128(hi);
+    h[2] = _mm256_extracti128_si256(lo, 1), h[3] = _mm256_extracti128_si256(hi, 1);
+}
+/* dm_fp8x32_f16 without the NaN rule, for a caller that applies it per
+ * row instead: the codes' bytes | 0x80 go into *top by an unsigned max, so
+ * a row had a NaN code exactly when a byte of *top is 0xff (its NaN lanes
+ * decode to 1.875 * 2^-8 here, finite). 2 instructions per 32 codes instead
+ * of 6. */
+DM_AVX2 static inline void dm_fp8x32_f16_nonan(const uint8_t *p, __m128i h[4], __m256i *top) {
+    const __m256i b = _mm256_loadu_si256((const __m256i *)p), z = _mm256_setzero_si256();
+    const __m256i m = _mm256_set1_epi16((short)0xbfff);
+    *top = _mm256_max_epu8(*top, _mm256_or_si256(b, _mm256_set1_epi8((char)0x80)));
+    const __m256i lo = _mm256_and_si256(_mm256_srai_epi16(_mm256_unpacklo_epi8(z, b), 1), m);
+    const __m256i hi = _mm256_and_si256(_mm256_srai_epi16(_mm256_unpackhi_epi8(z, b), 1), m);
+    h[0] = _mm256_castsi256_si128(lo), h[1] = _mm256_castsi256_si128(hi);
+    h[2] = _mm256_extracti128_si256(lo, 1), h[3] = _mm256_extracti128_si256(hi, 1);
+}
+/* Whether *top (dm_fp8x32_f16_nonan) saw a NaN code. */
+DM_AVX2 static inline int dm_fp8_top_nan(__m256i top) {
+    return _mm256_movemask_epi8(_mm256_cmpeq_epi8(top, _mm256_set1_epi8((char)0xff))) != 0;
 }
 /* The same for 8 codes. */
 DM_AVX2 static inline __m128i dm_fp8x8_f16(const uint8_t *p) {
     const __m128i u = _mm_unpacklo_epi8(_mm_setzero_si128(), _mm_loadl_epi64((const __m128i *)p));
     const __m128i h = _mm_and_si128(_mm_srai_epi16(u, 1), _mm_set1_epi16((short)0xbfff));
-    return _mm_or_si128(h, _mm_cmpeq_epi16(_mm_slli_epi16(u, 1), _mm_set1_epi16((short)0xfe00)));
+    const __m128i nan = _mm_cmpeq_epi16(_mm_or_si128(u, _mm_set1_epi16((short)0x8000)), _mm_set1_epi16((short)0xff00));
+    return _mm_or_si128(h, nan);
 }
 #define DM_FP8_F16_SCALE 256.0f /* dm_fp8x16_f16's values times this are the e4m3 values */
 
@@ -92,6 +129,27 @@ DM_AVX2 static inline __m128i dm_lut4x8_f16(const uint8_t *p, __m128i lut) {
     const __m128i hi = _mm_shuffle_epi8(lut, _mm_and_si128(_mm_srli_epi16(b, 4), m));
     return _mm_unpacklo_epi8(_mm_setzero_si128(), _mm_unpacklo_epi8(lo, hi));
 }
+
+/* 64 codes from 32 bytes b (element k in nibble k, low first) as 4 x 16 fp16,
+ * one shift, AND and pshufb each and no re-interleaving: 16-bit lane j of
+ * the bytes holds elements 4j .. 4j+3; each is moved into the lane's high
+ * byte's low nibble (<< 8, << 4, as is, >> 4), the rest masked off, so the
+ * high byte indexes the table (lut in both 128-bit halves) and the low byte,
+ * 0, looks up entry 0, which is e2m1's +0 (fp16 0x0000: the lane's low byte
+ * comes out 0 without a second index). So h[v] lane j is element 4j + v, and
+ * its 128-bit halves are elements 4i + v and 32 + 4i + v (i = 0..7): the
+ * caller pairs them with the activations permuted the same way. */
+DM_AVX2 static inline void dm_lut4x64_f16(__m256i b, __m256i lut, __m256i h[4]) {
+    const __m256i m = _mm256_set1_epi16(0x0f00);
+    h[0] = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_slli_epi16(b, 8), m));
+    h[1] = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_slli_epi16(b, 4), m));
+    h[2] = _mm256_shuffle_epi8(lut, _mm256_and_si256(b, m));
+    h[3] = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(b, 4), m));
+}
+/* Where dm_lut4x64_f16 puts element k of a 64-step: vector v = k % 4,
+ * 128-bit half k / 32, lane k / 4 % 8, i.e. float (k % 4) * 16 + (k / 32) * 8
+ * + k / 4 % 8 of the permuted activations. */
+static inline int32_t dm_lut4x64_slot(int32_t k) { return (k % 4) * 16 + (k / 32) * 8 + k / 4 % 8; }
 
 /* Row n of m as K floats (cpu.h, dm_cpu_weight_row), 8 at a time, each
  * stored byte read once: the row itself for PLAIN f32, else widened or
