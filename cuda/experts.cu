@@ -851,53 +851,46 @@ static __device__ __forceinline__ void dm_decode_step(float *acc, const uint4 *w
     dm_decode_fma<T>(acc, wf, A, lda, xrow, v, nr);
 }
 
-/* FP8_BLOCK: one 16-byte vector v of each weight row = 16 e4m3 values (k = 16 v .. 16 v + 15,
- * inside one 128-wide scale block, scale s[w]), decoded in registers by quant_rules.h and met
- * with the 16 / VN x vectors of the same k: 1 weight byte per FMA pair instead of 2 (bf16). */
-template <typename T>
-static __device__ __forceinline__ void dm_decode_step_fp8(float *acc, const uint4 *wv, const float *s,
-                                                          const typename T::store *A, long long lda, const int *xrow,
-                                                          int v, int nr) {
-    enum { VN = dm_vec<T>::n };
-#pragma unroll
-    for (int h = 0; h < 16 / VN; h++) {
-        float wf[DM_NR][VN];
-#pragma unroll
-        for (int w = 0; w < DM_NR; w++) {
-            const uint32_t words[4] = {wv[w].x, wv[w].y, wv[w].z, wv[w].w};
-#pragma unroll
-            for (int u = 0; u < VN; u++) {
-                const int b = h * VN + u;
-                wf[w][u] = dm_fp8e4m3_to_f32((uint8_t)(words[b >> 2] >> (8 * (b & 3)))) * s[w];
-            }
-        }
-        dm_decode_fma<T>(acc, wf, A, lda, xrow, v * (16 / VN) + h, nr);
-    }
-}
-
-/* MXFP4 (Q 2) and INT4 (Q 3): one 16-byte vector v of each weight row = 32 nibbles, k = 32 v ..
- * 32 v + 31, low nibble first (nibble b of a word at bits 4b), inside one scale group (MXFP4's
- * 32; INT4's 32, 64 or 128 start at multiples of 32): scale s[w], zero z[w] (INT4). Decoded in
- * registers by quant_rules.h, met with the 32 / VN x vectors of the same k. */
+/* Quantized weights (Q 1 FP8_BLOCK, 2 MXFP4, 3 INT4): one 16-byte vector v of each weight row =
+ * QN values (16 e4m3 bytes, k = 16 v .., or 32 nibbles, low nibble first, k = 32 v ..), inside
+ * one scale block or group (16 and 32 divide 128, MXFP4's 32 and every INT4 group): scale s[w],
+ * zero z[w] (INT4). Decoded in registers pair by pair on whole words (dm_q2_scaled, the fold in
+ * the scale: the same fp32 decode(q) * s as quant_rules.h's rules), or by those rules per value
+ * when a row's scale is past dm_fold_ok; met with the QN / VN x vectors of the same k. FP8 is
+ * 1 weight byte per FMA pair (bf16: 2), MXFP4 / INT4 half a byte. */
 template <typename T, int Q>
-static __device__ __forceinline__ void dm_decode_step_nib(float *acc, const uint4 *wv, const float *s,
-                                                          const float *z, const typename T::store *A, long long lda,
-                                                          const int *xrow, int v, int nr) {
-    enum { VN = dm_vec<T>::n };
+static __device__ __forceinline__ void dm_decode_step_q(float *acc, const uint4 *wv, const float *s, const float *z,
+                                                        const typename T::store *A, long long lda, const int *xrow,
+                                                        int v, int nr) {
+    enum { VN = dm_vec<T>::n, QN = Q == DYNMOE_WEIGHTS_FP8_BLOCK ? 16 : 32 };
+    bool fold = true;
+    float s8[DM_NR], zb[DM_NR];
 #pragma unroll
-    for (int h = 0; h < 32 / VN; h++) {
+    for (int w = 0; w < DM_NR; w++) {
+        fold = fold && dm_fold_ok(s[w]);
+        s8[w] = s[w] * dm_q_fold<Q>(), zb[w] = z[w] + DM_U4_BIAS;
+    }
+#pragma unroll
+    for (int h = 0; h < QN / VN; h++) {
         float wf[DM_NR][VN];
 #pragma unroll
         for (int w = 0; w < DM_NR; w++) {
             const uint32_t words[4] = {wv[w].x, wv[w].y, wv[w].z, wv[w].w};
+            if (fold) {
 #pragma unroll
-            for (int u = 0; u < VN; u++) {
-                const int b = h * VN + u;
-                const uint32_t q = (words[b >> 3] >> (4 * (b & 7))) & 0xfu;
-                wf[w][u] = Q == 2 ? dm_e2m1_to_f32(q) * s[w] : ((float)q - z[w]) * s[w];
+                for (int u = 0; u < VN; u += 2) {
+                    const int b = h * VN + u; /* FP8: bytes b, b+1; 4-bit: byte b / 2 */
+                    const uint32_t x = Q == DYNMOE_WEIGHTS_FP8_BLOCK ? words[b >> 2] >> (8 * (b & 3))
+                                                                     : words[b >> 3] >> (4 * (b & 7));
+                    const float2 f = dm_q2_scaled<Q>(x, s8[w], zb[w]);
+                    wf[w][u] = f.x, wf[w][u + 1] = f.y;
+                }
+            } else {
+#pragma unroll
+                for (int u = 0; u < VN; u++) wf[w][u] = dm_raw_value<Q>(words, h * VN + u, s[w], z[w]);
             }
         }
-        dm_decode_fma<T>(acc, wf, A, lda, xrow, v * (32 / VN) + h, nr);
+        dm_decode_fma<T>(acc, wf, A, lda, xrow, v * (QN / VN) + h, nr);
     }
 }
 
@@ -964,18 +957,20 @@ __global__ void __launch_bounds__(DM_DEC_THREADS, 2) dm_decode_gemm(dm_gemm_para
 #pragma unroll
             for (int i = 0; i < DM_NR * DM_RC; i++) acc[i] = 0.0f;
 
-            if (Q >= 2 && vec) {
-                for (int v = lane; v < K / 32; v += 32) {
+            if (Q && vec) {
+                /* 16 (FP8) or 32 (MXFP4 / INT4) values per 16-byte vector */
+                for (int v = lane; v < K / (Q == 1 ? 16 : 32); v += 32) {
                     uint4 wv[DM_NR];
                     float sc[DM_NR], zp[DM_NR];
                     const int g = Q == 2 ? v : (v * 32) / p.group;
 #pragma unroll
                     for (int w = 0; w < DM_NR; w++) {
                         wv[w] = dm_ld_stream16(wq[w] + (long long)v * 16);
-                        sc[w] = dm_nib_scale<Q>(p, si[w] + g);
+                        if (Q == 1) sc[w] = ws[w][(v * 16) / DM_FP8_BLOCK];
+                        else sc[w] = dm_nib_scale<Q>(p, si[w] + g);
                         zp[w] = Q == 3 ? dm_nib_zero(p, si[w] + g) : 0.0f;
                     }
-                    dm_decode_step_nib<T, Q>(acc, wv, sc, zp, A, p.lda, xrow, v, nr);
+                    dm_decode_step_q<T, Q>(acc, wv, sc, zp, A, p.lda, xrow, v, nr);
                 }
             } else if (Q >= 2) {
                 for (int k = lane; k < K; k += 32) {
@@ -995,17 +990,6 @@ __global__ void __launch_bounds__(DM_DEC_THREADS, 2) dm_decode_gemm(dm_gemm_para
                             for (int w = 0; w < DM_NR; w++) acc[w * DM_RC + i] = fmaf(wf[w], xf, acc[w * DM_RC + i]);
                         }
                     }
-                }
-            } else if (Q && vec) {
-                for (int v = lane; v < K / 16; v += 32) {
-                    uint4 wv[DM_NR];
-                    float sc[DM_NR];
-#pragma unroll
-                    for (int w = 0; w < DM_NR; w++) {
-                        wv[w] = dm_ld_stream16(wq[w] + (long long)v * 16);
-                        sc[w] = ws[w][(v * 16) / DM_FP8_BLOCK];
-                    }
-                    dm_decode_step_fp8<T>(acc, wv, sc, A, p.lda, xrow, v, nr);
                 }
             } else if (Q) {
                 for (int k = lane; k < K; k += 32) {
