@@ -124,6 +124,8 @@ struct dm_bf16_t {
     static __device__ __forceinline__ float2 pair(uint32_t w) {
         return make_float2(__uint_as_float(w << 16), __uint_as_float(w & 0xffff0000u));
     }
+    /* two values rounded as from_f32 into one word, lo in bits 0-15: one cvt */
+    static __device__ __forceinline__ uint32_t pack2(float lo, float hi) { return dm_cvt_bf16x2(lo, hi); }
 };
 struct dm_f16_t {
     typedef uint16_t store;
@@ -133,6 +135,7 @@ struct dm_f16_t {
         return make_float2(__half2float(__ushort_as_half((unsigned short)(w & 0xffffu))),
                            __half2float(__ushort_as_half((unsigned short)(w >> 16))));
     }
+    static __device__ __forceinline__ uint32_t pack2(float lo, float hi) { return dm_cvt_f16x2(lo, hi); }
 };
 struct dm_f32_t {
     typedef float store;
@@ -301,6 +304,61 @@ static __device__ __forceinline__ void dm_load_raw(uint32_t dst, const uint8_t *
     }
 }
 
+/* ---- Pair decoders: two stored values (bits 0-15 of x: FP8 bytes 0, 1; MXFP4 / INT4 the two
+ * nibbles of byte 0, low first) to an fp16 pair (the first value in bits 0-15) by integer ops on
+ * one word. Each is exact: the fp16 is the value times a power of two (DM_FP8_FOLD, DM_E2M1_FOLD)
+ * that the caller folds into the scale, or 1024 + q for INT4. They agree with quant_rules.h's
+ * scalar rules on every code (experts_test checks all pairs). */
+
+/* e4m3 -> fp16 of value * 2^-8: each byte in the high byte of its lane, magnitude shifted right 1
+ * (fp16's bias 15 is e4m3's 7 + 8; e4m3 subnormals land on fp16 subnormals), sign kept. The NaN
+ * codes S.1111.111 (magnitude 0x7f00, the only one that carries into bit 15 when 0x100 is added)
+ * get exponent 31 (0x7f80): NaN, quant_rules.h's rule. */
+#define DM_FP8_FOLD 256.0f
+static __device__ __forceinline__ uint32_t dm_fp8x2_to_f16x2(uint32_t x) {
+    const uint32_t w = ((x & 0xffu) << 8) | ((x & 0xff00u) << 16);
+    const uint32_t m = w & 0x7f007f00u;
+    return (m >> 1) | (w & 0x80008000u) | (((m + 0x01000100u) & 0x80008000u) >> 1);
+}
+/* e2m1 -> fp16 of value * 2^-14: each nibble at the top of its lane, magnitude shifted right 3
+ * (fp16's bias 15 is e2m1's 1 + 14; 0.5 lands on an fp16 subnormal), sign kept. */
+#define DM_E2M1_FOLD 16384.0f
+static __device__ __forceinline__ uint32_t dm_e2m1x2_to_f16x2(uint32_t x) {
+    const uint32_t w = ((x & 0xfu) << 12) | ((x & 0xf0u) << 24);
+    return ((w & 0x70007000u) >> 3) | (w & 0x80008000u);
+}
+/* 4-bit integer q -> fp16 1024 + q: 0x6400 is 1024 and q fills its mantissa's low bits. */
+#define DM_U4_BIAS 1024.0f
+static __device__ __forceinline__ uint32_t dm_u4x2_to_f16x2(uint32_t x) {
+    return (x & 0xfu) | ((x & 0xf0u) << 12) | 0x64006400u;
+}
+/* The pair decoder of format Q. */
+template <int Q>
+static __device__ __forceinline__ uint32_t dm_q2_to_f16x2(uint32_t x) {
+    return Q == DYNMOE_WEIGHTS_FP8_BLOCK ? dm_fp8x2_to_f16x2(x)
+           : Q == DYNMOE_WEIGHTS_MXFP4   ? dm_e2m1x2_to_f16x2(x)
+                                         : dm_u4x2_to_f16x2(x);
+}
+/* The power of two the pair decoder of Q leaves out of the value (1 for INT4). */
+template <int Q>
+static __device__ __forceinline__ float dm_q_fold(void) {
+    return Q == DYNMOE_WEIGHTS_FP8_BLOCK ? DM_FP8_FOLD : Q == DYNMOE_WEIGHTS_MXFP4 ? DM_E2M1_FOLD : 1.0f;
+}
+/* Whether scale s may take the fold: s * fold is then exact, so (value / fold) * (s * fold) is
+ * the same fp32 product as value * s. Finite scales from 2^100 up (the fold could overflow to
+ * inf) take the per-value rules instead; NaN and inf scales fold to themselves. */
+static __device__ __forceinline__ bool dm_fold_ok(float s) {
+    return !(fabsf(s) >= 0x1p100f && fabsf(s) <= 3.40282347e38f);
+}
+/* Values 2i, 2i + 1 of the pair word x decoded by Q, as fp32 times the folded scale s8 (zero
+ * point zb = 1024 + z for INT4): (f - zb) is q - z exactly. */
+template <int Q>
+static __device__ __forceinline__ float2 dm_q2_scaled(uint32_t x, float s8, float zb) {
+    const float2 f = dm_f16_t::pair(dm_q2_to_f16x2<Q>(x));
+    if (Q == DYNMOE_WEIGHTS_INT4) return make_float2((f.x - zb) * s8, (f.y - zb) * s8);
+    return make_float2(f.x * s8, f.y * s8);
+}
+
 /* Value v of a raw row (words: its bytes, little-endian) times scale s, zero point z (INT4).
  * Byte v for FP8; nibble v, low nibble first (bits 4 (v % 8) of word v / 8), for MXFP4 / INT4. */
 template <int Q>
@@ -315,8 +373,11 @@ static __device__ __forceinline__ float dm_raw_value(const uint32_t *words, int 
  * and divides every INT4 group (a ragged last group is just the last index). si: the row's first
  * scale entry (FP8: its 128-row block's), or -1 for a row outside the matrix (not written: stale
  * values there only feed columns the epilogue never stores). Each value is one fp32 product
- * decode(q) * s (quant_rules.h), rounded once to T (to nearest even: T::from_f32); columns
- * k >= K are 0 (an odd K's pad nibble, and A's zero-filled tail meets zeros even when s is NaN). */
+ * decode(q) * s, rounded once to T (to nearest even: T::pack2, one cvt per pair). A full k-tile
+ * (k0 + BK <= K) decodes pairs on whole words (dm_q2_scaled: value / fold times s * fold, the
+ * same fp32 product); a partial one, or a finite scale past dm_fold_ok, takes quant_rules.h's
+ * scalar rules per value with columns k >= K set to 0 (an odd K's pad nibble, and A's
+ * zero-filled tail meets zeros even when s is NaN). */
 template <typename T, int Q>
 static __device__ __forceinline__ void dm_dequant_row(const dm_gemm_params &p, uint32_t dq, uint32_t raw, int row,
                                                       long long si, int kt, int K) {
@@ -336,6 +397,24 @@ static __device__ __forceinline__ void dm_dequant_row(const dm_gemm_params &p, u
         const uint4 v = dm_ld_shared16(raw + 16 * c);
         words[4 * c] = v.x, words[4 * c + 1] = v.y, words[4 * c + 2] = v.z, words[4 * c + 3] = v.w;
     }
+    if (k0 + DM_BK <= K && dm_fold_ok(s)) {
+        /* full tile: no bounds; pairs decoded on whole words, the fold in the scale, one cvt per pair */
+        const float s8 = s * dm_q_fold<Q>(), zb = z + DM_U4_BIAS;
+#pragma unroll
+        for (int c = 0; c < DM_BK / 8; c++) {
+            uint32_t o[4];
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const int v = 8 * c + 2 * i; /* FP8: bytes v, v+1; 4-bit: byte v / 2 */
+                const uint32_t x = Q == DYNMOE_WEIGHTS_FP8_BLOCK ? words[v >> 2] >> (8 * (v & 3))
+                                                                 : words[v >> 3] >> (4 * (v & 7));
+                const float2 f = dm_q2_scaled<Q>(x, s8, zb);
+                o[i] = T::pack2(f.x, f.y);
+            }
+            dm_st_shared16(dq + dm_swz(row, c), make_uint4(o[0], o[1], o[2], o[3]));
+        }
+        return;
+    }
 #pragma unroll
     for (int c = 0; c < DM_BK / 8; c++) {
         uint32_t o[4];
@@ -344,7 +423,7 @@ static __device__ __forceinline__ void dm_dequant_row(const dm_gemm_params &p, u
             const int v = 8 * c + 2 * i;
             const float f0 = k0 + v < K ? dm_raw_value<Q>(words, v, s, z) : 0.0f;
             const float f1 = k0 + v + 1 < K ? dm_raw_value<Q>(words, v + 1, s, z) : 0.0f;
-            o[i] = (uint32_t)T::from_f32(f0) | ((uint32_t)T::from_f32(f1) << 16);
+            o[i] = T::pack2(f0, f1);
         }
         dm_st_shared16(dq + dm_swz(row, c), make_uint4(o[0], o[1], o[2], o[3]));
     }
@@ -772,53 +851,46 @@ static __device__ __forceinline__ void dm_decode_step(float *acc, const uint4 *w
     dm_decode_fma<T>(acc, wf, A, lda, xrow, v, nr);
 }
 
-/* FP8_BLOCK: one 16-byte vector v of each weight row = 16 e4m3 values (k = 16 v .. 16 v + 15,
- * inside one 128-wide scale block, scale s[w]), decoded in registers by quant_rules.h and met
- * with the 16 / VN x vectors of the same k: 1 weight byte per FMA pair instead of 2 (bf16). */
-template <typename T>
-static __device__ __forceinline__ void dm_decode_step_fp8(float *acc, const uint4 *wv, const float *s,
-                                                          const typename T::store *A, long long lda, const int *xrow,
-                                                          int v, int nr) {
-    enum { VN = dm_vec<T>::n };
-#pragma unroll
-    for (int h = 0; h < 16 / VN; h++) {
-        float wf[DM_NR][VN];
-#pragma unroll
-        for (int w = 0; w < DM_NR; w++) {
-            const uint32_t words[4] = {wv[w].x, wv[w].y, wv[w].z, wv[w].w};
-#pragma unroll
-            for (int u = 0; u < VN; u++) {
-                const int b = h * VN + u;
-                wf[w][u] = dm_fp8e4m3_to_f32((uint8_t)(words[b >> 2] >> (8 * (b & 3)))) * s[w];
-            }
-        }
-        dm_decode_fma<T>(acc, wf, A, lda, xrow, v * (16 / VN) + h, nr);
-    }
-}
-
-/* MXFP4 (Q 2) and INT4 (Q 3): one 16-byte vector v of each weight row = 32 nibbles, k = 32 v ..
- * 32 v + 31, low nibble first (nibble b of a word at bits 4b), inside one scale group (MXFP4's
- * 32; INT4's 32, 64 or 128 start at multiples of 32): scale s[w], zero z[w] (INT4). Decoded in
- * registers by quant_rules.h, met with the 32 / VN x vectors of the same k. */
+/* Quantized weights (Q 1 FP8_BLOCK, 2 MXFP4, 3 INT4): one 16-byte vector v of each weight row =
+ * QN values (16 e4m3 bytes, k = 16 v .., or 32 nibbles, low nibble first, k = 32 v ..), inside
+ * one scale block or group (16 and 32 divide 128, MXFP4's 32 and every INT4 group): scale s[w],
+ * zero z[w] (INT4). Decoded in registers pair by pair on whole words (dm_q2_scaled, the fold in
+ * the scale: the same fp32 decode(q) * s as quant_rules.h's rules), or by those rules per value
+ * when a row's scale is past dm_fold_ok; met with the QN / VN x vectors of the same k. FP8 is
+ * 1 weight byte per FMA pair (bf16: 2), MXFP4 / INT4 half a byte. */
 template <typename T, int Q>
-static __device__ __forceinline__ void dm_decode_step_nib(float *acc, const uint4 *wv, const float *s,
-                                                          const float *z, const typename T::store *A, long long lda,
-                                                          const int *xrow, int v, int nr) {
-    enum { VN = dm_vec<T>::n };
+static __device__ __forceinline__ void dm_decode_step_q(float *acc, const uint4 *wv, const float *s, const float *z,
+                                                        const typename T::store *A, long long lda, const int *xrow,
+                                                        int v, int nr) {
+    enum { VN = dm_vec<T>::n, QN = Q == DYNMOE_WEIGHTS_FP8_BLOCK ? 16 : 32 };
+    bool fold = true;
+    float s8[DM_NR], zb[DM_NR];
 #pragma unroll
-    for (int h = 0; h < 32 / VN; h++) {
+    for (int w = 0; w < DM_NR; w++) {
+        fold = fold && dm_fold_ok(s[w]);
+        s8[w] = s[w] * dm_q_fold<Q>(), zb[w] = z[w] + DM_U4_BIAS;
+    }
+#pragma unroll
+    for (int h = 0; h < QN / VN; h++) {
         float wf[DM_NR][VN];
 #pragma unroll
         for (int w = 0; w < DM_NR; w++) {
             const uint32_t words[4] = {wv[w].x, wv[w].y, wv[w].z, wv[w].w};
+            if (fold) {
 #pragma unroll
-            for (int u = 0; u < VN; u++) {
-                const int b = h * VN + u;
-                const uint32_t q = (words[b >> 3] >> (4 * (b & 7))) & 0xfu;
-                wf[w][u] = Q == 2 ? dm_e2m1_to_f32(q) * s[w] : ((float)q - z[w]) * s[w];
+                for (int u = 0; u < VN; u += 2) {
+                    const int b = h * VN + u; /* FP8: bytes b, b+1; 4-bit: byte b / 2 */
+                    const uint32_t x = Q == DYNMOE_WEIGHTS_FP8_BLOCK ? words[b >> 2] >> (8 * (b & 3))
+                                                                     : words[b >> 3] >> (4 * (b & 7));
+                    const float2 f = dm_q2_scaled<Q>(x, s8[w], zb[w]);
+                    wf[w][u] = f.x, wf[w][u + 1] = f.y;
+                }
+            } else {
+#pragma unroll
+                for (int u = 0; u < VN; u++) wf[w][u] = dm_raw_value<Q>(words, h * VN + u, s[w], z[w]);
             }
         }
-        dm_decode_fma<T>(acc, wf, A, lda, xrow, v * (32 / VN) + h, nr);
+        dm_decode_fma<T>(acc, wf, A, lda, xrow, v * (QN / VN) + h, nr);
     }
 }
 
@@ -885,18 +957,20 @@ __global__ void __launch_bounds__(DM_DEC_THREADS, 2) dm_decode_gemm(dm_gemm_para
 #pragma unroll
             for (int i = 0; i < DM_NR * DM_RC; i++) acc[i] = 0.0f;
 
-            if (Q >= 2 && vec) {
-                for (int v = lane; v < K / 32; v += 32) {
+            if (Q && vec) {
+                /* 16 (FP8) or 32 (MXFP4 / INT4) values per 16-byte vector */
+                for (int v = lane; v < K / (Q == 1 ? 16 : 32); v += 32) {
                     uint4 wv[DM_NR];
                     float sc[DM_NR], zp[DM_NR];
                     const int g = Q == 2 ? v : (v * 32) / p.group;
 #pragma unroll
                     for (int w = 0; w < DM_NR; w++) {
                         wv[w] = dm_ld_stream16(wq[w] + (long long)v * 16);
-                        sc[w] = dm_nib_scale<Q>(p, si[w] + g);
+                        if (Q == 1) sc[w] = ws[w][(v * 16) / DM_FP8_BLOCK];
+                        else sc[w] = dm_nib_scale<Q>(p, si[w] + g);
                         zp[w] = Q == 3 ? dm_nib_zero(p, si[w] + g) : 0.0f;
                     }
-                    dm_decode_step_nib<T, Q>(acc, wv, sc, zp, A, p.lda, xrow, v, nr);
+                    dm_decode_step_q<T, Q>(acc, wv, sc, zp, A, p.lda, xrow, v, nr);
                 }
             } else if (Q >= 2) {
                 for (int k = lane; k < K; k += 32) {
@@ -916,17 +990,6 @@ __global__ void __launch_bounds__(DM_DEC_THREADS, 2) dm_decode_gemm(dm_gemm_para
                             for (int w = 0; w < DM_NR; w++) acc[w * DM_RC + i] = fmaf(wf[w], xf, acc[w * DM_RC + i]);
                         }
                     }
-                }
-            } else if (Q && vec) {
-                for (int v = lane; v < K / 16; v += 32) {
-                    uint4 wv[DM_NR];
-                    float sc[DM_NR];
-#pragma unroll
-                    for (int w = 0; w < DM_NR; w++) {
-                        wv[w] = dm_ld_stream16(wq[w] + (long long)v * 16);
-                        sc[w] = ws[w][(v * 16) / DM_FP8_BLOCK];
-                    }
-                    dm_decode_step_fp8<T>(acc, wv, sc, A, p.lda, xrow, v, nr);
                 }
             } else if (Q) {
                 for (int k = lane; k < K; k += 32) {

@@ -102,6 +102,20 @@ static __device__ __forceinline__ void dm_mma_f16_16816(float *c, const uint32_t
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+/* ---- cvt.rn.{bf16x2,f16x2}.f32: two fp32 values to one packed pair, each rounded to nearest even
+ * (lo in bits 0-15): one instruction for what two scalar conversions and a prmt cost. PTX puts
+ * its first source (a) in the upper half. Not volatile: pure, the compiler may schedule it. */
+static __device__ __forceinline__ uint32_t dm_cvt_bf16x2(float lo, float hi) {
+    uint32_t d;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;\n" : "=r"(d) : "f"(hi), "f"(lo));
+    return d;
+}
+static __device__ __forceinline__ uint32_t dm_cvt_f16x2(float lo, float hi) {
+    uint32_t d;
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;\n" : "=r"(d) : "f"(hi), "f"(lo));
+    return d;
+}
+
 /* ---- global memory, 16 bytes (p 16-byte aligned) */
 /* Streaming load of data read once (weights): read-only path, not kept in L1. */
 static __device__ __forceinline__ uint4 dm_ld_stream16(const void *p) {

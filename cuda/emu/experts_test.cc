@@ -61,6 +61,8 @@ struct Case {
     int32_t group = 0;     /* INT4 group size */
     bool zeros = false;    /* INT4 zero points given (else NULL: 8) */
     bool edge = false;     /* quantized: 1 in 8 scales 0 (FP8, INT4), one NaN scale of expert 2's w13 */
+    bool nan_codes = false; /* FP8: the NaN codes 0x7f in expert 1's w13, 0xff in expert 3's w2 */
+    bool big_scale = false; /* FP8 / MXFP4: expert 1's w2 scales times 2^110 / 2^120 (bf16) */
 };
 
 /* The header's decision for scale edge cases: a scale of 0 gives zero weights, a NaN scale makes
@@ -241,6 +243,22 @@ Result run_case(const Case &c, uint64_t seed) {
         ex.w13 = dmref::dequantize(q13, E, rows13, H);
         ex.w2 = dmref::dequantize(q2, E, H, I);
     }
+    if (c.nan_codes) { /* one NaN code per matrix: gate row 5 (all of h), w2 row 7 (one output column) */
+        q13.q[(size_t)(1 * rows13 * H + 5 * H + 40)] = 0x7f;
+        q2.q[(size_t)(3 * H * I + 7 * I + 33)] = 0xff;
+        ex.w13 = dmref::dequantize(q13, E, rows13, H);
+        ex.w2 = dmref::dequantize(q2, E, H, I);
+    }
+    if (c.big_scale) { /* a finite scale whose fold (2^8, 2^14) would overflow: the per-value rules */
+        /* the whole expert, so that its rows keep the usual relative errors. MXFP4 scales of 2^114 and
+         * more overflow once folded by 2^14; FP8 would need 2^120, whose outputs overflow bf16 here */
+        const size_t per = c.fp8 ? (size_t)(((H + 127) / 128) * ((I + 127) / 128)) : (size_t)(H * (I / 32));
+        for (size_t i = per; i < 2 * per; i++) {
+            if (c.fp8) q2.scale_f32[i] *= 0x1p110f; /* 2^105 .. 2^107: past the guard, fold still finite */
+            if (c.nib == DYNMOE_WEIGHTS_MXFP4) q2.scale_u8[i] = (uint8_t)(q2.scale_u8[i] + 120);
+        }
+        ex.w2 = dmref::dequantize(q2, E, H, I);
+    }
     const bool quant = c.fp8 || c.nib != DYNMOE_WEIGHTS_PLAIN;
     fill(ex.b13, b13b, 0.5);
     fill(ex.b2, b2b, 0.5);
@@ -368,7 +386,7 @@ Result run_case(const Case &c, uint64_t seed) {
             }
         }
     }
-    if (c.edge && (nan_rows == 0 || nan_rows == (int)R)) {
+    if ((c.edge || c.nan_codes) && (nan_rows == 0 || nan_rows == (int)R)) {
         printf("  %s: %d of %zu rows expect NaN: the edge case does not test what it should\n", c.name.c_str(),
                nan_rows, R);
         bad_rows++;
@@ -574,15 +592,57 @@ std::vector<Case> cases() {
         Case ci{pa + " int4 bf16 g64 zeros, scales 0 and NaN", DYNMOE_BF16, path, 192, 96, 4, R, 2};
         ci.nib = I4, ci.group = 64, ci.zeros = true, ci.edge = true;
         v.push_back(ci);
+        /* the e4m3 NaN codes (random_fp8 draws none) through the full-tile / vector decoders */
+        Case cn{pa + " fp8 f16 NaN codes 0x7f and 0xff", DYNMOE_F16, path, 256, 128, 4, R, 2};
+        cn.fp8 = true, cn.nan_codes = true;
+        v.push_back(cn);
+        Case cb{pa + " fp8 bf16 scales near 2^106", DYNMOE_BF16, path, 256, 128, 4, R, 2};
+        cb.fp8 = true, cb.big_scale = true;
+        v.push_back(cb);
+        Case cbm{pa + " mxfp4 bf16 scales near 2^116", DYNMOE_BF16, path, 128, 96, 4, R, 2};
+        cbm.nib = MX, cbm.group = 32, cbm.big_scale = true;
+        v.push_back(cbm);
     }
     return v;
+}
+
+/* The pair decoders of experts.cu (dm_*x2_to_f16x2) against quant_rules.h's scalar rules on
+ * every input: all 65536 FP8 byte pairs, all 256 nibble pairs; the fp16 value times the decoder's
+ * fold is the rule's fp32 bit for bit (NaN: both NaN). Returns the number of mismatches. */
+int check_pair_decoders() {
+    int bad = 0;
+    auto same = [](float a, float b) {
+        uint32_t x, y;
+        memcpy(&x, &a, 4), memcpy(&y, &b, 4);
+        return (std::isnan(a) && std::isnan(b)) || x == y;
+    };
+    auto lane = [](uint32_t h, int i) { return __half2float(__ushort_as_half((unsigned short)(h >> (16 * i)))); };
+    for (uint32_t x = 0; x < 65536; x++) {
+        const uint32_t h = dm_fp8x2_to_f16x2(x | 0xabcd0000u); /* bits 16-31 must not matter */
+        for (int i = 0; i < 2; i++) {
+            const float want = dm_fp8e4m3_to_f32((uint8_t)(x >> (8 * i))), got = lane(h, i) * DM_FP8_FOLD;
+            if (!same(got, want) && bad++ < 5) printf("  fp8 pair %04x lane %d: %g, rule %g\n", x, i, got, want);
+        }
+    }
+    for (uint32_t x = 0; x < 256; x++) {
+        const uint32_t h = dm_e2m1x2_to_f16x2(x | 0x12345600u), u = dm_u4x2_to_f16x2(x | 0x12345600u);
+        for (int i = 0; i < 2; i++) {
+            const uint32_t q = (x >> (4 * i)) & 0xfu;
+            const float want = dm_e2m1_to_f32(q), got = lane(h, i) * DM_E2M1_FOLD;
+            if (!same(got, want) && bad++ < 5) printf("  e2m1 pair %02x lane %d: %g, rule %g\n", x, i, got, want);
+            if (!(lane(u, i) - DM_U4_BIAS == (float)q) && bad++ < 5)
+                printf("  u4 pair %02x lane %d: %g\n", x, i, lane(u, i) - DM_U4_BIAS);
+        }
+    }
+    printf("%-4s pair decoders against quant_rules.h (65536 fp8 pairs, 256 nibble pairs)\n", bad ? "FAIL" : "ok");
+    return bad;
 }
 
 } // namespace
 
 int main(int argc, char **argv) {
     const uint64_t seed = argc > 1 ? strtoull(argv[1], nullptr, 10) : 20240601;
-    int bad = 0, n = 0;
+    int bad = check_pair_decoders() != 0, n = 0;
     for (const Case &c : cases()) {
         const auto t0 = std::chrono::steady_clock::now();
         const Result r = run_case(c, seed + (uint64_t)n++);

@@ -208,3 +208,16 @@ static inline void dm_st_global16(void *p, uint4 v) {
     emu::check_global_align(p, 16, "st.global.v4");
     memcpy(p, &v, 16);
 }
+
+/* ---- "Data Movement and Conversion Instructions: cvt", .f16x2 / .bf16x2 from two .f32: "the
+ * value converted from input a is stored in the upper half of d and the value converted from
+ * input b is stored in the lower half of d"; .rn: round to nearest even (cuda_fp16.h /
+ * cuda_bf16.h stand-ins: IEEE round to nearest even, subnormals kept, NaN stays NaN). The
+ * wrappers take (lo, hi), i.e. b = lo, a = hi. */
+static inline uint32_t dm_cvt_bf16x2(float lo, float hi) {
+    return (uint32_t)__bfloat16_as_ushort(__float2bfloat16_rn(lo)) |
+           ((uint32_t)__bfloat16_as_ushort(__float2bfloat16_rn(hi)) << 16);
+}
+static inline uint32_t dm_cvt_f16x2(float lo, float hi) {
+    return (uint32_t)__half_as_ushort(__float2half_rn(lo)) | ((uint32_t)__half_as_ushort(__float2half_rn(hi)) << 16);
+}

@@ -5,6 +5,7 @@
  *    the ldmatrix and mma fragment tables agree with each other as the ISA intends;
  *  - shuffles (idx, xor, up, down) and the warp votes lane by lane;
  *  - cp.async: data lands only at the covering wait_group, zero-fill, poison before;
+ *  - cvt.rn.{bf16x2,f16x2}.f32: lo in bits 0-15, hi in 16-31, each rounded to nearest even;
  *  - each trap fails (a child process must exit with emu::fail's status 3): misaligned
  *    ldmatrix and cp.async, races without __syncthreads, a barrier some threads never reach
  *    (deadlock),
@@ -201,6 +202,25 @@ static void mixed_collectives() {
     else __syncwarp();
 }
 
+/* The pair conversions: halves in place (lo low), ties to even, NaN kept, subnormal f16. */
+static void test_cvt_pairs() {
+    const float tie_bf = 1.0f + 0x1p-8f, tie_bf_up = 1.0f + 3 * 0x1p-8f; /* halfway: to 1, to 1+2^-6 */
+    CHECK(dm_cvt_bf16x2(tie_bf, -2.0f) == (0x3f80u | (0xc000u << 16)), "bf16x2 %08x", dm_cvt_bf16x2(tie_bf, -2.0f));
+    CHECK(dm_cvt_bf16x2(1.0f, tie_bf_up) == (0x3f80u | (0x3f82u << 16)), "bf16x2 %08x",
+          dm_cvt_bf16x2(1.0f, tie_bf_up));
+    const float tie_h = 1.0f + 0x1p-11f, sub_h = 0x1p-24f; /* halfway: to 1; the least f16 subnormal */
+    CHECK(dm_cvt_f16x2(tie_h, sub_h) == (0x3c00u | (0x0001u << 16)), "f16x2 %08x", dm_cvt_f16x2(tie_h, sub_h));
+    const uint32_t n = dm_cvt_f16x2(NAN, 65520.0f), nb = dm_cvt_bf16x2(0.5f, NAN);
+    CHECK((n & 0x7c00u) == 0x7c00u && (n & 0x3ffu) && (n >> 16) == 0x7c00u, "f16x2 NaN/inf %08x", n);
+    CHECK((nb & 0xffffu) == 0x3f00u && ((nb >> 16) & 0x7f80u) == 0x7f80u && ((nb >> 16) & 0x7fu), "bf16x2 NaN %08x", nb);
+    for (int i = 0; i < 1000; i++) { /* each half is the scalar conversion */
+        const float a = std::ldexp((float)rng() / 4294967296.0f - 0.5f, (int)(rng() % 40) - 20);
+        const float b = std::ldexp((float)rng() / 4294967296.0f - 0.5f, (int)(rng() % 40) - 20);
+        CHECK(dm_cvt_bf16x2(a, b) == ((uint32_t)to16(a, true) | ((uint32_t)to16(b, true) << 16)), "bf16x2 %g %g", a, b);
+        CHECK(dm_cvt_f16x2(a, b) == ((uint32_t)to16(a, false) | ((uint32_t)to16(b, false) << 16)), "f16x2 %g %g", a, b);
+    }
+}
+
 template <class F>
 static void expect_trap(const char *what, F f) {
     fflush(stdout);
@@ -221,6 +241,7 @@ int main() {
     test_mma();
     test_shuffles();
     test_cp_async();
+    test_cvt_pairs();
     alignas(16) static uint8_t buf[64];
     expect_trap("misaligned ldmatrix row address",
                 [] { emu_launch(&misaligned_ldmatrix, "t", 1, 32, 256, nullptr, [] { misaligned_ldmatrix(); }); });
