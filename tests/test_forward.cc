@@ -642,18 +642,23 @@ TEST_P(Forward, QuantizedWeights) {
         const char *name;
         dynmoe_act act;
         dynmoe_gate_up gate_up;
-        bool bias;
+        bool bias, on_input;
     };
-    const Act acts[] = {{"swiglu", DYNMOE_ACT_SWIGLU, DYNMOE_GATE_UP_BLOCKED, false},
-                        {"swiglu_oai interleaved bias", DYNMOE_ACT_SWIGLU_OAI, DYNMOE_GATE_UP_INTERLEAVED, true},
-                        {"relu2", DYNMOE_ACT_RELU2, DYNMOE_GATE_UP_BLOCKED, false}};
+    /* on_input: the slot weight scales GEMM 1's rows (router.weight_on_input), so a kernel that
+     * put two rows' GEMM 1 outputs in each other's place (GEMM 2 swapping them back) is seen;
+     * at T = 16 only, where experts get 2 or 6 rows (the 4-bit kernels' two-row tail). */
+    const Act acts[] = {{"swiglu", DYNMOE_ACT_SWIGLU, DYNMOE_GATE_UP_BLOCKED, false, false},
+                        {"swiglu_oai interleaved bias", DYNMOE_ACT_SWIGLU_OAI, DYNMOE_GATE_UP_INTERLEAVED, true, false},
+                        {"relu2", DYNMOE_ACT_RELU2, DYNMOE_GATE_UP_BLOCKED, false, false},
+                        {"swiglu on_input", DYNMOE_ACT_SWIGLU, DYNMOE_GATE_UP_BLOCKED, false, true}};
     const int32_t E = 16, S = 4;
     for (size_t fi = 0; fi < sizeof kQuantFormats / sizeof kQuantFormats[0]; fi++) {
         const QuantFormat &f = kQuantFormats[fi];
         for (const Act &a : acts) {
             for (dynmoe_dtype dt : {DYNMOE_F32, DYNMOE_BF16}) {
                 for (int64_t T : {1, 16, 300}) {
-                    const uint64_t seed = seed_of(60 + fi, (int)(T + 7 * (int)dt + 31 * (int)a.act));
+                    if (a.on_input && T != 16) continue;
+                    const uint64_t seed = seed_of(60 + fi, (int)(T + 7 * (int)dt + 31 * (int)a.act + 97 * a.on_input));
                     SCOPED_TRACE(std::string(f.name) + " " + a.name + " " + dtype_name(dt) + " T=" + std::to_string(T) +
                                  " seed=" + std::to_string(seed));
                     Rng rng(seed);
@@ -663,7 +668,9 @@ TEST_P(Forward, QuantizedWeights) {
                     ExpertOptions o = quant_options(f);
                     o.gate_up = a.gate_up;
                     o.bias = a.bias;
-                    check_experts(make_router(E, S), f.H, f.I, a.act, dt, t, rng, ST_PLAN, o);
+                    dynmoe_router r = make_router(E, S);
+                    r.weight_on_input = a.on_input ? 1 : 0;
+                    check_experts(r, f.H, f.I, a.act, dt, t, rng, ST_PLAN, o);
                 }
             }
         }
