@@ -962,7 +962,7 @@ __global__ void __launch_bounds__(DM_DEC_THREADS, 2) dm_decode_gemm(dm_gemm_para
                 for (int v = lane; v < K / (Q == 1 ? 16 : 32); v += 32) {
                     uint4 wv[DM_NR];
                     float sc[DM_NR], zp[DM_NR];
-                    const int g = Q == 2 ? v : (v * 32) / p.group;
+                    const int g = Q == 1 ? 0 : Q == 2 ? v : (v * 32) / p.group; /* FP8 has no group (p.group 0) */
 #pragma unroll
                     for (int w = 0; w < DM_NR; w++) {
                         wv[w] = dm_ld_stream16(wq[w] + (long long)v * 16);
