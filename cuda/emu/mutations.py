@@ -95,7 +95,7 @@ MUTANTS = [
     ('fp8 scalar scale', E, 'experts', "fp8 scalar loop: every k takes the row's first scale",
      'dm_fp8e4m3_to_f32(wq[w][k]) * ws[w][k / DM_FP8_BLOCK];', 'dm_fp8e4m3_to_f32(wq[w][k]) * ws[w][0];'),
     # issue 16: MXFP4 and INT4 in the decode (streaming) kernel
-    ('byte order (nibbles)', E, 'experts', 'decode mxfp4/int4 vector step: bytes of a half-word swapped',
+    ('byte order (nibbles)', E, 'experts', 'decode mxfp4 vector step: bytes of a half-word swapped',
      ': words[b >> 3] >> (4 * (b & 7));', ': words[b >> 3] >> (4 * ((b & 7) ^ 2));'),
     ('decode fold', E, 'experts', 'decode fp8/mxfp4 vector step: the fold (2^8, 2^14) missing from the scale',
      's8[w] = s[w] * dm_q_fold<Q>()', 's8[w] = s[w]'),
@@ -171,7 +171,7 @@ MUTANTS = [
     ('pair e2m1 nibble order', E, 'experts', 'e2m1 pair decoder (both kernels): the two nibbles of a byte swapped (high first)',
      'const uint32_t w = ((x & 0xfu) << 12) | ((x & 0xf0u) << 24);',
      'const uint32_t w = ((x & 0xf0u) << 8) | ((x & 0xfu) << 28);'),
-    ('pair u4 nibble order', E, 'experts', 'int4 pair decoder (both kernels): the two nibbles of a byte swapped (high first)',
+    ('pair u4 nibble order', E, 'experts', 'int4 pair decoder (prefill full tile): the two nibbles of a byte swapped (high first)',
      'return (x & 0xfu) | ((x & 0xf0u) << 12) | 0x64006400u;', 'return ((x & 0xf0u) >> 4) | ((x & 0xfu) << 16) | 0x64006400u;'),
     ('qpf fp8 pair order', E, 'experts', 'prefill fp8 full tile: the two byte pairs of a word swapped',
      '? words[v >> 2] >> (8 * (v & 3))', '? words[v >> 2] >> (8 * (2 - (v & 3)))'),
@@ -182,6 +182,15 @@ MUTANTS = [
      'if (k0 + DM_BK <= K && dm_fold_ok(s)) {', 'if (k0 < K && dm_fold_ok(s)) {'),
     ('fold guard', E, 'experts', 'dm_fold_ok true for every scale (both kernels) (finite scales from 2^100 up overflow '
      'to inf once folded)', 'return !(fabsf(s) >= 0x1p100f && fabsf(s) <= 3.40282347e38f);', 'return true;'),
+    # issue 16: the INT4 decode step's word spread (dm_u4x8_to_f16x2)
+    ('decode u4 lanes', E, 'experts', 'decode int4 vector step: the two lanes of a spread pair swapped (values j and j + 4)',
+     'wf[w][u] = ((n < 4 ? f.x : f.y) - zb[w]) * s8[w];', 'wf[w][u] = ((n < 4 ? f.y : f.x) - zb[w]) * s8[w];'),
+    ('decode u4 nibble order', E, 'experts', 'int4 word spread: the two nibbles of each byte swapped (shift 4 (j ^ 1))',
+     'return ((w >> (4 * j)) & 0x000f000fu) | 0x64006400u;', 'return ((w >> (4 * (j ^ 1))) & 0x000f000fu) | 0x64006400u;'),
+    ('decode u4 bias', E, 'experts', 'int4 word spread: exponent of 512 instead of 1024 (0x6000: q / 2 + 512)',
+     'return ((w >> (4 * j)) & 0x000f000fu) | 0x64006400u;', 'return ((w >> (4 * j)) & 0x000f000fu) | 0x60006000u;'),
+    ('decode u4 zero (f32)', E, 'experts', 'decode int4 vector step: the zero point dropped (q * s)',
+     'wf[w][u] = ((n < 4 ? f.x : f.y) - zb[w]) * s8[w];', 'wf[w][u] = ((n < 4 ? f.x : f.y) - DM_U4_BIAS) * s8[w];'),
     ('combine order', C, 'combine', 'combine vector unpack takes the high half first',
      'w[i >> 1] >> (16 * (i & 1))', 'w[i >> 1] >> (16 * ((i + 1) & 1))'),
     ('pack tail', P, 'ep', "EP pack drops a row's last piece",
