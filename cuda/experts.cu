@@ -871,10 +871,12 @@ static __device__ __forceinline__ void dm_decode_step_q(float *acc, const uint4 
     enum { VN = dm_vec<T>::n, QN = Q == DYNMOE_WEIGHTS_FP8_BLOCK ? 16 : 32 };
     bool fold = true;
     float s8[DM_NR], zb[DM_NR];
+    uint32_t zh[DM_NR]; /* INT4: the fp16 pair 1024 + z, z an integer 0..255 (a byte, or 8) */
 #pragma unroll
     for (int w = 0; w < DM_NR; w++) {
         fold = fold && dm_fold_ok(s[w]);
         s8[w] = s[w] * dm_q_fold<Q>(), zb[w] = z[w] + DM_U4_BIAS;
+        zh[w] = (0x6400u + (uint32_t)z[w]) * 0x10001u;
     }
 #pragma unroll
     for (int h = 0; h < QN / VN; h++) {
@@ -884,12 +886,13 @@ static __device__ __forceinline__ void dm_decode_step_q(float *acc, const uint4 
             const uint32_t words[4] = {wv[w].x, wv[w].y, wv[w].z, wv[w].w};
             if (fold && Q == DYNMOE_WEIGHTS_INT4) {
                 /* value b = nibble n of word b / 8: lane n / 4 of pair n % 4 (f32: each half-word
-                 * of x takes one lane; the other is dead code) */
+                 * of x takes one lane; the other is dead code). q - z in fp16 on the pair (exact:
+                 * an integer of at most 255 in magnitude), then one fp32 product per value. */
 #pragma unroll
                 for (int u = 0; u < VN; u++) {
                     const int b = h * VN + u, n = b & 7;
-                    const float2 f = dm_f16_t::pair(dm_u4x8_to_f16x2(words[b >> 3], n & 3));
-                    wf[w][u] = ((n < 4 ? f.x : f.y) - zb[w]) * s8[w];
+                    const float2 f = dm_f16_t::pair(dm_sub_f16x2(dm_u4x8_to_f16x2(words[b >> 3], n & 3), zh[w]));
+                    wf[w][u] = (n < 4 ? f.x : f.y) * s8[w];
                 }
             } else if (fold) {
 #pragma unroll
