@@ -332,6 +332,12 @@ static __device__ __forceinline__ uint32_t dm_e2m1x2_to_f16x2(uint32_t x) {
 static __device__ __forceinline__ uint32_t dm_u4x2_to_f16x2(uint32_t x) {
     return (x & 0xfu) | ((x & 0xf0u) << 12) | 0x64006400u;
 }
+/* Nibbles j and j + 4 (j 0..3) of a word w of 8 nibbles -> fp16 pair 1024 + q (nibble j in bits
+ * 0-15): one shift and one lop3 per pair, no per-byte extraction; the caller pairs the lanes with
+ * values j and j + 4 (the decode step's 8 nibbles of a word in 4 pairs). */
+static __device__ __forceinline__ uint32_t dm_u4x8_to_f16x2(uint32_t w, int j) {
+    return ((w >> (4 * j)) & 0x000f000fu) | 0x64006400u;
+}
 /* The pair decoder of format Q. */
 template <int Q>
 static __device__ __forceinline__ uint32_t dm_q2_to_f16x2(uint32_t x) {
@@ -865,10 +871,12 @@ static __device__ __forceinline__ void dm_decode_step_q(float *acc, const uint4 
     enum { VN = dm_vec<T>::n, QN = Q == DYNMOE_WEIGHTS_FP8_BLOCK ? 16 : 32 };
     bool fold = true;
     float s8[DM_NR], zb[DM_NR];
+    uint32_t zh[DM_NR]; /* INT4: the fp16 pair 1024 + z, z an integer 0..255 (a byte, or 8) */
 #pragma unroll
     for (int w = 0; w < DM_NR; w++) {
         fold = fold && dm_fold_ok(s[w]);
         s8[w] = s[w] * dm_q_fold<Q>(), zb[w] = z[w] + DM_U4_BIAS;
+        zh[w] = (0x6400u + (uint32_t)z[w]) * 0x10001u;
     }
 #pragma unroll
     for (int h = 0; h < QN / VN; h++) {
@@ -876,7 +884,17 @@ static __device__ __forceinline__ void dm_decode_step_q(float *acc, const uint4 
 #pragma unroll
         for (int w = 0; w < DM_NR; w++) {
             const uint32_t words[4] = {wv[w].x, wv[w].y, wv[w].z, wv[w].w};
-            if (fold) {
+            if (fold && Q == DYNMOE_WEIGHTS_INT4) {
+                /* value b = nibble n of word b / 8: lane n / 4 of pair n % 4 (f32: each half-word
+                 * of x takes one lane; the other is dead code). q - z in fp16 on the pair (exact:
+                 * an integer of at most 255 in magnitude), then one fp32 product per value. */
+#pragma unroll
+                for (int u = 0; u < VN; u++) {
+                    const int b = h * VN + u, n = b & 7;
+                    const float2 f = dm_f16_t::pair(dm_sub_f16x2(dm_u4x8_to_f16x2(words[b >> 3], n & 3), zh[w]));
+                    wf[w][u] = (n < 4 ? f.x : f.y) * s8[w];
+                }
+            } else if (fold) {
 #pragma unroll
                 for (int u = 0; u < VN; u += 2) {
                     const int b = h * VN + u; /* FP8: bytes b, b+1; 4-bit: byte b / 2 */

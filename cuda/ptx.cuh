@@ -116,6 +116,14 @@ static __device__ __forceinline__ uint32_t dm_cvt_f16x2(float lo, float hi) {
     return d;
 }
 
+/* ---- sub.rn.f16x2: a - b per 16-bit half (lo with lo, hi with hi), each rounded to nearest even;
+ * one HADD2 for two values (the INT4 decode's (1024 + q) - (1024 + z), exact there). */
+static __device__ __forceinline__ uint32_t dm_sub_f16x2(uint32_t a, uint32_t b) {
+    uint32_t d;
+    asm("sub.rn.f16x2 %0, %1, %2;\n" : "=r"(d) : "r"(a), "r"(b));
+    return d;
+}
+
 /* ---- global memory, 16 bytes (p 16-byte aligned) */
 /* Streaming load of data read once (weights): read-only path, not kept in L1. */
 static __device__ __forceinline__ uint4 dm_ld_stream16(const void *p) {

@@ -634,7 +634,22 @@ int check_pair_decoders() {
                 printf("  u4 pair %02x lane %d: %g\n", x, i, lane(u, i) - DM_U4_BIAS);
         }
     }
-    printf("%-4s pair decoders against quant_rules.h (65536 fp8 pairs, 256 nibble pairs)\n", bad ? "FAIL" : "ok");
+    /* the decode step's word spread: nibbles j and j + 4 of a word, every pair of values at every j,
+     * the other six nibbles set (they must not matter) */
+    for (int j = 0; j < 4; j++)
+        for (uint32_t x = 0; x < 256; x++) {
+            const uint32_t q0 = x & 0xfu, q1 = x >> 4;
+            const uint32_t word = (0x9a5c3e7bu & ~(0xfu << (4 * j)) & ~(0xfu << (4 * j + 16))) | (q0 << (4 * j)) |
+                                  (q1 << (4 * j + 16));
+            const uint32_t u = dm_u4x8_to_f16x2(word, j);
+            for (int i = 0; i < 2; i++) {
+                const uint32_t q = dm_nibble((const uint8_t *)&word, 4 * i + j); /* value 4i + j of the word */
+                if (!(lane(u, i) - DM_U4_BIAS == (float)q) && bad++ < 5)
+                    printf("  u4 word %08x j %d lane %d: %g, rule %u\n", word, j, i, lane(u, i) - DM_U4_BIAS, q);
+            }
+        }
+    printf("%-4s pair decoders against quant_rules.h (65536 fp8 pairs, 256 nibble pairs, 4 x 256 word spreads)\n",
+           bad ? "FAIL" : "ok");
     return bad;
 }
 

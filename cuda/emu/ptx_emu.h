@@ -221,3 +221,18 @@ static inline uint32_t dm_cvt_bf16x2(float lo, float hi) {
 static inline uint32_t dm_cvt_f16x2(float lo, float hi) {
     return (uint32_t)__half_as_ushort(__float2half_rn(lo)) | ((uint32_t)__half_as_ushort(__float2half_rn(hi)) << 16);
 }
+
+/* ---- "Half Precision Floating-Point Instructions: sub", .rn.f16x2: "d = a - b" on each half of
+ * the packed pair, round to nearest even, subnormals kept (no .ftz), NaN stays NaN. In fp32 the
+ * difference of two fp16 values rounds at most once more, and since fp32's 24 bits are at least
+ * 2 * 11 + 2, rounding that to fp16 is the correctly rounded fp16 difference (no double-rounding
+ * error for +, -: Figueroa's bound). */
+static inline uint32_t dm_sub_f16x2(uint32_t a, uint32_t b) {
+    uint32_t d = 0;
+    for (int i = 0; i < 2; i++) {
+        const float x = __half2float(__ushort_as_half((unsigned short)(a >> (16 * i))));
+        const float y = __half2float(__ushort_as_half((unsigned short)(b >> (16 * i))));
+        d |= (uint32_t)__half_as_ushort(__float2half_rn(x - y)) << (16 * i);
+    }
+    return d;
+}

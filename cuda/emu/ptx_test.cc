@@ -221,6 +221,35 @@ static void test_cvt_pairs() {
     }
 }
 
+/* sub.rn.f16x2: halves in place, against the exact difference (double) rounded once to fp16
+ * (every fp16 difference is exact in double): ties to even, subnormals, overflow to inf, NaN. */
+static void test_sub_f16x2() {
+    auto h = [](float v) { return (uint32_t)to16(v, false); };
+    auto ref = [](uint16_t x, uint16_t y) -> uint16_t {
+        const double d = (double)from16(x, false) - (double)from16(y, false); /* exact */
+        if (std::isnan(d)) return 0x7e00u;
+        const double m = std::fabs(d);
+        if (m >= 65520.0) return d < 0 ? 0xfc00u : 0x7c00u;
+        const int e = m < 0x1p-14 ? -14 : std::ilogb(m);
+        const double q = std::nearbyint(std::ldexp(m, 10 - e)); /* to nearest even at fp16's ulp */
+        return (uint16_t)((d < 0 || (d == 0 && std::signbit(d)) ? 0x8000u : 0u) | to16((float)std::ldexp(q, e - 10), false));
+    };
+    CHECK(dm_sub_f16x2(h(1027.0f) | (h(1031.0f) << 16), h(1032.0f) * 0x10001u) == (h(-5.0f) | (h(-1.0f) << 16)),
+          "sub.f16x2 lanes %08x", dm_sub_f16x2(h(1027.0f) | (h(1031.0f) << 16), h(1032.0f) * 0x10001u));
+    CHECK(dm_sub_f16x2(h(1.0f), h(-0x1p-11f)) == h(1.0f), "sub.f16x2 tie to even"); /* 1 + 2^-11: tie, to 1 */
+    CHECK(dm_sub_f16x2(h(65504.0f), h(-65504.0f)) == 0x7c00u, "sub.f16x2 overflow");
+    CHECK((dm_sub_f16x2(0x7e00u, h(1.0f)) & 0x7fffu) > 0x7c00u, "sub.f16x2 NaN");
+    for (int i = 0; i < 200000; i++) {
+        const uint16_t x = (uint16_t)rng(), y = (uint16_t)rng(), u = (uint16_t)rng(), v = (uint16_t)rng();
+        const uint32_t d = dm_sub_f16x2(x | ((uint32_t)u << 16), y | ((uint32_t)v << 16));
+        for (int l = 0; l < 2; l++) {
+            const uint16_t a = l ? u : x, b = l ? v : y, got = (uint16_t)(d >> (16 * l)), want = ref(a, b);
+            const bool nan = (want & 0x7fffu) > 0x7c00u || ((want & 0x7c00u) == 0x7c00u && std::isnan(from16(want, false)));
+            CHECK(nan ? std::isnan(from16(got, false)) : got == want, "sub.f16x2 %04x - %04x: %04x, want %04x", a, b, got, want);
+        }
+    }
+}
+
 template <class F>
 static void expect_trap(const char *what, F f) {
     fflush(stdout);
@@ -242,6 +271,7 @@ int main() {
     test_shuffles();
     test_cp_async();
     test_cvt_pairs();
+    test_sub_f16x2();
     alignas(16) static uint8_t buf[64];
     expect_trap("misaligned ldmatrix row address",
                 [] { emu_launch(&misaligned_ldmatrix, "t", 1, 32, 256, nullptr, [] { misaligned_ldmatrix(); }); });
