@@ -244,7 +244,7 @@ static void test_sub_f16x2() {
         const uint32_t d = dm_sub_f16x2(x | ((uint32_t)u << 16), y | ((uint32_t)v << 16));
         for (int l = 0; l < 2; l++) {
             const uint16_t a = l ? u : x, b = l ? v : y, got = (uint16_t)(d >> (16 * l)), want = ref(a, b);
-            const bool nan = (want & 0x7fffu) > 0x7c00u || ((want & 0x7c00u) == 0x7c00u && std::isnan(from16(want, false)));
+            const bool nan = (want & 0x7fffu) > 0x7c00u; /* ref returns 0x7e00 for NaN */
             CHECK(nan ? std::isnan(from16(got, false)) : got == want, "sub.f16x2 %04x - %04x: %04x, want %04x", a, b, got, want);
         }
     }
