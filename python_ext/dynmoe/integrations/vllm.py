@@ -416,6 +416,7 @@ def _classes():
             self.note_zero_experts(layer)  # before super(): it builds the kernel from experts_cls
             super().process_weights_after_loading(layer)
             name = getattr(layer, "layer_name", type(layer).__name__)
+            unloaded_scales(name, layer.w13_weight_scale_inv, layer.w2_weight_scale_inv)
             if self.dynmoe_mode is not None:
                 pack_at_load(self, layer, name)
             if self.dynmoe_mode is None and self.dynmoe_reason is None:
@@ -507,6 +508,24 @@ def _quant_classes():
             said.add(key)
             logger.info(msg, *args)
 
+    def unloaded_scales(name, *scales):
+        """NaN-fills fp8 scale parameters before loading and, called again after
+        it, raises for any still NaN: vLLM creates them with torch.empty (linear)
+        or torch.ones (MoE), so a layer whose checkpoint has no weight_scale_inv
+        (an unquantized gate not in modules_to_not_convert / ignored_layers)
+        would otherwise run on garbage or unit scales (its f32 weight silently
+        cast to e4m3 by the loader). A NaN stored in the checkpoint is refused
+        the same way (a loader cannot tell the two apart)."""
+        for s in scales:
+            bad = torch.isnan(s.data)
+            if name is None:
+                s.data.fill_(float("nan"))
+            elif bad.any():
+                raise ValueError(
+                    f"dynmoe: {name}: {int(bad.sum())} of {s.numel()} fp8 block scales were not loaded (or are NaN): "
+                    "the checkpoint has no weight_scale_inv for this layer; if the layer is not fp8 in the "
+                    "checkpoint, list it in quantization_config.modules_to_not_convert (or ignored_layers)")
+
     class DequantFp8LinearMethod(UnquantizedLinearMethod):
         """A linear layer of an fp8 block checkpoint where vLLM's fp8 kernels cannot
         run: the checkpoint's parameters (weight e4m3, weight_scale_inv), dequantized
@@ -531,8 +550,10 @@ def _quant_classes():
                 layer.output_size_per_partition, input_size_per_partition, loader))
             layer.register_parameter("weight_scale_inv", create_fp8_scale_parameter(
                 BlockQuantScaleParameter, output_partition_sizes, input_size_per_partition, self.block, loader))
+            unloaded_scales(None, layer.weight_scale_inv)
 
         def process_weights_after_loading(self, layer):
+            unloaded_scales(getattr(layer, "prefix", None) or type(layer).__name__, layer.weight_scale_inv)
             w = dq.dequantize("fp8_block", layer.weight.data, layer.weight_scale_inv.data, dtype=layer.orig_dtype)
             replace_parameter(layer, "weight", w)
             del layer.weight_scale_inv
@@ -546,9 +567,11 @@ def _quant_classes():
         (its router, topk_ids/topk_weights), dynmoe runs the experts and the
         combine; shared experts are run by vLLM's runner."""
 
-        # vLLM's own parameter creation (names, shapes, loaders); it reads the
-        # attributes set in __init__.
-        create_weights = Fp8MoEMethod.create_weights
+        def create_weights(self, layer, *args, **kwargs):
+            # vLLM's own parameter creation (names, shapes, loaders; it reads the
+            # attributes set in __init__), its unit scales NaN-filled (unloaded_scales)
+            Fp8MoEMethod.create_weights(self, layer, *args, **kwargs)
+            unloaded_scales(None, layer.w13_weight_scale_inv, layer.w2_weight_scale_inv)
 
         def __init__(self, quant_config, layer):
             super().__init__(layer.moe_config)
@@ -570,6 +593,7 @@ def _quant_classes():
 
         def process_weights_after_loading(self, layer):
             name = getattr(layer, "layer_name", type(layer).__name__)
+            unloaded_scales(name, layer.w13_weight_scale_inv, layer.w2_weight_scale_inv)
             logger.info("dynmoe: %s runs dynmoe fp8_block experts on the checkpoint's bytes (w13 %s %s, w2 %s %s)",
                         name, layer.w13_weight.dtype, tuple(layer.w13_weight.shape), layer.w2_weight.dtype,
                         tuple(layer.w2_weight.shape))
