@@ -431,7 +431,6 @@ def _classes():
             self.note_zero_experts(layer)  # before super(): it builds the kernel from experts_cls
             super().process_weights_after_loading(layer)
             name = getattr(layer, "layer_name", type(layer).__name__)
-            unloaded_scales(name, layer.w13_weight_scale_inv, layer.w2_weight_scale_inv)
             if self.dynmoe_mode is not None:
                 pack_at_load(self, layer, name)
             if self.dynmoe_mode is None and self.dynmoe_reason is None:
