@@ -25,8 +25,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 TOL = 1e-4
 
 
-def run(model, runs, *extra, timeout=900):
-    """{run name: outputs} of one vllm_runner.py process."""
+def run(model, runs, *extra, timeout=900, fails=False):
+    """{run name: outputs} of one vllm_runner.py process; fails=True: the process
+    must fail, and its log is returned."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", VLLM_DISABLE_COMPILE_CACHE="1",
                VLLM_CPU_KVCACHE_SPACE="1", VLLM_ENABLE_V1_MULTIPROCESSING="0")
     env.setdefault("VLLM_CACHE_ROOT", os.path.join(os.path.dirname(model), "vllm-cache"))
@@ -35,6 +36,9 @@ def run(model, runs, *extra, timeout=900):
     cmd = [sys.executable, os.path.join(HERE, "vllm_runner.py"), model, "--runs", ",".join(runs), *extra]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     log = res.stdout + res.stderr
+    if fails:
+        assert res.returncode != 0, log[-6000:]
+        return log
     assert res.returncode == 0, log[-6000:]
     out = {}
     for line in res.stdout.splitlines():
@@ -43,6 +47,8 @@ def run(model, runs, *extra, timeout=900):
             out[r["run"]] = r["out"]
             if "packs_at_load" in r:
                 out["_pack:" + r["run"]] = {k: v for k, v in r.items() if k not in ("run", "out")}
+            if "fp8_calls" in r:
+                out["_count:" + r["run"]] = {k: v for k, v in r.items() if k not in ("run", "out")}
     assert sorted(k for k in out if not k.startswith("_")) == sorted(runs), log[-6000:]
     out["_log"] = log
     return out

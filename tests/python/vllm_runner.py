@@ -70,6 +70,29 @@ def count_packed_calls():
     return n, lambda: (setattr(core, "_experts_forward", saved[0]), setattr(core, "_moe_forward", saved[1]))
 
 
+def count_fp8_calls():
+    """Counts dynmoe's expert calls and those on fp8_block experts. Returns
+    (counts, undo)."""
+    import dynmoe._core as core
+
+    saved = core._experts_forward
+    n = {"calls": 0, "fp8_calls": 0}
+
+    def ef(x, ids, w, r, e, **kw):
+        n["calls"] += 1
+        n["fp8_calls"] += e.weight_format == "fp8_block"
+        return saved(x, ids, w, r, e, **kw)
+
+    core._experts_forward = ef
+    return n, lambda: setattr(core, "_experts_forward", saved)
+
+
+def expert_dtypes(model):
+    """{MoE layer: (w13 dtype, w2 dtype)} of a loaded model (what the experts hold)."""
+    return {n: (str(m.w13_weight.dtype), str(m.w2_weight.dtype))
+            for n, m in model.named_modules() if hasattr(m, "w13_weight")}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("model")
@@ -108,6 +131,8 @@ def main():
                   enable_expert_parallel=a.ep, distributed_executor_backend="mp" if a.tp > 1 else None)
         packs1 = _torch.pack_count[0]
         calls, uncount = count_packed_calls() if pack else (None, None)
+        if extra == "count":
+            calls, uncount = count_fp8_calls()
         outs = llm.generate(prompts, sp, use_tqdm=False)
         if uncount is not None:
             uncount()
@@ -117,6 +142,8 @@ def main():
             res.append({"tokens": list(c.token_ids),
                         "logprobs": [{str(k): v.logprob for k, v in lp.items()} for lp in c.logprobs]})
         info = {"run": run, "out": res}
+        if extra == "count":
+            info.update(calls, experts=llm.apply_model(expert_dtypes)[0])
         if pack:
             info.update(packs_at_load=packs1 - packs0, packs_in_generate=_torch.pack_count[0] - packs1, **calls)
         print("RESULT " + json.dumps(info), flush=True)

