@@ -306,20 +306,29 @@ static __device__ __forceinline__ void dm_load_raw(uint32_t dst, const uint8_t *
 
 /* ---- Pair decoders: two stored values (bits 0-15 of x: FP8 bytes 0, 1; MXFP4 / INT4 the two
  * nibbles of byte 0, low first) to an fp16 pair (the first value in bits 0-15) by integer ops on
- * one word. Each is exact: the fp16 is the value times a power of two (DM_FP8_FOLD, DM_E2M1_FOLD)
- * that the caller folds into the scale, or 1024 + q for INT4. They agree with quant_rules.h's
- * scalar rules on every code (experts_test checks all pairs). */
+ * one word (FP8 on sm_89+: one cvt). Each is exact: the fp16 is the value times a power of two
+ * (DM_FP8_FOLD, DM_E2M1_FOLD) that the caller folds into the scale, or 1024 + q for INT4. They
+ * agree with quant_rules.h's scalar rules on every code (experts_test checks all pairs). */
 
-/* e4m3 -> fp16 of value * 2^-8: each byte in the high byte of its lane, magnitude shifted right 1
- * (fp16's bias 15 is e4m3's 7 + 8; e4m3 subnormals land on fp16 subnormals), sign kept. The NaN
- * codes S.1111.111 (magnitude 0x7f00, the only one that carries into bit 15 when 0x100 is added)
- * get exponent 31 (0x7f80): NaN, quant_rules.h's rule. */
+/* The FP8 pair decoder of this arch and DM_FP8_FOLD, its power of two. Both give the same fp32
+ * product q * s bit for bit: q * 2^-8 (sm_80) and q (sm_89+) are exact in fp16 and fp32 and
+ * s * 2^8 is exact (dm_fold_ok), so (q 2^-8)(s 2^8) and q s are one real number, rounded once. */
+#if DM_ARCH >= 890
+/* sm_89+: cvt.rn.f16x2.e4m3x2 gives the value itself (fold 1: the scale is used as is). */
+#define DM_FP8_FOLD 1.0f
+static __device__ __forceinline__ uint32_t dm_fp8x2_to_f16x2(uint32_t x) { return dm_cvt_e4m3x2_f16x2(x); }
+#else
+/* sm_80: e4m3 -> fp16 of value * 2^-8 by integer ops: each byte in the high byte of its lane,
+ * magnitude shifted right 1 (fp16's bias 15 is e4m3's 7 + 8; e4m3 subnormals land on fp16
+ * subnormals), sign kept. The NaN codes S.1111.111 (magnitude 0x7f00, the only one that carries
+ * into bit 15 when 0x100 is added) get exponent 31 (0x7f80): NaN, quant_rules.h's rule. */
 #define DM_FP8_FOLD 256.0f
 static __device__ __forceinline__ uint32_t dm_fp8x2_to_f16x2(uint32_t x) {
     const uint32_t w = ((x & 0xffu) << 8) | ((x & 0xff00u) << 16);
     const uint32_t m = w & 0x7f007f00u;
     return (m >> 1) | (w & 0x80008000u) | (((m + 0x01000100u) & 0x80008000u) >> 1);
 }
+#endif
 /* e2m1 -> fp16 of value * 2^-14: each nibble at the top of its lane, magnitude shifted right 3
  * (fp16's bias 15 is e2m1's 1 + 14; 0.5 lands on an fp16 subnormal), sign kept. */
 #define DM_E2M1_FOLD 16384.0f

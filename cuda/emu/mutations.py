@@ -201,6 +201,19 @@ MUTANTS = [
     ('sub.f16x2 rounding', 'cuda/emu/ptx_emu.h', 'ptx', 'sub.f16x2 emulation: truncated toward zero, not to nearest even',
      'd |= (uint32_t)__half_as_ushort(__float2half_rn(x - y)) << (16 * i);',
      'd |= (uint32_t)(__half_as_ushort(__float2half_rn(x - y)) - (fabsf(__half2float(__float2half_rn(x - y))) > fabsf(x - y))) << (16 * i);'),
+    # issue 16: the sm_89+ FP8 pair cvt (cvt.rn.f16x2.e4m3x2), its emulation and the sm_89 paths
+    ('cvt e4m3x2 byte order', E, 'experts_sm89', 'sm_89 fp8 pair decode: the two bytes swapped before the cvt',
+     'uint32_t dm_fp8x2_to_f16x2(uint32_t x) { return dm_cvt_e4m3x2_f16x2(x); }',
+     'uint32_t dm_fp8x2_to_f16x2(uint32_t x) { return dm_cvt_e4m3x2_f16x2(((x & 0xffu) << 8) | ((x >> 8) & 0xffu)); }'),
+    ('cvt e4m3x2 emu order', 'cuda/emu/ptx_emu.h', 'ptx', 'cvt.f16x2.e4m3x2 emulation: the upper byte to the lower half',
+     'return (uint32_t)dm_emu_e4m3_to_f16(x & 0xffu) | ((uint32_t)dm_emu_e4m3_to_f16((x >> 8) & 0xffu) << 16);',
+     'return (uint32_t)dm_emu_e4m3_to_f16((x >> 8) & 0xffu) | ((uint32_t)dm_emu_e4m3_to_f16(x & 0xffu) << 16);'),
+    ('sm89 fp8 fold', E, 'experts_sm89', 'sm_89 fp8 path (both kernels): the fold left at 2^8 (the cvt gives the value itself)',
+     '#define DM_FP8_FOLD 1.0f', '#define DM_FP8_FOLD 256.0f'),
+    ('cvt e4m3x2 NaN (ptx)', 'cuda/emu/ptx_emu.h', 'ptx', 'cvt.f16x2.e4m3x2 emulation: S.1111.111 not NaN (480)',
+     '    if (e == 0xfu && m == 7u) return (uint16_t)(sign | 0x7e00u);\n', ''),
+    ('cvt e4m3x2 NaN (experts)', 'cuda/emu/ptx_emu.h', 'experts_sm89', 'cvt.f16x2.e4m3x2 emulation: S.1111.111 not NaN (480)',
+     '    if (e == 0xfu && m == 7u) return (uint16_t)(sign | 0x7e00u);\n', ''),
     ('combine order', C, 'combine', 'combine vector unpack takes the high half first',
      'w[i >> 1] >> (16 * (i & 1))', 'w[i >> 1] >> (16 * ((i + 1) & 1))'),
     ('pack tail', P, 'ep', "EP pack drops a row's last piece",
@@ -249,7 +262,8 @@ def main():
         finally:
             open(path, 'w').write(src)
         print('%-18s %s' % (name, rows[-1][3]), file=sys.stderr, flush=True)
-    subprocess.run(['cmake', '--build', build, '--target', 'emu_experts', 'emu_combine', 'emu_ep'], capture_output=True)
+    subprocess.run(['cmake', '--build', build, '--target', 'emu_experts', 'emu_experts_sm89', 'emu_combine', 'emu_ep',
+                    'emu_ptx'], capture_output=True)
     print('| planted bug | file | emulated tests |')
     print('|---|---|---|')
     for name, what, f, verdict in rows:
