@@ -879,13 +879,16 @@ static __device__ __forceinline__ void dm_decode_step_q(float *acc, const uint4 
                                                         int v, int nr) {
     enum { VN = dm_vec<T>::n, QN = Q == DYNMOE_WEIGHTS_FP8_BLOCK ? 16 : 32 };
     bool fold = true;
-    float s8[DM_NR], zb[DM_NR];
-    uint32_t zh[DM_NR]; /* INT4: the fp16 pair 1024 + z, z an integer 0..255 (a byte, or 8) */
+    float s8[DM_NR];
+    /* INT4 only: the fp16 pair 1024 + z. z is a zero point byte, 0..15 by the C API
+     * (dynmoe.h), or 8 without zeros; 1024 + z is exact for any byte (below 2048 fp16's step is
+     * 1), so a byte past 15 still decodes as quant_rules.h's (q - z) * s. */
+    uint32_t zh[DM_NR];
 #pragma unroll
     for (int w = 0; w < DM_NR; w++) {
         fold = fold && dm_fold_ok(s[w]);
-        s8[w] = s[w] * dm_q_fold<Q>(), zb[w] = z[w] + DM_U4_BIAS;
-        zh[w] = (0x6400u + (uint32_t)z[w]) * 0x10001u;
+        s8[w] = s[w] * dm_q_fold<Q>();
+        zh[w] = Q == DYNMOE_WEIGHTS_INT4 ? (0x6400u + (uint32_t)z[w]) * 0x10001u : 0u;
     }
 #pragma unroll
     for (int h = 0; h < QN / VN; h++) {
@@ -896,7 +899,8 @@ static __device__ __forceinline__ void dm_decode_step_q(float *acc, const uint4 
             if (fold && Q == DYNMOE_WEIGHTS_INT4) {
                 /* value b = nibble n of word b / 8: lane n / 4 of pair n % 4 (f32: each half-word
                  * of x takes one lane; the other is dead code). q - z in fp16 on the pair (exact:
-                 * an integer of at most 255 in magnitude), then one fp32 product per value. */
+                 * an integer of at most 255 in magnitude, 15 within the C API), then one fp32
+                 * product per value. */
 #pragma unroll
                 for (int u = 0; u < VN; u++) {
                     const int b = h * VN + u, n = b & 7;
@@ -909,7 +913,8 @@ static __device__ __forceinline__ void dm_decode_step_q(float *acc, const uint4 
                     const int b = h * VN + u; /* FP8: bytes b, b+1; 4-bit: byte b / 2 */
                     const uint32_t x = Q == DYNMOE_WEIGHTS_FP8_BLOCK ? words[b >> 2] >> (8 * (b & 3))
                                                                      : words[b >> 3] >> (4 * (b & 7));
-                    const float2 f = dm_q2_scaled<Q>(x, s8[w], zb[w]);
+                    /* FP8 / MXFP4 (a folding INT4 vector took the branch above): no zero point */
+                    const float2 f = dm_q2_scaled<Q>(x, s8[w], 0.0f);
                     wf[w][u] = f.x, wf[w][u + 1] = f.y;
                 }
             } else {
