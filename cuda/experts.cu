@@ -306,20 +306,29 @@ static __device__ __forceinline__ void dm_load_raw(uint32_t dst, const uint8_t *
 
 /* ---- Pair decoders: two stored values (bits 0-15 of x: FP8 bytes 0, 1; MXFP4 / INT4 the two
  * nibbles of byte 0, low first) to an fp16 pair (the first value in bits 0-15) by integer ops on
- * one word. Each is exact: the fp16 is the value times a power of two (DM_FP8_FOLD, DM_E2M1_FOLD)
- * that the caller folds into the scale, or 1024 + q for INT4. They agree with quant_rules.h's
- * scalar rules on every code (experts_test checks all pairs). */
+ * one word (FP8 on sm_89+: one cvt). Each is exact: the fp16 is the value times a power of two
+ * (DM_FP8_FOLD, DM_E2M1_FOLD) that the caller folds into the scale, or 1024 + q for INT4. They
+ * agree with quant_rules.h's scalar rules on every code (experts_test checks all pairs). */
 
-/* e4m3 -> fp16 of value * 2^-8: each byte in the high byte of its lane, magnitude shifted right 1
- * (fp16's bias 15 is e4m3's 7 + 8; e4m3 subnormals land on fp16 subnormals), sign kept. The NaN
- * codes S.1111.111 (magnitude 0x7f00, the only one that carries into bit 15 when 0x100 is added)
- * get exponent 31 (0x7f80): NaN, quant_rules.h's rule. */
+/* The FP8 pair decoder of this arch and DM_FP8_FOLD, its power of two. Both give the same fp32
+ * product q * s bit for bit: q * 2^-8 (sm_80) and q (sm_89+) are exact in fp16 and fp32 and
+ * s * 2^8 is exact (dm_fold_ok), so (q 2^-8)(s 2^8) and q s are one real number, rounded once. */
+#if DM_ARCH >= 890
+/* sm_89+: cvt.rn.f16x2.e4m3x2 gives the value itself (fold 1: the scale is used as is). */
+#define DM_FP8_FOLD 1.0f
+static __device__ __forceinline__ uint32_t dm_fp8x2_to_f16x2(uint32_t x) { return dm_cvt_e4m3x2_f16x2(x); }
+#else
+/* sm_80: e4m3 -> fp16 of value * 2^-8 by integer ops: each byte in the high byte of its lane,
+ * magnitude shifted right 1 (fp16's bias 15 is e4m3's 7 + 8; e4m3 subnormals land on fp16
+ * subnormals), sign kept. The NaN codes S.1111.111 (magnitude 0x7f00, the only one that carries
+ * into bit 15 when 0x100 is added) get exponent 31 (0x7f80): NaN, quant_rules.h's rule. */
 #define DM_FP8_FOLD 256.0f
 static __device__ __forceinline__ uint32_t dm_fp8x2_to_f16x2(uint32_t x) {
     const uint32_t w = ((x & 0xffu) << 8) | ((x & 0xff00u) << 16);
     const uint32_t m = w & 0x7f007f00u;
     return (m >> 1) | (w & 0x80008000u) | (((m + 0x01000100u) & 0x80008000u) >> 1);
 }
+#endif
 /* e2m1 -> fp16 of value * 2^-14: each nibble at the top of its lane, magnitude shifted right 3
  * (fp16's bias 15 is e2m1's 1 + 14; 0.5 lands on an fp16 subnormal), sign kept. */
 #define DM_E2M1_FOLD 16384.0f
@@ -870,13 +879,16 @@ static __device__ __forceinline__ void dm_decode_step_q(float *acc, const uint4 
                                                         int v, int nr) {
     enum { VN = dm_vec<T>::n, QN = Q == DYNMOE_WEIGHTS_FP8_BLOCK ? 16 : 32 };
     bool fold = true;
-    float s8[DM_NR], zb[DM_NR];
-    uint32_t zh[DM_NR]; /* INT4: the fp16 pair 1024 + z, z an integer 0..255 (a byte, or 8) */
+    float s8[DM_NR];
+    /* INT4 only: the fp16 pair 1024 + z. z is a zero point byte, 0..15 by the C API
+     * (dynmoe.h), or 8 without zeros; 1024 + z is exact for any byte (below 2048 fp16's step is
+     * 1), so a byte past 15 still decodes as quant_rules.h's (q - z) * s. */
+    uint32_t zh[DM_NR];
 #pragma unroll
     for (int w = 0; w < DM_NR; w++) {
         fold = fold && dm_fold_ok(s[w]);
-        s8[w] = s[w] * dm_q_fold<Q>(), zb[w] = z[w] + DM_U4_BIAS;
-        zh[w] = (0x6400u + (uint32_t)z[w]) * 0x10001u;
+        s8[w] = s[w] * dm_q_fold<Q>();
+        zh[w] = Q == DYNMOE_WEIGHTS_INT4 ? (0x6400u + (uint32_t)z[w]) * 0x10001u : 0u;
     }
 #pragma unroll
     for (int h = 0; h < QN / VN; h++) {
@@ -887,7 +899,8 @@ static __device__ __forceinline__ void dm_decode_step_q(float *acc, const uint4 
             if (fold && Q == DYNMOE_WEIGHTS_INT4) {
                 /* value b = nibble n of word b / 8: lane n / 4 of pair n % 4 (f32: each half-word
                  * of x takes one lane; the other is dead code). q - z in fp16 on the pair (exact:
-                 * an integer of at most 255 in magnitude), then one fp32 product per value. */
+                 * an integer of at most 255 in magnitude, 15 within the C API), then one fp32
+                 * product per value. */
 #pragma unroll
                 for (int u = 0; u < VN; u++) {
                     const int b = h * VN + u, n = b & 7;
@@ -900,7 +913,8 @@ static __device__ __forceinline__ void dm_decode_step_q(float *acc, const uint4 
                     const int b = h * VN + u; /* FP8: bytes b, b+1; 4-bit: byte b / 2 */
                     const uint32_t x = Q == DYNMOE_WEIGHTS_FP8_BLOCK ? words[b >> 2] >> (8 * (b & 3))
                                                                      : words[b >> 3] >> (4 * (b & 7));
-                    const float2 f = dm_q2_scaled<Q>(x, s8[w], zb[w]);
+                    /* FP8 / MXFP4 (a folding INT4 vector took the branch above): no zero point */
+                    const float2 f = dm_q2_scaled<Q>(x, s8[w], 0.0f);
                     wf[w][u] = f.x, wf[w][u + 1] = f.y;
                 }
             } else {

@@ -15,6 +15,15 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+/* The architecture this device pass compiles for (0 on nvcc's host pass, where no kernel body
+ * is kept). Kernels pick arch-specific paths on DM_ARCH, not __CUDA_ARCH__, so that the
+ * emulation (ptx_emu.h, which sets DM_ARCH from DM_EMU_ARCH) can build and test each path. */
+#ifdef __CUDA_ARCH__
+#define DM_ARCH __CUDA_ARCH__
+#else
+#define DM_ARCH 0
+#endif
+
 /* Generic -> shared-window address (cvta.to.shared). */
 static __device__ __forceinline__ uint32_t dm_smem_addr(const void *p) {
     return (uint32_t)__cvta_generic_to_shared(p);
@@ -115,6 +124,17 @@ static __device__ __forceinline__ uint32_t dm_cvt_f16x2(float lo, float hi) {
     asm("cvt.rn.f16x2.f32 %0, %1, %2;\n" : "=r"(d) : "f"(hi), "f"(lo));
     return d;
 }
+
+/* ---- cvt.rn.f16x2.e4m3x2 (sm_89+; ptxas 13.0 wants PTX ISA 7.8 on sm_90, 8.1 on sm_89 and
+ * refuses it below sm_89, hence only defined there): the two e4m3 bytes of bits 0-15 of x to an
+ * fp16 pair, the low byte's value in bits 0-15. Exact: every e4m3 value is an fp16 value. */
+#if DM_ARCH >= 890
+static __device__ __forceinline__ uint32_t dm_cvt_e4m3x2_f16x2(uint32_t x) {
+    uint32_t d;
+    asm("cvt.rn.f16x2.e4m3x2 %0, %1;\n" : "=r"(d) : "h"((unsigned short)x));
+    return d;
+}
+#endif
 
 /* ---- sub.rn.f16x2: a - b per 16-bit half (lo with lo, hi with hi), each rounded to nearest even;
  * one HADD2 for two values (the INT4 decode's (1024 + q) - (1024 + z), exact there). */

@@ -618,7 +618,8 @@ int check_pair_decoders() {
     };
     auto lane = [](uint32_t h, int i) { return __half2float(__ushort_as_half((unsigned short)(h >> (16 * i)))); };
     for (uint32_t x = 0; x < 65536; x++) {
-        const uint32_t h = dm_fp8x2_to_f16x2(x | 0xabcd0000u); /* bits 16-31 must not matter */
+        /* this build's decoder (DM_ARCH: sm_80's integer ops, or sm_89's cvt); bits 16-31 must not matter */
+        const uint32_t h = dm_fp8x2_to_f16x2(x | 0xabcd0000u);
         for (int i = 0; i < 2; i++) {
             const float want = dm_fp8e4m3_to_f32((uint8_t)(x >> (8 * i))), got = lane(h, i) * DM_FP8_FOLD;
             if (!same(got, want) && bad++ < 5) printf("  fp8 pair %04x lane %d: %g, rule %g\n", x, i, got, want);
@@ -666,6 +667,7 @@ int main(int argc, char **argv) {
                r.ok ? "ok" : "FAIL", c.name.c_str(), c.rows.size(), c.H, c.I, r.worst_row, r.worst_elem, r.out_err, s);
         bad += !r.ok;
     }
-    printf("experts emulation (seed %llu): %d of %d cases failed\n", (unsigned long long)seed, bad, n);
+    printf("experts emulation (sm_%d paths, seed %llu): %d of %d cases failed\n", DM_ARCH / 10,
+           (unsigned long long)seed, bad, n);
     return bad != 0;
 }

@@ -102,13 +102,13 @@ MUTANTS = [
     ('decode fold guard', E, 'experts', 'decode vector step: the fold taken whatever the scale',
      'fold = fold && dm_fold_ok(s[w]);', '(void)fold;'),
     ('decode zero point (pairs)', E, 'experts', 'decode int4 vector step: zero point 8 in the pair decode',
-     'zh[w] = (0x6400u + (uint32_t)z[w]) * 0x10001u;', 'zh[w] = (0x6400u + 8u) * 0x10001u;'),
+     '? (0x6400u + (uint32_t)z[w]) * 0x10001u : 0u;', '? (0x6400u + 8u) * 0x10001u : 0u;'),
     ('nibble order (scalar)', E, 'experts', 'int4 scalar loop: nibble of k ^ 1 (pair swapped)',
      'const uint32_t q = dm_nibble(wq[w], k);', 'const uint32_t q = dm_nibble(wq[w], k ^ 1);'),
     ('mxfp4 scale group', E, 'experts', 'mxfp4 vector loop: scale of k / 64 instead of k / 32',
-     'const int g = Q == 2 ? v : (v * 32) / p.group;', 'const int g = Q == 2 ? v / 2 : (v * 32) / p.group;'),
+     'Q == 2 ? v : (v * 32) / p.group;', 'Q == 2 ? v / 2 : (v * 32) / p.group;'),
     ('int4 scale group', E, 'experts', 'int4 vector loop: group of k / 128 whatever group_size',
-     'const int g = Q == 2 ? v : (v * 32) / p.group;', 'const int g = Q == 2 ? v : (v * 32) / 128;'),
+     'Q == 2 ? v : (v * 32) / p.group;', 'Q == 2 ? v : (v * 32) / 128;'),
     ('int4 scale group (scalar)', E, 'experts', 'mxfp4/int4 scalar loop: group of k / 128 whatever group_size',
      'const int g = k / p.group;', 'const int g = k / 128;'),
     ('int4 scale row', E, 'experts', "mxfp4/int4: a row's scales start at the previous row's (wrow - 1, clamped)",
@@ -190,9 +190,9 @@ MUTANTS = [
     ('decode u4 bias', E, 'experts', 'int4 word spread: exponent of 512 instead of 1024 (0x6000: q / 2 + 512)',
      'return ((w >> (4 * j)) & 0x000f000fu) | 0x64006400u;', 'return ((w >> (4 * j)) & 0x000f000fu) | 0x60006000u;'),
     ('decode u4 zero', E, 'experts', 'decode int4 vector step: the zero point dropped from the fp16 pair (q * s)',
-     'zh[w] = (0x6400u + (uint32_t)z[w]) * 0x10001u;', 'zh[w] = 0x64006400u;'),
+     '? (0x6400u + (uint32_t)z[w]) * 0x10001u : 0u;', '? 0x64006400u : 0u;'),
     ('decode u4 zero lane', E, 'experts', "decode int4 vector step: the fp16 zero pair's high lane 1024 (values j + 4 lose z)",
-     'zh[w] = (0x6400u + (uint32_t)z[w]) * 0x10001u;', 'zh[w] = 0x64000000u + (0x6400u + (uint32_t)z[w]);'),
+     '? (0x6400u + (uint32_t)z[w]) * 0x10001u : 0u;', '? 0x64000000u + (0x6400u + (uint32_t)z[w]) : 0u;'),
     ('decode u4 sub order', E, 'experts', 'decode int4 vector step: z - q instead of q - z (sign of every weight)',
      'dm_sub_f16x2(dm_u4x8_to_f16x2(words[b >> 3], n & 3), zh[w])', 'dm_sub_f16x2(zh[w], dm_u4x8_to_f16x2(words[b >> 3], n & 3))'),
     ('sub.f16x2 operands', 'cuda/emu/ptx_emu.h', 'ptx', 'sub.f16x2 emulation: b - a instead of a - b',
@@ -201,6 +201,19 @@ MUTANTS = [
     ('sub.f16x2 rounding', 'cuda/emu/ptx_emu.h', 'ptx', 'sub.f16x2 emulation: truncated toward zero, not to nearest even',
      'd |= (uint32_t)__half_as_ushort(__float2half_rn(x - y)) << (16 * i);',
      'd |= (uint32_t)(__half_as_ushort(__float2half_rn(x - y)) - (fabsf(__half2float(__float2half_rn(x - y))) > fabsf(x - y))) << (16 * i);'),
+    # issue 16: the sm_89+ FP8 pair cvt (cvt.rn.f16x2.e4m3x2), its emulation and the sm_89 paths
+    ('cvt e4m3x2 byte order', E, 'experts_sm89', 'sm_89 fp8 pair decode: the two bytes swapped before the cvt',
+     'uint32_t dm_fp8x2_to_f16x2(uint32_t x) { return dm_cvt_e4m3x2_f16x2(x); }',
+     'uint32_t dm_fp8x2_to_f16x2(uint32_t x) { return dm_cvt_e4m3x2_f16x2(((x & 0xffu) << 8) | ((x >> 8) & 0xffu)); }'),
+    ('cvt e4m3x2 emu order', 'cuda/emu/ptx_emu.h', 'ptx', 'cvt.f16x2.e4m3x2 emulation: the upper byte to the lower half',
+     'return (uint32_t)dm_emu_e4m3_to_f16(x & 0xffu) | ((uint32_t)dm_emu_e4m3_to_f16((x >> 8) & 0xffu) << 16);',
+     'return (uint32_t)dm_emu_e4m3_to_f16((x >> 8) & 0xffu) | ((uint32_t)dm_emu_e4m3_to_f16(x & 0xffu) << 16);'),
+    ('sm89 fp8 fold', E, 'experts_sm89', 'sm_89 fp8 path (both kernels): the fold left at 2^8 (the cvt gives the value itself)',
+     '#define DM_FP8_FOLD 1.0f', '#define DM_FP8_FOLD 256.0f'),
+    ('cvt e4m3x2 NaN (ptx)', 'cuda/emu/ptx_emu.h', 'ptx', 'cvt.f16x2.e4m3x2 emulation: S.1111.111 not NaN (480)',
+     '    if (e == 0xfu && m == 7u) return (uint16_t)(sign | 0x7e00u);\n', ''),
+    ('cvt e4m3x2 NaN (experts)', 'cuda/emu/ptx_emu.h', 'experts_sm89', 'cvt.f16x2.e4m3x2 emulation: S.1111.111 not NaN (480)',
+     '    if (e == 0xfu && m == 7u) return (uint16_t)(sign | 0x7e00u);\n', ''),
     ('combine order', C, 'combine', 'combine vector unpack takes the high half first',
      'w[i >> 1] >> (16 * (i & 1))', 'w[i >> 1] >> (16 * ((i + 1) & 1))'),
     ('pack tail', P, 'ep', "EP pack drops a row's last piece",
@@ -249,7 +262,8 @@ def main():
         finally:
             open(path, 'w').write(src)
         print('%-18s %s' % (name, rows[-1][3]), file=sys.stderr, flush=True)
-    subprocess.run(['cmake', '--build', build, '--target', 'emu_experts', 'emu_combine', 'emu_ep'], capture_output=True)
+    subprocess.run(['cmake', '--build', build, '--target', 'emu_experts', 'emu_experts_sm89', 'emu_combine', 'emu_ep',
+                    'emu_ptx'], capture_output=True)
     print('| planted bug | file | emulated tests |')
     print('|---|---|---|')
     for name, what, f, verdict in rows:

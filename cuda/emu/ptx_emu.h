@@ -5,11 +5,21 @@
  * ptx.cuh. Execution and traps: emu.h.
  */
 #pragma once
+#include <cmath>
+
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include "emu.h"
+
+/* The emulated architecture (ptx.cuh's DM_ARCH): 800 unless the build sets DM_EMU_ARCH; the
+ * experts test is built twice, at 800 (emu.experts) and 890 (emu.experts_sm89), so that both
+ * arch paths of the kernels run. */
+#ifndef DM_EMU_ARCH
+#define DM_EMU_ARCH 800
+#endif
+#define DM_ARCH DM_EMU_ARCH
 
 /* "cvta": generic -> shared window. */
 static inline uint32_t dm_smem_addr(const void *p) { return emu::smem_addr_of(p); }
@@ -235,4 +245,25 @@ static inline uint32_t dm_sub_f16x2(uint32_t a, uint32_t b) {
         d |= (uint32_t)__half_as_ushort(__float2half_rn(x - y)) << (16 * i);
     }
     return d;
+}
+
+/* ---- "Data Movement and Conversion Instructions: cvt", .rn.f16x2.e4m3x2 (sm_89+: ptx.cuh defines
+ * the wrapper only for DM_ARCH >= 890 and the emulation traps below that). Implemented:
+ * "When converting from .e4m3x2/.e5m2x2 to .f16x2, source operand a has .b16 type. Each 8-bit
+ * input value in operand a is converted to .f16 type. The converted values are packed in the
+ * destination operand d such that the value converted from the upper 8 bits of a is stored in
+ * the upper 16 bits of d and the value converted from the lower 8 bits of a is stored in the
+ * lower 16 bits of d." The e4m3 value (1 sign, 4 exponent bits of bias 7, 3 mantissa bits; no
+ * infinities, S.1111.111 NaN; exponent 0: subnormal m 2^-9) is an fp16 value, so .rn never
+ * rounds and nothing saturates (the form has no .satfinite). The ISA text does not fix the NaN
+ * bits: this gives sign | 0x7e00, and tests compare NaN-ness only. */
+static inline uint16_t dm_emu_e4m3_to_f16(uint32_t b) {
+    const uint32_t sign = (b & 0x80u) << 8, e = (b >> 3) & 0xfu, m = b & 7u;
+    if (e == 0xfu && m == 7u) return (uint16_t)(sign | 0x7e00u);
+    const float v = e == 0 ? std::ldexp((float)m, -9) : std::ldexp(1.0f + (float)m / 8.0f, (int)e - 7);
+    return (uint16_t)(sign | __half_as_ushort(__float2half_rn(v)));
+}
+static inline uint32_t dm_cvt_e4m3x2_f16x2(uint32_t x) {
+    if (DM_ARCH < 890) emu::fail("cvt.rn.f16x2.e4m3x2 needs sm_89 (DM_ARCH %d)", DM_ARCH);
+    return (uint32_t)dm_emu_e4m3_to_f16(x & 0xffu) | ((uint32_t)dm_emu_e4m3_to_f16((x >> 8) & 0xffu) << 16);
 }

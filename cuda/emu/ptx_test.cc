@@ -6,6 +6,7 @@
  *  - shuffles (idx, xor, up, down) and the warp votes lane by lane;
  *  - cp.async: data lands only at the covering wait_group, zero-fill, poison before;
  *  - cvt.rn.{bf16x2,f16x2}.f32: lo in bits 0-15, hi in 16-31, each rounded to nearest even;
+ *  - cvt.rn.f16x2.e4m3x2 on all 65536 byte pairs against quant_rules.h's e4m3 rule;
  *  - each trap fails (a child process must exit with emu::fail's status 3): misaligned
  *    ldmatrix and cp.async, races without __syncthreads, a barrier some threads never reach
  *    (deadlock),
@@ -20,7 +21,10 @@
 #include <unistd.h>
 #include <vector>
 
+/* the sm_89 instructions (cvt.rn.f16x2.e4m3x2) are emulated only for DM_ARCH >= 890 */
+#define DM_EMU_ARCH 890
 #include "ptx_emu.h"
+#include "quant_rules.h"
 
 static int failures;
 #define CHECK(cond, ...)                                                                           \
@@ -221,6 +225,25 @@ static void test_cvt_pairs() {
     }
 }
 
+/* cvt.rn.f16x2.e4m3x2 on every byte pair (bits 16-31 of the word set: .b16 ignores them), each
+ * half against quant_rules.h's dm_fp8e4m3_to_f32: the same fp32 bits, or both NaN (the ISA does
+ * not fix the NaN bits); the low byte lands in bits 0-15. */
+static void test_cvt_e4m3x2() {
+    int bad = 0, nans = 0;
+    for (uint32_t x = 0; x < 65536; x++) {
+        const uint32_t d = dm_cvt_e4m3x2_f16x2(x | 0x5a5a0000u);
+        for (int i = 0; i < 2; i++) {
+            const float got = from16((uint16_t)(d >> (16 * i)), false);
+            const float want = dm_fp8e4m3_to_f32((uint8_t)(x >> (8 * i)));
+            const bool ok = std::isnan(want) ? std::isnan(got) : !std::isnan(got) && memcmp(&got, &want, 4) == 0;
+            nans += std::isnan(got) && std::isnan(want);
+            if (!ok && bad++ < 5) CHECK(false, "cvt.f16x2.e4m3x2 %04x lane %d: %g, rule %g", x, i, got, want);
+        }
+    }
+    CHECK(bad == 0, "cvt.f16x2.e4m3x2: %d mismatches of 131072 halves", bad);
+    CHECK(nans == 2 * 2 * 256, "cvt.f16x2.e4m3x2: %d NaN halves, not 1024", nans); /* 0x7f, 0xff in each lane */
+}
+
 /* sub.rn.f16x2: halves in place, against the exact difference (double) rounded once to fp16
  * (every fp16 difference is exact in double): ties to even, subnormals, overflow to inf, NaN. */
 static void test_sub_f16x2() {
@@ -271,6 +294,7 @@ int main() {
     test_shuffles();
     test_cp_async();
     test_cvt_pairs();
+    test_cvt_e4m3x2();
     test_sub_f16x2();
     alignas(16) static uint8_t buf[64];
     expect_trap("misaligned ldmatrix row address",
