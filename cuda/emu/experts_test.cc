@@ -660,6 +660,9 @@ int main(int argc, char **argv) {
     const uint64_t seed = argc > 1 ? strtoull(argv[1], nullptr, 10) : 20240601;
     int bad = check_pair_decoders() != 0, n = 0;
     for (const Case &c : cases()) {
+        /* DM_ARCH changes only the FP8 pair decode (experts.cu's one DM_ARCH test): the
+         * sm_89 build runs the FP8 cases, every other case is the sm_80 build's code */
+        if (DM_ARCH >= 890 && !c.fp8) continue;
         const auto t0 = std::chrono::steady_clock::now();
         const Result r = run_case(c, seed + (uint64_t)n++);
         const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
