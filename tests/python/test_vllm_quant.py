@@ -179,3 +179,145 @@ def test_fp8_unlisted_unquantized_gate_is_refused(ckpt):
     qdir, _ = write(os.path.dirname(ckpt[0]), list_unquantized=False)
     log = run(qdir, ["on"], fails=True)
     assert "model.layers.0.mlp.gate: 2 of 2 fp8 block scales were not loaded" in log, log[-6000:]
+
+
+# ---------------------------------------------------------------- gpt-oss MXFP4
+
+# gpt-oss with hidden 64, intermediate 32 (whole 32-value mxfp4 blocks), 8 experts top-2, biases,
+# attention sinks; one sliding and one full attention layer as in gpt-oss
+GPT_OSS = dict(vocab_size=256, hidden_size=64, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+               num_key_value_heads=1, head_dim=32, max_position_embeddings=256, tie_word_embeddings=False,
+               rms_norm_eps=1e-6, bos_token_id=1, eos_token_id=2, num_local_experts=8, num_experts_per_tok=2,
+               layer_types=["sliding_attention", "full_attention"], sliding_window=16,
+               architectures=["GptOssForCausalLM"])
+E2M1 = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
+
+
+def mxfp4_dequant(blocks, scales):
+    """The reference rule, written here from the OCP MX spec (not dynmoe's):
+    blocks uint8 [E, N, K/32, 16] (byte j of a block: element 2j in the low
+    nibble, 2j+1 in the high one), scales e8m0 [E, N, K/32]: w = e2m1 x
+    2^(s - 127). Returns float32 [E, N, K]."""
+    import numpy as np
+    import torch
+
+    b = blocks.numpy()
+    lut = np.array(E2M1, dtype=np.float64)
+    v = np.stack((lut[b & 15], lut[b >> 4]), axis=-1).reshape(*b.shape[:-1], 32)
+    w = v * np.exp2(scales.numpy().astype(np.float64) - 127.0)[..., None]
+    return torch.from_numpy(w.reshape(*b.shape[:-2], -1).astype(np.float32))
+
+
+def write_gpt_oss(folder, scale_shift=0):
+    """A tiny gpt-oss MXFP4 checkpoint (random codes and scales for the experts,
+    the layout of openai/gpt-oss-*: *_blocks / *_scales, gate/up interleaved)
+    and the same model with the experts dequantized by mxfp4_dequant (f32,
+    exact: e2m1 x 2^e fits f32); returns (mxfp4 dir, f32 dir). scale_shift
+    adds to the first scale column of layer 0's w2, all experts (the negative
+    control)."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    tag = "" if not scale_shift else f"-s{scale_shift}"
+    qdir, fdir = pathlib.Path(folder) / f"gpt_oss-mxfp4{tag}", pathlib.Path(folder) / f"gpt_oss-deq{tag}"
+    if (qdir / "config.json").exists():
+        return str(qdir), str(fdir)
+    cfg = AutoConfig.for_model("gpt_oss", **GPT_OSS)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
+    g = torch.Generator().manual_seed(6)
+    qsd, fsd = {}, {}
+    for name, t in model.state_dict().items():
+        t = t.detach().to(torch.float32)
+        if name.endswith("experts.gate_up_proj") or name.endswith("experts.down_proj"):
+            e, k, n = t.shape  # transformers' [E, K, N] (x @ W); the checkpoint stores [E, N, K/32, 16]
+            blocks = torch.randint(0, 256, (e, n, k // 32, 16), generator=g, dtype=torch.int32).to(torch.uint8)
+            scales = torch.randint(121, 126, (e, n, k // 32), generator=g, dtype=torch.int32).to(torch.uint8)
+            if scale_shift and ".layers.0." in name and name.endswith("down_proj"):
+                scales[:, :, 0] += scale_shift
+            qsd[name + "_blocks"], qsd[name + "_scales"] = blocks, scales
+            fsd[name] = mxfp4_dequant(blocks, scales).transpose(1, 2).contiguous()
+        else:
+            if t.dim() >= 1 and ("bias" in name or "sinks" in name):
+                t = torch.randn(t.shape, generator=g) * 0.5
+            elif t.dim() >= 2:
+                t = torch.randn(t.shape, generator=g) / t.shape[-1] ** 0.5
+            qsd[name] = fsd[name] = t.contiguous()
+    c = model.config.to_dict()
+    c["torch_dtype"] = c["dtype"] = "float32"
+    for d, sd, quantized in ((qdir, qsd, True), (fdir, fsd, False)):
+        d.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in sd.items()}, str(d / "model.safetensors"))
+        cc = {k: v for k, v in c.items() if k != "quantization_config"}
+        if quantized:
+            cc["quantization_config"] = {"quant_method": "mxfp4", "modules_to_not_convert": [
+                "model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"]}
+        (d / "config.json").write_text(json.dumps(cc, indent=1))
+    return str(qdir), str(fdir)
+
+
+def test_mxfp4_dequant_rule_is_transformers():
+    # the test's own e2m1 rule against transformers' gpt-oss dequantization, where it imports
+    import torch
+
+    try:
+        from transformers.integrations.mxfp4 import convert_moe_packed_tensors
+    except ImportError as e:
+        pytest.skip(f"no transformers mxfp4 integration ({e})")
+    g = torch.Generator().manual_seed(1)
+    blocks = torch.randint(0, 256, (2, 8, 2, 16), generator=g, dtype=torch.int32).to(torch.uint8)
+    scales = torch.randint(118, 130, (2, 8, 2), generator=g, dtype=torch.int32).to(torch.uint8)
+    theirs = convert_moe_packed_tensors(blocks.clone(), scales.clone(), dtype=torch.float32)  # [E, K, N]
+    assert torch.equal(mxfp4_dequant(blocks, scales).transpose(1, 2), theirs)
+
+
+def test_claims_mxfp4(monkeypatch):
+    from dynmoe.integrations.vllm import claims
+
+    cfg = {"quant_method": "mxfp4"}
+    monkeypatch.setenv("DYNMOE_VLLM", "1")
+    assert claims(cfg, None, "gpt_oss") == "dynmoe_mxfp4" and claims(cfg, "dynmoe", "gpt_oss") == "dynmoe_mxfp4"
+    assert claims(cfg, None, "qwen3_moe") is None   # other mxfp4 checkpoints: vLLM's Mxfp4Config
+    assert claims(cfg, "mxfp4", "gpt_oss") is None
+    monkeypatch.setenv("DYNMOE_VLLM", "0")
+    assert claims(cfg, None, "gpt_oss") is None
+
+
+@pytest.fixture(scope="module")
+def gpt_oss_ckpt(tmp_path_factory):
+    return write_gpt_oss(tmp_path_factory.mktemp("mxfp4"))
+
+
+@pytest.fixture(scope="module")
+def mxfp4_run(gpt_oss_ckpt):
+    # one vLLM process, three engines: the mxfp4 checkpoint on dynmoe (counted), its
+    # f32 dequantization on vLLM's kernel (plugin off), the negative control on dynmoe
+    qdir, fdir = gpt_oss_ckpt
+    alt, _ = write_gpt_oss(os.path.dirname(qdir), scale_shift=1)
+    return run(qdir, ["on+count", f"off={fdir}", f"on={alt}"])
+
+
+def test_gpt_oss_mxfp4_checkpoint_runs_dynmoe_mxfp4_experts(mxfp4_run):
+    # The reference holds the experts as f32 values dequantized by the test's own
+    # e2m1 rule (exact in f32: e2m1 x 2^e), run by vLLM's unquantized gpt-oss
+    # path with the plugin off: the same weights, only the summation order
+    # differs (dynmoe decodes each block to the same f32 values), hence
+    # test_vllm.py's TOL (1e-4) for plain f32 runs.
+    q = mxfp4_run
+    d = max_logprob_diff(q["on+count"], q["off"])
+    print(f"gpt-oss mxfp4 (dynmoe mxfp4 experts) vs its f32 dequantization on vLLM's kernel: max |dlogprob| {d:.2e}")
+    assert d < TOL
+    c = q["_count:on+count"]
+    print(f"dynmoe expert calls {c['calls']}: {c['formats']}; experts {c['experts']}")
+    assert c["calls"] > 0 and c["formats"] == {"mxfp4:torch.uint8:interleaved": c["calls"]}
+    assert sorted(c["experts"]) == ["model.layers.0.mlp.experts.routed_experts",
+                                    "model.layers.1.mlp.experts.routed_experts"]
+    assert all(v == ["torch.uint8", "torch.uint8"] for v in c["experts"].values())
+    log = q["_log"]
+    assert log.count("runs dynmoe mxfp4 experts on the checkpoint's bytes") == 4, log[-6000:]  # 2 engines x 2
+
+
+def test_mxfp4_negative_control(mxfp4_run):
+    # layer 0's w2 first scale column one exponent up in the checkpoint: dynmoe must read it
+    assert differs(mxfp4_run["on"], mxfp4_run["on+count"])

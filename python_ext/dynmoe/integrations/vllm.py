@@ -454,17 +454,29 @@ QUANT_NAME = "dynmoe"
 _QUANT = {}
 
 
-def claims(hf_quant_cfg, user_quant=None):
-    """True when the "dynmoe" quantization config takes a checkpoint: DYNMOE_VLLM=1,
-    quant_method "fp8" with weight_block_size [128, 128] (DeepSeek-V3 / Qwen3-FP8
-    style, dynamic activations), and no other --quantization asked for.
-    DYNMOE_VLLM=1 is the opt-in, as for unquantized layers (it asks dynmoe to
-    run the MoE layers); quantization="fp8" keeps vLLM's own fp8 method."""
-    if not enabled() or user_quant not in (None, QUANT_NAME) or not isinstance(hf_quant_cfg, dict):
-        return False
-    return (hf_quant_cfg.get("quant_method") == "fp8"
-            and list(hf_quant_cfg.get("weight_block_size") or []) == [128, 128]
-            and hf_quant_cfg.get("activation_scheme", "dynamic") == "dynamic")
+QUANT_MXFP4 = "dynmoe_mxfp4"
+
+
+def claims(hf_quant_cfg, user_quant=None, model_type=None):
+    """The dynmoe quantization config that takes a checkpoint (its registered
+    name), or None. DYNMOE_VLLM=1 and no other --quantization asked for, and:
+    "dynmoe" for quant_method "fp8" with weight_block_size [128, 128]
+    (DeepSeek-V3 / Qwen3-FP8 style, dynamic activations); "dynmoe_mxfp4" for
+    quant_method "mxfp4" of a gpt-oss model (model_type "gpt_oss", as vLLM's
+    own GptOssMxfp4Config asks). DYNMOE_VLLM=1 is the opt-in, as for
+    unquantized layers (it asks dynmoe to run the MoE layers);
+    quantization="fp8" / "mxfp4" keeps vLLM's own method."""
+    if not enabled() or not isinstance(hf_quant_cfg, dict):
+        return None
+    method = hf_quant_cfg.get("quant_method")
+    if (method == "fp8" and list(hf_quant_cfg.get("weight_block_size") or []) == [128, 128]
+            and hf_quant_cfg.get("activation_scheme", "dynamic") == "dynamic"):
+        name = QUANT_NAME
+    elif method in ("mxfp4", "gpt_oss_mxfp4") and model_type == "gpt_oss":
+        name = QUANT_MXFP4
+    else:
+        return None
+    return name if user_quant in (None, QUANT_NAME, name) else None
 
 
 def vllm_fp8_block_runs():
@@ -642,7 +654,8 @@ def _quant_classes():
 
         @classmethod
         def override_quantization_method(cls, hf_quant_cfg, user_quant, hf_config=None):
-            return QUANT_NAME if claims(hf_quant_cfg, user_quant) else None
+            name = claims(hf_quant_cfg, user_quant, getattr(hf_config, "model_type", None))
+            return name if name == QUANT_NAME else None
 
         def get_quant_method(self, layer, prefix):
             skipped = is_layer_skipped(prefix=prefix, ignored_layers=self.ignored_layers,
@@ -669,4 +682,123 @@ def _quant_classes():
             return super().get_quant_method(layer, prefix)
 
     _QUANT.update(config=DynmoeFp8Config, moe=DynmoeFp8MoEMethod, linear=DequantFp8LinearMethod)
+    _QUANT.update(_mxfp4_classes(c, why_not))
     return _QUANT
+
+
+# ------------------------------------------------ quantized checkpoints (gpt-oss MXFP4)
+
+UNLOADED_E8M0 = 0xFF  # the e8m0 NaN: no gpt-oss checkpoint stores it, so one left after loading was not loaded
+
+
+def _mxfp4_classes(c, why_not):
+    """Registers the "dynmoe_mxfp4" quantization config: gpt-oss MXFP4 checkpoints
+    whose MoE layers run dynmoe's MXFP4 experts on the uint8 blocks and e8m0
+    scales vLLM's gpt-oss loader fills (w13 [E, 2I, H/2] = gate_up_proj_blocks,
+    gate/up interleaved; w2 [E, H, I/2]; scales [.., K/32]: dynmoe's mxfp4
+    layout as stored, dynmoe.quant.from_gpt_oss_mxfp4). Linear layers are not
+    quantized in these checkpoints and run vLLM's unquantized GEMM, as in
+    vLLM's own Mxfp4Config."""
+    import torch
+    from vllm.model_executor.layers.fused_moe import FusedMoEMethodBase, RoutedExperts
+    from vllm.model_executor.layers.quantization import register_quantization_config
+    from vllm.model_executor.layers.quantization.mxfp4 import GptOssMxfp4Config, GptOssMxfp4MoEMethod
+    from vllm.model_executor.utils import set_weight_attrs
+
+    import dynmoe
+
+    act_spec, table, logger = c["act_spec"], c["table"], c["logger"]
+    ops = torch.ops.dynmoe
+
+    class DynmoeMxfp4MoEMethod(FusedMoEMethodBase):
+        """A gpt-oss MXFP4 MoE layer on dynmoe's MXFP4 experts. The parameters are
+        those of vLLM's GptOssMxfp4MoEMethod (names, shapes, uint8), so that its
+        gpt-oss loader fills them as it would its own; the biases are kept in
+        the model dtype (vLLM's are bf16). vLLM routes, dynmoe runs the experts
+        and the combine, reading the bytes as loaded (no dequantization, no
+        re-layout)."""
+
+        weight_dtype = "gpt_oss_mxfp4"  # GptOssRoutedExperts.weight_loader keys its packed path on it
+
+        def __init__(self, moe):
+            super().__init__(moe)
+            self.act, gate_up, alpha, limit = act_spec(moe)
+            self.experts_lists = ([0 if gate_up == "blocked" else 1, 2, 32, 0], [alpha, limit])  # mxfp4
+            r = dynmoe.Router(num_experts=moe.num_local_experts, top_k=moe.experts_per_token)
+            self.router_ints, self.router_floats = r.ints, r.floats
+
+        def create_weights(self, layer, num_experts, hidden_size, intermediate_size_per_partition, params_dtype,
+                           **extra_weight_attrs):
+            e, h, i, rows = num_experts, hidden_size, intermediate_size_per_partition, self.moe.w13_num_shards
+            layer.params_dtype, layer.num_experts = params_dtype, num_experts
+            shapes = {"w13_weight": (e, rows * i, h // 2), "w13_weight_scale": (e, rows * i, h // 32),
+                      "w2_weight": (e, h, i // 2), "w2_weight_scale": (e, h, i // 32)}
+            if self.moe.has_bias:
+                shapes.update(w13_bias=(e, rows * i), w2_bias=(e, h))
+            for name, shape in shapes.items():
+                dtype = params_dtype if name.endswith("_bias") else torch.uint8
+                fill = UNLOADED_E8M0 if name.endswith("_scale") else 0
+                p = torch.nn.Parameter(torch.full(shape, fill, dtype=dtype), requires_grad=False)
+                layer.register_parameter(name, p)
+                set_weight_attrs(p, extra_weight_attrs)
+                if name.endswith("_scale"):
+                    p.quant_method = "block"
+
+        def get_fused_moe_quant_config(self, layer):
+            from vllm.model_executor.layers.fused_moe.config import FUSED_MOE_UNQUANTIZED_CONFIG
+
+            return FUSED_MOE_UNQUANTIZED_CONFIG  # no vLLM kernel reads it: dynmoe takes the scales itself
+
+        def process_weights_after_loading(self, layer):
+            name = getattr(layer, "layer_name", type(layer).__name__)
+            for s in (layer.w13_weight_scale, layer.w2_weight_scale):
+                bad = int((s.data == UNLOADED_E8M0).sum())
+                if bad:
+                    raise ValueError(f"dynmoe: {name}: {bad} of {s.numel()} mxfp4 scales were not loaded (or are "
+                                     "the e8m0 NaN 0xFF): the checkpoint has no *_scales for this layer")
+            logger.info("dynmoe: %s runs dynmoe mxfp4 experts on the checkpoint's bytes (w13 %s %s, w2 %s %s)",
+                        name, layer.w13_weight.dtype, tuple(layer.w13_weight.shape), layer.w2_weight.dtype,
+                        tuple(layer.w2_weight.shape))
+
+        def apply(self, layer, x, topk_weights, topk_ids, shared_experts, shared_experts_input):
+            ids, weights = table(topk_ids, topk_weights, layer.expert_map, layer.apply_router_weight_on_input)
+            out = torch.empty_like(x)
+            b13 = getattr(layer, "w13_bias", None) if self.moe.has_bias else None
+            b2 = getattr(layer, "w2_bias", None) if self.moe.has_bias else None
+            ops.experts_forward_out(x, ids, weights, layer.w13_weight, layer.w2_weight, self.router_ints,
+                                    self.router_floats, self.act, out, None, b13, b2, layer.w13_weight_scale,
+                                    layer.w2_weight_scale, None, None, *self.experts_lists)
+            return out
+
+    def mxfp4_why_not(moe):
+        why = why_not(moe, False)
+        if why is None and (moe.hidden_dim % 32 or moe.intermediate_size_per_partition % 32):
+            why = (f"hidden {moe.hidden_dim} / intermediate {moe.intermediate_size_per_partition} per rank not "
+                   "multiples of 32 (mxfp4 blocks)")
+        return why
+
+    @register_quantization_config(QUANT_MXFP4)
+    class DynmoeMxfp4Config(GptOssMxfp4Config):
+        """vLLM's GptOssMxfp4Config with dynmoe's MoE method. get_name() stays
+        "gpt_oss_mxfp4": vLLM's RoutedExperts.weight_loader loads gpt-oss's
+        stacked experts on that name."""
+
+        @classmethod
+        def get_supported_act_dtypes(cls):
+            return [torch.bfloat16, torch.half, torch.float32]
+
+        @classmethod
+        def override_quantization_method(cls, hf_quant_cfg, user_quant, hf_config=None):
+            name = claims(hf_quant_cfg, user_quant, getattr(hf_config, "model_type", None))
+            return name if name == QUANT_MXFP4 else None
+
+        def get_quant_method(self, layer, prefix):
+            if isinstance(layer, RoutedExperts):
+                why = mxfp4_why_not(layer.moe_config)
+                if why is None:
+                    return DynmoeMxfp4MoEMethod(layer.moe_config)
+                logger.info("dynmoe: %s keeps vLLM's GptOssMxfp4MoEMethod: dynmoe lacks %s", prefix, why)
+                return GptOssMxfp4MoEMethod(layer.moe_config)
+            return super().get_quant_method(layer, prefix)
+
+    return dict(mxfp4_config=DynmoeMxfp4Config, mxfp4_moe=DynmoeMxfp4MoEMethod)
