@@ -321,3 +321,131 @@ def test_gpt_oss_mxfp4_checkpoint_runs_dynmoe_mxfp4_experts(mxfp4_run):
 def test_mxfp4_negative_control(mxfp4_run):
     # layer 0's w2 first scale column one exponent up in the checkpoint: dynmoe must read it
     assert differs(mxfp4_run["on"], mxfp4_run["on+count"])
+
+
+# ---------------------------------------------------------------- AWQ int4 (Qwen3-MoE)
+
+AWQ_GROUP = 32
+AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)  # AutoAWQ's pack order (awq/utils/packing_utils.py), written here again
+
+
+def awq_pack(v):
+    """[R, N] ints 0..15 -> int32 [R, N/8], a transcription of AutoAWQ's GEMM
+    packing loop: qweight[:, col] |= intweight[:, col * 8 + order_map[i]] << (i * 4)."""
+    import numpy as np
+    import torch
+
+    v = v.numpy().astype(np.uint32)
+    out = np.zeros((v.shape[0], v.shape[1] // 8), dtype=np.uint32)
+    for col in range(out.shape[1]):
+        for i in range(8):
+            out[:, col] |= v[:, col * 8 + AWQ_ORDER[i]] << np.uint32(i * 4)
+    return torch.from_numpy(out.view(np.int32))
+
+
+def awq_quantized(n, k, g):
+    """Random AWQ tensors of one [N, K] linear and its exact f32 value
+    W[n, k] = (q[k, n] - z[k/g, n]) * s[k/g, n] (fp16 scale x small integer: exact in f32)."""
+    import torch
+
+    q = torch.randint(0, 16, (k, n), generator=_AWQ_GEN)
+    z = torch.randint(0, 16, (k // g, n), generator=_AWQ_GEN)
+    s = ((torch.rand(k // g, n, generator=_AWQ_GEN) + 0.5) * (0.25 / k ** 0.5)).to(torch.float16)
+    w = ((q - z.repeat_interleave(g, 0)).to(torch.float32) * s.to(torch.float32).repeat_interleave(g, 0)).t()
+    return {"qweight": awq_pack(q), "qzeros": awq_pack(z), "scales": s}, w.contiguous()
+
+
+_AWQ_GEN = None
+
+
+def write_awq(folder, zero_shift=0):
+    """A tiny Qwen3-MoE AWQ checkpoint (AutoAWQ GEMM, 4 bits, group 32, zero
+    points) whose experts are quantized (random codes, zeros and scales) and
+    whose attention, router and lm_head stay f32 (listed in
+    modules_to_not_convert), and its exact f32 dequantization; returns (awq
+    dir, f32 dir). zero_shift changes the zero points of layer 0's experts (negative control)."""
+    global _AWQ_GEN
+    import torch
+    from safetensors.torch import save_file
+
+    tag = "" if not zero_shift else f"-z{zero_shift}"
+    qdir, fdir = pathlib.Path(folder) / f"qwen3_moe-awq{tag}", pathlib.Path(folder) / f"qwen3_moe-awqdeq{tag}"
+    if (qdir / "config.json").exists():
+        return str(qdir), str(fdir)
+    _AWQ_GEN = torch.Generator().manual_seed(8)
+    model = tiny_models.build("qwen3_moe")
+    i = tiny_models.CONFIGS["qwen3_moe"]["moe_intermediate_size"]
+    qsd, fsd = {}, {}
+    for name, t in model.state_dict().items():
+        t = t.detach().to(torch.float32)
+        if name.endswith("experts.gate_up_proj") or name.endswith("experts.down_proj"):
+            pre = name.rsplit(".", 1)[0]
+            for j in range(t.shape[0]):
+                projs = ("gate_proj", "up_proj") if name.endswith("gate_up_proj") else ("down_proj",)
+                for proj in projs:
+                    n, k = (i, t.shape[-1]) if proj != "down_proj" else (t.shape[1], i)
+                    tensors, w = awq_quantized(n, k, AWQ_GROUP)
+                    if zero_shift and ".layers.0." in name:
+                        tensors["qzeros"] = awq_pack(torch.full((k // AWQ_GROUP, n), 8 + zero_shift))
+                        w = None
+                    key = f"{pre}.{j}.{proj}"
+                    for suffix, v in tensors.items():
+                        qsd[f"{key}.{suffix}"] = v
+                    fsd[key + ".weight"] = w
+        else:
+            qsd[name] = fsd[name] = t.contiguous()
+    cfg = model.config.to_dict()
+    cfg["torch_dtype"] = cfg["dtype"] = "float32"
+    for d, sd, quantized in ((qdir, qsd, True), (fdir, fsd, False)):
+        if not quantized and zero_shift:
+            continue
+        d.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in sd.items()}, str(d / "model.safetensors"))
+        c = dict(cfg)
+        if quantized:
+            c["quantization_config"] = {"quant_method": "awq", "bits": 4, "group_size": AWQ_GROUP,
+                                        "zero_point": True, "version": "gemm",
+                                        "modules_to_not_convert": ["self_attn", "mlp.gate", "lm_head"]}
+        (d / "config.json").write_text(json.dumps(c, indent=1))
+    return str(qdir), str(fdir)
+
+
+def test_claims_awq(monkeypatch):
+    from dynmoe.integrations.vllm import claims
+
+    cfg = {"quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": True, "version": "gemm"}
+    monkeypatch.setenv("DYNMOE_VLLM", "1")
+    assert claims(cfg) == "dynmoe_int4" and claims(cfg, "dynmoe") == "dynmoe_int4"
+    assert claims(cfg, "awq") is None
+    assert claims(dict(cfg, version="gemv")) is None and claims(dict(cfg, group_size=256)) is None
+    assert claims(dict(cfg, quant_method="gptq")) is None  # GPTQ: vLLM's own methods
+    monkeypatch.setenv("DYNMOE_VLLM", "0")
+    assert claims(cfg) is None
+
+
+@pytest.fixture(scope="module")
+def awq_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("awq")
+    qdir, fdir = write_awq(folder)
+    alt, _ = write_awq(folder, zero_shift=3)
+    return run(qdir, ["on+count", f"off={fdir}", f"on={alt}"])
+
+
+def test_awq_checkpoint_runs_dynmoe_int4_experts(awq_run):
+    # The reference: the same experts as exact f32 values ((q - z) x fp16 scale,
+    # dequantized here from the test's own codes) on vLLM's unquantized kernel,
+    # plugin off: only the summation order differs, hence TOL (1e-4).
+    q = awq_run
+    d = max_logprob_diff(q["on+count"], q["off"])
+    print(f"qwen3_moe AWQ (dynmoe int4 experts) vs its f32 dequantization on vLLM's kernel: max |dlogprob| {d:.2e}")
+    assert d < TOL
+    c = q["_count:on+count"]
+    print(f"dynmoe expert calls {c['calls']}: {c['formats']}; experts {c['experts']}")
+    assert c["calls"] > 0 and c["formats"] == {"int4:torch.uint8:blocked": c["calls"]}
+    assert all(v == ["torch.uint8", "torch.uint8"] for v in c["experts"].values()) and len(c["experts"]) == 2
+    assert q["_log"].count("runs dynmoe int4 experts converted at load from AWQ") == 4, q["_log"][-6000:]
+
+
+def test_awq_negative_control(awq_run):
+    # layer 0's zero points all 11 in the checkpoint: dynmoe must read them
+    assert differs(awq_run["on"], awq_run["on+count"])

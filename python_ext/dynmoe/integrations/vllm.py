@@ -455,6 +455,7 @@ _QUANT = {}
 
 
 QUANT_MXFP4 = "dynmoe_mxfp4"
+QUANT_INT4 = "dynmoe_int4"
 
 
 def claims(hf_quant_cfg, user_quant=None, model_type=None):
@@ -463,9 +464,10 @@ def claims(hf_quant_cfg, user_quant=None, model_type=None):
     "dynmoe" for quant_method "fp8" with weight_block_size [128, 128]
     (DeepSeek-V3 / Qwen3-FP8 style, dynamic activations); "dynmoe_mxfp4" for
     quant_method "mxfp4" of a gpt-oss model (model_type "gpt_oss", as vLLM's
-    own GptOssMxfp4Config asks). DYNMOE_VLLM=1 is the opt-in, as for
+    own GptOssMxfp4Config asks); "dynmoe_int4" for quant_method "awq" (AutoAWQ
+    GEMM: 4 bits, zero points, group 32/64/128). DYNMOE_VLLM=1 is the opt-in, as for
     unquantized layers (it asks dynmoe to run the MoE layers);
-    quantization="fp8" / "mxfp4" keeps vLLM's own method."""
+    quantization="fp8" / "mxfp4" / "awq" keeps vLLM's own method."""
     if not enabled() or not isinstance(hf_quant_cfg, dict):
         return None
     method = hf_quant_cfg.get("quant_method")
@@ -474,6 +476,10 @@ def claims(hf_quant_cfg, user_quant=None, model_type=None):
         name = QUANT_NAME
     elif method in ("mxfp4", "gpt_oss_mxfp4") and model_type == "gpt_oss":
         name = QUANT_MXFP4
+    elif (method == "awq" and hf_quant_cfg.get("bits", hf_quant_cfg.get("w_bit")) == 4
+          and str(hf_quant_cfg.get("version", "gemm")).lower() == "gemm" and hf_quant_cfg.get("zero_point", True)
+          and hf_quant_cfg.get("group_size", hf_quant_cfg.get("q_group_size")) in (32, 64, 128)):
+        name = QUANT_INT4
     else:
         return None
     return name if user_quant in (None, QUANT_NAME, name) else None
@@ -683,6 +689,7 @@ def _quant_classes():
 
     _QUANT.update(config=DynmoeFp8Config, moe=DynmoeFp8MoEMethod, linear=DequantFp8LinearMethod)
     _QUANT.update(_mxfp4_classes(c, why_not))
+    _QUANT.update(_int4_classes(c, why_not))
     return _QUANT
 
 
@@ -802,3 +809,108 @@ def _mxfp4_classes(c, why_not):
             return super().get_quant_method(layer, prefix)
 
     return dict(mxfp4_config=DynmoeMxfp4Config, mxfp4_moe=DynmoeMxfp4MoEMethod)
+
+
+# ------------------------------------------------ quantized checkpoints (AWQ int4)
+
+def _int4_classes(c, why_not):
+    """Registers the "dynmoe_int4" quantization config: AutoAWQ GEMM checkpoints
+    whose MoE layers run dynmoe's INT4 experts. vLLM's AWQ MoE loader fills its
+    own parameters (w13_qweight int32 [E, H, 2I/8], gate then up along N;
+    qzeros, scales [E, H/g, ..]); process_weights_after_loading converts them
+    once with dynmoe.quant.from_awq to dynmoe's int4 layout (uint8 nibbles
+    [E, N, K/2], fp16 scales and uint8 zeros [E, N, K/g]) and frees vLLM's.
+    Linear layers stay vLLM's AutoAWQConfig's (on the CPU its AWQ-Marlin linear
+    method on the CPUWNA16 kernel), or unquantized where modules_to_not_convert
+    lists them."""
+    import torch
+    from vllm.model_executor.layers.fused_moe import FusedMoEMethodBase, RoutedExperts
+    from vllm.model_executor.layers.fused_moe.unquantized_fused_moe_method import UnquantizedFusedMoEMethod
+    from vllm.model_executor.layers.quantization import register_quantization_config
+    from vllm.model_executor.layers.quantization.auto_awq import AutoAWQConfig, AutoAWQMoEMethod
+    from vllm.model_executor.layers.quantization.utils.quant_utils import is_layer_skipped
+
+    import dynmoe
+    from dynmoe import quant as dq
+
+    act_spec, table, logger = c["act_spec"], c["table"], c["logger"]
+    ops = torch.ops.dynmoe
+    vllm_params = ("w13_qweight", "w2_qweight", "w13_qzeros", "w2_qzeros", "w13_scales", "w2_scales")
+
+    class DynmoeInt4MoEMethod(FusedMoEMethodBase):
+        """An AWQ MoE layer on dynmoe's INT4 experts (converted once at load)."""
+
+        def __init__(self, quant_config, moe):
+            super().__init__(moe)
+            self.quant_config, self.input_dtype = quant_config, None
+            self.act, gate_up, alpha, limit = act_spec(moe)
+            self.experts_lists = ([0 if gate_up == "blocked" else 1, 3, quant_config.group_size, 0], [alpha, limit])
+            r = dynmoe.Router(num_experts=moe.num_local_experts, top_k=moe.experts_per_token)
+            self.router_ints, self.router_floats = r.ints, r.floats
+
+        def create_weights(self, layer, *args, **kwargs):
+            # vLLM's own AWQ MoE parameters (names, shapes, loaders); the scales
+            # NaN-filled so that a layer the checkpoint does not fill is refused
+            AutoAWQMoEMethod.create_weights(self, layer, *args, **kwargs)
+            layer.w13_scales.data.fill_(float("nan"))
+            layer.w2_scales.data.fill_(float("nan"))
+
+        def get_fused_moe_quant_config(self, layer):
+            from vllm.model_executor.layers.fused_moe.config import FUSED_MOE_UNQUANTIZED_CONFIG
+
+            return FUSED_MOE_UNQUANTIZED_CONFIG  # no vLLM kernel reads it: dynmoe takes the scales itself
+
+        def process_weights_after_loading(self, layer):
+            name = getattr(layer, "layer_name", type(layer).__name__)
+            for s in (layer.w13_scales, layer.w2_scales):
+                bad = int(torch.isnan(s.data).sum())
+                if bad:
+                    raise ValueError(f"dynmoe: {name}: {bad} of {s.numel()} AWQ scales were not loaded (or are "
+                                     "NaN): the checkpoint has no scales for this layer; list an unquantized "
+                                     "layer in quantization_config.modules_to_not_convert")
+            g = self.quant_config.group_size
+            w13 = dq.from_awq(layer.w13_qweight.data, layer.w13_qzeros.data, layer.w13_scales.data, g)
+            w2 = dq.from_awq(layer.w2_qweight.data, layer.w2_qzeros.data, layer.w2_scales.data, g)
+            for p in vllm_params:
+                delattr(layer, p)
+            for p, t in (("w13_weight", w13.q), ("w2_weight", w2.q), ("w13_weight_scale", w13.scale),
+                         ("w2_weight_scale", w2.scale), ("w13_weight_zero", w13.zero), ("w2_weight_zero", w2.zero)):
+                layer.register_parameter(p, torch.nn.Parameter(t, requires_grad=False))
+            logger.info("dynmoe: %s runs dynmoe int4 experts converted at load from AWQ (w13 %s %s, w2 %s %s, "
+                        "group %d)", name, w13.q.dtype, tuple(w13.q.shape), w2.q.dtype, tuple(w2.q.shape), g)
+
+        def apply(self, layer, x, topk_weights, topk_ids, shared_experts, shared_experts_input):
+            ids, weights = table(topk_ids, topk_weights, layer.expert_map, layer.apply_router_weight_on_input)
+            out = torch.empty_like(x)
+            b13 = getattr(layer, "w13_bias", None) if self.moe.has_bias else None
+            b2 = getattr(layer, "w2_bias", None) if self.moe.has_bias else None
+            ops.experts_forward_out(x, ids, weights, layer.w13_weight, layer.w2_weight, self.router_ints,
+                                    self.router_floats, self.act, out, None, b13, b2, layer.w13_weight_scale,
+                                    layer.w2_weight_scale, layer.w13_weight_zero, layer.w2_weight_zero,
+                                    *self.experts_lists)
+            return out
+
+    @register_quantization_config(QUANT_INT4)
+    class DynmoeInt4Config(AutoAWQConfig):
+        """vLLM's AutoAWQConfig (AWQ GEMM checkpoints) with dynmoe's MoE method."""
+
+        @classmethod
+        def get_supported_act_dtypes(cls):
+            return [torch.bfloat16, torch.half, torch.float32]
+
+        @classmethod
+        def override_quantization_method(cls, hf_quant_cfg, user_quant, hf_config=None):
+            name = claims(hf_quant_cfg, user_quant, getattr(hf_config, "model_type", None))
+            return name if name == QUANT_INT4 else None
+
+        def get_quant_method(self, layer, prefix):
+            if isinstance(layer, RoutedExperts):
+                if is_layer_skipped(prefix, self.modules_to_not_convert, match_mode="substring"):
+                    return UnquantizedFusedMoEMethod(layer.moe_config)
+                why = why_not(layer.moe_config, False)
+                if why is None:
+                    return DynmoeInt4MoEMethod(self, layer.moe_config)
+                logger.info("dynmoe: %s keeps vLLM's AWQ MoE method: dynmoe lacks %s", prefix, why)
+            return super().get_quant_method(layer, prefix)
+
+    return dict(int4_config=DynmoeInt4Config, int4_moe=DynmoeInt4MoEMethod)
