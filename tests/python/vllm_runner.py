@@ -13,7 +13,7 @@ registered once, at the first LLM, so the first run must not be `off`),
 `@c` appended for a compiled engine (vLLM's default compilation; eager
 otherwise, or all compiled with --compiled), and
 `=DIR` appended loads DIR instead of MODEL_DIR for that run (one process,
-several checkpoints: each vLLM process start costs ~15 s here), and
+several checkpoints), `#LABEL` before it only names the run (on#awq), and
 `+perturb` appended for the negative control: dynmoe's experts then see
 w2 scaled by 1.5 (a copy made inside the dynmoe call only), which must
 change the output with the plugin on and nothing with it off. `+pack`
@@ -116,7 +116,7 @@ def main():
     prompts = [{"prompt_token_ids": p} for p in PROMPTS + long]
     for item in a.runs.split(","):
         run, _, model = item.partition("=")  # RUN=DIR: this run loads DIR (several models, one process)
-        spec, _, extra = run.partition("+")
+        spec, _, extra = run.partition("#")[0].partition("+")  # RUN#LABEL: a label that only names it
         plugin, _, how = spec.partition("@")
         compiled = a.compiled or how == "c"
         os.environ["DYNMOE_VLLM"] = "0" if plugin == "off" else "1"

