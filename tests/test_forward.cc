@@ -770,6 +770,52 @@ TEST_P(Forward, QuantizedScaleEdgeCases) {
     }
 }
 
+/* 4-bit experts at one row each (decode) with activations the integer
+ * decode path cannot split: a NaN and an Inf in x make their tokens' outputs
+ * non-finite, as the products would; x with a block below 2^-90 and a block
+ * of zeros is computed as the reference computes it. */
+TEST_P(Forward, QuantizedActivationEdgeCases) {
+    const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+    const int32_t E = 8, S = 2;
+    const int64_t T = 4;
+    for (size_t fi = 0; fi < sizeof kQuantFormats / sizeof kQuantFormats[0]; fi++) {
+        const QuantFormat &f = kQuantFormats[fi];
+        if (f.format == DYNMOE_WEIGHTS_FP8_BLOCK || wide(f)) continue;
+        for (dynmoe_dtype dt : {DYNMOE_F32, DYNMOE_BF16}) {
+            const uint64_t seed = seed_of(75 + fi, (int)dt);
+            SCOPED_TRACE(std::string(f.name) + " " + dtype_name(dt) + " seed=" + std::to_string(seed));
+            Rng rng(seed);
+            ExpertWeights w = make_experts(E, f.H, f.I, DYNMOE_ACT_SWIGLU, dt, rng, quant_options(f));
+            dmref::Table t;
+            t.T = T, t.S = S;
+            for (int32_t id = 0; id < T * S; id++) t.ids.push_back(id), t.weights.push_back(rng.uniform(0.1, 1));
+            const int32_t H = f.H;
+            Packed x = random_x(T, H, dt, rng);
+            set_packed(x, 5, nan);                     /* token 0 */
+            set_packed(x, (size_t)H + 40, -inf);       /* token 1 */
+            for (int32_t h = 0; h < 32; h++) {         /* token 2: a tiny block and a block of zeros */
+                set_packed(x, (size_t)(2 * H + h), (float)(x.values[(size_t)(2 * H + h)] * 3e-38));
+                set_packed(x, (size_t)(2 * H + 32 + h), 0.0f);
+            }
+            const std::vector<float> wf = to_float(t.weights);
+            dmref::Table tf = t;
+            tf.weights = to_double(wf);
+            ForwardOut o = run_experts_forward(ctx_, backend(), make_router(E, S), w, dt, T, x, t.ids, wf, S);
+            ASSERT_EQ(o.status, DYNMOE_OK) << dynmoe_last_error();
+            for (int64_t i : {0, 1})
+                for (int32_t h = 0; h < H; h++)
+                    EXPECT_FALSE(std::isfinite(o.out[(size_t)(i * H + h)])) << "token " << i << ", h " << h;
+            std::vector<double> ref;
+            const std::vector<int64_t> good = {2, 3};
+            dmref::experts_forward(w.ref, 0, DYNMOE_ZERO_OUTPUT, T, x.values, tf, ref, good);
+            std::vector<double> g, r;
+            for (int64_t i : good)
+                for (int32_t h = 0; h < H; h++) g.push_back(o.out[(size_t)(i * H + h)]), r.push_back(ref[(size_t)(i * H + h)]);
+            expect_close(g, r, dt, "tokens 2 and 3");
+        }
+    }
+}
+
 /* Every float8 e4m3fn code but the two NaNs, in w13 and w2, against the
  * reference's own decoding (subnormals, the largest, both signs). */
 TEST_P(Forward, Fp8EveryCode) {
