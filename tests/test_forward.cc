@@ -623,7 +623,15 @@ const QuantFormat kQuantFormats[] = {
     {"int4 g32 zeros", DYNMOE_WEIGHTS_INT4, 32, true, 100, 72}, /* last groups of 4 and 8, K % 8 tails */
     {"int4 g64 symmetric", DYNMOE_WEIGHTS_INT4, 64, false, 100, 72},
     {"int4 g128 zeros", DYNMOE_WEIGHTS_INT4, 128, true, 100, 72}, /* one ragged group per row */
+    /* GEMM 1's K long enough for the decode kernels' many-step paths (T <= 16, one act: the test's
+     * quantization and fp64 reference are slow at these shapes): group scales changing inside and across 64-steps, a partial group flushed
+     * at K rounded down to 64, 8 groups a step in the zero points, 32 MXFP4 scale bytes a step */
+    {"mxfp4 wide", DYNMOE_WEIGHTS_MXFP4, 0, false, 1056, 64},
+    {"int4 g32 zeros wide", DYNMOE_WEIGHTS_INT4, 32, true, 1100, 72},
+    {"int4 g64 symmetric wide", DYNMOE_WEIGHTS_INT4, 64, false, 1100, 72},
+    {"int4 g128 zeros wide", DYNMOE_WEIGHTS_INT4, 128, true, 1100, 72},
 };
+static bool wide(const QuantFormat &f) { return f.H > 1000; }
 
 ExpertOptions quant_options(const QuantFormat &f) {
     ExpertOptions o;
@@ -651,17 +659,18 @@ TEST_P(Forward, QuantizedWeights) {
                         {"swiglu_oai interleaved bias", DYNMOE_ACT_SWIGLU_OAI, DYNMOE_GATE_UP_INTERLEAVED, true, false},
                         {"relu2", DYNMOE_ACT_RELU2, DYNMOE_GATE_UP_BLOCKED, false, false},
                         {"swiglu on_input", DYNMOE_ACT_SWIGLU, DYNMOE_GATE_UP_BLOCKED, false, true}};
-    const int32_t E = 16, S = 4;
+    const int32_t S = 4;
     for (size_t fi = 0; fi < sizeof kQuantFormats / sizeof kQuantFormats[0]; fi++) {
         const QuantFormat &f = kQuantFormats[fi];
         for (const Act &a : acts) {
             for (dynmoe_dtype dt : {DYNMOE_F32, DYNMOE_BF16}) {
                 for (int64_t T : {1, 16, 300}) {
-                    if (a.on_input && T != 16) continue;
+                    if ((a.on_input && T != 16) || (wide(f) && (T > 16 || a.act != DYNMOE_ACT_SWIGLU_OAI))) continue;
                     const uint64_t seed = seed_of(60 + fi, (int)(T + 7 * (int)dt + 31 * (int)a.act + 97 * a.on_input));
                     SCOPED_TRACE(std::string(f.name) + " " + a.name + " " + dtype_name(dt) + " T=" + std::to_string(T) +
                                  " seed=" + std::to_string(seed));
                     Rng rng(seed);
+                    const int32_t E = wide(f) ? 8 : 16;
                     dmref::Table t = distinct_table(E, S, T, rng);
                     if (T == 300) /* a hot expert: 300 rows, two chunks */
                         for (int64_t i = 0; i < T; i++) t.ids[(size_t)(i * S)] = 5, t.ids[(size_t)(i * S + 1)] %= 5;
@@ -713,13 +722,15 @@ void check_quant_forward(dynmoe_ctx *ctx, dynmoe_backend b, const ExpertWeights 
 
 /* Scales of 0 (zero weights: the expert's output is its b2), NaN and Inf
  * scales (non-finite outputs for exactly the tokens routed there), on the
- * decode and the prefill schedules. */
+ * decode and the prefill schedules; T = 1 compares one row against the
+ * zero-scale expert (MXFP4: blocks of 2^-127 between normal ones). */
 TEST_P(Forward, QuantizedScaleEdgeCases) {
     const int32_t E = 8, S = 2;
     for (size_t fi = 0; fi < sizeof kQuantFormats / sizeof kQuantFormats[0]; fi++) {
         const QuantFormat &f = kQuantFormats[fi];
         for (dynmoe_dtype dt : {DYNMOE_F32, DYNMOE_BF16}) {
-            for (int64_t T : {3, 200}) {
+            for (int64_t T : {1, 3, 200}) {
+                if (wide(f) && T > 16) continue;
                 const uint64_t seed = seed_of(70 + fi, (int)(T + 7 * (int)dt));
                 SCOPED_TRACE(std::string(f.name) + " " + dtype_name(dt) + " T=" + std::to_string(T) +
                              " seed=" + std::to_string(seed));
@@ -741,6 +752,9 @@ TEST_P(Forward, QuantizedScaleEdgeCases) {
                 if (f.format != DYNMOE_WEIGHTS_MXFP4) { /* ue8m0 has no 0: its smallest, 2^-127, stands in */
                     set_scale(w.q13, per13 / E * 2, per13 / E, 0.0);
                     set_scale(w.q2, per2 / E * 2, per2 / E, 0.0);
+                } else { /* expert 2: every other block 2^-127, so that its rows mix both kinds of block */
+                    for (size_t i = per13 / E * 2; i < per13 / E * 3; i += 2) w.q13.scale_u8[i] = 0;
+                    for (size_t i = per2 / E * 2; i < per2 / E * 3; i += 2) w.q2.scale_u8[i] = 0;
                 }
                 const double bad = f.format == DYNMOE_WEIGHTS_INT4 ? std::numeric_limits<double>::infinity()
                                                                    : std::numeric_limits<double>::quiet_NaN();
@@ -749,8 +763,55 @@ TEST_P(Forward, QuantizedScaleEdgeCases) {
                 /* the expert with zero scales is in the table: its rows are b2 exactly */
                 for (int64_t i = 0; i < T; i += 3) t.ids[(size_t)(i * S + 1)] = t.ids[(size_t)(i * S)] == 2 ? 3 : 2;
                 t.ids[0] = 6; /* slot 1 of token 0 is 2 or 3 now */
+                if (T == 1) t.ids[0] = 2, t.ids[1] = 3; /* one row per expert (decode), compared */
                 check_quant_forward(ctx_, backend(), w, dt, t, 6, rng);
             }
+        }
+    }
+}
+
+/* 4-bit experts at one row each (decode) with activations the integer
+ * decode path cannot split: a NaN and an Inf in x make their tokens' outputs
+ * non-finite, as the products would; x with a block below 2^-90 and a block
+ * of zeros is computed as the reference computes it. */
+TEST_P(Forward, QuantizedActivationEdgeCases) {
+    const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+    const int32_t E = 8, S = 2;
+    const int64_t T = 4;
+    for (size_t fi = 0; fi < sizeof kQuantFormats / sizeof kQuantFormats[0]; fi++) {
+        const QuantFormat &f = kQuantFormats[fi];
+        if (f.format == DYNMOE_WEIGHTS_FP8_BLOCK || wide(f)) continue;
+        for (dynmoe_dtype dt : {DYNMOE_F32, DYNMOE_BF16}) {
+            const uint64_t seed = seed_of(75 + fi, (int)dt);
+            SCOPED_TRACE(std::string(f.name) + " " + dtype_name(dt) + " seed=" + std::to_string(seed));
+            Rng rng(seed);
+            ExpertWeights w = make_experts(E, f.H, f.I, DYNMOE_ACT_SWIGLU, dt, rng, quant_options(f));
+            dmref::Table t;
+            t.T = T, t.S = S;
+            for (int32_t id = 0; id < T * S; id++) t.ids.push_back(id), t.weights.push_back(rng.uniform(0.1, 1));
+            const int32_t H = f.H;
+            Packed x = random_x(T, H, dt, rng);
+            set_packed(x, 5, nan);                     /* token 0 */
+            set_packed(x, (size_t)H + 40, -inf);       /* token 1 */
+            for (int32_t h = 0; h < 32; h++) {         /* token 2: a tiny block and a block of zeros */
+                set_packed(x, (size_t)(2 * H + h), (float)(x.values[(size_t)(2 * H + h)] * 3e-38));
+                set_packed(x, (size_t)(2 * H + 32 + h), 0.0f);
+            }
+            const std::vector<float> wf = to_float(t.weights);
+            dmref::Table tf = t;
+            tf.weights = to_double(wf);
+            ForwardOut o = run_experts_forward(ctx_, backend(), make_router(E, S), w, dt, T, x, t.ids, wf, S);
+            ASSERT_EQ(o.status, DYNMOE_OK) << dynmoe_last_error();
+            for (int64_t i : {0, 1})
+                for (int32_t h = 0; h < H; h++)
+                    EXPECT_FALSE(std::isfinite(o.out[(size_t)(i * H + h)])) << "token " << i << ", h " << h;
+            std::vector<double> ref;
+            const std::vector<int64_t> good = {2, 3};
+            dmref::experts_forward(w.ref, 0, DYNMOE_ZERO_OUTPUT, T, x.values, tf, ref, good);
+            std::vector<double> g, r;
+            for (int64_t i : good)
+                for (int32_t h = 0; h < H; h++) g.push_back(o.out[(size_t)(i * H + h)]), r.push_back(ref[(size_t)(i * H + h)]);
+            expect_close(g, r, dt, "tokens 2 and 3");
         }
     }
 }

@@ -287,6 +287,40 @@ typedef struct {
     const float *x[2], *xp[2], *xsum[2];
 } qtail;
 
+/* Row n against x from K64 = K rounded down to 64 on (dec8/dec1, the scale
+ * on the weights) and, INT4, the zero points Σ_g -z·s·Σ x below K64, added
+ * to head (the Σ below K64 of qrow or qrowi). */
+DM_AVX2 static inline float qrow_rest(int fmt, const dm_cpu_wmat *W, const float *x, const float *xsum, int64_t n,
+                                      float head) {
+    const int32_t K = W->K, K64 = K / 64 * 64, G = fmt == FMT_MX ? DM_MXFP4_BLOCK : W->group;
+    const uint8_t *p = (const uint8_t *)W->w + n * W->row_bytes;
+    __m256 r = _mm256_setzero_ps();
+    int32_t k = K64;
+    for (; k + 8 <= K; k += 8) {
+        const qscale q = group_scale(W, n, k / G);
+        r = _mm256_fmadd_ps(_mm256_loadu_ps(x + k),
+                            dec8(fmt, 0, p, k, DM_E2M1_F16HI, _mm256_set1_ps(q.v), _mm256_set1_ps(q.c)), r);
+    }
+    float u = head + dm_hsum8(r);
+    for (; k < K; k++) u += x[k] * dec1(fmt, p, k, group_scale(W, n, k / G));
+    if (fmt == FMT_I4) { /* the zero points: Σ_g -z·s·Σ x, 8 groups a step (c = -z·s as group_scale's) */
+        const int64_t ng = (K64 + G - 1) / G;
+        const uint16_t *sg = (const uint16_t *)W->scale + n * W->groups;
+        const uint8_t *zg = W->zero ? (const uint8_t *)W->zero + n * W->groups : NULL;
+        __m256 zs = _mm256_setzero_ps();
+        int64_t gi = 0;
+        for (; gi + 8 <= ng; gi += 8) {
+            const __m256 sv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(sg + gi)));
+            const __m256 zv = zg ? _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(zg + gi))))
+                                 : _mm256_set1_ps(8.0f);
+            zs = _mm256_fnmadd_ps(_mm256_mul_ps(zv, sv), _mm256_loadu_ps(xsum + gi), zs);
+        }
+        u += dm_hsum8(zs);
+        for (; gi < ng; gi++) u += group_scale(W, n, gi).c * xsum[gi];
+    }
+    return u;
+}
+
 /* MRV (1 or 2) tail rows against NB weight rows n[]: out[j][i]. */
 DM_AVX2 static inline __attribute__((always_inline)) void qrow(int fmt, int MRV, int NB, const dm_cpu_wmat *W,
                                                                 const qtail *t, const int64_t *n, float out[][P4]) {
@@ -324,21 +358,7 @@ DM_AVX2 static inline __attribute__((always_inline)) void qrow(int fmt, int MRV,
         }
     }
     for (int j = 0; j < MRV; j++)
-        for (int i = 0; i < NB; i++) {
-            const float *x = t->x[j];
-            __m256 r = _mm256_setzero_ps();
-            int32_t k = K64;
-            for (; k + 8 <= K; k += 8) {
-                const qscale q = group_scale(W, n[i], k / G);
-                r = _mm256_fmadd_ps(_mm256_loadu_ps(x + k),
-                                    dec8(fmt, 0, p[i], k, DM_E2M1_F16HI, _mm256_set1_ps(q.v), _mm256_set1_ps(q.c)), r);
-            }
-            float u = dm_hsum8(acc[j][i]) + dm_hsum8(r);
-            for (; k < K; k++) u += x[k] * dec1(fmt, p[i], k, group_scale(W, n[i], k / G));
-            if (fmt == FMT_I4) /* the zero points: Σ_g -z·s·Σ x */
-                for (int32_t k0 = 0, gi = 0; k0 < K64; k0 += G, gi++) u += group_scale(W, n[i], gi).c * t->xsum[j][gi];
-            out[j][i] = u;
-        }
+        for (int i = 0; i < NB; i++) out[j][i] = qrow_rest(fmt, W, t->x[j], t->xsum[j], n[i], dm_hsum8(acc[j][i]));
 }
 /* One tail row against 4 weight rows, two (MXFP4) against 2 (their 8
  * accumulators and 8 decoded vectors fill the registers). */
@@ -351,6 +371,180 @@ DM_AVX2 static void qrow1_i4(const dm_cpu_wmat *W, const qtail *t, const int64_t
 DM_AVX2 static void qrow2_mx(const dm_cpu_wmat *W, const qtail *t, const int64_t *n, float out[][P4]) {
     qrow(FMT_MX, 2, 2, W, t, n, out);
 }
+
+/* 4-bit weights against one activation row as exact integer dot products
+ * (vpmaddubsw), the decode path of T = 1. The float path above spends per 8
+ * weights a conversion and an FMA (and for e2m1 two vcvtph2ps uops per 8)
+ * on the four FP pipes; here 32 weights of a row cost one vpmaddubsw per
+ * slice of x, and the conversion and FMA come once per 8 int32 lanes.
+ * - x is split once per call, per 32-block b, into NS int8 slices (xint_prep):
+ *   x = s_b · (a + c1/2^7 + c2/2^14), s_b a power of two with max|x| / s_b in
+ *   [63.75, 127.5), so |a| <= 127 and |c1|, |c2| <= 64; every step of the
+ *   split is exact in fp32 (power-of-two scales), and what is left is at most
+ *   s_b/2^8 (NS = 2) or s_b/2^15 (NS = 3): 2^-14 or 2^-21 of the block's
+ *   max|x|. NS = 3 for f32 experts, 2 for bf16/f16 (x and out are rounded to
+ *   2^-9 / 2^-12 of themselves there anyway).
+ * - q is unsigned (vpmaddubsw's first operand): INT4 q = 0..15 as stored
+ *   (the zero point stays s·(Σ x·q) - z·s·Σ x as in qrow); e2m1 through a
+ *   pshufb table as 2v + 12 = 0..24, and 12·Σ of x's integers (c64, per
+ *   lane, once per call) subtracted, so Σ v·x = (S - c64) / 2 exactly.
+ * - Per 64-step and weight row: the low and high nibbles (even and odd k)
+ *   against x's slices stored in that order; pair sums <= 2·24·127, lo + hi
+ *   <= 12192 fit int16; vpmaddwd by 2^14, 2^7, 1 joins the slices in int32
+ *   (<= 4.1e8); lanes 0-3 are block k0/32, lanes 4-7 the next; one
+ *   conversion, then the lanes' scales x64 (s_b / 2^(7(NS-1)), halved for
+ *   e2m1) and the weight scale.
+ * The integer sums are exact; the rounding is the split's, the conversion
+ * of each lane's sum to fp32 and the scale products. x with a NaN or Inf, or
+ * a block of |x| below 2^-90 (its slices' scales would leave fp32's normal
+ * range), takes qrow instead, which propagates them as the product would. */
+#define XI_STEP_BYTES(ns) (64 * (ns) + 64) /* slices (lo, hi), then x64 and c64 */
+
+/* Splits row x over [0, K64) into buf (XI_STEP_BYTES per 64-step), and for
+ * INT4 Σ x per group into xsum; 0 when x needs the float path. */
+DM_AVX2 static int xint_prep(const dm_cpu_wmat *W, const float *x, int ns, uint8_t *buf, float *xsum) {
+    const int32_t K64 = W->K / 64 * 64;
+    if (W->fmt == FMT_I4)
+        for (int32_t gi = 0; gi * W->group < K64; gi++) xsum[gi] = 0.0f;
+    for (int32_t k0 = 0; k0 < K64; k0 += 64) {
+        uint8_t *st = buf + (int64_t)(k0 / 64) * XI_STEP_BYTES(ns);
+        float x64[8];
+        int32_t join[64]; /* each k's slices joined: a·2^14 + c1·2^7 + c2 (NS = 3) */
+        for (int h = 0; h < 2; h++) {
+            const float *xb = x + k0 + 32 * h;
+            float m = 0.0f;
+            for (int k = 0; k < 32; k++) {
+                if (!isfinite(xb[k])) return 0;
+                m = fmaxf(m, fabsf(xb[k]));
+            }
+            if (m != 0.0f && m < 0x1p-90f) return 0;
+            int E = 0;
+            if (m != 0.0f) {
+                frexpf(m, &E); /* m = f·2^E, f in [0.5, 1) */
+                if (ldexpf(m, 7 - E) >= 127.5f) E++;
+            }
+            const float inv = ldexpf(1.0f, 7 - E); /* 1 / s_b */
+            int32_t jsum = 0;
+            for (int k = 0; k < 32; k++) {
+                /* byte i of a 32-byte half: even k (lo) or odd k (hi) of block h */
+                uint8_t *b = st + 32 * (k & 1) + 16 * h + k / 2;
+                float t = xb[k] * inv, c = rintf(t);
+                int32_t j = (int32_t)c;
+                b[0] = (uint8_t)(int8_t)j;
+                for (int sl = 1; sl < ns; sl++) {
+                    t = (t - c) * 128.0f, c = rintf(t);
+                    b[64 * sl] = (uint8_t)(int8_t)c;
+                    j = j * 128 + (int32_t)c;
+                }
+                join[32 * h + k] = j;
+                jsum += j;
+            }
+            const float sx = ldexpf(1.0f, E - 7 - 7 * (ns - 1));
+            /* INT4's Σ x of the zero points from the split x itself, so that
+             * s·Σ x·q - z·s·Σ x cancels as Σ (q - z)·x of the split would */
+            if (W->fmt == FMT_I4) xsum[(k0 + 32 * h) / W->group] += (float)jsum * sx;
+            for (int l = 0; l < 4; l++) x64[4 * h + l] = W->fmt == FMT_MX ? 0.5f * sx : sx;
+        }
+        memcpy(st + 64 * ns, x64, sizeof x64);
+        int32_t c64[8]; /* lane l: bytes 4l .. 4l+3 of lo and hi, (16 + ...) for lanes 4-7 */
+        for (int l = 0; l < 8; l++) {
+            int32_t c = 0;
+            for (int b = 4 * l; b < 4 * l + 4; b++) {
+                const int h = b / 16, i = b % 16;
+                c += join[32 * h + 2 * i] + join[32 * h + 2 * i + 1];
+            }
+            c64[l] = 12 * c;
+        }
+        memcpy(st + 64 * ns + 32, c64, sizeof c64);
+    }
+    return 1;
+}
+
+/* The split row (xint_prep) against P4 weight rows n[]: out[i], one row
+ * after the other (x's slices are re-read from L1 as memory operands, so
+ * that nothing else spills). G32: the weight scale changes every 32 k
+ * (MXFP4, INT4 groups of 32): lanes 0-3 get block k0/32's, 4-7 the next;
+ * else it changes once per group of 64 or 128, whose lanes get it in one
+ * FMA. MXFP4 rows without the scale bytes 0 and 255 (2^-127, NaN: rules of
+ * their own in dm_ue8m0_to_f32) build the lanes' scales from the bytes
+ * (2^(s-127) is the float with exponent field s) in 3 vector uops, the
+ * others take them from dm_ue8m0_to_f32. */
+DM_AVX2 static inline __attribute__((always_inline)) void qrowi(int fmt, int ns, int g32, const dm_cpu_wmat *W,
+                                                                 const float *x, const uint8_t *buf,
+                                                                 const float *xsum, const int64_t *n, float *out) {
+    const int32_t K64 = W->K / 64 * 64, G = fmt == FMT_MX ? DM_MXFP4_BLOCK : W->group;
+    /* e2m1 code -> 2v + 12: 0 1 2 3 4 6 8 12 -> 12 13 14 15 16 18 20 24, then negated */
+    const __m256i lut = _mm256_broadcastsi128_si256(_mm_setr_epi8(12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0));
+    const __m256i m4 = _mm256_set1_epi8(0x0f);
+    /* byte 0 of a 16-bit pair into byte 2 of lanes 0-3, byte 1 into lanes 4-7 */
+    const __m256i to_exp = _mm256_setr_epi8(-1, -1, 0, -1, -1, -1, 0, -1, -1, -1, 0, -1, -1, -1, 0, -1, -1, -1, 1, -1, -1,
+                                            -1, 1, -1, -1, -1, 1, -1, -1, -1, 1, -1);
+    const __m256i mul[3] = {_mm256_set1_epi16(ns == 3 ? 1 << 14 : 1 << 7), _mm256_set1_epi16(ns == 3 ? 1 << 7 : 1),
+                            _mm256_set1_epi16(1)};
+    for (int i = 0; i < P4; i++) {
+        const uint8_t *p = (const uint8_t *)W->w + n[i] * W->row_bytes;
+        const uint8_t *sb = (const uint8_t *)W->scale + n[i] * W->groups; /* MXFP4's scale bytes */
+        int plain_exp = fmt == FMT_MX, b = 0;
+        for (; plain_exp && b + 32 <= K64 / 32; b += 32) { /* 0x00 or 0xff anywhere: the byte + 1 is below 2 */
+            const __m256i v = _mm256_add_epi8(_mm256_loadu_si256((const __m256i *)(sb + b)), _mm256_set1_epi8(1));
+            plain_exp = _mm256_movemask_epi8(_mm256_cmpeq_epi8(_mm256_max_epu8(v, _mm256_set1_epi8(2)), v)) == -1;
+        }
+        for (; plain_exp && b < K64 / 32; b++) plain_exp = sb[b] != 0 && sb[b] != 0xff;
+        __m256 acc = _mm256_setzero_ps(), g = _mm256_setzero_ps();
+        /* pointers stepped, not indices recomputed: the loop is short enough
+         * that its address arithmetic showed in llvm-mca's dispatch bound */
+        const uint8_t *st = buf, *pw = p, *ps = sb;
+        for (int32_t k0 = 0; k0 < K64; k0 += 64, st += XI_STEP_BYTES(ns), pw += 32, ps += 2) {
+            _mm_prefetch((const char *)pw + P4 * W->row_bytes, _MM_HINT_T0); /* as in qrow */
+            const __m256i b = _mm256_loadu_si256((const __m256i *)pw);
+            __m256i lo = _mm256_and_si256(b, m4), hi = _mm256_and_si256(_mm256_srli_epi16(b, 4), m4);
+            if (fmt == FMT_MX) lo = _mm256_shuffle_epi8(lut, lo), hi = _mm256_shuffle_epi8(lut, hi);
+            __m256i S = _mm256_setzero_si256();
+            for (int sl = 0; sl < ns; sl++) {
+                const __m256i xl = _mm256_loadu_si256((const __m256i *)(st + 64 * sl));
+                const __m256i xh = _mm256_loadu_si256((const __m256i *)(st + 64 * sl + 32));
+                const __m256i s16 = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xl), _mm256_maddubs_epi16(hi, xh));
+                S = _mm256_add_epi32(S, _mm256_madd_epi16(s16, mul[sl]));
+            }
+            if (fmt == FMT_MX) S = _mm256_sub_epi32(S, _mm256_loadu_si256((const __m256i *)(st + 64 * ns + 32)));
+            const __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(S), _mm256_loadu_ps((const float *)(st + 64 * ns)));
+            if (g32) {
+                __m256 sw;
+                if (plain_exp) {
+                    uint16_t two;
+                    memcpy(&two, ps, sizeof two);
+                    sw = _mm256_castsi256_ps(
+                        _mm256_slli_epi32(_mm256_shuffle_epi8(_mm256_set1_epi16((short)two), to_exp), 7));
+                } else {
+                    sw = _mm256_setr_m128(_mm_set1_ps(scale4s(fmt, W, n[i], k0 / 32)),
+                                          _mm_set1_ps(scale4s(fmt, W, n[i], k0 / 32 + 1)));
+                }
+                acc = _mm256_fmadd_ps(f, sw, acc);
+            } else {
+                g = _mm256_add_ps(g, f);
+                if ((k0 + 64) % G == 0 || k0 + 64 == K64) {
+                    acc = _mm256_fmadd_ps(g, _mm256_set1_ps(scale4s(fmt, W, n[i], k0 / G)), acc);
+                    g = _mm256_setzero_ps();
+                }
+            }
+        }
+        out[i] = qrow_rest(fmt, W, x, xsum, n[i], dm_hsum8(acc));
+    }
+}
+
+typedef void (*qrowi_fn)(const dm_cpu_wmat *, const float *, const uint8_t *, const float *, const int64_t *,
+                         float *);
+#define DEFINE_QROWI(NAME, FMT, NS, G32)                                                                         \
+    DM_AVX2 static void NAME(const dm_cpu_wmat *W, const float *x, const uint8_t *buf, const float *xsum,      \
+                             const int64_t *n, float *out) {                                                  \
+        qrowi(FMT, NS, G32, W, x, buf, xsum, n, out);                                                         \
+    }
+DEFINE_QROWI(qrowi2_mx, FMT_MX, 2, 1)
+DEFINE_QROWI(qrowi3_mx, FMT_MX, 3, 1)
+DEFINE_QROWI(qrowi2_i4s, FMT_I4, 2, 1)
+DEFINE_QROWI(qrowi3_i4s, FMT_I4, 3, 1)
+DEFINE_QROWI(qrowi2_i4, FMT_I4, 2, 0)
+DEFINE_QROWI(qrowi3_i4, FMT_I4, 3, 0)
 
 /* Quantized W: blocks of P4 weight rows; activation rows in blocks of 4
  * and 2 (never a padded activation row: each row's FMAs are the cost here).
@@ -368,7 +562,16 @@ DM_AVX2 static void skinny_quant(int32_t M, int32_t n_begin, int32_t n_end, cons
     const int32_t nt = f == 0 ? 0 : f == 1 ? (M % 4 == 3 ? 1 : M % 4) : M % 2;
     const int32_t Mb = M - nt;
     qtail t;
-    for (int32_t j = 0; j < nt; j++) {
+    /* one tail row: the integer path (qrowi) unless its x needs the float one */
+    const int ns = W->dt == DYNMOE_F32 ? 3 : 2;
+    uint8_t *xi = (uint8_t *)xbuf;
+    float *xi_sum = (float *)(xi + (int64_t)(W->K / 64) * XI_STEP_BYTES(ns));
+    qrowi_fn fi = NULL;
+    if (nt == 1 && xint_prep(W, A + (int64_t)Mb * lda, ns, xi, xi_sum)) {
+        static const qrowi_fn fis[3][2] = {{qrowi2_mx, qrowi3_mx}, {qrowi2_i4, qrowi3_i4}, {qrowi2_i4s, qrowi3_i4s}};
+        fi = fis[f - 1][ns - 2];
+    }
+    for (int32_t j = 0; j < nt && !fi; j++) {
         t.x[j] = A + (int64_t)(Mb + j) * lda;
         t.xp[j] = xbuf + (int64_t)j * W->K, t.xsum[j] = xbuf + (int64_t)j * W->groups; /* MXFP4 / INT4 */
         permute4(W, t.x[j], (float *)t.xp[j], (float *)t.xsum[j]);
@@ -394,7 +597,8 @@ DM_AVX2 static void skinny_quant(int32_t M, int32_t n_begin, int32_t n_end, cons
             }
         for (int i0 = 0; nt && i0 < P4 && n0 + i0 < n_end; i0 += nb) {
             float out[2][P4];
-            (nt == 2 ? qrow2_mx : f == 1 ? qrow1_mx : qrow1_i4)(W, &t, n + i0, out);
+            if (fi) fi(W, A + (int64_t)Mb * lda, xi, xi_sum, n + i0, out[0]);
+            else (nt == 2 ? qrow2_mx : f == 1 ? qrow1_mx : qrow1_i4)(W, &t, n + i0, out);
             for (int j = 0; j < nt; j++)
                 for (int i = 0; i < nb && n0 + i0 + i < n_end; i++)
                     C[(int64_t)(Mb + j) * ldc + n0 + i0 + i] = out[j][i] + b[i0 + i];

@@ -14,6 +14,7 @@
  *           default only where oneDNN has kernels dynmoe lacks (AVX-512,
  *           AMX); DYNMOE_CPU_ISA=onednn takes it on any CPU of a build
  *           with oneDNN (so the AVX2 machines of CI test it). */
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -37,7 +38,7 @@ int dm_cpu_isa_select(const char *request, dm_cpu_isa best, int have_onednn) {
     return -1;
 }
 
-dm_cpu_isa dm_cpu_isa_kernels(void) {
+static dm_cpu_isa isa_kernels_of_cpu(void) {
 #ifdef DM_CPU_X86
     /* F16C: CPUID leaf 1, ECX bit 29 (clang's __builtin_cpu_supports lacks "f16c"). */
     unsigned eax, ebx, ecx = 0, edx;
@@ -45,6 +46,16 @@ dm_cpu_isa dm_cpu_isa_kernels(void) {
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c) return DM_CPU_ISA_AVX2;
 #endif
     return DM_CPU_ISA_SCALAR;
+}
+
+/* Read once: CPUID traps to the hypervisor in a VM (a forward at T = 1 on
+ * a KVM guest spent ~3 % of its time here when it ran every call). The race
+ * of two first calls is benign: both store the same value. */
+dm_cpu_isa dm_cpu_isa_kernels(void) {
+    static _Atomic int known = -1;
+    int v = atomic_load_explicit(&known, memory_order_relaxed);
+    if (v < 0) atomic_store_explicit(&known, v = (int)isa_kernels_of_cpu(), memory_order_relaxed);
+    return (dm_cpu_isa)v;
 }
 
 /* AVX-512 foundation + the avx512_core set oneDNN asks for (F, BW, DQ, VL),
