@@ -460,18 +460,24 @@ DM_AVX2 static int xint_prep(const dm_cpu_wmat *W, const float *x, int ns, uint8
     return 1;
 }
 
-/* The split row (xint_prep) against P4 weight rows n[]: out[i], one row
- * after the other (x's slices are re-read from L1 as memory operands, so
- * that nothing else spills). G32: the weight scale changes every 32 k
- * (MXFP4, INT4 groups of 32): lanes 0-3 get block k0/32's, 4-7 the next;
- * else it changes once per group of 64 or 128, whose lanes get it in one
- * FMA. MXFP4 rows without the scale bytes 0 and 255 (2^-127, NaN: rules of
- * their own in dm_ue8m0_to_f32) build the lanes' scales from the bytes
+/* The split inputs (xint_prep) of MRV = 1 or 2 tail rows against P4 weight
+ * rows n[]: out[r][i], one weight row after the other (x's slices are
+ * re-read from L1 as memory operands, so that nothing else spills), each
+ * decoded 64-step used by the MRV rows. G32: the weight scale changes every
+ * 32 k (MXFP4, INT4 groups of 32): lanes 0-3 get block k0/32's, 4-7 the
+ * next; else it changes once per group of 64 or 128, whose lanes get it in
+ * one FMA. MXFP4 rows without the scale bytes 0 and 255 (2^-127, NaN: rules
+ * of their own in dm_ue8m0_to_f32) build the lanes' scales from the bytes
  * (2^(s-127) is the float with exponent field s) in 3 vector uops, the
  * others take them from dm_ue8m0_to_f32. */
-DM_AVX2 static inline __attribute__((always_inline)) void qrowi(int fmt, int ns, int g32, const dm_cpu_wmat *W,
-                                                                 const float *x, const uint8_t *buf,
-                                                                 const float *xsum, const int64_t *n, float *out) {
+typedef struct {
+    const float *x[2];     /* the rows in k order (the K64.. tail) */
+    const uint8_t *buf[2]; /* xint_prep's steps */
+    const float *xsum[2];  /* INT4: Σ x per group */
+} qint;
+
+DM_AVX2 static inline __attribute__((always_inline)) void qrowi(int fmt, int ns, int g32, int MRV, const dm_cpu_wmat *W,
+                                                                 const qint *t, const int64_t *n, float out[][P4]) {
     const int32_t K64 = W->K / 64 * 64, G = fmt == FMT_MX ? DM_MXFP4_BLOCK : W->group;
     /* e2m1 code -> 2v + 12: 0 1 2 3 4 6 8 12 -> 12 13 14 15 16 18 20 24, then negated */
     const __m256i lut = _mm256_broadcastsi128_si256(_mm_setr_epi8(12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0));
@@ -490,66 +496,74 @@ DM_AVX2 static inline __attribute__((always_inline)) void qrowi(int fmt, int ns,
             plain_exp = _mm256_movemask_epi8(_mm256_cmpeq_epi8(_mm256_max_epu8(v, _mm256_set1_epi8(2)), v)) == -1;
         }
         for (; plain_exp && b < K64 / 32; b++) plain_exp = sb[b] != 0 && sb[b] != 0xff;
-        __m256 acc = _mm256_setzero_ps(), g = _mm256_setzero_ps();
+        __m256 acc[2], g[2];
+        for (int r = 0; r < MRV; r++) acc[r] = g[r] = _mm256_setzero_ps();
         /* pointers stepped, not indices recomputed: the loop is short enough
          * that its address arithmetic showed in llvm-mca's dispatch bound */
-        const uint8_t *st = buf, *pw = p, *ps = sb;
-        for (int32_t k0 = 0; k0 < K64; k0 += 64, st += XI_STEP_BYTES(ns), pw += 32, ps += 2) {
+        const uint8_t *st[2] = {t->buf[0], t->buf[MRV - 1]}, *pw = p, *ps = sb;
+        for (int32_t k0 = 0; k0 < K64; k0 += 64, pw += 32, ps += 2) {
             _mm_prefetch((const char *)pw + P4 * W->row_bytes, _MM_HINT_T0); /* as in qrow */
             const __m256i b = _mm256_loadu_si256((const __m256i *)pw);
             __m256i lo = _mm256_and_si256(b, m4), hi = _mm256_and_si256(_mm256_srli_epi16(b, 4), m4);
             if (fmt == FMT_MX) lo = _mm256_shuffle_epi8(lut, lo), hi = _mm256_shuffle_epi8(lut, hi);
-            __m256i S = _mm256_setzero_si256();
-            for (int sl = 0; sl < ns; sl++) {
-                const __m256i xl = _mm256_loadu_si256((const __m256i *)(st + 64 * sl));
-                const __m256i xh = _mm256_loadu_si256((const __m256i *)(st + 64 * sl + 32));
-                const __m256i s16 = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xl), _mm256_maddubs_epi16(hi, xh));
-                S = _mm256_add_epi32(S, _mm256_madd_epi16(s16, mul[sl]));
+            __m256 sw = _mm256_setzero_ps();
+            if (g32 && plain_exp) {
+                uint16_t two;
+                memcpy(&two, ps, sizeof two);
+                sw = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_shuffle_epi8(_mm256_set1_epi16((short)two), to_exp), 7));
+            } else if (g32) {
+                sw = _mm256_setr_m128(_mm_set1_ps(scale4s(fmt, W, n[i], k0 / 32)),
+                                      _mm_set1_ps(scale4s(fmt, W, n[i], k0 / 32 + 1)));
             }
-            if (fmt == FMT_MX) S = _mm256_sub_epi32(S, _mm256_loadu_si256((const __m256i *)(st + 64 * ns + 32)));
-            const __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(S), _mm256_loadu_ps((const float *)(st + 64 * ns)));
-            if (g32) {
-                __m256 sw;
-                if (plain_exp) {
-                    uint16_t two;
-                    memcpy(&two, ps, sizeof two);
-                    sw = _mm256_castsi256_ps(
-                        _mm256_slli_epi32(_mm256_shuffle_epi8(_mm256_set1_epi16((short)two), to_exp), 7));
+            const int flush = !g32 && ((k0 + 64) % G == 0 || k0 + 64 == K64);
+            const __m256 sg = flush ? _mm256_set1_ps(scale4s(fmt, W, n[i], k0 / G)) : sw;
+            for (int r = 0; r < MRV; r++) {
+                const uint8_t *sr = st[r];
+                __m256i S = _mm256_setzero_si256();
+                for (int sl = 0; sl < ns; sl++) {
+                    const __m256i xl = _mm256_loadu_si256((const __m256i *)(sr + 64 * sl));
+                    const __m256i xh = _mm256_loadu_si256((const __m256i *)(sr + 64 * sl + 32));
+                    const __m256i s16 = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xl), _mm256_maddubs_epi16(hi, xh));
+                    S = _mm256_add_epi32(S, _mm256_madd_epi16(s16, mul[sl]));
+                }
+                if (fmt == FMT_MX) S = _mm256_sub_epi32(S, _mm256_loadu_si256((const __m256i *)(sr + 64 * ns + 32)));
+                const __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(S), _mm256_loadu_ps((const float *)(sr + 64 * ns)));
+                if (g32) {
+                    acc[r] = _mm256_fmadd_ps(f, sw, acc[r]);
                 } else {
-                    sw = _mm256_setr_m128(_mm_set1_ps(scale4s(fmt, W, n[i], k0 / 32)),
-                                          _mm_set1_ps(scale4s(fmt, W, n[i], k0 / 32 + 1)));
+                    g[r] = _mm256_add_ps(g[r], f);
+                    if (flush) acc[r] = _mm256_fmadd_ps(g[r], sg, acc[r]), g[r] = _mm256_setzero_ps();
                 }
-                acc = _mm256_fmadd_ps(f, sw, acc);
-            } else {
-                g = _mm256_add_ps(g, f);
-                if ((k0 + 64) % G == 0 || k0 + 64 == K64) {
-                    acc = _mm256_fmadd_ps(g, _mm256_set1_ps(scale4s(fmt, W, n[i], k0 / G)), acc);
-                    g = _mm256_setzero_ps();
-                }
+                st[r] = sr + XI_STEP_BYTES(ns);
             }
         }
-        out[i] = qrow_rest(fmt, W, x, xsum, n[i], dm_hsum8(acc));
+        for (int r = 0; r < MRV; r++) out[r][i] = qrow_rest(fmt, W, t->x[r], t->xsum[r], n[i], dm_hsum8(acc[r]));
     }
 }
 
-typedef void (*qrowi_fn)(const dm_cpu_wmat *, const float *, const uint8_t *, const float *, const int64_t *,
-                         float *);
-#define DEFINE_QROWI(NAME, FMT, NS, G32)                                                                         \
-    DM_AVX2 static void NAME(const dm_cpu_wmat *W, const float *x, const uint8_t *buf, const float *xsum,      \
-                             const int64_t *n, float *out) {                                                  \
-        qrowi(FMT, NS, G32, W, x, buf, xsum, n, out);                                                         \
+typedef void (*qrowi_fn)(const dm_cpu_wmat *, const qint *, const int64_t *, float[][P4]);
+#define DEFINE_QROWI(NAME, FMT, NS, G32, MRV)                                                                    \
+    DM_AVX2 static void NAME(const dm_cpu_wmat *W, const qint *t, const int64_t *n, float out[][P4]) {         \
+        qrowi(FMT, NS, G32, MRV, W, t, n, out);                                                                \
     }
-DEFINE_QROWI(qrowi2_mx, FMT_MX, 2, 1)
-DEFINE_QROWI(qrowi3_mx, FMT_MX, 3, 1)
-DEFINE_QROWI(qrowi2_i4s, FMT_I4, 2, 1)
-DEFINE_QROWI(qrowi3_i4s, FMT_I4, 3, 1)
-DEFINE_QROWI(qrowi2_i4, FMT_I4, 2, 0)
-DEFINE_QROWI(qrowi3_i4, FMT_I4, 3, 0)
+DEFINE_QROWI(qrowi2_mx, FMT_MX, 2, 1, 1)
+DEFINE_QROWI(qrowi3_mx, FMT_MX, 3, 1, 1)
+DEFINE_QROWI(qrowi2_i4s, FMT_I4, 2, 1, 1)
+DEFINE_QROWI(qrowi3_i4s, FMT_I4, 3, 1, 1)
+DEFINE_QROWI(qrowi2_i4, FMT_I4, 2, 0, 1)
+DEFINE_QROWI(qrowi3_i4, FMT_I4, 3, 0, 1)
+DEFINE_QROWI(qrowi2_mx_2, FMT_MX, 2, 1, 2)
+DEFINE_QROWI(qrowi3_mx_2, FMT_MX, 3, 1, 2)
+DEFINE_QROWI(qrowi2_i4s_2, FMT_I4, 2, 1, 2)
+DEFINE_QROWI(qrowi3_i4s_2, FMT_I4, 3, 1, 2)
+DEFINE_QROWI(qrowi2_i4_2, FMT_I4, 2, 0, 2)
+DEFINE_QROWI(qrowi3_i4_2, FMT_I4, 3, 0, 2)
 
 /* Quantized W: blocks of P4 weight rows; activation rows in blocks of 4
  * and 2 (never a padded activation row: each row's FMAs are the cost here).
- * 4-bit: the last rows (nt below) go through qrow against the tail rows'
- * inputs (xbuf: 2 K floats). */
+ * 4-bit: the last rows (nt below) go through qrowi against their split
+ * inputs (xbuf: ni rows of stride bytes, ~2.1 K each), or where a row's x
+ * cannot be split, through qrow against the tail rows' inputs (2 K floats). */
 DM_AVX2 static void skinny_quant(int32_t M, int32_t n_begin, int32_t n_end, const float *A, int32_t lda,
                                  const dm_cpu_wmat *W, const void *bias, float *C, int32_t ldc, float *xbuf) {
     static const qblock_fn fns[4][3] = {{qblock1_fp8, qblock2_fp8, qblock4_fp8},
@@ -559,24 +573,38 @@ DM_AVX2 static void skinny_quant(int32_t M, int32_t n_begin, int32_t n_end, cons
     const int f = W->fmt == DYNMOE_WEIGHTS_FP8_BLOCK ? 0 : W->fmt == DYNMOE_WEIGHTS_MXFP4 ? 1 : W->group < 64 ? 3 : 2;
     /* tail rows: MXFP4 M % 4 if 1 or 2, 1 if 3; INT4 M % 2 (two INT4 rows
      * measured no faster in qrow than in qblock2_i4: 415 against 408 us) */
-    const int32_t nt = f == 0 ? 0 : f == 1 ? (M % 4 == 3 ? 1 : M % 4) : M % 2;
+    /* the integer path (qrowi) for M % 4 rows if 1 or 2, 1 if 3, both
+     * formats, unless a row's x needs the float one */
+    const int ns = W->dt == DYNMOE_F32 ? 3 : 2;
+    const int32_t ni = f == 0 ? 0 : M % 4 == 3 ? 1 : M % 4;
+    const int64_t stride = ((int64_t)(W->K / 64) * XI_STEP_BYTES(ns) + 4 * W->groups + 63) / 64 * 64;
+    qint qi;
+    qrowi_fn fi = NULL;
+    int ok = ni > 0;
+    for (int32_t j = 0; j < ni && ok; j++) {
+        uint8_t *buf = (uint8_t *)xbuf + j * stride;
+        qi.x[j] = A + (int64_t)(M - ni + j) * lda, qi.buf[j] = buf;
+        qi.xsum[j] = (const float *)(buf + (int64_t)(W->K / 64) * XI_STEP_BYTES(ns));
+        ok = xint_prep(W, qi.x[j], ns, buf, (float *)qi.xsum[j]);
+    }
+    if (ok) {
+        static const qrowi_fn fis[2][3][2] = {
+            {{qrowi2_mx, qrowi3_mx}, {qrowi2_i4, qrowi3_i4}, {qrowi2_i4s, qrowi3_i4s}},
+            {{qrowi2_mx_2, qrowi3_mx_2}, {qrowi2_i4_2, qrowi3_i4_2}, {qrowi2_i4s_2, qrowi3_i4s_2}}};
+        fi = fis[ni - 1][f - 1][ns - 2];
+    }
+    /* else the float path's tail rows: MXFP4 M % 4 if 1 or 2, 1 if 3; INT4
+     * M % 2 (two INT4 rows measured no faster in qrow than in qblock2_i4:
+     * 415 against 408 us) */
+    const int32_t nt = fi ? ni : f == 0 ? 0 : f == 1 ? (M % 4 == 3 ? 1 : M % 4) : M % 2;
     const int32_t Mb = M - nt;
     qtail t;
-    /* one tail row: the integer path (qrowi) unless its x needs the float one */
-    const int ns = W->dt == DYNMOE_F32 ? 3 : 2;
-    uint8_t *xi = (uint8_t *)xbuf;
-    float *xi_sum = (float *)(xi + (int64_t)(W->K / 64) * XI_STEP_BYTES(ns));
-    qrowi_fn fi = NULL;
-    if (nt == 1 && xint_prep(W, A + (int64_t)Mb * lda, ns, xi, xi_sum)) {
-        static const qrowi_fn fis[3][2] = {{qrowi2_mx, qrowi3_mx}, {qrowi2_i4, qrowi3_i4}, {qrowi2_i4s, qrowi3_i4s}};
-        fi = fis[f - 1][ns - 2];
-    }
     for (int32_t j = 0; j < nt && !fi; j++) {
         t.x[j] = A + (int64_t)(Mb + j) * lda;
         t.xp[j] = xbuf + (int64_t)j * W->K, t.xsum[j] = xbuf + (int64_t)j * W->groups; /* MXFP4 / INT4 */
         permute4(W, t.x[j], (float *)t.xp[j], (float *)t.xsum[j]);
     }
-    const int nb = nt == 1 ? 4 : 2; /* weight rows per qrow call */
+    const int nb = fi || nt == 1 ? P4 : 2; /* weight rows per qrowi / qrow call */
     for (int32_t n0 = n_begin; n0 < n_end; n0 += P4) {
         int64_t n[P4];
         float b[P4];
@@ -597,7 +625,7 @@ DM_AVX2 static void skinny_quant(int32_t M, int32_t n_begin, int32_t n_end, cons
             }
         for (int i0 = 0; nt && i0 < P4 && n0 + i0 < n_end; i0 += nb) {
             float out[2][P4];
-            if (fi) fi(W, A + (int64_t)Mb * lda, xi, xi_sum, n + i0, out[0]);
+            if (fi) fi(W, &qi, n + i0, out);
             else (nt == 2 ? qrow2_mx : f == 1 ? qrow1_mx : qrow1_i4)(W, &t, n + i0, out);
             for (int j = 0; j < nt; j++)
                 for (int i = 0; i < nb && n0 + i0 + i < n_end; i++)
