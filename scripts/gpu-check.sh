@@ -47,7 +47,8 @@
 #
 # Knobs (environment): GPU_CHECK_BUDGET_S (450), GPU_CHECK_SCALE (multiplies
 # every limit and the budget; CI's 2 cores), GPU_CHECK_JOBS, GPU_CHECK_DEPS
-# (gpu-check-deps/), GPU_CHECK_PACK, GPU_CHECK_CPU_TESTS, CUDA_ARCHS,
+# (gpu-check-deps/), GPU_CHECK_PACK, GPU_CHECK_CPU_TESTS, GPU_CHECK_CTEST_EXCLUDE
+# (a ctest regex of cases the suite step leaves out, besides LargeIndex), CUDA_ARCHS,
 # SANITIZER_FILTER, GRAPH_FILTER, BENCH_TOKENS, BUILD_DIR, CMAKE_EXTRA_ARGS.
 set -uo pipefail
 
@@ -280,7 +281,8 @@ fi
 # ---- the suite ----------------------------------------------------------------
 # Everything but the multi-gigabyte cases in parallel, then those alone.
 ctest_jobs=$((jobs > 8 ? 8 : jobs))
-run_step ctest 60 ctest --test-dir "$build" --output-on-failure --timeout $((55 * scale)) -j "$ctest_jobs" -E LargeIndex
+run_step ctest 60 ctest --test-dir "$build" --output-on-failure --timeout $((55 * scale)) -j "$ctest_jobs" \
+    -E "LargeIndex${GPU_CHECK_CTEST_EXCLUDE:+|$GPU_CHECK_CTEST_EXCLUDE}"
 # (tests/CMakeLists.txt marks a GoogleTest skip as a ctest skip)
 n_skip=$(grep -cE '/CUDA( .*)? \(Skipped\)' "$logs/ctest.log")
 ((n_skip > 0)) && record cuda-skip info 0 "$n_skip CUDA cases skipped (no usable CUDA device)"
