@@ -531,6 +531,7 @@ DM_AVX2 static inline __attribute__((always_inline)) void qrowi(int fmt, int ns,
         /* pointers stepped, not indices recomputed: the loop is short enough
          * that its address arithmetic showed in llvm-mca's dispatch bound */
         const uint8_t *st[2] = {t->buf[0], t->buf[MRV - 1]}, *pw = p, *ps = sb;
+        int32_t gi = 0, left = G / 64; /* !g32: the group and its 64-steps still to come (no idiv per step) */
         for (int32_t k0 = 0; k0 < K64; k0 += 64, pw += 32, ps += 2) {
             _mm_prefetch((const char *)pw + P4 * W->row_bytes, _MM_HINT_T0); /* as in qrow */
             const __m256i b = _mm256_loadu_si256((const __m256i *)pw);
@@ -545,8 +546,9 @@ DM_AVX2 static inline __attribute__((always_inline)) void qrowi(int fmt, int ns,
                 sw = _mm256_setr_m128(_mm_set1_ps(scale4s(fmt, W, n[i], k0 / 32)),
                                       _mm_set1_ps(scale4s(fmt, W, n[i], k0 / 32 + 1)));
             }
-            const int flush = !g32 && ((k0 + 64) % G == 0 || k0 + 64 == K64);
-            const __m256 sg = flush ? _mm256_set1_ps(scale4s(fmt, W, n[i], k0 / G)) : sw;
+            const int flush = !g32 && (--left == 0 || k0 + 64 == K64);
+            const __m256 sg = flush ? _mm256_set1_ps(scale4s(fmt, W, n[i], gi)) : sw;
+            if (flush) gi++, left = G / 64;
             for (int r = 0; r < MRV; r++) {
                 const uint8_t *sr = st[r];
                 __m256i S = _mm256_setzero_si256();
