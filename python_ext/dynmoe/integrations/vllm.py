@@ -518,6 +518,35 @@ def vllm_fp8_block_runs():
                    f"(AMX: {amx}, op built: {op})")
 
 
+def _quant_setup(method, moe, act_spec, fmt, group):
+    """What the quantized MoE methods below share at construction: the act and
+    the experts' options for torch.ops.dynmoe (fmt: 1 fp8_block, 2 mxfp4,
+    3 int4; group: the block or group size along K) and a dynmoe router for
+    the op's router arguments."""
+    import dynmoe
+
+    method.act, gate_up, alpha, limit = act_spec(moe)
+    method.experts_lists = ([0 if gate_up == "blocked" else 1, fmt, group, 0], [alpha, limit])
+    r = dynmoe.Router(num_experts=moe.num_local_experts, top_k=moe.experts_per_token)
+    method.router_ints, method.router_floats = r.ints, r.floats
+
+
+def _quant_apply(method, table, layer, x, topk_weights, topk_ids, s13, s2, z13=None, z2=None):
+    """The quantized MoE methods' apply: vLLM's routing table through dynmoe's
+    experts and combine, on the layer's quantized w13/w2 with scales s13/s2
+    (and INT4 zero points z13/z2)."""
+    import torch
+
+    ids, weights = table(topk_ids, topk_weights, layer.expert_map, layer.apply_router_weight_on_input)
+    out = torch.empty_like(x)
+    b13 = getattr(layer, "w13_bias", None) if method.moe.has_bias else None
+    b2 = getattr(layer, "w2_bias", None) if method.moe.has_bias else None
+    torch.ops.dynmoe.experts_forward_out(x, ids, weights, layer.w13_weight, layer.w2_weight, method.router_ints,
+                                         method.router_floats, method.act, out, None, b13, b2, s13, s2, z13, z2,
+                                         *method.experts_lists)
+    return out
+
+
 def _quant_classes():
     """Registers (once) and returns the "dynmoe" quantization config: vLLM's
     Fp8Config for fp8 block checkpoints whose MoE layers run dynmoe's FP8_BLOCK
@@ -539,12 +568,10 @@ def _quant_classes():
     from vllm.model_executor.parameter import BlockQuantScaleParameter
     from vllm.model_executor.utils import replace_parameter
 
-    import dynmoe
     from dynmoe import quant as dq
 
     c = _classes()
     act_spec, why_not, table, logger = c["act_spec"], c["why_not"], c["table"], c["logger"]
-    ops = torch.ops.dynmoe
     said = set()
 
     def once(key, msg, *args):
@@ -625,10 +652,7 @@ def _quant_classes():
             self.weight_scale_name = "weight_scale_inv"
             self.moe_block_shape = self.weight_block_size
             self.weight_scale_refine = None
-            self.act, gate_up, alpha, limit = act_spec(self.moe)
-            self.experts_lists = ([0 if gate_up == "blocked" else 1, 1, 128, 0], [alpha, limit])  # fp8_block
-            r = dynmoe.Router(num_experts=self.moe.num_local_experts, top_k=self.moe.experts_per_token)
-            self.router_ints, self.router_floats = r.ints, r.floats
+            _quant_setup(self, self.moe, act_spec, 1, 128)  # fp8_block
 
         def get_fused_moe_quant_config(self, layer):
             from vllm.model_executor.layers.fused_moe.config import FUSED_MOE_UNQUANTIZED_CONFIG
@@ -643,14 +667,8 @@ def _quant_classes():
                         tuple(layer.w2_weight.shape))
 
         def apply(self, layer, x, topk_weights, topk_ids, shared_experts, shared_experts_input):
-            ids, weights = table(topk_ids, topk_weights, layer.expert_map, layer.apply_router_weight_on_input)
-            out = torch.empty_like(x)
-            b13 = getattr(layer, "w13_bias", None) if self.moe.has_bias else None
-            b2 = getattr(layer, "w2_bias", None) if self.moe.has_bias else None
-            ops.experts_forward_out(x, ids, weights, layer.w13_weight, layer.w2_weight, self.router_ints,
-                                    self.router_floats, self.act, out, None, b13, b2, layer.w13_weight_scale_inv,
-                                    layer.w2_weight_scale_inv, None, None, *self.experts_lists)
-            return out
+            return _quant_apply(self, table, layer, x, topk_weights, topk_ids, layer.w13_weight_scale_inv,
+                                layer.w2_weight_scale_inv)
 
     def moe_why_not(layer):
         moe = layer.moe_config
@@ -726,10 +744,8 @@ def _mxfp4_classes(c, why_not):
     from vllm.model_executor.layers.quantization.mxfp4 import GptOssMxfp4Config, GptOssMxfp4MoEMethod
     from vllm.model_executor.utils import set_weight_attrs
 
-    import dynmoe
 
     act_spec, table, logger = c["act_spec"], c["table"], c["logger"]
-    ops = torch.ops.dynmoe
 
     class DynmoeMxfp4MoEMethod(FusedMoEMethodBase):
         """A gpt-oss MXFP4 MoE layer on dynmoe's MXFP4 experts. The parameters are
@@ -743,10 +759,7 @@ def _mxfp4_classes(c, why_not):
 
         def __init__(self, moe):
             super().__init__(moe)
-            self.act, gate_up, alpha, limit = act_spec(moe)
-            self.experts_lists = ([0 if gate_up == "blocked" else 1, 2, 32, 0], [alpha, limit])  # mxfp4
-            r = dynmoe.Router(num_experts=moe.num_local_experts, top_k=moe.experts_per_token)
-            self.router_ints, self.router_floats = r.ints, r.floats
+            _quant_setup(self, moe, act_spec, 2, 32)  # mxfp4
 
         def create_weights(self, layer, num_experts, hidden_size, intermediate_size_per_partition, params_dtype,
                            **extra_weight_attrs):
@@ -782,14 +795,8 @@ def _mxfp4_classes(c, why_not):
                         tuple(layer.w2_weight.shape))
 
         def apply(self, layer, x, topk_weights, topk_ids, shared_experts, shared_experts_input):
-            ids, weights = table(topk_ids, topk_weights, layer.expert_map, layer.apply_router_weight_on_input)
-            out = torch.empty_like(x)
-            b13 = getattr(layer, "w13_bias", None) if self.moe.has_bias else None
-            b2 = getattr(layer, "w2_bias", None) if self.moe.has_bias else None
-            ops.experts_forward_out(x, ids, weights, layer.w13_weight, layer.w2_weight, self.router_ints,
-                                    self.router_floats, self.act, out, None, b13, b2, layer.w13_weight_scale,
-                                    layer.w2_weight_scale, None, None, *self.experts_lists)
-            return out
+            return _quant_apply(self, table, layer, x, topk_weights, topk_ids, layer.w13_weight_scale,
+                                layer.w2_weight_scale)
 
     def mxfp4_why_not(moe):
         why = why_not(moe, False)
@@ -844,11 +851,9 @@ def _int4_classes(c, why_not):
     from vllm.model_executor.layers.quantization.auto_awq import AutoAWQConfig, AutoAWQMoEMethod
     from vllm.model_executor.layers.quantization.utils.quant_utils import is_layer_skipped
 
-    import dynmoe
     from dynmoe import quant as dq
 
     act_spec, table, logger = c["act_spec"], c["table"], c["logger"]
-    ops = torch.ops.dynmoe
     vllm_params = ("w13_qweight", "w2_qweight", "w13_qzeros", "w2_qzeros", "w13_scales", "w2_scales")
 
     class DynmoeInt4MoEMethod(FusedMoEMethodBase):
@@ -857,10 +862,7 @@ def _int4_classes(c, why_not):
         def __init__(self, quant_config, moe):
             super().__init__(moe)
             self.quant_config, self.input_dtype = quant_config, None
-            self.act, gate_up, alpha, limit = act_spec(moe)
-            self.experts_lists = ([0 if gate_up == "blocked" else 1, 3, quant_config.group_size, 0], [alpha, limit])
-            r = dynmoe.Router(num_experts=moe.num_local_experts, top_k=moe.experts_per_token)
-            self.router_ints, self.router_floats = r.ints, r.floats
+            _quant_setup(self, moe, act_spec, 3, quant_config.group_size)  # int4
 
         def create_weights(self, layer, *args, **kwargs):
             # vLLM's own AWQ MoE parameters (names, shapes, loaders); the scales
@@ -894,15 +896,8 @@ def _int4_classes(c, why_not):
                         "group %d)", name, w13.q.dtype, tuple(w13.q.shape), w2.q.dtype, tuple(w2.q.shape), g)
 
         def apply(self, layer, x, topk_weights, topk_ids, shared_experts, shared_experts_input):
-            ids, weights = table(topk_ids, topk_weights, layer.expert_map, layer.apply_router_weight_on_input)
-            out = torch.empty_like(x)
-            b13 = getattr(layer, "w13_bias", None) if self.moe.has_bias else None
-            b2 = getattr(layer, "w2_bias", None) if self.moe.has_bias else None
-            ops.experts_forward_out(x, ids, weights, layer.w13_weight, layer.w2_weight, self.router_ints,
-                                    self.router_floats, self.act, out, None, b13, b2, layer.w13_weight_scale,
-                                    layer.w2_weight_scale, layer.w13_weight_zero, layer.w2_weight_zero,
-                                    *self.experts_lists)
-            return out
+            return _quant_apply(self, table, layer, x, topk_weights, topk_ids, layer.w13_weight_scale,
+                                layer.w2_weight_scale, layer.w13_weight_zero, layer.w2_weight_zero)
 
     @register_quantization_config(QUANT_INT4)
     class DynmoeInt4Config(AutoAWQConfig):
