@@ -518,6 +518,26 @@ def vllm_fp8_block_runs():
                    f"(AMX: {amx}, op built: {op})")
 
 
+class _ClaimedConfig:
+    """What the plugin's quantization configs share, put before vLLM's config
+    class in their bases: the activation dtypes dynmoe's experts take, and a
+    claim (override_quantization_method) of the checkpoints `claims` gives to
+    this config's name (CLAIMS)."""
+
+    CLAIMS = None
+
+    @classmethod
+    def get_supported_act_dtypes(cls):
+        import torch
+
+        return [torch.bfloat16, torch.half, torch.float32]
+
+    @classmethod
+    def override_quantization_method(cls, hf_quant_cfg, user_quant, hf_config=None):
+        name = claims(hf_quant_cfg, user_quant, getattr(hf_config, "model_type", None))
+        return name if name == cls.CLAIMS else None
+
+
 def _quant_setup(method, moe, act_spec, fmt, group):
     """What the quantized MoE methods below share at construction: the act and
     the experts' options for torch.ops.dynmoe (fmt: 1 fp8_block, 2 mxfp4,
@@ -679,21 +699,14 @@ def _quant_classes():
         return why
 
     @register_quantization_config(QUANT_NAME)
-    class DynmoeFp8Config(Fp8Config):
+    class DynmoeFp8Config(_ClaimedConfig, Fp8Config):
         """vLLM's Fp8Config (fp8 block checkpoints) with dynmoe's MoE method."""
 
         @classmethod
         def get_name(cls):
             return QUANT_NAME
 
-        @classmethod
-        def get_supported_act_dtypes(cls):
-            return [torch.bfloat16, torch.half, torch.float32]
-
-        @classmethod
-        def override_quantization_method(cls, hf_quant_cfg, user_quant, hf_config=None):
-            name = claims(hf_quant_cfg, user_quant, getattr(hf_config, "model_type", None))
-            return name if name == QUANT_NAME else None
+        CLAIMS = QUANT_NAME
 
         def get_quant_method(self, layer, prefix):
             skipped = is_layer_skipped(prefix=prefix, ignored_layers=self.ignored_layers,
@@ -806,19 +819,12 @@ def _mxfp4_classes(c, why_not):
         return why
 
     @register_quantization_config(QUANT_MXFP4)
-    class DynmoeMxfp4Config(GptOssMxfp4Config):
+    class DynmoeMxfp4Config(_ClaimedConfig, GptOssMxfp4Config):
         """vLLM's GptOssMxfp4Config with dynmoe's MoE method. get_name() stays
         "gpt_oss_mxfp4": vLLM's RoutedExperts.weight_loader loads gpt-oss's
         stacked experts on that name."""
 
-        @classmethod
-        def get_supported_act_dtypes(cls):
-            return [torch.bfloat16, torch.half, torch.float32]
-
-        @classmethod
-        def override_quantization_method(cls, hf_quant_cfg, user_quant, hf_config=None):
-            name = claims(hf_quant_cfg, user_quant, getattr(hf_config, "model_type", None))
-            return name if name == QUANT_MXFP4 else None
+        CLAIMS = QUANT_MXFP4
 
         def get_quant_method(self, layer, prefix):
             if isinstance(layer, RoutedExperts):
@@ -900,17 +906,10 @@ def _int4_classes(c, why_not):
                                 layer.w2_weight_scale, layer.w13_weight_zero, layer.w2_weight_zero)
 
     @register_quantization_config(QUANT_INT4)
-    class DynmoeInt4Config(AutoAWQConfig):
+    class DynmoeInt4Config(_ClaimedConfig, AutoAWQConfig):
         """vLLM's AutoAWQConfig (AWQ GEMM checkpoints) with dynmoe's MoE method."""
 
-        @classmethod
-        def get_supported_act_dtypes(cls):
-            return [torch.bfloat16, torch.half, torch.float32]
-
-        @classmethod
-        def override_quantization_method(cls, hf_quant_cfg, user_quant, hf_config=None):
-            name = claims(hf_quant_cfg, user_quant, getattr(hf_config, "model_type", None))
-            return name if name == QUANT_INT4 else None
+        CLAIMS = QUANT_INT4
 
         def get_quant_method(self, layer, prefix):
             if isinstance(layer, RoutedExperts):
