@@ -374,8 +374,8 @@ DM_AVX2 static void qrow2_mx(const dm_cpu_wmat *W, const qtail *t, const int64_t
     qrow(FMT_MX, 2, 2, W, t, n, out);
 }
 
-/* 4-bit weights against one activation row as exact integer dot products
- * (vpmaddubsw), the decode path of T = 1. The float path above spends per 8
+/* 4-bit weights against one or two activation rows as exact integer dot
+ * products (vpmaddubsw), the decode path (T = 1, most experts of T = 16). The float path above spends per 8
  * weights a conversion and an FMA (and for e2m1 two vcvtph2ps uops per 8)
  * on the four FP pipes; here 32 weights of a row cost one vpmaddubsw per
  * slice of x, and the conversion and FMA come once per 8 int32 lanes.
@@ -594,7 +594,8 @@ DEFINE_QROWI(qrowi3_i4_2, FMT_I4, 3, 0, 2)
 /* Quantized W: blocks of P4 weight rows; activation rows in blocks of 4
  * and 2 (never a padded activation row: each row's FMAs are the cost here).
  * 4-bit: the last rows (nt below) go through qrowi against their split
- * inputs (xbuf: ni rows of stride bytes, ~2.1 K each), or where a row's x
+ * inputs (xbuf: ni rows of stride bytes, about 3 K (NS = 2) or 4 K (NS = 3)
+ * each, within wbuf's 12 max(H, I) floats), or where a row's x
  * cannot be split, through qrow against the tail rows' inputs (2 K floats). */
 DM_AVX2 static void skinny_quant(int32_t M, int32_t n_begin, int32_t n_end, const float *A, int32_t lda,
                                  const dm_cpu_wmat *W, const void *bias, float *C, int32_t ldc, float *xbuf) {
@@ -603,8 +604,6 @@ DM_AVX2 static void skinny_quant(int32_t M, int32_t n_begin, int32_t n_end, cons
                                         {qblock1_i4, qblock2_i4, qblock4_i4},
                                         {qblock1_i4s, qblock2_i4s, qblock4_i4}};
     const int f = W->fmt == DYNMOE_WEIGHTS_FP8_BLOCK ? 0 : W->fmt == DYNMOE_WEIGHTS_MXFP4 ? 1 : W->group < 64 ? 3 : 2;
-    /* tail rows: MXFP4 M % 4 if 1 or 2, 1 if 3; INT4 M % 2 (two INT4 rows
-     * measured no faster in qrow than in qblock2_i4: 415 against 408 us) */
     /* the integer path (qrowi) for M % 4 rows if 1 or 2, 1 if 3, both
      * formats, unless a row's x needs the float one */
     const int ns = W->dt == DYNMOE_F32 ? 3 : 2;
