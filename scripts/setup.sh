@@ -5,7 +5,9 @@ set -euo pipefail
 
 pkgs=(build-essential cmake ninja-build pkg-config git
       libopenblas-openmp-dev libgtest-dev libopenmpi-dev openmpi-bin python3 python3-pip python3-venv
-      libdnnl-dev)  # oneDNN: the packed CPU experts (optional in the build: -DDYNMOE_ONEDNN=AUTO)
+      libdnnl-dev ocl-icd-opencl-dev)  # oneDNN: the packed CPU experts (optional in the build:
+                                       # -DDYNMOE_ONEDNN=AUTO); Debian's dnnl-config.cmake needs
+                                       # the OpenCL loader's dev files, only Recommended by libdnnl-dev
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
