@@ -228,6 +228,22 @@ def build_peers(torch, F, dynmoe, vllm_reason, shape, dtype, w13, w2, x, ids, tw
                         dynmoe.experts_forward(x, ids, tw, router, packed, out=out_p, workspace=ws_p)
 
                 peers.append(Peer("dynmoe+pack", run_packed, out_p))
+    for name in sorted(n for n in wanted if n.startswith("dynmoe@")):
+        # dynmoe on one named CPU path (--peers dynmoe@avx2,dynmoe@avx512): the paths of one
+        # build side by side, DYNMOE_CPU_ISA set around this peer's calls only
+        isa = name.split("@", 1)[1]
+        with cpu_path(isa):
+            got = dynmoe_cpu_isa(dynmoe)
+        if got != isa:
+            peers.append(skipped(name, f"skipped: this CPU or build has no {isa} path (DYNMOE_CPU_ISA={isa} gives {got})"))
+            continue
+        out_i = torch.empty(T, H, dtype=dtype)
+
+        def run_isa(isa=isa, out_i=out_i):
+            with cpu_path(isa):
+                dynmoe.experts_forward(x, ids, tw, router, experts, out=out_i, workspace=ws)
+
+        peers.append(Peer(name, run_isa, out_i))
     if "eager" in wanted:
         pw2 = w2 * 1.5 if plant == "eager" else w2  # --plant eager: a wrong peer, for the test
         box = {}
@@ -274,7 +290,8 @@ def main():
     ap.add_argument("--shape", help="E,K,H,I (default Qwen3-30B-A3B: 128,8,2048,768)")
     ap.add_argument("--smoke", action="store_true",
                     help=f"tiny run for the test: shape {','.join(map(str, SMOKE))}, T 1,5,33, 2 repeats")
-    ap.add_argument("--peers", default=",".join(PEERS), help="which peers to run (dynmoe always runs)")
+    ap.add_argument("--peers", default=",".join(PEERS),
+                    help="which peers to run (dynmoe always runs); dynmoe@PATH adds dynmoe on one CPU path")
     ap.add_argument("--plant", choices=["eager"], help="test only: the eager peer gets w2 x 1.5 (must fail)")
     ap.add_argument("--json", help="also write one JSON line per (dtype, T, peer) here")
     a = ap.parse_args()
@@ -285,7 +302,7 @@ def main():
         shape = tuple(int(v) for v in a.shape.split(","))
     E, K, H, I = shape
     wanted = set(a.peers.split(",")) | {"dynmoe"}
-    unknown = wanted - set(PEERS)
+    unknown = {n for n in wanted - set(PEERS) if not n.startswith("dynmoe@")}
     if unknown:
         ap.error(f"unknown peers {sorted(unknown)}; known: {','.join(PEERS)}")
 

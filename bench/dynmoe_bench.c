@@ -1308,6 +1308,10 @@ static void print_banner(const bench *b, const runinfo *ri) {
     printf("# dynmoe-bench %d.%d.%d  commit %s  %s\n", DYNMOE_VERSION_MAJOR, DYNMOE_VERSION_MINOR,
            DYNMOE_VERSION_PATCH, ri->commit, ri->date);
     printf("# machine: %s (%s)  backend %s\n", b->dev.name, b->dev.detail, b->dev.cuda ? "cuda" : "cpu");
+    if (!b->dev.cuda && strstr(b->dev.detail, "Prescott") && __builtin_cpu_supports("avx2"))
+        printf("# WARNING: OpenBLAS did not recognise this CPU and runs its Prescott (SSE3) kernels, so the dense\n"
+               "#   ceiling and dense%% are far too low; set OPENBLAS_CORETYPE (SkylakeX, Haswell, Zen) as\n"
+               "#   scripts/bench.sh does on AVX-512 CPUs\n");
     printf("# layer: %s%s  E %d + Z %d (%s)  K %d  H %d  I %d  %s%s%s  router %s %s%s", b->model,
            b->modified ? " (modified: *)" : "", r->num_experts,
            r->num_zero_experts, r->zero_kind == DYNMOE_ZERO_IDENTITY ? "identity" : "zero-output", r->top_k,
@@ -1323,7 +1327,7 @@ static void print_banner(const bench *b, const runinfo *ri) {
         printf(" %.2f GB (%.2f MB per expert)", b->expert_bytes[w] * r->num_experts / 1e9, b->expert_bytes[w] / 1e6);
     }
     printf("\n");
-    if (!b->dev.cuda) printf("# cpu path: %s (DYNMOE_CPU_ISA lowers it: scalar | avx2; onednn runs --pack experts)\n", cpu_isa_name());
+    if (!b->dev.cuda) printf("# cpu path: %s (DYNMOE_CPU_ISA lowers it: scalar | avx2 | avx512; onednn runs --pack experts)\n", cpu_isa_name());
     for (int w = 0; w < b->nw; w++)
         if (b->packed[w])
             printf("# packed %s weights: %.2f GB, %s\n", bq_format_name(b->wfmt[w]),

@@ -367,7 +367,7 @@ TEST(AllocCounter, SeesAnAllocation) {
     EXPECT_EQ(n, 2);
 }
 
-INSTANTIATE_TEST_SUITE_P(Paths, Alloc, ::testing::Values("scalar", "avx2", "onednn"),
+INSTANTIATE_TEST_SUITE_P(Paths, Alloc, ::testing::Values("scalar", "avx2", "avx512", "onednn"),
                          [](const ::testing::TestParamInfo<const char *> &info) { return std::string(info.param); });
 
 } // namespace

@@ -90,6 +90,7 @@ class Forward : public ::testing::TestWithParam<ForwardPath> {
 INSTANTIATE_TEST_SUITE_P(Backends, Forward,
                          ::testing::Values(ForwardPath{DYNMOE_BACKEND_CPU, "scalar"},
                                            ForwardPath{DYNMOE_BACKEND_CPU, "avx2"},
+                                           ForwardPath{DYNMOE_BACKEND_CPU, "avx512"},
                                            ForwardPath{DYNMOE_BACKEND_CUDA, nullptr}),
                          [](const ::testing::TestParamInfo<ForwardPath> &info) {
                              std::string n = backend_name(info.param.backend);
@@ -287,7 +288,12 @@ TEST_P(Forward, PrefillRowCounts) {
                             {37, 13, DYNMOE_ACT_SWIGLU, DYNMOE_BF16},
                             {37, 13, DYNMOE_ACT_SWIGLU, DYNMOE_F16},
                             {64, 48, DYNMOE_ACT_GEGLU, DYNMOE_F32},
-                            {17, 1, DYNMOE_ACT_SWIGLU, DYNMOE_F32}};
+                            {17, 1, DYNMOE_ACT_SWIGLU, DYNMOE_F32},
+                            /* even H and I for the avx512 panels (k pairs), H past one K
+                             * slice of 256 with a partial one after it, non-gated RELU2 too */
+                            {300, 34, DYNMOE_ACT_SWIGLU, DYNMOE_F32},
+                            {300, 34, DYNMOE_ACT_SWIGLU, DYNMOE_BF16},
+                            {300, 34, DYNMOE_ACT_RELU2, DYNMOE_F16}};
     for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
         const Shape &s = shapes[si];
         const uint64_t seed = seed_of(40, (int)si);
@@ -914,11 +920,13 @@ TEST(CpuIsa, EnvironmentLowersThePath) {
     ASSERT_NE(best_c, nullptr);
     const std::string best = best_c;
     // onednn is the default only where the build has oneDNN and the CPU AVX-512 (isa.c).
-    EXPECT_TRUE(best == "scalar" || best == "avx2" || best == "onednn") << best;
+    EXPECT_TRUE(best == "scalar" || best == "avx2" || best == "avx512" || best == "onednn") << best;
     setenv("DYNMOE_CPU_ISA", "scalar", 1);
     EXPECT_STREQ(dynmoe_cpu_isa(), "scalar");
     setenv("DYNMOE_CPU_ISA", "avx2", 1);
     EXPECT_STREQ(dynmoe_cpu_isa(), best != "scalar" ? "avx2" : "scalar");
+    setenv("DYNMOE_CPU_ISA", "avx512", 1); /* the AVX-512 CPUs' own kernels, else the best lower path */
+    EXPECT_STREQ(dynmoe_cpu_isa(), best == "onednn" || best == "avx512" ? "avx512" : best.c_str());
     setenv("DYNMOE_CPU_ISA", "", 1);
     EXPECT_EQ(std::string(dynmoe_cpu_isa()), best);
     setenv("DYNMOE_CPU_ISA", "avx1024", 1);

@@ -36,7 +36,13 @@ void dm_cpu_parallel(int threads, void (*body)(void *arg), void *arg);
 
 /* Ordered: a path may stand in for any lower one. ONEDNN runs packed experts
  * on oneDNN matmuls and everything else on the best of the lower paths. */
-typedef enum dm_cpu_isa { DM_CPU_ISA_SCALAR, DM_CPU_ISA_AVX2, DM_CPU_ISA_ONEDNN, DM_CPU_ISA_COUNT } dm_cpu_isa;
+typedef enum dm_cpu_isa {
+    DM_CPU_ISA_SCALAR,
+    DM_CPU_ISA_AVX2,
+    DM_CPU_ISA_AVX512, /* AVX2's kernels, with ffn_avx512.c's panels where they apply */
+    DM_CPU_ISA_ONEDNN,
+    DM_CPU_ISA_COUNT
+} dm_cpu_isa;
 
 /* The path for `request` (the value of DYNMOE_CPU_ISA; NULL or "" = none) on
  * a CPU whose best path is `best` and whose build can run oneDNN
@@ -92,9 +98,18 @@ typedef struct dm_cpu_panel_kernels {
     void (*gemm1)(const dm_cpu_chunk *c, int32_t b_begin, int32_t b_end, float *wbuf);
     void (*gemm2)(const dm_cpu_chunk *c, int32_t b_begin, int32_t b_end, float *wbuf);
     int32_t max_plain_rows; /* rows past the last full panel taken as plain rows (nd <= this) */
+    /* packs rows [r_begin, r_end) of x the way gemm1 reads them (dm_cpu_chunk_pack, or
+     * ffn_avx512.c's k-pair panels) */
+    void (*pack)(const dm_cpu_chunk *c, int32_t r_begin, int32_t r_end);
 } dm_cpu_panel_kernels;
 extern const dm_cpu_panel_kernels dm_cpu_panels_avx2;   /* ffn_panels.c (NULL gemms off x86) */
 extern const dm_cpu_panel_kernels dm_cpu_panels_scalar; /* ffn_scalar.c */
+/* ffn_avx512.c: AVX-512 F FMAs on panels of k pairs, for experts with even H and I
+ * (dm_cpu_panels_avx512_fit); NULL gemms off x86. */
+extern const dm_cpu_panel_kernels dm_cpu_panels_avx512;
+static inline int dm_cpu_panels_avx512_fit(const dynmoe_experts *ex) {
+    return dm_cpu_panels_avx512.gemm1 != NULL && ex->hidden % 2 == 0 && ex->inter % 2 == 0;
+}
 
 /* Hidden units of one GEMM 1 block: a block is 12 weight rows, 6 gate rows
  * with their 6 up rows, or 12 rows of a non-gated activation. */

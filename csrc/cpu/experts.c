@@ -18,6 +18,8 @@
  *  - avx2, R >= 8: packed 8-row panels, GEMM 1 + activation, GEMM 2
  *    (ffn_panels.c); avx2, R < 8: gather, skinny GEMM 1, activation, skinny
  *    GEMM 2 (gemm_skinny.c), where a panel would be mostly padding;
+ *  - avx512, R >= 8: ffn_avx512.c's panels (16-lane FMAs on k pairs) when H
+ *    and I are even, else avx2's; R < 8 as avx2;
  *  - scalar: the panels of ffn_scalar.c for every R.
  * One parallel region, two schedules:
  *  - at least 2 items per thread (prefill): whole items per thread, dynamic;
@@ -96,7 +98,7 @@ static void run_panels(const dm_experts_args *a, const dm_cpu_panel_kernels *k, 
     const dm_cpu_chunk c = {a, e, r0, R, (R - nd + 7) / 8, nd, panels, panels + cap * (size_t)Hd};
     int32_t lo, hi;
     share(8 * c.P + nd, split, &lo, &hi);
-    dm_cpu_chunk_pack(&c, lo, hi);
+    k->pack(&c, lo, hi);
     PHASE_BARRIER(split);
     const int32_t units = dm_cpu_gemm1_units(a->experts.act);
     share((In + units - 1) / units, split, &lo, &hi);
@@ -165,11 +167,15 @@ static void run_item(const dm_experts_args *a, dm_cpu_isa isa, const int32_t *fi
     const int32_t e = a->plan.active_experts[lo], off = a->plan.expert_offsets[e];
     const int32_t R = a->plan.expert_offsets[e + 1] - off, step = dm_cpu_chunk_rows(R);
     const int32_t c0 = (i - first[lo]) * step, rows = R - c0 < step ? R - c0 : step;
-    if (isa == DM_CPU_ISA_AVX2 && R < DM_PANEL_MIN_ROWS)
+    if (isa >= DM_CPU_ISA_AVX2 && R < DM_PANEL_MIN_ROWS) {
         run_skinny(a, e, off + c0, rows, wbuf, split);
-    else
-        run_panels(a, isa == DM_CPU_ISA_AVX2 ? &dm_cpu_panels_avx2 : &dm_cpu_panels_scalar, e, off + c0, rows, panels,
-                   wbuf, split);
+        return;
+    }
+    const dm_cpu_panel_kernels *k = isa == DM_CPU_ISA_SCALAR ? &dm_cpu_panels_scalar
+                                    : isa == DM_CPU_ISA_AVX512 && dm_cpu_panels_avx512_fit(&a->experts)
+                                        ? &dm_cpu_panels_avx512
+                                        : &dm_cpu_panels_avx2;
+    run_panels(a, k, e, off + c0, rows, panels, wbuf, split);
 }
 
 /* What the team of one call shares. */

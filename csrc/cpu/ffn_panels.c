@@ -168,28 +168,6 @@ DM_AVX2 static void dot_2x6(int32_t K, const float *x0, const float *x1, const f
     }
 }
 
-/* SiLU(g) = g / (1 + e^-g) on 8 lanes. e^x as in Cephes expf: x = n ln2 + r,
- * a degree-6 polynomial for e^r, 2^n in the exponent bits; within 2 ulp, and
- * g / (1 + inf) = -0 below -88. NaN in, NaN out (the final g / ...). */
-DM_AVX2 static __m256 silu8(__m256 g) {
-    __m256 x = _mm256_max_ps(_mm256_min_ps(_mm256_sub_ps(_mm256_setzero_ps(), g), _mm256_set1_ps(88.3762626647949f)),
-                             _mm256_set1_ps(-88.3762626647949f));
-    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    x = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-    x = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), x);
-    __m256 y = _mm256_set1_ps(1.9875691500e-4f);
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507e-3f));
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073e-3f));
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894e-2f));
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459e-1f));
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
-    y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.0f)));
-    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    y = _mm256_mul_ps(y, _mm256_castsi256_ps(e));
-    return _mm256_div_ps(g, _mm256_add_ps(_mm256_set1_ps(1.0f), y));
-}
-
 /* Twice the stored bytes of one weight (the prefetch pace of KLOOP). */
 static size_t stored_esz2(const dm_cpu_wmat *m) {
     switch (m->fmt) {
@@ -197,24 +175,6 @@ static size_t stored_esz2(const dm_cpu_wmat *m) {
     case DYNMOE_WEIGHTS_MXFP4:
     case DYNMOE_WEIGHTS_INT4: return 1;
     default: return 2 * dm_dtype_size(m->dt);
-    }
-}
-
-/* GEMM 1's epilogue on 8 panel rows: h = s * acc + b13 (s: the rows' scales,
- * cpu.h dm_cpu_row_scale), then the activation. SwiGLU and SiLU stay in
- * vector code (silu8); the others go through dm_activate lane by lane. */
-DM_AVX2 static void unit_epilogue(const dynmoe_experts *ex, __m256 s, __m256 g, float bg, __m256 u, float bu,
-                                  float *d) {
-    g = _mm256_fmadd_ps(g, s, _mm256_set1_ps(bg));
-    u = _mm256_fmadd_ps(u, s, _mm256_set1_ps(bu));
-    if (ex->act == DYNMOE_ACT_SWIGLU) {
-        _mm256_storeu_ps(d, _mm256_mul_ps(silu8(g), u));
-    } else if (ex->act == DYNMOE_ACT_SILU) {
-        _mm256_storeu_ps(d, silu8(g));
-    } else {
-        float gv[8], uv[8];
-        _mm256_storeu_ps(gv, g), _mm256_storeu_ps(uv, u);
-        for (int j = 0; j < 8; j++) d[j] = dm_activate(ex->act, ex->alpha, ex->limit, gv[j], uv[j]);
     }
 }
 
@@ -271,9 +231,9 @@ DM_AVX2 static void gemm1_avx2(const dm_cpu_chunk *c, int32_t b_begin, int32_t b
                     for (int i = 0; i < per && n0 + s * per + i < In; i++) {
                         float *di = d + (int64_t)(n0 + s * per + i) * 8;
                         if (gated)
-                            unit_epilogue(ex, sv, acc[i][q], bias[at[i]], acc[per + i][q], bias[at[per + i]], di);
+                            dm_unit_epilogue8(ex, sv, acc[i][q], bias[at[i]], acc[per + i][q], bias[at[per + i]], di);
                         else
-                            unit_epilogue(ex, sv, acc[i][q], bias[at[i]], _mm256_setzero_ps(), 0.0f, di);
+                            dm_unit_epilogue8(ex, sv, acc[i][q], bias[at[i]], _mm256_setzero_ps(), 0.0f, di);
                     }
                 }
             }
@@ -351,10 +311,10 @@ DM_AVX2 static void gemm2_avx2(const dm_cpu_chunk *c, int32_t b_begin, int32_t b
 
 _Static_assert(WB / 2 == DM_CPU_GEMM1_BLOCK && WB == DM_CPU_GEMM2_BLOCK && WB == DM_CPU_WBUF_ROWS,
                "ffn_panels.c blocks are the ones experts.c schedules");
-const dm_cpu_panel_kernels dm_cpu_panels_avx2 = {gemm1_avx2, gemm2_avx2, DOT_MAX_ROWS};
+const dm_cpu_panel_kernels dm_cpu_panels_avx2 = {gemm1_avx2, gemm2_avx2, DOT_MAX_ROWS, dm_cpu_chunk_pack};
 
 #else
 
-const dm_cpu_panel_kernels dm_cpu_panels_avx2 = {NULL, NULL, 0};
+const dm_cpu_panel_kernels dm_cpu_panels_avx2 = {NULL, NULL, 0, NULL};
 
 #endif

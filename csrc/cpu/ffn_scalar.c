@@ -132,4 +132,4 @@ static void gemm2_scalar(const dm_cpu_chunk *c, int32_t b_begin, int32_t b_end, 
 _Static_assert(DM_CPU_GEMM2_BLOCK % TW == 0 && DM_CPU_GEMM1_BLOCK % (TW / 2) == 0 && (2 * DM_CPU_GEMM1_BLOCK) % TW == 0 &&
                    DM_CPU_WBUF_ROWS >= TW,
                "a tile never straddles two blocks");
-const dm_cpu_panel_kernels dm_cpu_panels_scalar = {gemm1_scalar, gemm2_scalar, 0};
+const dm_cpu_panel_kernels dm_cpu_panels_scalar = {gemm1_scalar, gemm2_scalar, 0, dm_cpu_chunk_pack};

@@ -8,6 +8,9 @@
  *   avx2    AVX2 + FMA + F16C (ffn_panels.c, gemm_skinny.c); F16C is part of
  *           the path for every dtype, so the path never depends on the dtype
  *           (every AVX2 CPU so far has it)
+ *   avx512  AVX-512 F/BW/DQ/VL on top of avx2: the panels of ffn_avx512.c
+ *           (16-lane FMAs) for experts with even H and I; the skinny
+ *           kernels stay avx2's (decode is bound by the weight stream)
  *   onednn  packed experts (dynmoe_experts_pack) on oneDNN matmuls, which
  *           pick AMX / AVX-512 / AVX2 kernels themselves (onednn.c); the
  *           rows it does not take run on the best of the two above. The
@@ -22,7 +25,7 @@
 #include "onednn.h"
 #include "simd.h"
 
-static const char *const isa_names[DM_CPU_ISA_COUNT] = {"scalar", "avx2", "onednn"};
+static const char *const isa_names[DM_CPU_ISA_COUNT] = {"scalar", "avx2", "avx512", "onednn"};
 
 const char *dm_cpu_isa_name(dm_cpu_isa isa) {
     return (unsigned)isa < DM_CPU_ISA_COUNT ? isa_names[isa] : "unknown";
@@ -38,12 +41,24 @@ int dm_cpu_isa_select(const char *request, dm_cpu_isa best, int have_onednn) {
     return -1;
 }
 
+/* AVX-512 foundation + the avx512_core set oneDNN asks for (F, BW, DQ, VL),
+ * which every AMX CPU also has. */
+static int has_avx512_core(void) {
+#ifdef DM_CPU_X86
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+#else
+    return 0;
+#endif
+}
+
 static dm_cpu_isa isa_kernels_of_cpu(void) {
 #ifdef DM_CPU_X86
     /* F16C: CPUID leaf 1, ECX bit 29 (clang's __builtin_cpu_supports lacks "f16c"). */
     unsigned eax, ebx, ecx = 0, edx;
     const int f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & (1u << 29));
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c) return DM_CPU_ISA_AVX2;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c)
+        return has_avx512_core() ? DM_CPU_ISA_AVX512 : DM_CPU_ISA_AVX2;
 #endif
     return DM_CPU_ISA_SCALAR;
 }
@@ -58,17 +73,6 @@ dm_cpu_isa dm_cpu_isa_kernels(void) {
     return (dm_cpu_isa)v;
 }
 
-/* AVX-512 foundation + the avx512_core set oneDNN asks for (F, BW, DQ, VL),
- * which every AMX CPU also has. */
-static int has_avx512_core(void) {
-#ifdef DM_CPU_X86
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
-#else
-    return 0;
-#endif
-}
-
 dm_cpu_isa dm_cpu_isa_best(void) {
     if (dm_onednn_available() && has_avx512_core()) return DM_CPU_ISA_ONEDNN;
     return dm_cpu_isa_kernels();
@@ -79,7 +83,7 @@ dynmoe_status dm_cpu_isa_current(dm_cpu_isa *isa) {
     const int i = dm_cpu_isa_select(request, dm_cpu_isa_best(), dm_onednn_available());
     if (i < 0)
         return dm_fail(DYNMOE_ERR_INVALID_ARGUMENT,
-                       "dynmoe: DYNMOE_CPU_ISA=%s names no CPU path (scalar, avx2, onednn)", request);
+                       "dynmoe: DYNMOE_CPU_ISA=%s names no CPU path (scalar, avx2, avx512, onednn)", request);
     *isa = (dm_cpu_isa)i;
     return DYNMOE_OK;
 }

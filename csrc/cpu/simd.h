@@ -151,6 +151,48 @@ DM_AVX2 static inline void dm_lut4x64_f16(__m256i b, __m256i lut, __m256i h[4]) 
  * + k / 4 % 8 of the permuted activations. */
 static inline int32_t dm_lut4x64_slot(int32_t k) { return (k % 4) * 16 + (k / 32) * 8 + k / 4 % 8; }
 
+/* ---- the panel kernels' GEMM 1 epilogue (ffn_panels.c, ffn_avx512.c) ---- */
+
+/* SiLU(g) = g / (1 + e^-g) on 8 lanes. e^x as in Cephes expf: x = n ln2 + r,
+ * a degree-6 polynomial for e^r, 2^n in the exponent bits; within 2 ulp, and
+ * g / (1 + inf) = -0 below -88. NaN in, NaN out (the final g / ...). */
+DM_AVX2 static inline __m256 dm_silu8(__m256 g) {
+    __m256 x = _mm256_max_ps(_mm256_min_ps(_mm256_sub_ps(_mm256_setzero_ps(), g), _mm256_set1_ps(88.3762626647949f)),
+                             _mm256_set1_ps(-88.3762626647949f));
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    x = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    x = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), x);
+    __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507e-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073e-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894e-2f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459e-1f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
+    y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.0f)));
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    y = _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+    return _mm256_div_ps(g, _mm256_add_ps(_mm256_set1_ps(1.0f), y));
+}
+
+/* GEMM 1's epilogue on 8 panel rows: h = s * acc + b13 (s: the rows' scales,
+ * cpu.h dm_cpu_row_scale), then the activation. SwiGLU and SiLU stay in
+ * vector code (silu8); the others go through dm_activate lane by lane. */
+DM_AVX2 static inline void dm_unit_epilogue8(const dynmoe_experts *ex, __m256 s, __m256 g, float bg, __m256 u, float bu,
+                                  float *d) {
+    g = _mm256_fmadd_ps(g, s, _mm256_set1_ps(bg));
+    u = _mm256_fmadd_ps(u, s, _mm256_set1_ps(bu));
+    if (ex->act == DYNMOE_ACT_SWIGLU) {
+        _mm256_storeu_ps(d, _mm256_mul_ps(dm_silu8(g), u));
+    } else if (ex->act == DYNMOE_ACT_SILU) {
+        _mm256_storeu_ps(d, dm_silu8(g));
+    } else {
+        float gv[8], uv[8];
+        _mm256_storeu_ps(gv, g), _mm256_storeu_ps(uv, u);
+        for (int j = 0; j < 8; j++) d[j] = dm_activate(ex->act, ex->alpha, ex->limit, gv[j], uv[j]);
+    }
+}
+
 /* Row n of m as K floats (cpu.h, dm_cpu_weight_row), 8 at a time, each
  * stored byte read once: the row itself for PLAIN f32, else widened or
  * dequantized into buf with the group's scale (and zero point) hoisted.

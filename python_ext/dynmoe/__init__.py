@@ -40,7 +40,7 @@ from .presets import preset_router, presets  # noqa: F401
 __version__ = "0.3.0"
 version = _C.version  # dynmoe_version() of the loaded libdynmoe: MAJOR*10000 + MINOR*100 + PATCH
 cuda_available = _C.cuda_available
-cpu_isa = _C.cpu_isa  # the CPU path of the next call: "onednn", "avx2" or "scalar" (DYNMOE_CPU_ISA)
+cpu_isa = _C.cpu_isa  # the CPU path of the next call: "onednn", "avx512", "avx2" or "scalar" (DYNMOE_CPU_ISA)
 
 from . import _torch  # noqa: E402  registers torch.ops.dynmoe.* when torch is importable
 
