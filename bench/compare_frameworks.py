@@ -216,7 +216,7 @@ def build_peers(torch, F, dynmoe, vllm_reason, shape, dtype, w13, w2, x, ids, tw
             except Exception as e:  # no oneDNN in this build: DynmoeError (unsupported)
                 peers.append(skipped("dynmoe+pack", f"skipped: Experts.pack failed: {e}"))
             else:
-                # The packed weights run on the "onednn" CPU path only (the default on AVX-512/AMX
+                # The packed weights run on the "onednn" CPU path only (the default on AMX
                 # CPUs); DYNMOE_CPU_ISA is read at every call, so this peer selects it for its own
                 # calls and the others keep the CPU's default path.
                 out_p = torch.empty(T, H, dtype=dtype)

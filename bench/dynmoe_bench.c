@@ -204,7 +204,7 @@ static void usage(FILE *f) {
 "                      (default plain)\n"
 "  --group-size G      int4 group along K: 32, 64 or 128 (default 128)\n"
 "  --pack              CPU: pre-pack the plain weights once (dynmoe_experts_pack, oneDNN); they\n"
-"                      run packed on the onednn CPU path (the default on AVX-512/AMX CPUs,\n"
+"                      run packed on the onednn CPU path (the default on AMX CPUs,\n"
 "                      DYNMOE_CPU_ISA=onednn elsewhere); the header says what oneDNN runs\n"
 "\n"
 "sweep (a comma list runs every combination)\n"

@@ -95,7 +95,7 @@ DYNMOE_API dynmoe_backend dynmoe_ctx_backend(const dynmoe_ctx *ctx);
 DYNMOE_API int dynmoe_cuda_available(void);
 /* The instruction path the CPU backend's expert kernels take now: "onednn"
  * (packed experts on oneDNN matmuls, the rest as avx512; the default on CPUs
- * with AVX-512 or AMX when the build has oneDNN), "avx512" (AVX-512 F/BW/DQ/VL
+ * with AMX when the build has oneDNN), "avx512" (AVX-512 F/BW/DQ/VL
  * panels for experts of 8 rows and more, the rest as avx2), "avx2" (AVX2 +
  * FMA + F16C) or "scalar" (plain C), the best this CPU has, lowered by the environment
  * variable DYNMOE_CPU_ISA (read at every call; DYNMOE_CPU_ISA=onednn also

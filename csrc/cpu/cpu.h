@@ -51,7 +51,7 @@ typedef enum dm_cpu_isa {
  * -1 when `request` names no path. Pure. */
 int dm_cpu_isa_select(const char *request, dm_cpu_isa best, int have_onednn);
 /* The best path this CPU runs (CPUID): ONEDNN when the build has oneDNN and
- * the CPU has AVX-512 (avx512_core) or AMX, else the best own-kernel path. */
+ * the CPU has usable AMX-BF16, else the best own-kernel path. */
 dm_cpu_isa dm_cpu_isa_best(void);
 /* The best path of dynmoe's own kernels (never ONEDNN): what ONEDNN runs
  * for the work it does not hand to oneDNN. */

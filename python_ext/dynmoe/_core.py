@@ -363,7 +363,7 @@ class Experts:
         """These experts with pre-packed weights (dynmoe_experts_pack, made once
         here): CPU tensors, plain f32/bf16/f16 weights. Forwards on the CPU's
         "onednn" path (dynmoe.cpu_isa(); DYNMOE_CPU_ISA=onednn, or the default
-        on AVX-512/AMX CPUs) run the experts with many rows on oneDNN matmuls
+        on AMX CPUs) run the experts with many rows on oneDNN matmuls
         over the packed copy; the rest still reads w13/w2, which this object
         keeps alive. Same results as the unpacked experts within the dtype's
         tolerance. Raises DynmoeError (unsupported) without oneDNN in the
