@@ -168,16 +168,6 @@ DM_AVX2 static void dot_2x6(int32_t K, const float *x0, const float *x1, const f
     }
 }
 
-/* Twice the stored bytes of one weight (the prefetch pace of KLOOP). */
-static size_t stored_esz2(const dm_cpu_wmat *m) {
-    switch (m->fmt) {
-    case DYNMOE_WEIGHTS_FP8_BLOCK: return 2;
-    case DYNMOE_WEIGHTS_MXFP4:
-    case DYNMOE_WEIGHTS_INT4: return 1;
-    default: return 2 * dm_dtype_size(m->dt);
-    }
-}
-
 /* GEMM 1 + activation, blocks [b_begin, b_end) of `units` hidden units from
  * n0 = units * b (past the edge: the last unit again, results dropped).
  * The block's WB weight rows wr[]: gated, the gate rows of units n0..n0+5
@@ -190,7 +180,7 @@ DM_AVX2 static void gemm1_avx2(const dm_cpu_chunk *c, int32_t b_begin, int32_t b
     const int gated = dm_act_gated(ex->act);
     const int32_t units = dm_cpu_gemm1_units(ex->act);
     const dm_cpu_wmat m = dm_cpu_wmat_of(ex, 0, c->e);
-    const size_t esz2 = stored_esz2(&m);
+    const size_t esz2 = dm_cpu_stored_esz2(&m);
     const int64_t b0 = (int64_t)c->e * dm_w13_rows(ex->act, In); /* this expert's b13 */
     const float *xp = c->xp, *xd = xp + (int64_t)P * 8 * Hd;
     float *ap = c->ap, *ad = ap + (int64_t)P * 8 * In;
@@ -203,16 +193,7 @@ DM_AVX2 static void gemm1_avx2(const dm_cpu_chunk *c, int32_t b_begin, int32_t b
         const float *wr[WB];
         const char *pf_row[WB];
         float bias[WB];
-        for (int i = 0; i < WB; i++) {
-            const int32_t j = gated ? i % (WB / 2) : i, u = n0 + j < In ? n0 + j : In - 1;
-            const int32_t un = n0 + units + j < In ? n0 + units + j : In - 1; /* next block */
-            const int up = gated && i >= WB / 2;
-            const int64_t row = up ? dm_up_row(ex->gate_up, In, u) : dm_gate_row(ex->gate_up, In, u);
-            const int64_t rown = up ? dm_up_row(ex->gate_up, In, un) : dm_gate_row(ex->gate_up, In, un);
-            wr[i] = dm_cpu_weight_row_avx2(&m, row, wbuf + (size_t)i * Hd);
-            pf_row[i] = m.w + rown * m.row_bytes;
-            bias[i] = dm_cpu_bias(ex->b13, ex->dtype, b0 + row);
-        }
+        dm_cpu_gemm1_block(ex, &m, b0, n0, wbuf, wr, pf_row, bias);
         for (int gi = 0; gi < ng; gi++) {
             const panel_group *g = &groups[gi];
             const int per = gated ? g->nw / 2 : g->nw; /* units per tile */
@@ -246,13 +227,7 @@ DM_AVX2 static void gemm1_avx2(const dm_cpu_chunk *c, int32_t b_begin, int32_t b
             dot_2x6(Hd, x0, x1, wr + 6, hi);
             for (int j = 0; j < 2; j++)
                 for (int i = 0; i < 6; i++) h[j][i] = lo[j][i], h[j][6 + i] = hi[j][i];
-            for (int j = 0; j < 2 && r + j < nd; j++) {
-                const float sc = rs[8 * P + r + j];
-                for (int i = 0; i < (gated ? WB / 2 : WB) && n0 + i < In; i++)
-                    ad[(int64_t)(r + j) * In + n0 + i] =
-                        gated ? dm_cpu_unit(ex, sc, h[j][i], bias[i], h[j][WB / 2 + i], bias[WB / 2 + i])
-                              : dm_cpu_unit(ex, sc, h[j][i], bias[i], 0.0f, 0.0f);
-            }
+            dm_cpu_plain_units(ex, nd - r < 2 ? nd - r : 2, h, rs + 8 * P + r, bias, n0, ad + (int64_t)r * In);
         }
     }
 }
@@ -263,7 +238,7 @@ DM_AVX2 static void gemm2_avx2(const dm_cpu_chunk *c, int32_t b_begin, int32_t b
     const dynmoe_experts *ex = &c->a->experts;
     const int32_t Hd = ex->hidden, In = ex->inter, P = c->P, nd = c->nd, R = c->R;
     const dm_cpu_wmat m = dm_cpu_wmat_of(ex, 1, c->e);
-    const size_t esz2 = stored_esz2(&m);
+    const size_t esz2 = dm_cpu_stored_esz2(&m);
     const float *ap = c->ap, *ad = ap + (int64_t)P * 8 * In;
     float *y = (float *)c->a->rows_y + (int64_t)c->r0 * Hd;
     panel_group groups[DM_CPU_PANEL_ROWS / 16 + 2];

@@ -257,6 +257,51 @@ DM_AVX2 static inline const float *dm_cpu_weight_row_avx2(const dm_cpu_wmat *m, 
     }
 }
 
+/* ---- what both panel kernels (ffn_panels.c, ffn_avx512.c) do around their tiles ---- */
+
+/* Twice the stored bytes of one weight (the pace of the next-block prefetch). */
+static inline size_t dm_cpu_stored_esz2(const dm_cpu_wmat *m) {
+    switch (m->fmt) {
+    case DYNMOE_WEIGHTS_FP8_BLOCK: return 2;
+    case DYNMOE_WEIGHTS_MXFP4:
+    case DYNMOE_WEIGHTS_INT4: return 1;
+    default: return 2 * dm_dtype_size(m->dt);
+    }
+}
+
+/* GEMM 1's block of `units` hidden units from n0 (12 rows: gated, the gate
+ * rows of units n0..n0+5 then their up rows; non-gated, the rows of units
+ * n0..n0+11; past the edge the last unit again): wr[i] the row as floats
+ * (widened into wbuf + i * H where needed), pf[i] the next block's row as
+ * stored, bias[i] its b13 entry (b0: this expert's first). */
+DM_AVX2 static inline void dm_cpu_gemm1_block(const dynmoe_experts *ex, const dm_cpu_wmat *m, int64_t b0, int32_t n0,
+                                              float *wbuf, const float *wr[12], const char *pf[12], float bias[12]) {
+    const int32_t In = ex->inter, units = dm_cpu_gemm1_units(ex->act);
+    const int gated = dm_act_gated(ex->act);
+    for (int i = 0; i < 12; i++) {
+        const int32_t j = gated ? i % 6 : i, u = n0 + j < In ? n0 + j : In - 1;
+        const int32_t un = n0 + units + j < In ? n0 + units + j : In - 1; /* next block */
+        const int up = gated && i >= 6;
+        const int64_t row = up ? dm_up_row(ex->gate_up, In, u) : dm_gate_row(ex->gate_up, In, u);
+        const int64_t rown = up ? dm_up_row(ex->gate_up, In, un) : dm_gate_row(ex->gate_up, In, un);
+        wr[i] = dm_cpu_weight_row_avx2(m, row, wbuf + (size_t)i * ex->hidden);
+        pf[i] = m->w + rown * m->row_bytes;
+        bias[i] = dm_cpu_bias(ex->b13, ex->dtype, b0 + row);
+    }
+}
+
+/* GEMM 1's epilogue for up to 2 plain rows: h[j][i] the accumulators of
+ * row j against block row i, sc[j] the rows' scales; unit n0 + i of row j
+ * into ad[j * I + n0 + i]. */
+static inline void dm_cpu_plain_units(const dynmoe_experts *ex, int nr, const float h[2][12], const float *sc,
+                                      const float bias[12], int32_t n0, float *ad) {
+    const int gated = dm_act_gated(ex->act);
+    for (int j = 0; j < nr; j++)
+        for (int i = 0; i < (gated ? 6 : 12) && n0 + i < ex->inter; i++)
+            ad[(int64_t)j * ex->inter + n0 + i] = gated ? dm_cpu_unit(ex, sc[j], h[j][i], bias[i], h[j][6 + i], bias[6 + i])
+                                                        : dm_cpu_unit(ex, sc[j], h[j][i], bias[i], 0.0f, 0.0f);
+}
+
 #endif
 
 #endif
