@@ -69,6 +69,7 @@ if _custom_op is not None:
     # warning.
     _packs = {}
     _pack_warned = []
+    _isa_warned = []  # DYNMOE_PACK=1 off the onednn path: warned once
     pack_count = [0]  # dynmoe_experts_pack calls made for the ops (tests read it: packed at load or not)
 
     def pack_wanted():
@@ -103,6 +104,15 @@ if _custom_op is not None:
                     _pack_warned.append(str(err))
                     warnings.warn(f"DYNMOE_PACK=1: experts run unpacked ({err})", RuntimeWarning, stacklevel=3)
                 return e
+            isa = _C.cpu_isa()
+            if isa != "onednn" and not _isa_warned:
+                # since the onednn path is the default only with AMX (docs/cpu.md), say why
+                # the copy is not used instead of keeping it silently
+                _isa_warned.append(isa)
+                warnings.warn(f"DYNMOE_PACK=1: packed, but the CPU path is {isa}, which runs the plain "
+                              "experts; DYNMOE_CPU_ISA=onednn runs the packed copy (the default only on "
+                              "AMX CPUs: elsewhere oneDNN measured slower, docs/cpu.md)", RuntimeWarning,
+                              stacklevel=3)
             # the entry holds the packed object only (no tensor): it goes when w13 does
             drop = lambda _ref, k=key: _packs.pop(k, None)  # noqa: E731
             _packs[key] = (weakref.ref(w13, drop), weakref.ref(w2, drop), state, cap)

@@ -51,7 +51,9 @@ and stream (dynmoe._torch.cached_workspace).
 ``DYNMOE_PACK=1`` (CPU layers, plain weights): each layer's experts are packed
 once in ``process_weights_after_loading``, after vLLM's own weight processing,
 into the cache the dynmoe ops read (dynmoe._torch.prepack), so that no forward
-packs; they run packed on the CPU's onednn path. Without oneDNN in the library
+packs; they run packed on the CPU's onednn path (the default only on AMX CPUs;
+elsewhere DYNMOE_CPU_ISA=onednn, and without it the ops warn once that the
+packed copy is unused). Without oneDNN in the library
 one warning is logged and the plain experts run. The onednn path being the
 default does not turn it on (docs/cpu.md: the packed copy is kept beside the
 plain weights).
