@@ -10,7 +10,8 @@
  *           (every AVX2 CPU so far has it)
  *   avx512  AVX-512 F/BW/DQ/VL on top of avx2: the panels of ffn_avx512.c
  *           (16-lane FMAs) for experts with even H and I; the skinny
- *           kernels stay avx2's (decode is bound by the weight stream)
+ *           kernels (decode) stay avx2's: no AVX-512 skinny kernel yet,
+ *           although bf16 decode measured instruction-bound on the Xeon
  *   onednn  packed experts (dynmoe_experts_pack) on oneDNN matmuls, which
  *           pick AMX / AVX-512 / AVX2 kernels themselves (onednn.c); the
  *           rows it does not take run on the best of the paths above. The
