@@ -33,20 +33,17 @@
 #define WB 12 /* weight rows per block and tile */
 #define DOT_MAX_ROWS 2
 
-/* Rows [r_begin, r_end) of the chunk's x: panel rows by k pairs (above),
- * the nd rows after the panels as plain rows (xp + 8P * H). */
+/* Rows [r_begin, r_end) of the chunk's x: panel rows by k pairs (above);
+ * the nd rows after the panels are plain rows, laid out as for every path
+ * (dm_cpu_chunk_pack). */
 static void pack_pairs(const dm_cpu_chunk *c, int32_t r_begin, int32_t r_end) {
     const dm_experts_args *a = c->a;
     const int32_t Hd = a->experts.hidden, S = a->slots;
     const dynmoe_dtype dt = a->experts.dtype;
     const int32_t *slots = a->plan.sorted_slots + c->r0;
-    for (int32_t r = r_begin; r < r_end; r++) {
-        if (r >= 8 * c->P) {
-            float *d = c->xp + (int64_t)c->P * 8 * Hd + (int64_t)(r - 8 * c->P) * Hd;
-            const int64_t x0 = (int64_t)(slots[r] / S) * Hd; /* plain rows are real rows (r < R) */
-            for (int32_t k = 0; k < Hd; k++) d[k] = dm_load(a->x, dt, x0 + k);
-            continue;
-        }
+    const int32_t panel_end = r_end < 8 * c->P ? r_end : 8 * c->P;
+    if (r_end > panel_end) dm_cpu_chunk_pack(c, r_begin > panel_end ? r_begin : panel_end, r_end);
+    for (int32_t r = r_begin; r < panel_end; r++) {
         float *d = c->xp + (int64_t)(r / 8) * 8 * Hd + 2 * (r % 8);
         if (r >= c->R) {
             for (int32_t k = 0; k < Hd; k += 2) d[8 * k] = 0.0f, d[8 * k + 1] = 0.0f;

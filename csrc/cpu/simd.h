@@ -177,9 +177,9 @@ DM_AVX2 static inline __m256 dm_silu8(__m256 g) {
 
 /* GEMM 1's epilogue on 8 panel rows: h = s * acc + b13 (s: the rows' scales,
  * cpu.h dm_cpu_row_scale), then the activation. SwiGLU and SiLU stay in
- * vector code (silu8); the others go through dm_activate lane by lane. */
+ * vector code (dm_silu8); the others go through dm_activate lane by lane. */
 DM_AVX2 static inline void dm_unit_epilogue8(const dynmoe_experts *ex, __m256 s, __m256 g, float bg, __m256 u, float bu,
-                                  float *d) {
+                                             float *d) {
     g = _mm256_fmadd_ps(g, s, _mm256_set1_ps(bg));
     u = _mm256_fmadd_ps(u, s, _mm256_set1_ps(bu));
     if (ex->act == DYNMOE_ACT_SWIGLU) {
@@ -293,7 +293,7 @@ DM_AVX2 static inline void dm_cpu_gemm1_block(const dynmoe_experts *ex, const dm
 /* GEMM 1's epilogue for up to 2 plain rows: h[j][i] the accumulators of
  * row j against block row i, sc[j] the rows' scales; unit n0 + i of row j
  * into ad[j * I + n0 + i]. */
-static inline void dm_cpu_plain_units(const dynmoe_experts *ex, int nr, const float h[2][12], const float *sc,
+static inline void dm_cpu_plain_units(const dynmoe_experts *ex, int nr, float h[2][12], const float *sc,
                                       const float bias[12], int32_t n0, float *ad) {
     const int gated = dm_act_gated(ex->act);
     for (int j = 0; j < nr; j++)
