@@ -5,6 +5,7 @@
  * tables and the edge cases of DESIGN.md section 6. On the CPU every test runs
  * once per instruction path (DYNMOE_CPU_ISA); a path this CPU lacks skips.
  */
+#include <fstream>
 #include <algorithm>
 #include <climits>
 #include <cmath>
@@ -910,6 +911,32 @@ TEST_P(Forward, WorkspaceSizedBeforeThreadChange) {
             }
         }
     }
+}
+
+/* The default CPU path follows the CPU's flags as Linux reports them (a
+ * second reading than isa.c's CPUID, XCR0 and arch_prctl): onednn where AMX-BF16
+ * is there and the build has oneDNN, else avx512 (F/BW/DQ/VL), avx2 (with FMA
+ * and F16C) or scalar. */
+TEST(CpuIsa, DefaultFollowsTheCpuFlags) {
+    std::ifstream info("/proc/cpuinfo");
+    std::string line, flags;
+    while (std::getline(info, line))
+        if (line.rfind("flags", 0) == 0) {
+            flags = line.substr(line.find(':') + 1) + " ";
+            break;
+        }
+    if (flags.empty()) GTEST_SKIP() << "no /proc/cpuinfo flags on this machine";
+    auto has = [&](const char *f) { return flags.find(" " + std::string(f) + " ") != std::string::npos; };
+    setenv("DYNMOE_CPU_ISA", "onednn", 1);
+    const bool onednn = std::string(dynmoe_cpu_isa()) == "onednn"; /* a build with oneDNN takes it on request */
+    unsetenv("DYNMOE_CPU_ISA");
+    std::string want = "scalar";
+    if (has("avx2") && has("fma") && has("f16c")) want = "avx2";
+    if (want == "avx2" && has("avx512f") && has("avx512bw") && has("avx512dq") && has("avx512vl")) want = "avx512";
+    if (want == "avx512" && has("amx_tile") && has("amx_bf16") && onednn) want = "onednn";
+    EXPECT_EQ(std::string(dynmoe_cpu_isa()), want) << "flags:" << flags;
+    std::printf("[ INFO     ] this CPU's default path: %s (oneDNN in the build: %s)\n", want.c_str(),
+                onednn ? "yes" : "no");
 }
 
 /* DYNMOE_CPU_ISA lowers the CPU path and never raises it; a name that is no

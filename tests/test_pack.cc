@@ -130,22 +130,27 @@ const PackCase kCases[] = {
     {"relu2", DYNMOE_ACT_RELU2, DYNMOE_F32, 32, 64, with(false), 0, 0},
     {"silu bias weight_on_input", DYNMOE_ACT_SILU, DYNMOE_F32, 64, 48, with(true), 1, 2},
     {"swiglu weight_on_input zero experts", DYNMOE_ACT_SWIGLU, DYNMOE_F32, 64, 32, with(false), 1, 2},
+    /* H and I not multiples of 8: the scalar tails of the 8-wide epilogue and store */
+    {"swiglu odd H, I bias", DYNMOE_ACT_SWIGLU, DYNMOE_F32, 44, 36, with(true), 0, 0},
 };
 
 } // namespace
 
+/* T = 1: nothing reaches 16 rows; T = 40: a few chunks, run one after another
+ * on every thread (packed.c, by row); T = 300: many chunks, one per thread at
+ * a time (by chunk). */
 TEST_F(Pack, EveryOptionF32) {
     uint64_t s = 1;
     for (const PackCase &c : kCases)
-        for (int64_t T : {1, 300}) check(c, T, 2, seed_of(900, s++));
+        for (int64_t T : {1, 40, 300}) check(c, T, 2, seed_of(900, s++));
 }
 
 TEST_F(Pack, Bf16AndF16) {
     uint64_t s = 1;
     for (dynmoe_dtype dt : {DYNMOE_BF16, DYNMOE_F16}) {
-        for (PackCase c : {kCases[0], kCases[3], kCases[5]}) {
+        for (PackCase c : {kCases[0], kCases[3], kCases[5], kCases[7]}) {
             c.dt = dt;
-            check(c, 300, 2, seed_of(901, s++));
+            for (int64_t T : {40, 300}) check(c, T, 2, seed_of(901, s++));
         }
     }
 }

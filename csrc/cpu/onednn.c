@@ -39,10 +39,11 @@ dynmoe_status dm_packed_check(const char *fn, const dynmoe_packed_experts *p, co
 dynmoe_dtype dm_packed_compute_dtype(const dynmoe_packed_experts *p) { (void)p; return DYNMOE_F32; }
 size_t dm_packed_scratchpad_bytes(const dynmoe_packed_experts *p) { (void)p; return 0; }
 int32_t dm_packed_tile(const dynmoe_packed_experts *p, int32_t rows) { (void)p; return rows / DM_PACKED_TILE; }
-dynmoe_status dm_packed_gemm(const dynmoe_packed_experts *p, int which, int32_t e, int32_t tile, const void *src,
-                             float *dst, void *pad) {
-    (void)p, (void)which, (void)e, (void)tile, (void)src, (void)dst, (void)pad;
-    return dm_fail(DYNMOE_ERR_INTERNAL, "dynmoe: no oneDNN in this build");
+int dm_packed_threads(const dynmoe_packed_experts *p) { (void)p; return 1; }
+int dm_packed_gemm(const dynmoe_packed_experts *p, int thread, int which, int32_t e, int32_t tile, const void *src,
+                   float *dst, void *pad) {
+    (void)p, (void)thread, (void)which, (void)e, (void)tile, (void)src, (void)dst, (void)pad;
+    return -1; /* no packed experts exist without oneDNN */
 }
 
 #else
@@ -51,17 +52,18 @@ dynmoe_status dm_packed_gemm(const dynmoe_packed_experts *p, int which, int32_t 
 
 #define PACKED_MAGIC 0x646d706bu /* "dmpk": a dynmoe_packed_experts of this build */
 
-/* One matmul primitive and the memory objects its forwards re-point. */
+/* One matmul primitive and the memory objects its forwards re-point, one
+ * set per thread (packed.c runs experts on every thread at once). */
 typedef struct gemm_tile {
     dnnl_primitive_t prim;
-    dnnl_memory_t src, dst, pad; /* pad NULL when the primitive needs no scratchpad */
+    dnnl_memory_t *src, *dst, *pad; /* [nthr]; pad NULL when the primitive needs no scratchpad */
 } gemm_tile;
 
 typedef struct gemm_pack {
     int32_t N, K;
     size_t expert_bytes;        /* packed bytes of one expert's matrix */
     char *buf;                  /* E * expert_bytes */
-    dnnl_memory_t wei;          /* re-pointed at buf + e * expert_bytes */
+    dnnl_memory_t *wei;         /* [nthr], re-pointed at buf + e * expert_bytes */
     gemm_tile tiles[DM_PACKED_TILES];
     char impl[64];
 } gemm_pack;
@@ -76,7 +78,8 @@ struct dynmoe_packed_experts {
     const void *w13, *w2;
     /* oneDNN */
     dnnl_engine_t eng;
-    dnnl_stream_t stream;
+    int nthr;               /* threads that may run matmuls at once (dm_cpu_scratch_slices) */
+    dnnl_stream_t *streams; /* [nthr] */
     dnnl_data_type_t cdt;
     gemm_pack g[2];
     size_t pad_bytes; /* the largest scratchpad */
@@ -140,21 +143,32 @@ static dynmoe_status make_gemm(dynmoe_packed_experts *p, gemm_pack *g) {
             const char *impl = "";
             dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl);
             snprintf(g->impl, sizeof g->impl, "%s", impl);
-            DNNL_TRY(dnnl_memory_create(&g->wei, &packed, p->eng, DNNL_MEMORY_NONE));
+            g->wei = calloc((size_t)p->nthr, sizeof *g->wei);
+            if (g->wei == NULL) goto oom;
+            for (int i = 0; i < p->nthr; i++)
+                DNNL_TRY(dnnl_memory_create(&g->wei[i], &packed, p->eng, DNNL_MEMORY_NONE));
         }
         const dnnl_memory_desc_t *smd = dnnl_primitive_desc_query_md(pd, dnnl_query_src_md, 0);
         const dnnl_memory_desc_t *dmd = dnnl_primitive_desc_query_md(pd, dnnl_query_dst_md, 0);
         const dnnl_memory_desc_t *pmd = dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
-        DNNL_TRY(dnnl_memory_create(&gt->src, smd, p->eng, DNNL_MEMORY_NONE));
-        DNNL_TRY(dnnl_memory_create(&gt->dst, dmd, p->eng, DNNL_MEMORY_NONE));
         const size_t pb = pmd ? dnnl_memory_desc_get_size(pmd) : 0;
-        if (pb > 0) DNNL_TRY(dnnl_memory_create(&gt->pad, pmd, p->eng, DNNL_MEMORY_NONE));
+        gt->src = calloc((size_t)p->nthr, sizeof *gt->src);
+        gt->dst = calloc((size_t)p->nthr, sizeof *gt->dst);
+        if (pb > 0) gt->pad = calloc((size_t)p->nthr, sizeof *gt->pad);
+        if (gt->src == NULL || gt->dst == NULL || (pb > 0 && gt->pad == NULL)) goto oom;
+        for (int i = 0; i < p->nthr; i++) {
+            DNNL_TRY(dnnl_memory_create(&gt->src[i], smd, p->eng, DNNL_MEMORY_NONE));
+            DNNL_TRY(dnnl_memory_create(&gt->dst[i], dmd, p->eng, DNNL_MEMORY_NONE));
+            if (pb > 0) DNNL_TRY(dnnl_memory_create(&gt->pad[i], pmd, p->eng, DNNL_MEMORY_NONE));
+        }
         if (pb > p->pad_bytes) p->pad_bytes = pb;
         DNNL_TRY(dnnl_primitive_create(&gt->prim, pd));
         dnnl_primitive_desc_destroy(pd);
         pd = NULL;
     }
     return DYNMOE_OK;
+oom:
+    st = dm_fail(DYNMOE_ERR_OUT_OF_MEMORY, "dynmoe_experts_pack: out of memory");
 fail:
     if (pd) dnnl_primitive_desc_destroy(pd);
     return st;
@@ -175,7 +189,7 @@ static dynmoe_status pack_weights(dynmoe_packed_experts *p, gemm_pack *g, const 
     const dnnl_dims_t wd = {g->K, g->N};
     DNNL_TRY(dnnl_memory_desc_init_by_tag(&umd, 2, wd, p->cdt, dnnl_ba));
     const dnnl_memory_desc_t *packed = NULL;
-    DNNL_TRY(dnnl_memory_get_memory_desc(g->wei, &packed));
+    DNNL_TRY(dnnl_memory_get_memory_desc(g->wei[0], &packed));
     DNNL_TRY(dnnl_reorder_primitive_desc_create(&rpd, &umd, p->eng, packed, p->eng, NULL));
     DNNL_TRY(dnnl_primitive_create(&reorder, rpd));
     DNNL_TRY(dnnl_memory_create(&from, &umd, p->eng, DNNL_MEMORY_NONE));
@@ -191,17 +205,25 @@ static dynmoe_status pack_weights(dynmoe_packed_experts *p, gemm_pack *g, const 
         if (widen)
             for (size_t i = 0; i < nk; i++) wide[i] = dm_load(src, p->dtype, (int64_t)i);
         DNNL_TRY(dnnl_memory_set_data_handle(from, widen ? (void *)wide : (void *)src));
-        DNNL_TRY(dnnl_memory_set_data_handle(g->wei, g->buf + (size_t)e * g->expert_bytes));
-        dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, g->wei}};
-        DNNL_TRY(dnnl_primitive_execute(reorder, p->stream, 2, args));
+        DNNL_TRY(dnnl_memory_set_data_handle(g->wei[0], g->buf + (size_t)e * g->expert_bytes));
+        dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, g->wei[0]}};
+        DNNL_TRY(dnnl_primitive_execute(reorder, p->streams[0], 2, args));
     }
-    DNNL_TRY(dnnl_stream_wait(p->stream));
+    DNNL_TRY(dnnl_stream_wait(p->streams[0]));
 fail:
     free(wide);
     if (from) dnnl_memory_destroy(from);
     if (reorder) dnnl_primitive_destroy(reorder);
     if (rpd) dnnl_primitive_desc_destroy(rpd);
     return st;
+}
+
+/* Destroys the n memory objects of m (NULL entries skipped) and frees m. */
+static void drop_memories(dnnl_memory_t *m, int n) {
+    if (m == NULL) return;
+    for (int i = 0; i < n; i++)
+        if (m[i]) dnnl_memory_destroy(m[i]);
+    free(m);
 }
 
 /* Frees p's primitives and packed weights (a failed build, or destroy). */
@@ -211,12 +233,12 @@ static void drop_gemms(dynmoe_packed_experts *p) {
         for (int t = 0; t < DM_PACKED_TILES; t++) {
             gemm_tile *gt = &g->tiles[t];
             if (gt->prim) dnnl_primitive_destroy(gt->prim);
-            if (gt->src) dnnl_memory_destroy(gt->src);
-            if (gt->dst) dnnl_memory_destroy(gt->dst);
-            if (gt->pad) dnnl_memory_destroy(gt->pad);
+            drop_memories(gt->src, p->nthr);
+            drop_memories(gt->dst, p->nthr);
+            drop_memories(gt->pad, p->nthr);
             memset(gt, 0, sizeof *gt);
         }
-        if (g->wei) dnnl_memory_destroy(g->wei);
+        drop_memories(g->wei, p->nthr);
         free(g->buf);
         g->wei = NULL, g->buf = NULL, g->expert_bytes = 0;
     }
@@ -226,7 +248,10 @@ static void drop_gemms(dynmoe_packed_experts *p) {
 void dynmoe_packed_experts_destroy(dynmoe_packed_experts *p) {
     if (p == NULL) return;
     drop_gemms(p);
-    if (p->stream) dnnl_stream_destroy(p->stream);
+    if (p->streams)
+        for (int i = 0; i < p->nthr; i++)
+            if (p->streams[i]) dnnl_stream_destroy(p->streams[i]);
+    free(p->streams);
     if (p->eng) dnnl_engine_destroy(p->eng);
     p->magic = 0;
     free(p);
@@ -266,8 +291,16 @@ dynmoe_status dynmoe_experts_pack(dynmoe_ctx *ctx, const dynmoe_experts *experts
     p->w13 = x.w13, p->w2 = x.w2;
     p->g[0].N = (int32_t)dm_w13_rows(x.act, x.inter), p->g[0].K = x.hidden;
     p->g[1].N = x.hidden, p->g[1].K = x.inter;
-    if (dnnl_engine_create(&p->eng, dnnl_cpu, 0) != dnnl_success ||
-        dnnl_stream_create(&p->stream, p->eng, dnnl_stream_default_flags) != dnnl_success) {
+    p->nthr = dm_cpu_scratch_slices();
+    p->streams = calloc((size_t)p->nthr, sizeof *p->streams);
+    if (p->streams == NULL) {
+        dynmoe_packed_experts_destroy(p);
+        return dm_fail(DYNMOE_ERR_OUT_OF_MEMORY, "%s: out of memory", fn);
+    }
+    int ok = dnnl_engine_create(&p->eng, dnnl_cpu, 0) == dnnl_success;
+    for (int i = 0; ok && i < p->nthr; i++)
+        ok = dnnl_stream_create(&p->streams[i], p->eng, dnnl_stream_default_flags) == dnnl_success;
+    if (!ok) {
         dynmoe_packed_experts_destroy(p);
         return dm_fail(DYNMOE_ERR_UNSUPPORTED, "%s: oneDNN has no CPU engine here", fn);
     }
@@ -323,22 +356,23 @@ int32_t dm_packed_tile(const dynmoe_packed_experts *p, int32_t rows) {
     return t;
 }
 
-dynmoe_status dm_packed_gemm(const dynmoe_packed_experts *p, int which, int32_t e, int32_t tile, const void *src,
-                             float *dst, void *pad) {
+int dm_packed_threads(const dynmoe_packed_experts *p) { return p->nthr; }
+
+int dm_packed_gemm(const dynmoe_packed_experts *p, int thread, int which, int32_t e, int32_t tile, const void *src,
+                   float *dst, void *pad) {
     const gemm_pack *g = &p->g[which];
     const gemm_tile *gt = &g->tiles[tile];
-    dnnl_status_t s = dnnl_memory_set_data_handle(g->wei, g->buf + (size_t)e * g->expert_bytes);
-    if (s == dnnl_success) s = dnnl_memory_set_data_handle(gt->src, (void *)src);
-    if (s == dnnl_success) s = dnnl_memory_set_data_handle(gt->dst, dst);
-    if (s == dnnl_success && gt->pad) s = dnnl_memory_set_data_handle(gt->pad, pad);
-    dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, gt->src}, {DNNL_ARG_WEIGHTS, g->wei}, {DNNL_ARG_DST, gt->dst},
-                               {DNNL_ARG_SCRATCHPAD, gt->pad}};
-    if (s == dnnl_success) s = dnnl_primitive_execute(gt->prim, p->stream, gt->pad ? 4 : 3, args);
-    if (s == dnnl_success) s = dnnl_stream_wait(p->stream);
-    if (s != dnnl_success)
-        return dm_fail(DYNMOE_ERR_INTERNAL, "dynmoe: oneDNN matmul (GEMM %d, expert %d) failed (dnnl_status %d)",
-                       which + 1, e, (int)s);
-    return DYNMOE_OK;
+    const int i = thread;
+    dnnl_memory_t pm = gt->pad ? gt->pad[i] : NULL;
+    dnnl_status_t s = dnnl_memory_set_data_handle(g->wei[i], g->buf + (size_t)e * g->expert_bytes);
+    if (s == dnnl_success) s = dnnl_memory_set_data_handle(gt->src[i], (void *)src);
+    if (s == dnnl_success) s = dnnl_memory_set_data_handle(gt->dst[i], dst);
+    if (s == dnnl_success && pm) s = dnnl_memory_set_data_handle(pm, pad);
+    dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, gt->src[i]}, {DNNL_ARG_WEIGHTS, g->wei[i]}, {DNNL_ARG_DST, gt->dst[i]},
+                               {DNNL_ARG_SCRATCHPAD, pm}};
+    if (s == dnnl_success) s = dnnl_primitive_execute(gt->prim, p->streams[i], pm ? 4 : 3, args);
+    if (s == dnnl_success) s = dnnl_stream_wait(p->streams[i]);
+    return (int)s;
 }
 
 #endif

@@ -26,11 +26,18 @@ size_t dm_packed_scratchpad_bytes(const dynmoe_packed_experts *p);
 /* The tile of a chunk of `rows` rows (1..256): the smallest that holds
  * them and has both GEMMs' primitives. */
 int32_t dm_packed_tile(const dynmoe_packed_experts *p, int32_t rows);
+/* Threads that may run p's matmuls at once (one set of memory objects and a
+ * stream each): dm_cpu_scratch_slices() when p was packed. */
+int dm_packed_threads(const dynmoe_packed_experts *p);
 /* GEMM `which` (0: h = x . W13_e^T, [M, rows13]; 1: y = a . W2_e^T, [M, H])
  * of expert e on M = (tile + 1) * 16 rows: src [M, K] of the compute dtype,
- * dst [M, N] fp32, pad dm_packed_scratchpad_bytes bytes. Synchronous. */
-dynmoe_status dm_packed_gemm(const dynmoe_packed_experts *p, int which, int32_t e, int32_t tile, const void *src,
-                             float *dst, void *pad);
+ * dst [M, N] fp32, pad dm_packed_scratchpad_bytes bytes. Synchronous, on
+ * `thread`'s objects (0 <= thread < dm_packed_threads), so that threads run
+ * matmuls at once; called inside a parallel region, oneDNN runs it on the
+ * calling thread alone. Returns oneDNN's status (0: success); it sets no
+ * error, because it may run on a worker thread. */
+int dm_packed_gemm(const dynmoe_packed_experts *p, int thread, int which, int32_t e, int32_t tile, const void *src,
+                   float *dst, void *pad);
 
 /* packed.c: every active expert with at least DYNMOE_PACKED_MIN_ROWS rows of
  * the call, through the packed GEMMs, into rows_y; `area` is the packed part
