@@ -275,14 +275,16 @@ typedef struct dynmoe_experts {
  * description that differs from the packed one (shapes, dtype, act, gate_up,
  * weight pointers) fails the forward with DYNMOE_ERR_INVALID_ARGUMENT. CPU
  * forwards on the "onednn" path (dynmoe_cpu_isa) run experts with at least
- * DYNMOE_PACKED_MIN_ROWS rows on the packed weights (oneDNN's own threads)
- * and everything else on dynmoe's kernels over w13/w2. One forward at a time
+ * dynmoe_packed_experts_min_rows rows on the packed weights (oneDNN's
+ * matmuls) and everything else on dynmoe's kernels over w13/w2. One forward at a time
  * may use a packed object (it keeps per-shape oneDNN handles). An exception
  * to "forward calls allocate nothing": oneDNN's matmul executions allocate
  * (a few heap calls each, docs/cpu.md); dynmoe's own part does not. CUDA
  * contexts refuse packed experts with DYNMOE_ERR_UNSUPPORTED. Without oneDNN
  * in the build, dynmoe_experts_pack returns DYNMOE_ERR_UNSUPPORTED. */
 typedef struct dynmoe_packed_experts dynmoe_packed_experts;
+/* The fewest rows of an expert that run packed where oneDNN's matmuls are
+ * not AMX's (dynmoe_packed_experts_min_rows). */
 #define DYNMOE_PACKED_MIN_ROWS 16
 
 /* Allocates *out (load time). ctx must be a CPU context; experts as for
@@ -296,6 +298,11 @@ DYNMOE_API size_t dynmoe_packed_experts_bytes(const dynmoe_packed_experts *p);
 /* What the packing runs: "onednn <version> <compute dtype> gemm1 <impl>
  * gemm2 <impl>" with oneDNN's impl_info strings; "" for NULL. */
 DYNMOE_API const char *dynmoe_packed_experts_path(const dynmoe_packed_experts *p);
+/* The fewest rows of an expert that run on p (since 0.3): 1 where both
+ * matmuls are AMX kernels (on the AMX Xeon the 16-row AMX tile was as fast
+ * as dynmoe's decode kernels at 1 row and faster from 2; docs/cpu.md), else
+ * DYNMOE_PACKED_MIN_ROWS; 0 for NULL. */
+DYNMOE_API int32_t dynmoe_packed_experts_min_rows(const dynmoe_packed_experts *p);
 
 /* ------------------------------------------------------------------------ */
 /* Stats: what an operator watches for load imbalance                      */

@@ -291,7 +291,8 @@ TEST_P(Alloc, WarmForwardsWithOptionsAllocateNothing) {
  * test pins the count rather than claiming 0: at most kOnednnCallsPerMatmul
  * per packed matmul of the call (an upper bound on their number from the
  * stats), and exactly 0 for calls whose experts all stay below
- * DYNMOE_PACKED_MIN_ROWS (no oneDNN call: decode). */
+ * dynmoe_packed_experts_min_rows (no oneDNN call: decode; with AMX every
+ * row runs packed, so no call stays below). */
 constexpr long kOnednnCallsPerMatmul = 24;
 
 TEST(AllocPacked, WarmPackedForwardsAllocateOnlyInOnednn) {
@@ -341,9 +342,10 @@ TEST(AllocPacked, WarmPackedForwardsAllocateOnlyInOnednn) {
                 /* the packed matmuls of this call: 2 per chunk of each expert with enough rows */
                 const long rows = stats.routed_slots;
                 long matmuls = 0;
-                if (stats.max_expert_rows >= DYNMOE_PACKED_MIN_ROWS)
+                const int32_t min_rows = dynmoe_packed_experts_min_rows(pk);
+                if (stats.max_expert_rows >= min_rows)
                     matmuls = 2 * ((rows + DM_TEST_PANEL - 1) / DM_TEST_PANEL + stats.active_experts);
-                if (stats.max_expert_rows < DYNMOE_PACKED_MIN_ROWS) {
+                if (stats.max_expert_rows < min_rows) {
                     EXPECT_EQ(n, 0) << "no oneDNN call";
                 }
                 EXPECT_LE(n, kOnednnCallsPerMatmul * matmuls) << "heap calls of a warm packed forward";

@@ -215,6 +215,7 @@ dynmoe_status dm_cpu_experts(dynmoe_ctx *ctx, const dm_experts_args *a, void *st
     /* The onednn path hands the experts with enough rows of packed experts
      * to packed.c; the rest (and unpacked experts) take dynmoe's kernels. */
     const int packed = isa == DM_CPU_ISA_ONEDNN && a->experts.packed != NULL;
+    const int32_t min_rows = packed ? dynmoe_packed_experts_min_rows(a->experts.packed) : 0;
     if (isa == DM_CPU_ISA_ONEDNN) isa = dm_cpu_isa_kernels();
     const dynmoe_plan *p = &a->plan;
     const int32_t num_active = *p->num_active;
@@ -239,7 +240,7 @@ dynmoe_status dm_cpu_experts(dynmoe_ctx *ctx, const dm_experts_args *a, void *st
     for (int32_t ai = 0; ai < num_active; ai++) {
         const int32_t e = p->active_experts[ai], R = p->expert_offsets[e + 1] - p->expert_offsets[e];
         first[ai] = items;
-        if (!(packed && R >= DYNMOE_PACKED_MIN_ROWS)) items += chunks_of(R); /* else packed.c ran it */
+        if (!(packed && R >= min_rows)) items += chunks_of(R); /* else packed.c ran it */
     }
     first[num_active] = items;
     if (items == 0) return DYNMOE_OK; /* nothing routed to a real expert */

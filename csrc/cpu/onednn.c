@@ -30,6 +30,7 @@ dynmoe_status dynmoe_experts_pack(dynmoe_ctx *ctx, const dynmoe_experts *experts
 }
 void dynmoe_packed_experts_destroy(dynmoe_packed_experts *p) { (void)p; }
 size_t dynmoe_packed_experts_bytes(const dynmoe_packed_experts *p) { (void)p; return 0; }
+int32_t dynmoe_packed_experts_min_rows(const dynmoe_packed_experts *p) { (void)p; return 0; }
 const char *dynmoe_packed_experts_path(const dynmoe_packed_experts *p) { (void)p; return ""; }
 dynmoe_status dm_packed_check(const char *fn, const dynmoe_packed_experts *p, const dynmoe_experts *x) {
     (void)p, (void)x;
@@ -328,6 +329,12 @@ size_t dynmoe_packed_experts_bytes(const dynmoe_packed_experts *p) {
 }
 
 const char *dynmoe_packed_experts_path(const dynmoe_packed_experts *p) { return p ? p->path : ""; }
+
+int32_t dynmoe_packed_experts_min_rows(const dynmoe_packed_experts *p) {
+    if (p == NULL) return 0;
+    const int amx = strstr(p->g[0].impl, "amx") != NULL && strstr(p->g[1].impl, "amx") != NULL;
+    return amx ? 1 : DYNMOE_PACKED_MIN_ROWS;
+}
 
 dynmoe_status dm_packed_check(const char *fn, const dynmoe_packed_experts *p, const dynmoe_experts *x) {
 #define MISMATCH(what) dm_fail(DYNMOE_ERR_INVALID_ARGUMENT, "%s: experts.packed was packed for other experts (%s differs)", fn, what)

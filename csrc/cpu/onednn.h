@@ -39,7 +39,7 @@ int dm_packed_threads(const dynmoe_packed_experts *p);
 int dm_packed_gemm(const dynmoe_packed_experts *p, int thread, int which, int32_t e, int32_t tile, const void *src,
                    float *dst, void *pad);
 
-/* packed.c: every active expert with at least DYNMOE_PACKED_MIN_ROWS rows of
+/* packed.c: every active expert with at least dynmoe_packed_experts_min_rows rows of
  * the call, through the packed GEMMs, into rows_y; `area` is the packed part
  * of the CPU scratch (dm_packed_scratch_floats floats). */
 dynmoe_status dm_cpu_packed_experts(const dm_experts_args *a, float *area, int threads);

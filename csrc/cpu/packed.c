@@ -1,6 +1,6 @@
 /* cpu/packed.c — the experts of a call that run on packed weights (the
  * "onednn" path, experts.packed set): every active expert with at least
- * DYNMOE_PACKED_MIN_ROWS rows, cut into the chunks of experts.c
+ * dynmoe_packed_experts_min_rows rows, cut into the chunks of experts.c
  * (dm_cpu_chunk_rows), one after another. Per chunk of R rows on a tile of
  * M >= R rows:
  *   gather    src[r] = x[token of row r] (compute dtype), rows >= R zero
@@ -71,7 +71,7 @@ static packed_area area_of(const dynmoe_experts *x, float *base) {
  * thread its own. */
 size_t dm_packed_scratch_floats(const dynmoe_experts *x, size_t rows) {
     /* No expert of a call with fewer slots reaches the packed path. */
-    if (x == NULL || x->packed == NULL || rows < DYNMOE_PACKED_MIN_ROWS) return 0;
+    if (x == NULL || x->packed == NULL || rows < (size_t)dynmoe_packed_experts_min_rows(x->packed)) return 0;
     return offsets_of(x).total * (size_t)dm_cpu_scratch_slices();
 }
 
@@ -236,7 +236,7 @@ static void store_rows(const dm_experts_args *a, const packed_area *ar, const ch
 /* ---- the two schedules ---- */
 
 /* The packed chunks of a call in order: active experts with at least
- * DYNMOE_PACKED_MIN_ROWS rows, each cut into dm_cpu_chunk_rows pieces. */
+ * dynmoe_packed_experts_min_rows rows, each cut into dm_cpu_chunk_rows pieces. */
 typedef struct chunk_cursor {
     int32_t ai, c0;
     int64_t index; /* of the chunk at (ai, c0) in that order */
@@ -245,10 +245,11 @@ typedef struct chunk_cursor {
 /* Moves c to the first packed chunk at or after (ai, c0) and fills *out; 0 past the last. */
 static int chunk_here(const dm_experts_args *a, chunk_cursor *c, chunk *out) {
     const dynmoe_plan *p = &a->plan;
+    const int32_t min_rows = dynmoe_packed_experts_min_rows(a->experts.packed);
     for (; c->ai < *p->num_active; c->ai++, c->c0 = 0) {
         const int32_t e = p->active_experts[c->ai], off = p->expert_offsets[e];
         const int32_t R = p->expert_offsets[e + 1] - off;
-        if (R < DYNMOE_PACKED_MIN_ROWS || c->c0 >= R) continue; /* experts.c runs the short ones */
+        if (R < min_rows || c->c0 >= R) continue; /* experts.c runs the short ones */
         const int32_t step = dm_cpu_chunk_rows(R);
         out->e = e, out->r0 = off + c->c0, out->R = R - c->c0 < step ? R - c->c0 : step;
         return 1;
