@@ -298,9 +298,9 @@ DYNMOE_API size_t dynmoe_packed_experts_bytes(const dynmoe_packed_experts *p);
 /* What the packing runs: "onednn <version> <compute dtype> gemm1 <impl>
  * gemm2 <impl>" with oneDNN's impl_info strings; "" for NULL. */
 DYNMOE_API const char *dynmoe_packed_experts_path(const dynmoe_packed_experts *p);
-/* The fewest rows of an expert that run on p (since 0.3): 1 where both
- * matmuls are AMX kernels (on the AMX Xeon the 16-row AMX tile was as fast
- * as dynmoe's decode kernels at 1 row and faster from 2; docs/cpu.md), else
+/* The fewest rows of an expert that run on p (since 0.3): 2 where both
+ * matmuls are AMX kernels (on the AMX Xeon the 16-row AMX tile beat dynmoe's
+ * decode kernels from 2 rows, and lost at 1: docs/cpu.md), else
  * DYNMOE_PACKED_MIN_ROWS; 0 for NULL. */
 DYNMOE_API int32_t dynmoe_packed_experts_min_rows(const dynmoe_packed_experts *p);
 

@@ -291,8 +291,8 @@ TEST_P(Alloc, WarmForwardsWithOptionsAllocateNothing) {
  * test pins the count rather than claiming 0: at most kOnednnCallsPerMatmul
  * per packed matmul of the call (an upper bound on their number from the
  * stats), and exactly 0 for calls whose experts all stay below
- * dynmoe_packed_experts_min_rows (no oneDNN call: decode; with AMX every
- * row runs packed, so no call stays below). */
+ * dynmoe_packed_experts_min_rows (no oneDNN call: decode T = 1; with AMX
+ * experts of 2 rows run packed). */
 constexpr long kOnednnCallsPerMatmul = 24;
 
 TEST(AllocPacked, WarmPackedForwardsAllocateOnlyInOnednn) {

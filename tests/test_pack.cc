@@ -89,11 +89,11 @@ class Pack : public ::testing::Test {
         ASSERT_EQ(dynmoe_experts_pack(ctx_, &bx.desc, &pk), DYNMOE_OK) << dynmoe_last_error();
         EXPECT_GT(dynmoe_packed_experts_bytes(pk), 0u);
         EXPECT_EQ(std::string(dynmoe_packed_experts_path(pk)).rfind("onednn ", 0), 0u) << dynmoe_packed_experts_path(pk);
-        /* every row runs packed where both matmuls are AMX kernels, else from DYNMOE_PACKED_MIN_ROWS */
+        /* from 2 rows where both matmuls are AMX kernels, else from DYNMOE_PACKED_MIN_ROWS */
         const std::string path = dynmoe_packed_experts_path(pk);
         const size_t g2 = path.find(" gemm2 ");
         const bool amx = path.find("amx") < g2 && path.find("amx", g2) != std::string::npos;
-        EXPECT_EQ(dynmoe_packed_experts_min_rows(pk), amx ? 1 : DYNMOE_PACKED_MIN_ROWS) << path;
+        EXPECT_EQ(dynmoe_packed_experts_min_rows(pk), amx ? 2 : DYNMOE_PACKED_MIN_ROWS) << path;
         EXPECT_EQ(dynmoe_packed_experts_min_rows(nullptr), 0);
         dynmoe_experts ex = bx.desc;
         ex.packed = pk;
@@ -156,7 +156,7 @@ TEST_F(Pack, Bf16AndF16) {
     for (dynmoe_dtype dt : {DYNMOE_BF16, DYNMOE_F16}) {
         for (PackCase c : {kCases[0], kCases[3], kCases[5], kCases[7]}) {
             c.dt = dt;
-            for (int64_t T : {1, 5, 40, 300}) check(c, T, 2, seed_of(901, s++)); /* T 1, 5: packed on AMX only */
+            for (int64_t T : {1, 5, 40, 300}) check(c, T, 2, seed_of(901, s++)); /* T 1, 5: packed (from 2 rows) on AMX only */
         }
     }
 }

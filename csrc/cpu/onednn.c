@@ -333,7 +333,7 @@ const char *dynmoe_packed_experts_path(const dynmoe_packed_experts *p) { return 
 int32_t dynmoe_packed_experts_min_rows(const dynmoe_packed_experts *p) {
     if (p == NULL) return 0;
     const int amx = strstr(p->g[0].impl, "amx") != NULL && strstr(p->g[1].impl, "amx") != NULL;
-    return amx ? 1 : DYNMOE_PACKED_MIN_ROWS;
+    return amx ? 2 : DYNMOE_PACKED_MIN_ROWS;
 }
 
 dynmoe_status dm_packed_check(const char *fn, const dynmoe_packed_experts *p, const dynmoe_experts *x) {
