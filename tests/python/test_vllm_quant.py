@@ -444,3 +444,19 @@ def test_awq_checkpoint_runs_dynmoe_int4_experts(quant_runs):
 def test_awq_negative_control(quant_runs):
     # layer 0's zero points all 11 in the checkpoint: dynmoe must read them
     assert differs(quant_runs["on#awq-ctl"], quant_runs["on+count#awq"])
+
+
+def test_fp8_block_linear_needs_bf16_activations():
+    """vLLM's CPU fp8 block linear kernels (AMX, fp8_scaled_mm_cpu) take bf16 or half
+    activations only: a float32 model on an AMX CPU failed in them (vLLM 0.32), so the
+    plugin sends float32 models' fp8 linear layers to its dequantized method there."""
+    import torch
+
+    from dynmoe.integrations import vllm as plugin
+
+    runs, why = plugin.vllm_fp8_block_runs(torch.bfloat16)
+    if not runs:
+        pytest.skip(f"vLLM's fp8 block kernels do not run on this CPU: {why}")
+    assert plugin.vllm_fp8_block_runs(torch.half)[0]
+    runs32, why32 = plugin.vllm_fp8_block_runs(torch.float32)
+    assert not runs32 and "bf16 or half" in why32, why32

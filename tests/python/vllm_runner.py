@@ -91,6 +91,15 @@ def count_fp8_calls():
     return n, lambda: setattr(core, "_experts_forward", saved)
 
 
+def mla_backend(model_dir):
+    """LLM kwargs for an MLA model (DeepSeek-V3): vLLM's reference CPU_MLA attention. On an AMX
+    CPU vLLM 0.32 otherwise picks AMX_MLA, whose weight processing refuses float32 ("expect
+    weight to be bfloat16, float16, int8, fp8_e4m3 or uint8"), and these models run in float32;
+    CPU_MLA is what vLLM runs on CPUs without AMX."""
+    with open(os.path.join(model_dir, "config.json")) as f:
+        return {"attention_backend": "CPU_MLA"} if "kv_lora_rank" in json.load(f) else {}
+
+
 def expert_dtypes(model):
     """{MoE layer: (w13 dtype, w2 dtype)} of a loaded model (what the experts hold)."""
     return {n: (str(m.w13_weight.dtype), str(m.w2_weight.dtype))
@@ -133,7 +142,8 @@ def main():
         packs0 = _torch.pack_count[0]
         llm = LLM(model=model or a.model, skip_tokenizer_init=True, dtype="float32", enforce_eager=not compiled,
                   max_model_len=128, max_num_seqs=4, seed=0, tensor_parallel_size=a.tp,
-                  enable_expert_parallel=a.ep, distributed_executor_backend="mp" if a.tp > 1 else None)
+                  enable_expert_parallel=a.ep, distributed_executor_backend="mp" if a.tp > 1 else None,
+                  **mla_backend(model or a.model))
         packs1 = _torch.pack_count[0]
         calls, uncount = count_packed_calls() if pack else (None, None)
         if extra == "count":

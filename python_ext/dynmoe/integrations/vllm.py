@@ -501,11 +501,15 @@ def claims(hf_quant_cfg, user_quant=None, model_type=None):
     return name if user_quant in (None, QUANT_NAME, name) else None
 
 
-def vllm_fp8_block_runs():
-    """(bool, why): whether vLLM's own fp8 block kernels can run here. On the CPU
-    both its linear kernels (CPUFp8W8A8BlockScaledMMKernel, CPUFp8BlockScaledMMKernel)
-    and its MoE experts (CPUExpertsFp8, CPUExpertsFp8W8A8) need AMX tiles and the
-    fp8_scaled_mm_cpu op (vllm._custom_ops._supports_cpu_fp8_w8a16)."""
+def vllm_fp8_block_runs(dtype=None):
+    """(bool, why): whether vLLM's own fp8 block kernels can run here for activations of
+    `dtype` (the layer's params_dtype; None: not checked). On the CPU both its linear kernels
+    (CPUFp8W8A8BlockScaledMMKernel, CPUFp8BlockScaledMMKernel) and its MoE experts
+    (CPUExpertsFp8, CPUExpertsFp8W8A8) need AMX tiles and the fp8_scaled_mm_cpu op
+    (vllm._custom_ops._supports_cpu_fp8_w8a16), and that op takes bf16 or half
+    activations only: a float32 model on an AMX CPU failed in it ("expect A to be bfloat16
+    or half", vLLM 0.32), so float32 models take the dequantized linear layers as on CPUs
+    without AMX."""
     import torch
     from vllm import _custom_ops
     from vllm.platforms import current_platform
@@ -514,6 +518,8 @@ def vllm_fp8_block_runs():
         return True, None
     amx = torch.cpu._is_amx_tile_supported()
     op = bool(getattr(_custom_ops, "_supports_cpu_fp8_w8a16", False))
+    if amx and op and dtype not in (None, torch.bfloat16, torch.half):
+        return False, f"vLLM's CPU fp8 block kernels take bf16 or half activations, and this model runs in {dtype}"
     if amx and op:
         return True, None
     return False, (f"vLLM's CPU fp8 block kernels need AMX tiles and its fp8_scaled_mm_cpu op "
@@ -717,7 +723,7 @@ def _quant_classes():
             if isinstance(layer, LinearBase):
                 if skipped:
                     return UnquantizedLinearMethod()
-                runs, why = vllm_fp8_block_runs()
+                runs, why = vllm_fp8_block_runs(getattr(layer, "params_dtype", None))
                 if runs:
                     once("linear", "dynmoe: fp8 linear layers run vLLM's Fp8LinearMethod")
                     return Fp8LinearMethod(self)
