@@ -84,6 +84,7 @@ struct dynmoe_packed_experts {
     dnnl_data_type_t cdt;
     gemm_pack g[2];
     size_t pad_bytes; /* the largest scratchpad */
+    int32_t min_rows; /* dynmoe_packed_experts_min_rows */
     char path[192];
 };
 
@@ -317,6 +318,8 @@ dynmoe_status dynmoe_experts_pack(dynmoe_ctx *ctx, const dynmoe_experts *experts
         dynmoe_packed_experts_destroy(p);
         return st;
     }
+    const int amx = strstr(p->g[0].impl, "amx") != NULL && strstr(p->g[1].impl, "amx") != NULL;
+    p->min_rows = amx ? 2 : DYNMOE_PACKED_MIN_ROWS; /* include/dynmoe.h says why */
     const dnnl_version_t *v = dnnl_version();
     snprintf(p->path, sizeof p->path, "onednn %d.%d.%d %s gemm1 %s gemm2 %s", v->major, v->minor, v->patch,
              p->cdt == dnnl_bf16 ? "bf16" : "f32", p->g[0].impl, p->g[1].impl);
@@ -330,11 +333,7 @@ size_t dynmoe_packed_experts_bytes(const dynmoe_packed_experts *p) {
 
 const char *dynmoe_packed_experts_path(const dynmoe_packed_experts *p) { return p ? p->path : ""; }
 
-int32_t dynmoe_packed_experts_min_rows(const dynmoe_packed_experts *p) {
-    if (p == NULL) return 0;
-    const int amx = strstr(p->g[0].impl, "amx") != NULL && strstr(p->g[1].impl, "amx") != NULL;
-    return amx ? 2 : DYNMOE_PACKED_MIN_ROWS;
-}
+int32_t dynmoe_packed_experts_min_rows(const dynmoe_packed_experts *p) { return p ? p->min_rows : 0; }
 
 dynmoe_status dm_packed_check(const char *fn, const dynmoe_packed_experts *p, const dynmoe_experts *x) {
 #define MISMATCH(what) dm_fail(DYNMOE_ERR_INVALID_ARGUMENT, "%s: experts.packed was packed for other experts (%s differs)", fn, what)

@@ -264,6 +264,8 @@ static void chunk_next(const dm_experts_args *a, chunk_cursor *c) {
     c->index++;
 }
 
+enum { STEP_GATHER, STEP_EPILOGUE, STEP_STORE };
+
 typedef struct packed_job {
     const dm_experts_args *a;
     const dynmoe_packed_experts *pk;
@@ -275,31 +277,40 @@ typedef struct packed_job {
     _Atomic int failed;     /* the first oneDNN status != 0, and where */
     int fail_gemm, fail_e;
     chunk c;                /* by row: the chunk of the team */
+    int step;               /* by row: the team's step */
 } packed_job;
 
-static void record_failure(packed_job *j, int status, int which, int32_t e) {
+/* Step `step` of chunk c on its rows [lo, hi), in area ar. */
+static void run_step(const packed_job *j, const packed_area *ar, const chunk *c, int step, int32_t lo, int32_t hi) {
+    if (step == STEP_GATHER) gather_rows(j->a, ar, j->cdt, c, lo, hi);
+    else if (step == STEP_EPILOGUE) epilogue_rows(j->a, ar, j->cdt, c, lo, hi, j->vec);
+    else store_rows(j->a, ar, c, lo, hi, j->vec);
+}
+
+/* GEMM `which` of chunk c on `thread`'s oneDNN objects; 0 after a failure,
+ * which is recorded (the first one) for the calling thread to report. */
+static int run_gemm(packed_job *j, int thread, int which, const chunk *c, const packed_area *ar) {
+    const int s = which == 0 ? dm_packed_gemm(j->pk, thread, 0, c->e, c->tile, ar->src, ar->h, ar->pad)
+                             : dm_packed_gemm(j->pk, thread, 1, c->e, c->tile, ar->act, ar->y, ar->pad);
     int none = 0;
-    if (atomic_compare_exchange_strong(&j->failed, &none, status)) j->fail_gemm = which + 1, j->fail_e = e;
+    if (s != 0 && atomic_compare_exchange_strong(&j->failed, &none, s)) j->fail_gemm = which + 1, j->fail_e = c->e;
+    return s == 0;
+}
+
+static void set_tile(const packed_job *j, chunk *c) {
+    c->tile = dm_packed_tile(j->pk, c->R);
+    c->M = (c->tile + 1) * DM_PACKED_TILE;
 }
 
 /* All five steps of chunk c on one thread's area and oneDNN objects. */
 static void run_chunk(packed_job *j, int thread, chunk *c) {
     const packed_area ar = area_of(&j->a->experts, j->area + (size_t)thread * j->area_floats);
-    c->tile = dm_packed_tile(j->pk, c->R);
-    c->M = (c->tile + 1) * DM_PACKED_TILE;
-    gather_rows(j->a, &ar, j->cdt, c, 0, c->M);
-    int s = dm_packed_gemm(j->pk, thread, 0, c->e, c->tile, ar.src, ar.h, ar.pad);
-    if (s != 0) {
-        record_failure(j, s, 0, c->e);
-        return;
-    }
-    epilogue_rows(j->a, &ar, j->cdt, c, 0, c->M, j->vec);
-    s = dm_packed_gemm(j->pk, thread, 1, c->e, c->tile, ar.act, ar.y, ar.pad);
-    if (s != 0) {
-        record_failure(j, s, 1, c->e);
-        return;
-    }
-    store_rows(j->a, &ar, c, 0, c->M, j->vec);
+    set_tile(j, c);
+    run_step(j, &ar, c, STEP_GATHER, 0, c->M);
+    if (!run_gemm(j, thread, 0, c, &ar)) return;
+    run_step(j, &ar, c, STEP_EPILOGUE, 0, c->M);
+    if (!run_gemm(j, thread, 1, c, &ar)) return;
+    run_step(j, &ar, c, STEP_STORE, 0, c->M);
 }
 
 static void by_chunk_body(void *arg) {
@@ -319,56 +330,31 @@ static void by_chunk_body(void *arg) {
     }
 }
 
-/* This thread's rows of the team's chunk, in one block (what schedule(static) gives). */
-static void team_rows(const packed_job *j, int32_t *lo, int32_t *hi) {
-    const int32_t t = omp_get_thread_num(), nt = omp_get_num_threads(), per = (j->c.M + nt - 1) / nt;
-    *lo = t * per < j->c.M ? t * per : j->c.M;
-    *hi = *lo + per < j->c.M ? *lo + per : j->c.M;
-}
-
-static void team_gather(void *arg) {
+/* The team's step on this thread's rows of the chunk, in one block (what
+ * schedule(static) gives), in area 0. */
+static void team_body(void *arg) {
     const packed_job *j = (const packed_job *)arg;
     const packed_area ar = area_of(&j->a->experts, j->area);
-    int32_t lo, hi;
-    team_rows(j, &lo, &hi);
-    gather_rows(j->a, &ar, j->cdt, &j->c, lo, hi);
+    const int32_t t = omp_get_thread_num(), nt = omp_get_num_threads(), M = j->c.M, per = (M + nt - 1) / nt;
+    const int32_t lo = t * per < M ? t * per : M, hi = lo + per < M ? lo + per : M;
+    run_step(j, &ar, &j->c, j->step, lo, hi);
 }
 
-static void team_epilogue(void *arg) {
-    const packed_job *j = (const packed_job *)arg;
-    const packed_area ar = area_of(&j->a->experts, j->area);
-    int32_t lo, hi;
-    team_rows(j, &lo, &hi);
-    epilogue_rows(j->a, &ar, j->cdt, &j->c, lo, hi, j->vec);
-}
-
-static void team_store(void *arg) {
-    const packed_job *j = (const packed_job *)arg;
-    const packed_area ar = area_of(&j->a->experts, j->area);
-    int32_t lo, hi;
-    team_rows(j, &lo, &hi);
-    store_rows(j->a, &ar, &j->c, lo, hi, j->vec);
+static void team_step(packed_job *j, int threads, int step) {
+    j->step = step;
+    dm_cpu_parallel(threads, team_body, j);
 }
 
 static void by_row(packed_job *j, int threads) {
     const packed_area ar = area_of(&j->a->experts, j->area);
     chunk_cursor cur = {0, 0, 0};
     for (; chunk_here(j->a, &cur, &j->c); chunk_next(j->a, &cur)) {
-        j->c.tile = dm_packed_tile(j->pk, j->c.R);
-        j->c.M = (j->c.tile + 1) * DM_PACKED_TILE;
-        dm_cpu_parallel(threads, team_gather, j);
-        int s = dm_packed_gemm(j->pk, 0, 0, j->c.e, j->c.tile, ar.src, ar.h, ar.pad);
-        if (s != 0) {
-            record_failure(j, s, 0, j->c.e);
-            return;
-        }
-        dm_cpu_parallel(threads, team_epilogue, j);
-        s = dm_packed_gemm(j->pk, 0, 1, j->c.e, j->c.tile, ar.act, ar.y, ar.pad);
-        if (s != 0) {
-            record_failure(j, s, 1, j->c.e);
-            return;
-        }
-        dm_cpu_parallel(threads, team_store, j);
+        set_tile(j, &j->c);
+        team_step(j, threads, STEP_GATHER);
+        if (!run_gemm(j, 0, 0, &j->c, &ar)) return;
+        team_step(j, threads, STEP_EPILOGUE);
+        if (!run_gemm(j, 0, 1, &j->c, &ar)) return;
+        team_step(j, threads, STEP_STORE);
     }
 }
 
